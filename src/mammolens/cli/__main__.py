@@ -1,0 +1,3 @@
+from mammolens.cli import main
+
+main()

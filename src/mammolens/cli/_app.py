@@ -1,0 +1,11 @@
+"""The typer application every command module registers on."""
+
+import typer
+
+app = typer.Typer(
+    name="mammolens",
+    help="Vision-language foundation models for mammography: ingest, preprocess, train, evaluate, explain, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold patient data
+)

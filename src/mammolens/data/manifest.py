@@ -1,0 +1,101 @@
+"""The manifest: one row per image, the contract between ingest/import and everything downstream.
+
+Columns (see ``constants.MANIFEST_REQUIRED``): ``image_path, patient_id, study_id, laterality (L/R),
+view (CC/MLO/...), modality (DM/s2D/DBT), manufacturer, density (A-D or empty)``; optional
+``age, race, site, split, frame, fold`` and any task label columns. Paths may be absolute or relative
+to the manifest's folder (``resolve_paths``). Parquet is the native format; CSV is accepted.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import pandas as pd
+
+from mammolens.constants import DENSITY_CLASSES, LATERALITIES, MANIFEST_REQUIRED, MODALITIES
+
+
+class ManifestError(ValueError):
+    """A manifest failed validation; ``problems`` lists each (row, column, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[object, str, str]]):
+        self.problems = problems
+        shown = "\n".join(f"  row {r}, column {c!r}: {m}" for r, c, m in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"invalid manifest {source}: {len(problems)} problem(s)\n{shown}{more}")
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="string") for c in MANIFEST_REQUIRED})
+
+
+def validate_manifest(df: pd.DataFrame, source: str = "<DataFrame>", require_density: bool = False) -> pd.DataFrame:
+    """Check the schema and values; return a normalised copy (string columns, '' for missing density).
+
+    Raises:
+        ManifestError: naming the row and column of every problem found.
+    """
+    problems: list[tuple[object, str, str]] = []
+    missing = [c for c in MANIFEST_REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(source, [("-", c, "required column is missing") for c in missing])
+    out = df.copy()
+    for col in ("image_path", "patient_id", "study_id", "laterality", "view", "modality", "manufacturer", "density"):
+        out[col] = out[col].astype("string").fillna("")
+    for idx, value in out["image_path"].items():
+        if not value:
+            problems.append((idx, "image_path", "empty path"))
+    for idx, value in out["patient_id"].items():
+        if not value:
+            problems.append((idx, "patient_id", "empty patient id (needed for patient-level splits)"))
+    for col, allowed in (("laterality", LATERALITIES), ("modality", MODALITIES)):
+        bad = ~out[col].isin(allowed + ("",))
+        for idx, value in out.loc[bad, col].items():
+            problems.append((idx, col, f"{value!r} is not one of {', '.join(allowed)} (or empty)"))
+    bad = ~out["density"].isin(DENSITY_CLASSES + ("",))
+    for idx, value in out.loc[bad, "density"].items():
+        problems.append((idx, "density", f"{value!r} is not one of {', '.join(DENSITY_CLASSES)} (or empty)"))
+    if require_density:
+        for idx in out.index[out["density"] == ""]:
+            problems.append((idx, "density", "missing, but this step needs a density label"))
+    if "age" in out.columns:
+        age = pd.to_numeric(out["age"], errors="coerce")
+        bad = (out["age"].notna() & age.isna()) | (age < 0) | (age > 120)
+        for idx, value in out.loc[bad, "age"].items():
+            problems.append((idx, "age", f"{value!r} is not an age in years (0-120)"))
+        out["age"] = age
+    if problems:
+        raise ManifestError(source, problems)
+    return out
+
+
+def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bool = True) -> pd.DataFrame:
+    """Read a manifest (.parquet or .csv); relative image paths are resolved against its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    if path.suffix.lower() == ".csv":
+        df = pd.read_csv(path, dtype={"patient_id": str, "study_id": str, "density": str}, keep_default_na=False)
+    elif path.suffix.lower() in (".parquet", ".pq"):
+        df = pd.read_parquet(path)
+    else:
+        raise ValueError(f"{path}: a manifest must be .parquet or .csv, got {path.suffix!r}")
+    if validate:
+        df = validate_manifest(df, source=str(path))
+    if resolve_paths:
+        root = path.resolve().parent
+        df["image_path"] = [p if Path(p).is_absolute() else str(root / p) for p in df["image_path"]]
+    return df
+
+
+def write_manifest(df: pd.DataFrame, path: str | PathLike) -> Path:
+    """Validate and write (format by suffix). Returns the path written."""
+    path = Path(path)
+    df = validate_manifest(df, source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path

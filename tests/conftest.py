@@ -1,0 +1,30 @@
+"""Shared fixtures. Real data comes through `shared_data` only; it skips when ../shared/data is absent."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("MAMMOLENS_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real mammograms (../shared/data, or $MAMMOLENS_SHARED_DATA); skips if absent."""
+    path = _shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mini_mias(shared_data) -> Path:
+    path = shared_data / "mini-mias"
+    if not (path / "Info.txt").is_file():
+        pytest.skip(f"{path} has no Info.txt")
+    return path
