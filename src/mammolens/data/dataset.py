@@ -1,0 +1,190 @@
+"""Torch Dataset over a preprocessed cache, and a DataLoader helper.
+
+A sample is ``{"image": float32 [1, S, S] in [0, 1], "label": int64 (-1 unlabelled), "index": int
+(cache row), "modality": int (index into constants.MODALITIES, -1 unknown)}``. Labels are encoded once
+at construction; the memmap is opened lazily in each DataLoader worker (the dataset pickles small).
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from mammolens.constants import KEY_IMAGE, KEY_INDEX, KEY_LABEL, KEY_MODALITY, MODALITIES
+from mammolens.data.cache import Cache, open_cache
+
+__all__ = ["MammoDataset", "make_loader", "sample_weights"]
+
+
+def _modality_codes(values: pd.Series) -> np.ndarray:
+    lut = {m.lower(): i for i, m in enumerate(MODALITIES)}
+    return np.array([lut.get(str(v).strip().lower(), -1) for v in values.fillna("")], dtype=np.int64)
+
+
+class MammoDataset(Dataset):
+    """Samples of a cache for one task.
+
+    Args:
+        cache: an opened ``Cache`` or its folder.
+        task: a ``mammolens.tasks.Task``, a task name, or any object with ``label_column`` and
+            ``encode(values) -> int array`` (-1 = unlabelled). None: every label is -1.
+        rows: cache rows to use (default all rows whose status is ``done``).
+        filter: keep only index rows for which this returns True (``f(index_df) -> bool mask``),
+            applied after ``rows``; e.g. ``lambda d: d["modality"] == "DM"``.
+        drop_unlabelled: drop rows whose label is -1.
+    """
+
+    def __init__(
+        self,
+        cache: Cache | str | PathLike,
+        task: Any = None,
+        rows: Sequence[int] | np.ndarray | None = None,
+        filter: Callable[[pd.DataFrame], Any] | None = None,  # noqa: A002 — the contract's name
+        drop_unlabelled: bool = False,
+    ):
+        self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
+        if isinstance(task, str):
+            from mammolens.tasks import get_task
+
+            task = get_task(task)
+        self.task = task
+        index = self.cache.index
+        ok = (index["status"] == "done").to_numpy() if "status" in index else np.ones(len(index), bool)
+        if rows is None:
+            rows_arr = np.flatnonzero(ok)
+        else:
+            rows_arr = np.asarray(rows, dtype=np.int64).ravel()
+            if rows_arr.size and (rows_arr.min() < 0 or rows_arr.max() >= len(index)):
+                raise IndexError(f"rows must be cache rows in [0, {len(index)}), got {rows_arr.min()}..{rows_arr.max()}")
+            bad = rows_arr[~ok[rows_arr]]
+            if bad.size:
+                raise ValueError(
+                    f"{bad.size} requested row(s) failed preprocessing (e.g. row {int(bad[0])}: "
+                    f"{index['error'].iat[int(bad[0])]!r}); see {self.cache.path / 'errors.csv'}"
+                )
+        if filter is not None:
+            keep = np.asarray(filter(index.iloc[rows_arr]), dtype=bool)
+            if keep.shape != rows_arr.shape:
+                raise ValueError(f"filter must return one bool per row ({rows_arr.size}), got shape {keep.shape}")
+            rows_arr = rows_arr[keep]
+        if task is None:
+            labels = np.full(len(index), -1, dtype=np.int64)
+        else:
+            col = task.label_column
+            if col not in index.columns:
+                raise KeyError(
+                    f"task {getattr(task, 'name', '')!r} needs column {col!r}, which the cache index "
+                    f"({self.cache.path}) lacks; columns: {list(index.columns)}"
+                )
+            labels = np.asarray(task.encode(index[col]), dtype=np.int64)
+        if drop_unlabelled:
+            rows_arr = rows_arr[labels[rows_arr] >= 0]
+        self.rows = rows_arr
+        self.labels_all = labels
+        self.modality_all = _modality_codes(index["modality"]) if "modality" in index else np.full(len(index), -1)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of this dataset's samples, in sample order ``[len(self)]``."""
+        return self.labels_all[self.rows]
+
+    @property
+    def modalities(self) -> np.ndarray:
+        return self.modality_all[self.rows]
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The index rows of this dataset's samples, in sample order."""
+        return self.cache.index.iloc[self.rows]
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = int(self.rows[i])
+        img = torch.from_numpy(np.array(self.cache.images[r], dtype=np.float32))  # [S, S]
+        img.mul_(1.0 / 65535.0)
+        return {
+            KEY_IMAGE: img.unsqueeze(0),  # [1, S, S]
+            KEY_LABEL: torch.tensor(self.labels_all[r], dtype=torch.int64),
+            KEY_INDEX: r,
+            KEY_MODALITY: int(self.modality_all[r]),
+        }
+
+
+def sample_weights(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """Per-sample weights ``1 / count(class)`` (unlabelled samples get weight 0) for a balanced sampler."""
+    labels = np.asarray(labels, dtype=np.int64)
+    k = int(num_classes if num_classes is not None else (labels.max() + 1 if labels.size else 0))
+    counts = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
+    w = np.zeros(labels.shape, dtype=np.float64)
+    lab = labels >= 0
+    w[lab] = 1.0 / counts[labels[lab]]
+    return w
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    workers: int = 0,
+    pin_memory: bool | None = None,
+    drop_last: bool = False,
+    seed: int = 0,
+    balanced: bool = False,
+    num_samples: int | None = None,
+    persistent_workers: bool | None = None,
+) -> DataLoader:
+    """A DataLoader with sensible defaults for a cache-backed dataset.
+
+    Args:
+        dataset: usually a ``MammoDataset``.
+        batch_size, shuffle, drop_last: as in ``DataLoader``.
+        workers: worker processes (each opens the memmap itself).
+        pin_memory: default True when CUDA is available.
+        seed: seeds the shuffling/sampling generator (reproducible order).
+        balanced: draw with a ``WeightedRandomSampler`` (weights 1/class frequency; needs
+            ``dataset.labels``); replaces ``shuffle``.
+        num_samples: samples per epoch for the balanced sampler (default ``len(dataset)``).
+        persistent_workers: default True when ``workers > 0``.
+    """
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    sampler = None
+    if balanced:
+        labels = getattr(dataset, "labels", None)
+        if labels is None:
+            raise ValueError("balanced=True needs a dataset with a .labels array (e.g. MammoDataset)")
+        w = sample_weights(np.asarray(labels))
+        if not (w > 0).any():
+            raise ValueError("balanced=True but no sample has a label")
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(w, dtype=torch.double), num_samples or len(dataset), replacement=True, generator=g
+        )
+        shuffle = False
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    if persistent_workers is None:
+        persistent_workers = workers > 0
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=g,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        persistent_workers=persistent_workers,
+    )

@@ -1,0 +1,302 @@
+"""Uncertainty and tests: patient-level bootstrap CIs, DeLong for (correlated) AUCs, McNemar.
+
+- ``bootstrap_ci`` resamples *patients* with replacement (all their images come along), because
+  images of one patient are correlated; resampling images would give CIs that are too narrow.
+  Percentile intervals; replicates where the metric is undefined (NaN, e.g. a class missing from the
+  replicate) are skipped and counted in ``n_valid``.
+- ``delong_test`` / ``delong_ci``: DeLong, DeLong & Clarke-Pearson (1988) variance of the empirical
+  AUC, computed with the fast midrank algorithm of Sun & Xu (2014), O(n log n).
+- ``mcnemar_test``: paired comparison of two classifiers' correctness; exact binomial when the
+  discordant count is small (< 25), chi-square with continuity correction otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from statistics import NormalDist
+
+import numpy as np
+
+from mammolens.evaluation.metrics import _labels, _probs, scalar_metrics
+
+__all__ = [
+    "bootstrap_ci",
+    "bootstrap_indices",
+    "delong_ci",
+    "delong_covariance",
+    "delong_test",
+    "mcnemar_test",
+    "metrics_with_ci",
+]
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+def bootstrap_indices(n: int, groups=None, n_boot: int = 1000, seed: int = 0):
+    """Yield ``n_boot`` index arrays resampling rows (``groups=None``) or whole groups with replacement.
+
+    Group resampling draws G groups out of the G present and takes every row of each drawn group, so a
+    replicate has a variable number of rows. Per-group row lists are precomputed once.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        for _ in range(n_boot):
+            yield rng.integers(0, n, size=n)
+        return
+    g = np.asarray(groups)
+    if g.shape[0] != n:
+        raise ValueError(f"groups has {g.shape[0]} entries for {n} samples")
+    _, codes = np.unique(g, return_inverse=True)
+    order = np.argsort(codes, kind="stable")  # rows grouped by group
+    counts = np.bincount(codes)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    n_groups = counts.size
+    for _ in range(n_boot):
+        pick = rng.integers(0, n_groups, size=n_groups)
+        lengths = counts[pick]
+        total = int(lengths.sum())
+        # positions: for each picked group, starts[g] + 0..len-1, built without a Python loop
+        offsets = np.repeat(starts[pick] - (np.cumsum(lengths) - lengths), lengths)
+        yield order[offsets + np.arange(total)]
+
+
+def _percentile_ci(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # reps: [B, M]
+    valid = np.isfinite(reps)
+    n_valid = valid.sum(0)
+    lo = np.full(reps.shape[1], np.nan)
+    hi = np.full(reps.shape[1], np.nan)
+    for m in range(reps.shape[1]):
+        v = reps[valid[:, m], m]
+        if v.size:
+            lo[m], hi[m] = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+    return lo, hi, n_valid
+
+
+def bootstrap_ci(
+    metric_fn: Callable,
+    y_true,
+    y_score,
+    groups=None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """Percentile bootstrap CI of ``metric_fn(y_true, y_score)`` (scalar, array or dict of scalars).
+
+    Args:
+        metric_fn: pure function of ``(y_true[idx], y_score[idx])``.
+        groups: one id per sample (e.g. patient_id) to resample whole groups; None resamples samples.
+
+    Returns:
+        ``{"estimate", "lo", "hi", "n_valid", "n_boot", "alpha"}``; for a dict-valued metric each of
+        estimate/lo/hi/n_valid is a dict with the same keys.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    y = np.asarray(y_true)
+    s = np.asarray(y_score)
+    if s.shape[0] != y.shape[0]:
+        raise ValueError(f"y_true has {y.shape[0]} samples but y_score has {s.shape[0]}")
+    estimate = metric_fn(y, s)
+    keys = list(estimate) if isinstance(estimate, dict) else None
+
+    def _vec(v) -> np.ndarray:
+        if keys is not None:
+            return np.array([v[k] for k in keys], dtype=np.float64)
+        return np.atleast_1d(np.asarray(v, dtype=np.float64))
+
+    reps = np.empty((n_boot, _vec(estimate).size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # undefined AUCs in replicates are expected
+        for b, idx in enumerate(bootstrap_indices(y.shape[0], groups, n_boot, seed)):
+            reps[b] = _vec(metric_fn(y[idx], s[idx]))
+    lo, hi, n_valid = _percentile_ci(reps, alpha)
+    if keys is not None:
+        return {
+            "estimate": {k: float(estimate[k]) for k in keys},
+            "lo": dict(zip(keys, lo.tolist())),
+            "hi": dict(zip(keys, hi.tolist())),
+            "n_valid": dict(zip(keys, n_valid.tolist())),
+            "n_boot": n_boot,
+            "alpha": alpha,
+        }
+    scalar = np.ndim(estimate) == 0
+    est = float(estimate) if scalar else np.asarray(estimate, dtype=np.float64)
+    return {
+        "estimate": est,
+        "lo": float(lo[0]) if scalar else lo,
+        "hi": float(hi[0]) if scalar else hi,
+        "n_valid": int(n_valid[0]) if scalar else n_valid,
+        "n_boot": n_boot,
+        "alpha": alpha,
+    }
+
+
+def metrics_with_ci(
+    y_true,
+    probs,
+    class_names: Sequence[str],
+    groups=None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    dense_classes: Sequence[str] | None = ("C", "D"),
+) -> dict[str, dict]:
+    """Bootstrap CIs for every scalar of :func:`~mammolens.evaluation.metrics.scalar_metrics`.
+
+    Returns:
+        ``{metric_key: {"estimate", "lo", "hi", "n_valid"}}`` (JSON-serialisable floats/ints).
+    """
+    y = _labels(y_true)
+    p = _probs(y, probs)
+
+    def fn(yy, pp):
+        return scalar_metrics(yy, pp, class_names, dense_classes, warn=False)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = bootstrap_ci(fn, y, p, groups, n_boot, alpha, seed)
+    return {
+        k: {
+            "estimate": res["estimate"][k],
+            "lo": res["lo"][k],
+            "hi": res["hi"][k],
+            "n_valid": int(res["n_valid"][k]),
+        }
+        for k in res["estimate"]
+    }
+
+
+# --------------------------------------------------------------------------------------------- DeLong
+def _midrank(x: np.ndarray) -> np.ndarray:
+    """Midranks along the last axis (1-based, ties averaged); ``x`` is ``[M, n]``."""
+    out = np.empty(x.shape, dtype=np.float64)
+    for m in range(x.shape[0]):
+        order = np.argsort(x[m], kind="mergesort")
+        xs = x[m, order]
+        new = np.r_[True, xs[1:] != xs[:-1]]
+        starts = np.flatnonzero(new)
+        ends = np.r_[starts[1:], xs.size]
+        out[m, order] = ((starts + ends + 1) / 2.0)[np.cumsum(new) - 1]
+    return out
+
+
+def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their DeLong covariance for ``M`` scores of the same samples (Sun & Xu 2014).
+
+    Args:
+        y_true: binary labels ``[n]`` (1 = positive).
+        scores: ``[M, n]`` (or ``[n]`` for one score).
+
+    Returns:
+        ``(aucs [M], cov [M, M])``.
+    """
+    y = np.asarray(y_true).astype(bool)
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))  # [M, n]
+    if s.shape[1] != y.size:
+        raise ValueError(f"scores have {s.shape[1]} samples but y_true has {y.size}")
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
+    x, z = s[:, y], s[:, ~y]  # [M, m], [M, n]
+    tx, ty = _midrank(x), _midrank(z)
+    tz = _midrank(np.concatenate([x, z], axis=1))  # [M, m + n]
+    aucs = tz[:, :m].sum(1) / (m * n) - (m + 1.0) / (2.0 * n)
+    v01 = (tz[:, :m] - tx) / n  # [M, m] structural components of positives
+    v10 = 1.0 - (tz[:, m:] - ty) / m  # [M, n] structural components of negatives
+    sx = np.atleast_2d(np.cov(v01))
+    sy = np.atleast_2d(np.cov(v10))
+    return aucs, sx / m + sy / n
+
+
+def _norm_p_two_sided(z: float) -> float:
+    return float(math.erfc(abs(z) / math.sqrt(2.0)))
+
+
+def delong_ci(y_true, score, alpha: float = 0.05) -> dict[str, float]:
+    """AUC with its DeLong standard error and Wald CI (clipped to [0, 1])."""
+    aucs, cov = delong_covariance(y_true, score)
+    se = math.sqrt(max(float(cov[0, 0]), 0.0))
+    q = NormalDist().inv_cdf(1 - alpha / 2)
+    auc = float(aucs[0])
+    return {"auc": auc, "se": se, "lo": max(0.0, auc - q * se), "hi": min(1.0, auc + q * se)}
+
+
+def delong_test(y_true, score_a, score_b, alpha: float = 0.05) -> dict[str, float]:
+    """Two-sided DeLong test of ``AUC_a == AUC_b`` for two scores of the same samples.
+
+    Returns:
+        ``auc_a, auc_b, diff (a - b), var (of diff), z, p`` and the Wald CI ``lo, hi`` of diff.
+    """
+    aucs, cov = delong_covariance(y_true, np.vstack([score_a, score_b]))
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    if var <= 1e-15:  # identical rankings: no evidence of a difference
+        z, p = (0.0, 1.0) if abs(diff) < 1e-12 else (math.copysign(math.inf, diff), 0.0)
+        se = 0.0
+    else:
+        se = math.sqrt(var)
+        z = diff / se
+        p = _norm_p_two_sided(z)
+    q = NormalDist().inv_cdf(1 - alpha / 2)
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "diff": diff,
+        "var": max(var, 0.0),
+        "z": float(z),
+        "p": float(p),
+        "lo": diff - q * se,
+        "hi": diff + q * se,
+    }
+
+
+# -------------------------------------------------------------------------------------------- McNemar
+def _binom_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p of ``k`` successes in ``n`` Bernoulli(0.5) trials (doubling the smaller tail)."""
+    k = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return float(min(1.0, 2.0 * tail))
+
+
+def mcnemar_test(
+    correct_a=None,
+    correct_b=None,
+    *,
+    b: int | None = None,
+    c: int | None = None,
+    exact: bool | None = None,
+    correction: bool = True,
+) -> dict:
+    """McNemar test on paired correctness, or directly on the discordant counts ``b`` and ``c``.
+
+    ``b`` = a right and b wrong, ``c`` = a wrong and b right. ``exact=None`` picks the exact binomial
+    test when ``b + c < 25``, otherwise chi-square (1 df) with Edwards' continuity correction
+    (``correction``) — ``(|b - c| - 1)^2 / (b + c)``.
+
+    Returns:
+        ``{"b", "c", "n_discordant", "statistic", "p", "method"}`` (statistic is NaN for exact).
+    """
+    if b is None or c is None:
+        if correct_a is None or correct_b is None:
+            raise ValueError("give either correct_a and correct_b, or the discordant counts b and c")
+        ca, cb = np.asarray(correct_a).astype(bool), np.asarray(correct_b).astype(bool)
+        if ca.shape != cb.shape:
+            raise ValueError(f"correct_a and correct_b differ in length: {ca.size} vs {cb.size}")
+        b, c = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
+    b, c = int(b), int(c)
+    nd = b + c
+    if exact is None:
+        exact = nd < 25
+    if nd == 0:
+        return {"b": b, "c": c, "n_discordant": 0, "statistic": 0.0, "p": 1.0, "method": "no discordant pairs"}
+    if exact:
+        return {"b": b, "c": c, "n_discordant": nd, "statistic": float("nan"), "p": _binom_two_sided(b, nd),
+                "method": "exact binomial"}
+    num = max(abs(b - c) - (1.0 if correction else 0.0), 0.0) ** 2
+    stat = num / nd
+    p = float(math.erfc(math.sqrt(stat / 2.0)))  # chi-square with 1 df survival function
+    method = "chi-square, continuity corrected" if correction else "chi-square"
+    return {"b": b, "c": c, "n_discordant": nd, "statistic": float(stat), "p": p, "method": method}

@@ -1,0 +1,445 @@
+"""DICOM outputs a PACS can store: a density Structured Report and RGB overlay Secondary Captures.
+
+Both objects join the *source study* (same StudyInstanceUID, patient module copied from the source
+images) in a new series, and reference the images they were computed from, so a viewer files them
+next to the mammograms.
+
+Breast composition is coded with the concepts the DICOM Mammography CAD templates use:
+
+=============================  ======  =============  ==============================================
+item                           scheme  value          meaning
+=============================  ======  =============  ==============================================
+concept name                   DCM     111006         Breast composition
+A (CID 6000)                   SCT     129716005      Almost entirely fat
+B (CID 6000)                   SCT     129717001      Scattered fibroglandular densities
+C (CID 6000)                   SCT     129718006      Heterogeneously dense
+D (CID 6000)                   SCT     129719003      Extremely dense
+class probability              DCM     122157         Probability (UCUM unit ``1``, range 0–1)
+finding site                   SCT     363698007      Finding Site → 80248007 Left breast /
+                                                      73056007 Right breast
+dense flag (C or D)            99MMLNS dense          Dense breast tissue (BI-RADS C or D) → SCT
+                                                      373066001 Yes / 373067005 No
+algorithm (TID 4019)           DCM     111001/111003  Algorithm Name / Algorithm Version
+document title                 LN      18748-4        Diagnostic Imaging Report
+=============================  ======  =============  ==============================================
+
+(DCM 111031 is "Image View", not breast composition.) The SR is a Comprehensive SR built with
+highdicom content items; it does not claim conformance to TID 4000 (Mammography CAD) because
+mammolens reports composition only.
+
+Requires the ``dicom-out`` extra (``pip install "mammolens[dicom-out]"``) for highdicom.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from mammolens.constants import DENSITY_CLASSES
+
+__all__ = [
+    "DENSITY_CODES",
+    "DENSE_FLAG_CODE",
+    "write_density_sr",
+    "write_overlay_sc",
+]
+
+DENSITY_CODES: dict[str, Code] = {
+    "A": codes.SCT.AlmostEntirelyFat,  # 129716005
+    "B": codes.SCT.ScatteredFibroglandularDensities,  # 129717001
+    "C": codes.SCT.HeterogeneouslyDense,  # 129718006
+    "D": codes.SCT.ExtremelyDense,  # 129719003
+}
+"""BI-RADS density class → SNOMED CT code from CID 6000 "Overall Breast Composition"."""
+
+DENSE_FLAG_CODE = Code("dense", "99MMLNS", "Dense breast tissue (BI-RADS C or D)")
+"""Private code (a ``99`` coding scheme) for the binary dense flag; no standard concept exists."""
+
+_LATERALITY_SITE = {"L": codes.SCT.LeftBreast, "R": codes.SCT.RightBreast}
+_UNIT_ONE = Code("1", "UCUM", "no units")
+_PATIENT_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "OtherPatientIDsSequence",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+_TYPE2_DEFAULTS = {
+    "PatientName": "",
+    "PatientID": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "AccessionNumber": "",
+    "StudyID": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "ReferringPhysicianName": "",
+}
+_SOP_SR_COMPREHENSIVE = "1.2.840.10008.5.1.4.1.1.88.33"
+_SOP_SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _highdicom():
+    try:
+        import highdicom
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "Writing DICOM SR/SC needs highdicom: pip install 'mammolens[dicom-out]'"
+        ) from e
+    return highdicom
+
+
+def _version() -> str:
+    from mammolens import __version__
+
+    return __version__
+
+
+def _header(ds: Dataset) -> Dataset:
+    """Header-only copy of a source dataset (no pixels) with Type 2 study/patient fields present."""
+    out = Dataset()
+    for elem in ds:
+        if elem.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            continue
+        out.add(copy.deepcopy(elem))
+    out.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
+    for key, default in _TYPE2_DEFAULTS.items():
+        if key not in out:
+            setattr(out, key, default)
+    return out
+
+
+def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
+    if not source_datasets:
+        raise ValueError("write_density_sr needs at least one source dataset (the exam's images)")
+    for i, ds in enumerate(source_datasets):
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            if not getattr(ds, key, None):
+                raise ValueError(
+                    f"source dataset {i} has no {key}; pass the DICOM datasets the prediction was "
+                    "made from (read with pydicom.dcmread)"
+                )
+    studies = {str(ds.StudyInstanceUID) for ds in source_datasets}
+    if len(studies) > 1:
+        raise ValueError(
+            f"source datasets come from {len(studies)} studies; write one SR per exam (study)"
+        )
+    return [_header(ds) for ds in source_datasets]
+
+
+def _probs(d: Mapping[str, Any], where: str) -> dict[str, float]:
+    probs = d.get("probs")
+    if not isinstance(probs, Mapping) or not probs:
+        raise ValueError(f"{where}: expected 'probs' as a mapping class -> probability, got {probs!r}")
+    out = {}
+    for k, v in probs.items():
+        if k not in DENSITY_CODES:
+            raise ValueError(f"{where}: unknown density class {k!r}; expected one of {DENSITY_CLASSES}")
+        v = float(v)
+        if not 0.0 <= v <= 1.0 or not np.isfinite(v):
+            raise ValueError(f"{where}: probability for {k} must lie in [0, 1], got {v}")
+        out[k] = v
+    return out
+
+
+def _pred(d: Mapping[str, Any], probs: dict[str, float], where: str) -> str:
+    pred = d.get("pred") or max(probs, key=probs.get)
+    if pred not in DENSITY_CODES:
+        raise ValueError(f"{where}: 'pred' must be one of {DENSITY_CLASSES}, got {pred!r}")
+    return pred
+
+
+def _composition_items(hd, d: Mapping[str, Any], where: str) -> list:
+    """CODE breast composition + NUM probability per class + dense flag (all CONTAINS)."""
+    probs = _probs(d, where)
+    pred = _pred(d, probs, where)
+    dense = bool(d["dense"]) if d.get("dense") is not None else pred in ("C", "D")
+    items = [
+        hd.sr.CodeContentItem(
+            name=codes.DCM.BreastComposition,
+            value=DENSITY_CODES[pred],
+            relationship_type="CONTAINS",
+        )
+    ]
+    for cls in DENSITY_CLASSES:
+        if cls not in probs:
+            continue
+        num = hd.sr.NumContentItem(
+            name=codes.DCM.Probability,
+            value=round(probs[cls], 6),
+            unit=_UNIT_ONE,
+            relationship_type="CONTAINS",
+        )
+        # which class this probability is for
+        num.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.CodeContentItem(
+                    name=codes.DCM.BreastComposition,
+                    value=DENSITY_CODES[cls],
+                    relationship_type="HAS CONCEPT MOD",
+                )
+            ]
+        )
+        items.append(num)
+    items.append(
+        hd.sr.CodeContentItem(
+            name=DENSE_FLAG_CODE,
+            value=codes.SCT.Yes if dense else codes.SCT.No,
+            relationship_type="CONTAINS",
+        )
+    )
+    return items
+
+
+def _image_refs(hd, headers: Sequence[Dataset], laterality: str | None) -> list:
+    items = []
+    for ds in headers:
+        lat = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "")).upper()
+        if laterality is not None and lat != laterality:
+            continue
+        items.append(
+            hd.sr.ImageContentItem(
+                name=codes.SCT.Source,
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type="INFERRED FROM",
+            )
+        )
+    return items
+
+
+def _breasts(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    breasts = result.get("breasts") or []
+    if isinstance(breasts, Mapping):  # {"L": {...}, "R": {...}}
+        breasts = [{"laterality": k, **v} for k, v in breasts.items()]
+    out = []
+    for b in breasts:
+        lat = str(b.get("laterality", "")).upper()
+        if lat not in _LATERALITY_SITE:
+            raise ValueError(f"breast result laterality must be 'L' or 'R', got {lat!r}")
+        out.append({**b, "laterality": lat})
+    return out
+
+
+def _model_info(result: Mapping[str, Any]) -> tuple[str, str]:
+    model = result.get("model") or {}
+    if isinstance(model, str):
+        model = {"name": model}
+    name = str(model.get("name") or result.get("model_name") or "unknown")
+    version = str(model.get("version") or result.get("model_version") or "")
+    return name, version
+
+
+def _strip_patient(ds: Dataset) -> None:
+    for key in _PATIENT_KEYWORDS:
+        if key in ds:
+            if key in _TYPE2_DEFAULTS:
+                setattr(ds, key, "")
+            else:
+                delattr(ds, key)
+
+
+def write_density_sr(
+    source_datasets: Sequence[Dataset],
+    result: Mapping[str, Any],
+    out_path: str | Path,
+    *,
+    include_patient: bool = True,
+    series_number: int = 9901,
+    manufacturer: str = "mammolens",
+) -> Path:
+    """Write the exam's breast density as a Comprehensive SR that joins the source study.
+
+    Args:
+        source_datasets: the exam's source images (pydicom datasets, pixels not needed); all must
+            share one StudyInstanceUID. They become the SR's evidence
+            (CurrentRequestedProcedureEvidenceSequence) and INFERRED FROM image references.
+        result: exam-level result ``{"pred": "C", "probs": {"A": .., ..}, "dense": True,
+            "breasts": [{"laterality": "L", "pred", "probs", "dense"}, ...] (or {"L": {...}}),
+            "model": {"name": .., "version": ..}}`` (``model_name``/``model_version`` keys also
+            accepted). ``pred`` defaults to the arg-max, ``dense`` to ``pred in ("C", "D")``.
+        out_path: file to write (parent folders are created).
+        include_patient: copy the patient module from the source (what a PACS needs); ``False``
+            empties patient name/ID/birth date/sex and accession number.
+        series_number: SeriesNumber of the new SR series.
+        manufacturer: Manufacturer of the SR instance.
+
+    Returns:
+        The path written.
+    """
+    hd = _highdicom()
+    headers = _check_sources(source_datasets)
+    model_name, model_version = _model_info(result)
+
+    root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport)
+    children: list = []
+    children.append(
+        hd.sr.CodeContentItem(
+            name=codes.DCM.ObserverType, value=codes.DCM.Device, relationship_type="HAS OBS CONTEXT"
+        )
+    )
+    children.append(
+        hd.sr.UIDRefContentItem(
+            name=codes.DCM.DeviceObserverUID,
+            value=generate_uid(),
+            relationship_type="HAS OBS CONTEXT",
+        )
+    )
+    children.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.DeviceObserverName, value="mammolens", relationship_type="HAS OBS CONTEXT"
+        )
+    )
+    children.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.AlgorithmName, value="mammolens", relationship_type="HAS CONCEPT MOD"
+        )
+    )
+    children.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.AlgorithmVersion, value=_version(), relationship_type="HAS CONCEPT MOD"
+        )
+    )
+    params = f"model={model_name}" + (f" version={model_version}" if model_version else "")
+    children.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.AlgorithmParameters, value=params, relationship_type="HAS CONCEPT MOD"
+        )
+    )
+
+    exam = hd.sr.ContainerContentItem(
+        name=codes.SCT.BreastCompositionAnalysis, relationship_type="CONTAINS"
+    )
+    exam.ContentSequence = hd.sr.ContentSequence(
+        _composition_items(hd, result, "exam result") + _image_refs(hd, headers, None)
+    )
+    children.append(exam)
+
+    for b in _breasts(result):
+        lat = b["laterality"]
+        box = hd.sr.ContainerContentItem(
+            name=codes.SCT.BreastCompositionAnalysis, relationship_type="CONTAINS"
+        )
+        site = hd.sr.CodeContentItem(
+            name=codes.SCT.FindingSite, value=_LATERALITY_SITE[lat], relationship_type="HAS CONCEPT MOD"
+        )
+        box.ContentSequence = hd.sr.ContentSequence(
+            [site]
+            + _composition_items(hd, b, f"breast {lat} result")
+            + _image_refs(hd, headers, lat)
+        )
+        children.append(box)
+    root.ContentSequence = hd.sr.ContentSequence(children)
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=headers,
+        content=root,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,  # a machine result, not a verified report
+        is_verified=False,
+    )
+    sr.SeriesDescription = "mammolens breast density"
+    sr.ContentDescription = "Breast composition (BI-RADS density) by mammolens"
+    sr.SoftwareVersions = _version()
+    if not include_patient:
+        _strip_patient(sr)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(out_path, enforce_file_format=True)
+    return out_path
+
+
+def write_overlay_sc(
+    source_ds: Dataset,
+    rgb_uint8: np.ndarray,
+    out_path: str | Path,
+    description: str,
+    *,
+    series_instance_uid: str | None = None,
+    series_number: int = 9902,
+    instance_number: int = 1,
+    include_patient: bool = True,
+) -> Path:
+    """Write an RGB heat-map overlay as a Secondary Capture image in the source image's study.
+
+    Args:
+        source_ds: the image the overlay was computed from; its patient/study modules are copied and
+            it is referenced in SourceImageSequence.
+        rgb_uint8: ``[H, W, 3]`` uint8 image.
+        out_path: file to write (parent folders are created).
+        description: human-readable text (SeriesDescription, DerivationDescription).
+        series_instance_uid: reuse one series for all overlays of an exam (new UID when None).
+        series_number: SeriesNumber of the overlay series.
+        instance_number: InstanceNumber of this image in the series.
+        include_patient: ``False`` empties patient name/ID/birth date/sex and accession number.
+
+    Returns:
+        The path written.
+    """
+    hd = _highdicom()
+    rgb = np.asarray(rgb_uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"overlay must be a uint8 array [H, W, 3], got dtype {rgb.dtype} shape {rgb.shape}"
+        )
+    for key in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not getattr(source_ds, key, None):
+            raise ValueError(f"source dataset has no {key}; pass the DICOM image the overlay belongs to")
+    ref = _header(source_ds)
+    lat = str(getattr(ref, "ImageLaterality", "") or getattr(ref, "Laterality", "")).upper()
+    orientation = getattr(ref, "PatientOrientation", None)
+    known_orientation = bool(orientation) and len(orientation) == 2
+    # highdicom needs an orientation for PATIENT coordinates; a placeholder is blanked below
+    kw: dict[str, Any] = {
+        "coordinate_system": "PATIENT",
+        "patient_orientation": tuple(orientation) if known_orientation else ("A", "F"),
+    }
+    if lat in ("L", "R"):
+        kw["laterality"] = lat
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=np.ascontiguousarray(rgb),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=instance_number,
+        manufacturer="mammolens",
+        **kw,
+    )
+    src = Dataset()
+    src.ReferencedSOPClassUID = source_ds.SOPClassUID
+    src.ReferencedSOPInstanceUID = source_ds.SOPInstanceUID
+    sc.SourceImageSequence = [src]
+    sc.SeriesDescription = description[:64]
+    sc.DerivationDescription = description[:1024]
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "NO"
+    if not known_orientation:
+        sc.PatientOrientation = ""  # Type 2: present, unknown
+    sc.SoftwareVersions = _version()
+    if not include_patient:
+        _strip_patient(sc)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sc.save_as(out_path, enforce_file_format=True)
+    return out_path

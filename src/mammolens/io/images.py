@@ -1,0 +1,95 @@
+"""Raster reader for PNG/PGM/TIFF/JPEG mammograms (mini-MIAS, CBIS-DDSM PNG exports, ...).
+
+Rules: greyscale only, normalised by the *bit depth* of the file, never by its min/max, so the same
+tissue keeps the same value across images: 8-bit (``L``) / 255, 16-bit (``I;16*``, and Pillow's 32-bit
+``I`` mode, which holds 16-bit PNG/PGM/TIFF data) / 65535, 1-bit as 0/1, float TIFF kept when already
+in [0, 1]. RGB(A) or palette images whose colour channels are identical are reduced to one channel;
+real colour is refused. Multi-page TIFFs give their first page. No header metadata exists, so
+laterality/view are None-equivalent ("") and the display convention is assumed MONOCHROME2.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from mammolens.io._types import ImageReadError, MammoImage, empty_meta
+
+READER_VERSION = "1.0"
+
+
+def read_raster(path: str | PathLike) -> MammoImage:
+    """Read a greyscale raster into a float32 ``[H, W]`` image in [0, 1].
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageReadError: unreadable, or a colour image (not a greyscale mammogram).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"not a readable PNG/PGM/TIFF/JPEG image ({exc})") from exc
+    fmt = img.format or path.suffix.lstrip(".").upper()
+    mode = img.mode
+    n_pages = int(getattr(img, "n_frames", 1) or 1)
+    reduced = False
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGB", "RGBA", "LA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            raise ImageReadError(path, f"{mode} colour image: not a greyscale mammogram")
+        arr = np.asarray(img)
+        if mode == "LA":
+            arr = arr[..., 0]
+        else:
+            rgb = arr[..., :3]
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise ImageReadError(path, f"{mode} image with differing colour channels: not a greyscale mammogram")
+            arr = rgb[..., 0]
+        reduced = True
+        bits, scale = 8, 255.0
+    elif mode == "L":
+        arr, bits, scale = np.asarray(img), 8, 255.0
+    elif mode == "1":
+        arr, bits, scale = np.asarray(img), 1, 1.0
+    elif mode.startswith("I;16") or mode == "I":
+        arr, bits, scale = np.asarray(img), 16, 65535.0
+        if mode == "I" and arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+            raise ImageReadError(path, "32-bit integer image with values outside 0-65535: not a 16-bit greyscale mammogram")
+    elif mode == "F":
+        arr, bits, scale = np.asarray(img), 32, 1.0
+        if arr.size and (float(np.nanmin(arr)) < 0 or float(np.nanmax(arr)) > 1):
+            raise ImageReadError(path, "float image with values outside [0, 1]; convert it to 8/16-bit first")
+    else:
+        raise ImageReadError(path, f"unsupported image mode {mode!r}")
+    pixels = arr.astype(np.float32)
+    if scale != 1.0:
+        pixels *= np.float32(1.0 / scale)
+    np.clip(pixels, 0.0, 1.0, out=pixels)
+    meta = empty_meta()
+    meta.update(photometric="MONOCHROME2", bits_stored=bits, n_frames=1, laterality="", view="")
+    conversion = {
+        "reader": "mammolens.io.images",
+        "reader_version": READER_VERSION,
+        "format": fmt,
+        "mode": mode,
+        "bits": bits,
+        "scale": scale,
+        "rgb_reduced": reduced,
+        "pages": n_pages,
+        "voi": "none",
+        "inverted": False,
+    }
+    return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=str(path))
+
+
+__all__ = ["READER_VERSION", "read_raster"]

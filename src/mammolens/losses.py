@@ -1,0 +1,331 @@
+"""Losses: weighted image-text contrastive loss over class prompts, weighted cross-entropy and focal loss.
+
+Weighted contrastive loss (DESIGN.md). With ``s = exp(logit_scale).clamp(max=100)``, image embeddings
+``x_i`` (``[B, D]``, L2-normalised), class text embeddings ``t_k`` (``[K, D]``, template-averaged and
+normalised) and logits ``l_ik = s * <x_i, t_k>``; only labelled images (``y_i >= 0``) take part:
+
+* image→text, cross-entropy over the K classes, weighted per image by ``w_i = c[y_i] * m[mod_i]``::
+
+      L_i2t = sum_i w_i * (logsumexp_k l_ik - l_{i,y_i}) / sum_i w_i
+
+* text→image, for each class k present in the batch, a softmax over the images in which *every* image
+  of class k is a positive (same-class images are never negatives)::
+
+      L_k   = -log( sum_{i: y_i = k} exp(l_ik) / sum_i exp(l_ik) )
+      L_t2i = sum_{k present} c[k] * L_k / sum_{k present} c[k]
+
+* ``loss = (L_i2t + L_t2i) / 2``.
+
+``c`` are class weights (``class_weights``: inverse frequency or effective number, mean 1) and ``m``
+modality weights (by index into ``constants.MODALITIES``). Under ``torch.distributed`` the image
+embeddings, labels and modalities of all ranks are gathered with gradient (open_clip's
+``gather_features`` pattern), so the text→image softmax runs over the global batch; every rank
+computes the same global loss and DDP's gradient averaging then yields the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mammolens.constants import MODALITIES
+
+__all__ = [
+    "class_weights",
+    "modality_weight_tensor",
+    "weighted_contrastive_loss",
+    "WeightedContrastiveLoss",
+    "weighted_cross_entropy",
+    "WeightedCrossEntropyLoss",
+    "focal_loss",
+    "FocalLoss",
+    "gather_batch",
+]
+
+
+def class_weights(labels, num_classes: int, method: str = "inverse", beta: float = 0.999) -> Tensor:
+    """Per-class weights from label counts, normalised to mean 1 over the classes present.
+
+    Args:
+        labels: Class indices (array, list or tensor); negative values (unlabelled) are ignored.
+        num_classes: K.
+        method: ``"inverse"`` (``1 / n_k``), ``"effective"`` (Cui et al. 2019, ``(1 - beta) / (1 - beta**n_k)``)
+            or ``"none"`` (all ones).
+        beta: Effective-number hyper-parameter in [0, 1).
+
+    Returns:
+        float32 tensor ``[K]``; classes absent from ``labels`` get weight 0.
+    """
+    if method not in ("inverse", "effective", "none"):
+        raise ValueError(f"class weight method {method!r} is not one of 'inverse', 'effective', 'none'")
+    if method == "none":
+        return torch.ones(num_classes, dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels), dtype=torch.long)
+    y = y.reshape(-1)
+    y = y[y >= 0]
+    if y.numel() and int(y.max()) >= num_classes:
+        raise ValueError(f"label {int(y.max())} is out of range for num_classes={num_classes}")
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)  # [K]
+    present = counts > 0
+    if not present.any():
+        raise ValueError("class_weights: no labelled samples (all labels are negative / missing)")
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    if method == "inverse":
+        w[present] = 1.0 / counts[present]
+    else:
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        w[present] = (1.0 - beta) / (1.0 - beta ** counts[present])
+    w = w / w[present].mean()
+    return w.to(torch.float32)
+
+
+def modality_weight_tensor(modality_weights, device=None) -> Tensor | None:
+    """Modality weights as a float tensor indexed like ``constants.MODALITIES`` (missing entries are 1).
+
+    Args:
+        modality_weights: None, a mapping ``{"DBT": 2.0}`` (names or indices) or a sequence/tensor by index.
+    """
+    if modality_weights is None:
+        return None
+    if isinstance(modality_weights, Mapping):
+        w = torch.ones(len(MODALITIES), dtype=torch.float32)
+        for key, value in modality_weights.items():
+            if isinstance(key, str):
+                if key not in MODALITIES:
+                    raise ValueError(f"modality_weights: unknown modality {key!r}; expected one of {MODALITIES}")
+                idx = MODALITIES.index(key)
+            else:
+                idx = int(key)
+                if not 0 <= idx < len(MODALITIES):
+                    raise ValueError(f"modality_weights: index {idx} outside 0..{len(MODALITIES) - 1}")
+            w[idx] = float(value)
+    else:
+        w = torch.as_tensor(modality_weights, dtype=torch.float32).reshape(-1).clone()
+    if (w < 0).any():
+        raise ValueError(f"modality_weights must be non-negative, got {w.tolist()}")
+    return w.to(device) if device is not None else w
+
+
+def _dist_active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
+        torch.distributed.get_world_size() > 1
+    )
+
+
+def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """All-gather image embeddings (with gradient), labels and modalities across ranks.
+
+    Ranks may hold different batch sizes: rows are padded to the largest and the padding removed.
+
+    Returns:
+        ``(image_emb [sum B_r, D], labels [sum B_r], modality [sum B_r])`` in rank order.
+    """
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    world = dist.get_world_size()
+    n = torch.tensor([image_emb.shape[0]], device=image_emb.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    pad = max(sizes) - image_emb.shape[0]
+    if pad:
+        image_emb = F.pad(image_emb, (0, 0, 0, pad))
+        labels = F.pad(labels, (0, pad), value=-1)
+        modality = F.pad(modality, (0, pad), value=0)
+    all_emb = dist_fn.all_gather(image_emb.contiguous())  # world × [max_B, D], differentiable
+    all_lab = [torch.empty_like(labels) for _ in range(world)]
+    all_mod = [torch.empty_like(modality) for _ in range(world)]
+    dist.all_gather(all_lab, labels.contiguous())
+    dist.all_gather(all_mod, modality.contiguous())
+    keep = lambda ts: torch.cat([t[:s] for t, s in zip(ts, sizes)], 0)  # noqa: E731
+    return keep(all_emb), keep(all_lab), keep(all_mod)
+
+
+def _scale(logit_scale) -> Tensor | float:
+    if isinstance(logit_scale, Tensor):
+        return logit_scale.exp().clamp(max=100.0)
+    return min(math.exp(float(logit_scale)), 100.0)
+
+
+def weighted_contrastive_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    labels: Tensor,
+    logit_scale,
+    modality: Tensor | None = None,
+    class_weights: Tensor | None = None,
+    modality_weights: Tensor | None = None,
+    return_terms: bool = False,
+):
+    """Weighted image-text contrastive loss on one (already gathered) batch; see the module docstring.
+
+    Args:
+        image_emb: ``[B, D]`` L2-normalised image embeddings.
+        text_emb: ``[K, D]`` L2-normalised class text embeddings.
+        labels: ``[B]`` class indices, -1 for unlabelled (ignored).
+        logit_scale: Log-space temperature (``MammoCLIP.logit_scale``); exponentiated and clamped at 100.
+        modality: ``[B]`` indices into ``constants.MODALITIES`` (needed only with modality weights).
+        class_weights: ``[K]`` or None (all 1).
+        modality_weights: ``[M]`` or None (all 1).
+        return_terms: Also return ``(loss_i2t, loss_t2i)``.
+    """
+    if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"expected image_emb [B, D] and text_emb [K, D], got {tuple(image_emb.shape)}, "
+                         f"{tuple(text_emb.shape)}")
+    labels = labels.to(image_emb.device).long().reshape(-1)
+    if labels.shape[0] != image_emb.shape[0]:
+        raise ValueError(f"labels has {labels.shape[0]} entries for {image_emb.shape[0]} images")
+    num_classes = text_emb.shape[0]
+    if (labels >= num_classes).any():
+        raise ValueError(f"label {int(labels.max())} is out of range for K={num_classes} class embeddings")
+    keep = labels >= 0
+    if not keep.any():  # nothing labelled: a zero that keeps the graph alive
+        zero = image_emb.sum() * 0.0 + text_emb.sum() * 0.0
+        return (zero, (zero, zero)) if return_terms else zero
+    img, y = image_emb[keep], labels[keep]  # [B', D], [B']
+    logits = _scale(logit_scale) * img.float() @ text_emb.float().t()  # [B', K]
+
+    cw = (torch.ones(num_classes, device=img.device) if class_weights is None
+          else torch.as_tensor(class_weights, dtype=torch.float32, device=img.device))
+    if cw.shape != (num_classes,):
+        raise ValueError(f"class_weights has shape {tuple(cw.shape)}, expected [{num_classes}]")
+    w = cw[y]  # [B']
+    if modality_weights is not None:
+        if modality is None:
+            raise ValueError("modality_weights given but no modality indices passed to the loss")
+        mw = torch.as_tensor(modality_weights, dtype=torch.float32, device=img.device)
+        w = w * mw[modality.to(img.device).long().reshape(-1)[keep]]
+
+    # image -> text: weighted CE over the K classes
+    ce = torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)  # [B']
+    loss_i2t = (w * ce).sum() / w.sum().clamp_min(1e-12)
+
+    # text -> image: every image of class k is a positive for prompt k
+    pos = F.one_hot(y, num_classes).bool()  # [B', K]
+    present = pos.any(0)  # [K]
+    log_all = torch.logsumexp(logits, dim=0)  # [K]
+    log_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=0)  # [K], -inf when absent
+    per_class = (log_all - log_pos)[present]  # [K']
+    cwp = cw[present]
+    loss_t2i = (cwp * per_class).sum() / cwp.sum().clamp_min(1e-12)
+
+    loss = 0.5 * (loss_i2t + loss_t2i)
+    return (loss, (loss_i2t, loss_t2i)) if return_terms else loss
+
+
+class WeightedContrastiveLoss(nn.Module):
+    """Module form of :func:`weighted_contrastive_loss` with fixed class and modality weights.
+
+    Args:
+        class_weights: ``[K]`` weights (e.g. from :func:`class_weights`) or None.
+        modality_weights: Mapping ``{"DBT": 2.0}`` or ``[M]`` by index into ``constants.MODALITIES``, or None.
+        gather_distributed: Gather image embeddings over ranks when torch.distributed is initialised.
+    """
+
+    def __init__(self, class_weights=None, modality_weights=None, gather_distributed: bool = True):
+        super().__init__()
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        mw = modality_weight_tensor(modality_weights)
+        self.register_buffer("class_weights", cw, persistent=False)
+        self.register_buffer("modality_weights", mw, persistent=False)
+        self.gather_distributed = gather_distributed
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor, logit_scale,
+                modality: Tensor | None = None) -> Tensor:
+        labels = labels.to(image_emb.device).long().reshape(-1)
+        if modality is None:
+            modality = torch.zeros_like(labels)
+        modality = modality.to(image_emb.device).long().reshape(-1)
+        if self.gather_distributed and _dist_active():
+            image_emb, labels, modality = gather_batch(image_emb, labels, modality)
+        return weighted_contrastive_loss(
+            image_emb, text_emb, labels, logit_scale, modality=modality,
+            class_weights=self.class_weights, modality_weights=self.modality_weights,
+        )
+
+
+def _sample_weights(labels, num_classes, class_weights, modality, modality_weights, device) -> Tensor:
+    w = (torch.ones(num_classes, device=device) if class_weights is None
+         else torch.as_tensor(class_weights, dtype=torch.float32, device=device))[labels]
+    if modality_weights is not None:
+        if modality is None:
+            raise ValueError("modality_weights given but no modality indices passed to the loss")
+        mw = modality_weight_tensor(modality_weights, device=device)
+        w = w * mw[modality.to(device).long().reshape(-1)]
+    return w
+
+
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, modality: Tensor | None = None,
+                           modality_weights=None, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy weighted by class × modality weight, normalised by the sum of weights.
+
+    With no weights this equals ``F.cross_entropy(logits, labels, ignore_index=-1)``; with class weights
+    only it equals ``F.cross_entropy(..., weight=class_weights)``. Labels of -1 are ignored.
+
+    Args:
+        logits: ``[B, K]``.
+        labels: ``[B]``.
+    """
+    labels = labels.to(logits.device).long().reshape(-1)
+    keep = labels >= 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    if modality is not None:
+        modality = modality.reshape(-1)[keep]
+    y = labels[keep]
+    ce = F.cross_entropy(logits[keep].float(), y, reduction="none", label_smoothing=label_smoothing)  # [B']
+    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device)
+    return (w * ce).sum() / w.sum().clamp_min(1e-12)
+
+
+def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, class_weights=None,
+               modality: Tensor | None = None, modality_weights=None) -> Tensor:
+    """Multi-class focal loss (Lin et al. 2017): ``-(1 - p_y)^gamma log p_y``, weighted like
+    :func:`weighted_cross_entropy` (class weights play the role of alpha); ``gamma=0`` gives weighted CE."""
+    labels = labels.to(logits.device).long().reshape(-1)
+    keep = labels >= 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    if modality is not None:
+        modality = modality.reshape(-1)[keep]
+    y = labels[keep]
+    logp = F.log_softmax(logits[keep].float(), dim=1).gather(1, y[:, None]).squeeze(1)  # [B']
+    loss = -((1.0 - logp.exp()).clamp_min(0.0) ** gamma) * logp
+    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device)
+    return (w * loss).sum() / w.sum().clamp_min(1e-12)
+
+
+class WeightedCrossEntropyLoss(nn.Module):
+    """Module form of :func:`weighted_cross_entropy`."""
+
+    def __init__(self, class_weights=None, modality_weights=None, label_smoothing: float = 0.0):
+        super().__init__()
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", cw, persistent=False)
+        self.register_buffer("modality_weights", modality_weight_tensor(modality_weights), persistent=False)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, labels: Tensor, modality: Tensor | None = None) -> Tensor:
+        return weighted_cross_entropy(logits, labels, self.class_weights, modality, self.modality_weights,
+                                      self.label_smoothing)
+
+
+class FocalLoss(nn.Module):
+    """Module form of :func:`focal_loss`."""
+
+    def __init__(self, gamma: float = 2.0, class_weights=None, modality_weights=None):
+        super().__init__()
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", cw, persistent=False)
+        self.register_buffer("modality_weights", modality_weight_tensor(modality_weights), persistent=False)
+        self.gamma = gamma
+
+    def forward(self, logits: Tensor, labels: Tensor, modality: Tensor | None = None) -> Tensor:
+        return focal_loss(logits, labels, self.gamma, self.class_weights, modality, self.modality_weights)

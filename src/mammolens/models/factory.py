@@ -1,0 +1,600 @@
+"""Model factory: ``create_model(name, pretrained=...) -> MammoCLIP`` over open_clip and timm.
+
+Names: a registry tag (``biomedclip``, ``tiny-clip``), any open_clip architecture (``ViT-B-32``,
+``RN50``), ``timm:<timm model>`` (a timm image tower with the tiny text tower), ``hf-hub:ORG/REPO`` or
+``local-dir:PATH``. Sources for ``pretrained``:
+
+* ``None`` — random weights, built fully offline. Hugging Face text towers (BiomedBERT) are built
+  from a known ``BertConfig`` and get an offline *hashed* tokenizer (open_clip's BPE tokens hashed
+  into the BERT vocabulary, ``HashedTokenizer``); good for tests and pipelines, not for prompts that
+  must mean something.
+* ``hf-hub:ORG/REPO`` — open_clip downloads config, weights and tokenizer (online; cached).
+* ``local-dir:PATH`` — offline: a folder with ``open_clip_config.json``, the weights
+  (``open_clip_pytorch_model.bin`` or ``*.safetensors``) and, for Hugging Face text towers, the
+  tokenizer files (``tokenizer_config.json`` and ``vocab.txt`` or ``tokenizer.json``).
+* a file path — weights (an open_clip state dict, or a mammolens checkpoint's ``state_dict``).
+* an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``) for open_clip names (online);
+  ``timm`` for ``timm:`` names (timm's ImageNet weights for the image tower, online).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mammolens.models.registry import (
+    get_model_builder,
+    is_registered,
+    register_model,
+    registered_models,
+    unknown_model_error,
+)
+
+__all__ = [
+    "MammoCLIP",
+    "HashedTokenizer",
+    "create_model",
+    "list_models",
+    "load_model_config",
+    "save_local_dir",
+    "BIOMEDCLIP_HUB",
+]
+
+_log = logging.getLogger(__name__)
+
+BIOMEDCLIP_HUB = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CONFIG_FILE = "open_clip_config.json"
+WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+TOKENIZER_FILES = ("tokenizer_config.json", "vocab.txt|tokenizer.json")
+
+# Text-tower configs that are built offline instead of fetched with AutoConfig.from_pretrained.
+_BERT_BASE = dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                  num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
+_KNOWN_HF_CONFIGS = {
+    "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract": _BERT_BASE,
+    "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract": _BERT_BASE,
+}
+# Text tower of `tiny-clip`, reused for `timm:` models.
+_TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "mlp_ratio": 2.0}
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+@lru_cache(maxsize=1)
+def _bpe():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+@lru_cache(maxsize=8)
+def _simple_tokenizer(context_length: int):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+class HashedTokenizer:
+    """Offline stand-in for a BERT word-piece tokenizer (random-weight models only).
+
+    Text is split by open_clip's bundled BPE; each BPE id is hashed into the non-special BERT ids
+    ``[999, vocab_size)``, framed by ``[CLS]=101`` / ``[SEP]=102`` and padded with ``[PAD]=0``. It needs
+    no download; load real weights (``hf-hub:`` / ``local-dir:``) to get the real tokenizer.
+    """
+
+    CLS, SEP, PAD, FIRST = 101, 102, 0, 999
+
+    def __init__(self, context_length: int = 256, vocab_size: int = 30522):
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        length = context_length or self.context_length
+        out = torch.full((len(texts), length), self.PAD, dtype=torch.long)  # [N, L]
+        span = self.vocab_size - self.FIRST
+        for i, text in enumerate(texts):
+            ids = [self.FIRST + t % span for t in _bpe().encode(text)][: length - 2]
+            row = [self.CLS, *ids, self.SEP]
+            out[i, : len(row)] = torch.tensor(row)
+        return out
+
+
+# ------------------------------------------------------------------------------------------- wrapper
+class MammoCLIP(nn.Module):
+    """A CLIP model with mammography-friendly inputs: grey [0, 1] images and plain prompt strings.
+
+    Args:
+        clip: An open_clip ``CLIP`` / ``CustomTextCLIP``.
+        tokenizer: Callable ``list[str] -> LongTensor [N, L]``.
+        mean: Per-channel normalisation mean of the image tower.
+        std: Per-channel normalisation std of the image tower.
+        model_name: Name given to ``create_model`` (to rebuild the model from a checkpoint).
+        model_kwargs: Keyword arguments given to ``create_model``.
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer, mean=OPENAI_MEAN, std=OPENAI_STD, model_name: str = "",
+                 model_kwargs: dict | None = None):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.model_name = model_name
+        self.model_kwargs = dict(model_kwargs or {})
+
+    @property
+    def visual(self) -> nn.Module:
+        """The image tower (GradCAM target)."""
+        return self.clip.visual
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """Temperature in log space; logits use ``exp(logit_scale).clamp(max=100)``."""
+        return self.clip.logit_scale
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        size = getattr(self.clip.visual, "image_size", 224)
+        size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        return size[0] if size[0] == size[1] else size
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encode_text(["x"]).shape[-1]) if not hasattr(self, "_embed_dim") else self._embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def encode_image(self, x: Tensor, normalize: bool = True) -> Tensor:
+        """Embed images.
+
+        Args:
+            x: ``[B, 1|3, H, W]`` floats in [0, 1]; grey is repeated to 3 channels.
+            normalize: L2-normalise the embeddings.
+
+        Returns:
+            ``[B, D]``.
+        """
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected images [B, 1|3, H, W], got shape {tuple(x.shape)}")
+        x = x.to(device=self.mean.device, dtype=self.mean.dtype)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std  # [B, 3, H, W]
+        features = self.clip.encode_image(x)  # [B, D]
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, texts: str | Sequence[str], normalize: bool = True) -> Tensor:
+        """Embed prompt strings; returns ``[N, D]``."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tokens = self.tokenizer(texts).to(self.mean.device)  # [N, L]
+        features = self.clip.encode_text(tokens)  # [N, D]
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def class_embeddings(self, task) -> Tensor:
+        """Template-averaged, renormalised text embeddings of a task's classes, ``[K, D]``."""
+        from mammolens.tasks import get_task
+
+        prompts = get_task(task).prompts()  # K × T
+        k, t = len(prompts), len(prompts[0])
+        emb = self.encode_text([p for cls in prompts for p in cls])  # [K*T, D]
+        return F.normalize(emb.view(k, t, -1).mean(1), dim=-1)  # [K, D]
+
+    def forward(self, x: Tensor, text_emb: Tensor) -> Tensor:
+        """Class logits ``[B, K] = exp(logit_scale).clamp(max=100) * img @ text_emb.T``."""
+        img = self.encode_image(x)  # [B, D]
+        return self.logit_scale.exp().clamp(max=100.0) * img @ text_emb.to(img.dtype).t()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> MammoCLIP:
+        self.clip.set_grad_checkpointing(enable)
+        return self
+
+    def lock_image_tower(self, unlocked_groups: int = 0) -> MammoCLIP:
+        """Freeze the image tower (all of it, or all but the last ``unlocked_groups`` groups)."""
+        if unlocked_groups and hasattr(self.clip.visual, "lock"):
+            self.clip.visual.lock(unlocked_groups=unlocked_groups)
+        else:
+            for p in self.clip.visual.parameters():
+                p.requires_grad = False
+        return self
+
+    def lock_text_tower(self) -> MammoCLIP:
+        """Freeze the text tower (everything but the image tower and the logit scale/bias)."""
+        for name, p in self.clip.named_parameters():
+            if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias"):
+                p.requires_grad = False
+        return self
+
+
+# -------------------------------------------------------------------------------------------- builders
+def load_model_config(name: str) -> dict:
+    """The packaged ``{"model_cfg", "preprocess_cfg"}`` of a registry tag (``models/configs/<name>.json``)."""
+    path = resources.files("mammolens.models") / "configs" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no packaged model config {name}.json in mammolens/models/configs")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _hf_config(text_cfg: dict, local_dir: Path | None = None):
+    """The transformers config of a Hugging Face text tower, offline where possible."""
+    import transformers
+
+    if local_dir is not None and (local_dir / "config.json").is_file():
+        return transformers.AutoConfig.from_pretrained(str(local_dir))
+    if text_cfg.get("hf_config"):
+        return transformers.AutoConfig.for_model(**text_cfg["hf_config"])
+    name = text_cfg["hf_model_name"]
+    if name in _KNOWN_HF_CONFIGS:
+        return transformers.AutoConfig.for_model(**_KNOWN_HF_CONFIGS[name])
+    try:
+        return transformers.AutoConfig.from_pretrained(name)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"cannot get the config of text model {name!r} (offline?). Put its config.json next to "
+            f"open_clip_config.json in a local-dir: folder, or download it from https://huggingface.co/{name}"
+        ) from e
+
+
+def _hf_text_tower(text_cfg: dict, embed_dim: int, local_dir: Path | None = None) -> nn.Module:
+    """open_clip's HFTextEncoder built from a config (no download), without BERT's unused pooler."""
+    import transformers
+    from open_clip.hf_model import HFTextEncoder
+
+    config = _hf_config(text_cfg, local_dir)
+    width_key = {"bert": "hidden_size", "roberta": "hidden_size", "xlm-roberta": "hidden_size"}.get(
+        config.model_type, "hidden_size")
+    # Build the adapter on a 1-layer stand-in (cheap), then swap in the real transformer.
+    stub = copy.deepcopy(config)
+    for key, value in (("num_hidden_layers", 1), ("vocab_size", 8), ("intermediate_size", 8)):
+        if hasattr(stub, key):
+            setattr(stub, key, value)
+    pooler_type = text_cfg.get("hf_pooler_type", "mean_pooler")
+    encoder = HFTextEncoder(text_cfg["hf_model_name"], output_dim=embed_dim, config=stub, pooler_type=pooler_type,
+                            proj_type=text_cfg.get("hf_proj_type", "mlp"), pretrained=False)
+    kwargs = {"add_pooling_layer": False} if pooler_type != "cls_pooler" and config.model_type == "bert" else {}
+    encoder.transformer = transformers.AutoModel.from_config(config, **kwargs)
+    encoder.config = config
+    encoder.vocab_size = getattr(config, "vocab_size", 0)
+    encoder.context_length = getattr(config, "max_position_embeddings", 0)
+    assert getattr(config, width_key) == getattr(stub, width_key)
+    return encoder
+
+
+def _build_clip(model_cfg: dict, image_size=None, local_dir: Path | None = None) -> nn.Module:
+    """Random-weight open_clip model from a ``model_cfg`` dict, offline (timm towers not pretrained)."""
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = copy.deepcopy(model_cfg)
+    if "multimodal_cfg" in cfg:
+        raise ValueError("CoCa-style models (multimodal_cfg) are not supported; use a contrastive CLIP config")
+    vision_cfg, text_cfg = cfg["vision_cfg"], cfg["text_cfg"]
+    is_timm = "timm_model_name" in vision_cfg
+    if is_timm:
+        vision_cfg.setdefault("timm_model_pretrained", False)
+    elif image_size is not None:
+        vision_cfg["image_size"] = image_size  # native towers are built at the target size
+    custom_text = cfg.pop("custom_text", False)
+    if text_cfg.get("hf_model_name"):
+        cfg["text_cfg"] = dict(context_length=2, vocab_size=2, width=8, heads=1, layers=1)  # replaced below
+        clip = CustomTextCLIP(**cfg)
+        clip.text = _hf_text_tower(text_cfg, cfg["embed_dim"], local_dir)
+        clip.context_length, clip.vocab_size = clip.text.context_length, clip.text.vocab_size
+    else:
+        text_cfg.pop("hf_config", None)
+        clip = (CustomTextCLIP if custom_text else CLIP)(**cfg)
+    return clip
+
+
+def _set_timm_size(clip: nn.Module, image_size) -> None:
+    """timm towers are built at their native size; resize (pos-embed interpolation) after loading weights."""
+    visual = clip.visual
+    if image_size is not None and hasattr(visual, "trunk") and hasattr(visual, "set_input_size"):
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if tuple(visual.image_size) != size or True:
+            visual.set_input_size(image_size)
+
+
+def _load_weights(clip: nn.Module, path: str | Path) -> None:
+    """Load an open_clip state dict (``.bin``/``.pt``/``.safetensors``) or a mammolens checkpoint."""
+    from open_clip.factory import load_checkpoint, load_state_dict
+
+    path = Path(path)
+    try:
+        state = load_state_dict(str(path))
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read weights from {path}: {e}") from e
+    try:
+        if any(k.startswith("clip.") for k in state):  # a MammoCLIP state dict
+            clip.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("clip.")}, strict=True)
+        else:
+            load_checkpoint(clip, str(path), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"weights in {path} do not fit this architecture: {e}") from e
+
+
+def _native_mean_std(clip: nn.Module, preprocess_cfg: dict) -> tuple[tuple, tuple]:
+    mean = tuple(preprocess_cfg.get("mean", OPENAI_MEAN))
+    std = tuple(preprocess_cfg.get("std", OPENAI_STD))
+    return mean, std
+
+
+def _tokenizer_for(text_cfg: dict, local_dir: Path | None = None):
+    """Tokenizer for a text config: HF files from ``local_dir``, else open_clip BPE or the hashed stand-in."""
+    ctx = int(text_cfg.get("context_length", 77))
+    if text_cfg.get("hf_tokenizer_name"):
+        if local_dir is not None:
+            from open_clip.tokenizer import HFTokenizer
+
+            return HFTokenizer(str(local_dir), context_length=ctx, **(text_cfg.get("tokenizer_kwargs") or {}))
+        vocab = (text_cfg.get("hf_config") or _KNOWN_HF_CONFIGS.get(text_cfg.get("hf_model_name"), {})).get(
+            "vocab_size", 30522)
+        return HashedTokenizer(context_length=ctx, vocab_size=vocab)
+    return _simple_tokenizer(ctx)
+
+
+def _find_weights(folder: Path) -> Path | None:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    return found[0] if found else None
+
+
+def _missing_files_error(folder: Path, missing: list[str], repo: str = BIOMEDCLIP_HUB) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"local-dir:{folder} is incomplete; missing: {', '.join(missing)}.\n"
+        f"Download them from https://huggingface.co/{repo} (files open_clip_config.json, "
+        f"open_clip_pytorch_model.bin, tokenizer_config.json, vocab.txt, tokenizer.json), e.g.\n"
+        f"  huggingface-cli download {repo} --local-dir {folder}\n"
+        f"and put them directly in {folder} (not in a subfolder)."
+    )
+
+
+def _check_local_dir(folder: Path, need_weights: bool = True) -> tuple[dict, Path | None]:
+    """Validate a ``local-dir:`` folder; return its open_clip config and weights file."""
+    if not folder.is_dir():
+        need = [CONFIG_FILE, WEIGHT_FILES[2], *TOKENIZER_FILES]
+        raise _missing_files_error(folder, [f"the folder itself ({', '.join(need)})"])
+    missing: list[str] = []
+    config = None
+    if (folder / CONFIG_FILE).is_file():
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON: {e}") from e
+        if "model_cfg" not in config:
+            raise ValueError(f"{folder / CONFIG_FILE} has no 'model_cfg' entry; is it an open_clip config?")
+    else:
+        missing.append(CONFIG_FILE)
+    weights = _find_weights(folder)
+    if weights is None and need_weights:
+        missing.append(f"{WEIGHT_FILES[2]} (or {WEIGHT_FILES[0]})")
+    hf_tok = config is None or bool(config["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name"))
+    if hf_tok:
+        if not (folder / "tokenizer_config.json").is_file():
+            missing.append("tokenizer_config.json")
+        if not ((folder / "vocab.txt").is_file() or (folder / "tokenizer.json").is_file()):
+            missing.append("vocab.txt (or tokenizer.json)")
+    if missing:
+        raise _missing_files_error(folder, missing)
+    return config, weights
+
+
+def _from_local_dir(folder: str | Path, image_size=None, load_weights: bool = True):
+    """(clip, tokenizer, mean, std) from a ``local-dir:`` folder, fully offline."""
+    folder = Path(folder).expanduser()
+    config, weights = _check_local_dir(folder, need_weights=load_weights)
+    model_cfg, pp = config["model_cfg"], config.get("preprocess_cfg", {})
+    clip = _build_clip(model_cfg, image_size, local_dir=folder)
+    if load_weights and weights is not None:
+        _load_weights(clip, weights)
+    _set_timm_size(clip, image_size)
+    mean, std = _native_mean_std(clip, pp)
+    return clip, _tokenizer_for(model_cfg["text_cfg"], folder), mean, std
+
+
+def _from_hf_hub(repo: str, image_size=None, load_weights: bool = True):
+    """(clip, tokenizer, mean, std) through open_clip's hub loader (online, cached by huggingface_hub)."""
+    import open_clip
+
+    clip = open_clip.create_model(f"hf-hub:{repo}", force_image_size=image_size, load_weights=load_weights)
+    tokenizer = open_clip.get_tokenizer(f"hf-hub:{repo}")
+    pp = getattr(clip.visual, "preprocess_cfg", {})
+    return clip, tokenizer, tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD))
+
+
+def _from_config(config: dict, pretrained: str | None, image_size=None, load_weights: bool = True,
+                 name: str = "model"):
+    """(clip, tokenizer, mean, std) for a packaged/open_clip config and a pretrained source."""
+    if pretrained is not None:
+        pretrained = str(pretrained)
+        if pretrained.startswith("hf-hub:"):
+            return _from_hf_hub(pretrained[len("hf-hub:"):], image_size, load_weights)
+        if pretrained.startswith("local-dir:"):
+            return _from_local_dir(pretrained[len("local-dir:"):], image_size, load_weights)
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(
+                f"pretrained={pretrained!r} for {name!r} is not 'hf-hub:ORG/REPO', 'local-dir:PATH' or an "
+                f"existing weights file"
+            )
+    model_cfg = config["model_cfg"]
+    clip = _build_clip(model_cfg, image_size)
+    if pretrained is not None and load_weights:
+        _load_weights(clip, pretrained)
+    _set_timm_size(clip, image_size)
+    mean, std = _native_mean_std(clip, config.get("preprocess_cfg", {}))
+    return clip, _tokenizer_for(model_cfg["text_cfg"]), mean, std
+
+
+def _wrap(parts, name: str, kwargs: dict) -> MammoCLIP:
+    clip, tokenizer, mean, std = parts
+    model = MammoCLIP(clip, tokenizer, mean, std, model_name=name, model_kwargs=kwargs)
+    model._embed_dim = _embed_dim(clip)
+    return model
+
+
+def _embed_dim(clip: nn.Module) -> int:
+    text = getattr(clip, "text", None)
+    if text is not None and hasattr(text, "output_dim"):
+        return int(text.output_dim)
+    proj = getattr(clip, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return proj.out_features
+    return int(proj.shape[1]) if proj is not None else int(getattr(clip.visual, "output_dim", 0))
+
+
+# ------------------------------------------------------------------------------------ registry entries
+@register_model("biomedclip")
+def biomedclip(pretrained: str | None = None, image_size=None, load_weights: bool = True) -> MammoCLIP:
+    """BiomedCLIP (ViT-B/16 via timm + BiomedBERT, 512-d, context 256; Zhang et al. 2023).
+
+    ``pretrained``: None (random, offline, hashed tokenizer), ``hf-hub:`` + the BiomedCLIP hub repo
+    (online), ``local-dir:PATH`` (offline copy of that repo) or a weights file.
+    """
+    kwargs = {"pretrained": pretrained, "image_size": image_size}
+    parts = _from_config(load_model_config("biomedclip"), pretrained, image_size, load_weights, "biomedclip")
+    return _wrap(parts, "biomedclip", kwargs)
+
+
+@register_model("tiny-clip")
+def tiny_clip(pretrained: str | None = None, image_size=None, load_weights: bool = True) -> MammoCLIP:
+    """A ~4M-parameter CLIP (ViT 2×64, text 2×64, 64-d) with open_clip's bundled tokenizer, for CPU runs."""
+    kwargs = {"pretrained": pretrained, "image_size": image_size}
+    parts = _from_config(load_model_config("tiny-clip"), pretrained, image_size, load_weights, "tiny-clip")
+    return _wrap(parts, "tiny-clip", kwargs)
+
+
+def _timm_clip(timm_name: str, pretrained: str | None = None, image_size=None, load_weights: bool = True,
+               embed_dim: int = 256) -> MammoCLIP:
+    import timm
+
+    if not timm.is_model(timm_name):
+        import difflib
+
+        close = difflib.get_close_matches(timm_name, timm.list_models(), n=5)
+        raise ValueError(f"unknown timm model {timm_name!r}; close matches: {close} (see timm.list_models())")
+    use_timm_weights = pretrained == "timm"
+    cfg = {"model_cfg": {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"timm_model_name": timm_name, "timm_model_pretrained": use_timm_weights and load_weights,
+                       "timm_pool": "", "timm_proj": "linear"},
+        "text_cfg": dict(_TINY_TEXT_CFG),
+    }}
+    parts = _from_config(cfg, None if use_timm_weights else pretrained, image_size, load_weights, f"timm:{timm_name}")
+    clip, tokenizer, _, _ = parts
+    pcfg = getattr(clip.visual.trunk, "pretrained_cfg", {}) or {}
+    mean, std = tuple(pcfg.get("mean", OPENAI_MEAN)), tuple(pcfg.get("std", OPENAI_STD))
+    if len(mean) != 3:
+        mean, std = OPENAI_MEAN, OPENAI_STD
+    kwargs = {"pretrained": pretrained, "image_size": image_size, "embed_dim": embed_dim}
+    return _wrap((clip, tokenizer, mean, std), f"timm:{timm_name}", kwargs)
+
+
+def _open_clip_arch(name: str, pretrained: str | None = None, image_size=None, load_weights: bool = True):
+    import open_clip
+
+    kwargs = {"pretrained": pretrained, "image_size": image_size}
+    is_source = pretrained is None or any(str(pretrained).startswith(p) for p in ("hf-hub:", "local-dir:"))
+    if is_source or Path(str(pretrained)).is_file():
+        config = {"model_cfg": open_clip.get_model_config(name)}
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tags and pretrained is None:
+            _log.info("%s: random weights; pretrained tags available: %s", name, tags)
+        return _wrap(_from_config(config, pretrained, image_size, load_weights, name), name, kwargs)
+    # an open_clip pretrained tag (online; cached)
+    clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size, load_weights=load_weights)
+    pp = getattr(clip.visual, "preprocess_cfg", {})
+    parts = (clip, open_clip.get_tokenizer(name), tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD)))
+    return _wrap(parts, name, kwargs)
+
+
+# ------------------------------------------------------------------------------------------ public API
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registry tags followed by open_clip architecture names (optionally filtered by a glob pattern).
+
+    Any ``timm:<name>`` (timm image tower + tiny text tower) is also accepted by :func:`create_model`.
+    """
+    import open_clip
+
+    names = registered_models() + [n for n in open_clip.list_models() if not is_registered(n)]
+    return fnmatch.filter(names, pattern) if pattern else names
+
+
+def create_model(name: str, pretrained: str | None = None, image_size: int | tuple[int, int] | None = None,
+                 **kw: Any) -> MammoCLIP:
+    """Build a :class:`MammoCLIP`.
+
+    Args:
+        name: Registry tag, open_clip architecture, ``timm:<name>``, ``hf-hub:ORG/REPO`` or ``local-dir:PATH``.
+        pretrained: None (random, offline), ``hf-hub:ORG/REPO``, ``local-dir:PATH``, a weights file, an
+            open_clip tag (open_clip names) or ``"timm"`` (``timm:`` names).
+        image_size: Input size override (ViT position embeddings are interpolated).
+        **kw: Builder options, e.g. ``load_weights=False`` (architecture and tokenizer only),
+            ``embed_dim`` for ``timm:`` models.
+
+    Raises:
+        ValueError: Unknown name (the message lists the choices).
+        FileNotFoundError: A ``local-dir:`` folder or one of its files is missing.
+    """
+    if is_registered(name):
+        return get_model_builder(name)(pretrained=pretrained, image_size=image_size, **kw)
+    if name.startswith("timm:"):
+        return _timm_clip(name[len("timm:"):], pretrained=pretrained, image_size=image_size, **kw)
+    if name.startswith("local-dir:") or name.startswith("hf-hub:"):
+        if pretrained is not None:
+            warnings.warn(f"pretrained={pretrained!r} is ignored: {name!r} names its own weights", stacklevel=2)
+        load_weights = kw.pop("load_weights", True)
+        if kw:
+            raise TypeError(f"unexpected options for {name!r}: {sorted(kw)}")
+        if name.startswith("local-dir:"):
+            parts = _from_local_dir(name[len("local-dir:"):], image_size, load_weights)
+        else:
+            parts = _from_hf_hub(name[len("hf-hub:"):], image_size, load_weights)
+        return _wrap(parts, name, {"pretrained": None, "image_size": image_size})
+    import open_clip
+
+    if name in open_clip.list_models():
+        return _open_clip_arch(name, pretrained=pretrained, image_size=image_size, **kw)
+    raise unknown_model_error(name, list_models())
+
+
+def save_local_dir(model: MammoCLIP, folder: str | Path, model_cfg: dict | None = None) -> Path:
+    """Write a ``local-dir:`` folder (open_clip_config.json + open_clip_pytorch_model.bin) for ``model``.
+
+    ``model_cfg`` defaults to the packaged config of ``model.model_name`` (registry tags only). HF
+    tokenizer files are not written; copy them in for models with a Hugging Face text tower.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_cfg is None:
+        cfg = load_model_config(model.model_name)["model_cfg"]
+        cfg = copy.deepcopy(cfg)
+        size = model.image_size
+        cfg["vision_cfg"]["image_size"] = size if isinstance(size, int) else list(size)
+    else:
+        cfg = model_cfg
+    config = {"model_cfg": cfg,
+              "preprocess_cfg": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    torch.save(model.clip.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder

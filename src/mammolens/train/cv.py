@@ -1,0 +1,116 @@
+"""Patient-level k-fold cross-validation: one run per fold, pooled out-of-fold predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg
+
+__all__ = ["cross_validate"]
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict[str, Any]:
+    """Train one run per patient fold and score the pooled out-of-fold predictions.
+
+    Folds come from ``data.splits.patient_kfold`` (stratified by the task label, grouped by patient,
+    seeded by ``cfg.seed``) over the usable rows (labelled, preprocessed, modality filter, not
+    ``split == test``). Fold ``i`` is trained in ``OUT_DIR/fold_i`` with fold ``i`` as validation.
+
+    Writes ``OUT_DIR/cv_metrics.json`` (per fold, mean ± sd across folds, pooled) and
+    ``OUT_DIR/oof_predictions.parquet`` (index columns + ``fold, label, prob_<class>, pred``).
+
+    Returns:
+        the dict written to ``cv_metrics.json``.
+    """
+    from mammolens.data.dataset import MammoDataset
+    from mammolens.data.splits import patient_kfold
+    from mammolens.train.loop import _val_metrics, load_run, open_run_cache, predict_cache, resolve_task, split_rows
+    from mammolens.train.loop import train as train_run
+
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = load_cfg(cfg)
+    elif isinstance(cfg, dict):
+        cfg = cfg_from_dict(cfg)
+    if k < 2:
+        raise ValueError(f"cross-validation needs k >= 2 folds, got {k}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task = resolve_task(cfg.task)
+    cache = open_run_cache(cfg)
+    index = cache.index
+    labels = np.asarray(task.encode(index[task.label_column]), dtype=np.int64)
+    # usable rows: everything split_rows would use for train or val (no fold/val split applied)
+    no_val = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fold=None, val_frac=0.0, split_column="split"))
+    tr, va = split_rows(index, labels, no_val)
+    usable = np.sort(np.concatenate([tr, va]))
+    folds = patient_kfold(index.iloc[usable].reset_index(drop=True), k=k, label_col=task.label_column,
+                          seed=cfg.seed).to_numpy()
+
+    fold_ids = np.full(len(index), -1, dtype=np.int64)
+    fold_ids[usable] = folds
+    oof = np.full((len(index), len(task.class_names)), np.nan, dtype=np.float64)
+    per_fold: list[dict[str, Any]] = []
+    for i in range(k):
+        val_rows = usable[folds == i]
+        train_rows = usable[folds != i]
+        fcfg = dataclasses.replace(
+            cfg, out_dir=str(out / f"fold_{i}"),
+            data=dataclasses.replace(cfg.data, cache=str(cache.path), manifest=""),
+        )
+        run_dir = train_run(fcfg, rows=(train_rows, val_rows))
+        model, _, _ = load_run(run_dir, which="best")
+        probs = predict_cache(model, task, MammoDataset(cache, task, rows=val_rows), batch_size=cfg.batch_size,
+                              workers=0)
+        oof[val_rows] = probs
+        m = _val_metrics(labels[val_rows], probs, task.class_names)
+        per_fold.append({"fold": i, "run_dir": str(run_dir), "n_val": int(len(val_rows)),
+                         **{kk.removeprefix("val_"): v for kk, v in m.items()}})
+
+    done = usable
+    pooled = {kk.removeprefix("val_"): v for kk, v in _val_metrics(labels[done], oof[done], task.class_names).items()}
+    keys = [kk for kk in per_fold[0] if kk not in ("fold", "run_dir", "n_val")]
+    result = {
+        "k": k,
+        "task": task.name,
+        "method": cfg.method,
+        "n_images": int(len(done)),
+        "n_patients": int(index.iloc[done]["patient_id"].nunique()),
+        "folds": per_fold,
+        "mean_sd": {kk: _mean_sd([f[kk] for f in per_fold]) for kk in keys},
+        "pooled": pooled,
+    }
+    (out / "cv_metrics.json").write_text(json.dumps(_json_safe(result), indent=2))
+
+    frame = index.iloc[done].drop(columns=[c for c in ("conversion", "error", "status") if c in index.columns]).copy()
+    frame["fold"] = fold_ids[done]
+    frame["label"] = labels[done]
+    for j, name in enumerate(task.class_names):
+        frame[f"prob_{name}"] = oof[done, j]
+    frame["pred"] = np.asarray(task.class_names, dtype=object)[oof[done].argmax(1)]
+    pd.DataFrame(frame).reset_index(drop=True).to_parquet(out / "oof_predictions.parquet")
+    return result

@@ -1,0 +1,699 @@
+"""The training loop: one readable function for every method, on one CPU/GPU or under torchrun (DDP).
+
+``train(cfg) -> run_dir`` writes ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
+``checkpoints/{last,best}.pt`` and ``summary.json``. A run resumes exactly: per-epoch seeds (sampler
+order and augmentation) plus the saved optimizer/scheduler/scaler/RNG states make an interrupted and
+resumed CPU run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mammolens.constants import MODALITIES
+from mammolens.train.baselines import HEAD_METHODS, RunModel, fit_linear_probe, zeroshot_head
+from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "load_run", "predict_cache", "resolve_task", "open_run_cache", "split_rows"]
+
+VAL_NAMES = ("val", "valid", "validation", "dev")
+
+
+# ----------------------------------------------------------------------------------------- setup helpers
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 when not distributed)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None  # auto on CPU: fp32 (bf16 autocast on CPU is slower on most machines)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_task(task: Any):
+    """A ``Task`` from a registered name, an inline dict (``Task`` fields) or a ``Task``."""
+    from mammolens.tasks import Task, get_task
+
+    if isinstance(task, str):
+        return get_task(task)
+    if isinstance(task, dict):
+        try:
+            return Task(**task)
+        except TypeError as e:
+            raise ValueError(f"inline task {task!r} is not a valid Task ({e})") from None
+    return task
+
+
+def _task_dict(task) -> dict[str, Any]:
+    """``Task`` → plain dict of its init fields (tuples → lists), enough to rebuild it."""
+    from dataclasses import fields
+
+    d = {f.name: getattr(task, f.name) for f in fields(task) if f.init}
+
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {k: plain(v) for k, v in d.items()}
+
+
+def open_run_cache(cfg: TrainCfg, rank: int = 0, world: int = 1):
+    """Open ``cfg.data.cache``, building it first from ``cfg.data.manifest`` when needed."""
+    from mammolens.data.cache import PreprocessCfg, build_cache, open_cache
+
+    d = cfg.data
+    if d.cache and (Path(d.cache) / "cache.json").is_file():
+        return open_cache(d.cache)
+    if not d.manifest:
+        raise FileNotFoundError(
+            f"no data: data.cache={d.cache!r} is not a cache folder and data.manifest is empty; set "
+            "data.cache to a folder made by `mammolens preprocess` or data.manifest to a manifest"
+        )
+    if not Path(d.manifest).is_file():
+        raise FileNotFoundError(f"data.manifest {d.manifest} does not exist (make one with `mammolens ingest`)")
+    out = Path(d.cache) if d.cache else Path(cfg.out_dir) / "cache"
+    if rank == 0:
+        build_cache(d.manifest, out, PreprocessCfg.from_dict(d.preprocess), workers=cfg.workers or None,
+                    progress=False)
+    if world > 1:
+        torch.distributed.barrier()
+    return open_cache(out)
+
+
+def split_rows(index, labels: np.ndarray, cfg: TrainCfg) -> tuple[np.ndarray, np.ndarray]:
+    """Positional rows of the cache index for training and validation (disjoint by patient).
+
+    Order of precedence: ``data.fold`` with a ``fold`` column; ``data.split_column`` holding train/val;
+    otherwise a random ``data.val_frac`` of patients. Unlabelled, failed, test and filtered-out rows
+    are dropped.
+    """
+    d = cfg.data
+    keep = labels >= 0
+    if "status" in index.columns:
+        keep &= (index["status"].astype(str) == "done").to_numpy()
+    if d.modalities:
+        keep &= index["modality"].astype(str).isin(d.modalities).to_numpy()
+    split = index[d.split_column].astype(str).str.lower().to_numpy() if d.split_column in index.columns else None
+    if split is not None:
+        keep &= split != "test"
+    if d.fold is not None:
+        if "fold" not in index.columns:
+            raise ValueError(f"data.fold={d.fold} but the cache index has no 'fold' column; add one or unset data.fold")
+        is_val = (index["fold"].to_numpy() == d.fold)
+    elif split is not None and np.isin(split[keep], VAL_NAMES).any():
+        is_val = np.isin(split, VAL_NAMES)
+    else:
+        patients = index["patient_id"].astype(str).to_numpy()
+        uniq = np.unique(patients[keep])
+        rng = np.random.default_rng(cfg.seed)
+        n_val = int(round(d.val_frac * len(uniq)))
+        if d.val_frac > 0 and len(uniq) > 1:
+            n_val = min(max(n_val, 1), len(uniq) - 1)
+        val_patients = set(rng.permutation(uniq)[:n_val].tolist())
+        is_val = np.array([p in val_patients for p in patients], dtype=bool)
+    train_rows = np.flatnonzero(keep & ~is_val)
+    val_rows = np.flatnonzero(keep & is_val)
+    if len(train_rows) == 0 and cfg.method != "zeroshot":
+        raise ValueError(
+            "no labelled training rows left after the split/modality filter "
+            f"(modalities={d.modalities or 'all'}, label column of the task empty?)"
+        )
+    return train_rows, val_rows
+
+
+def _make_loader(ds, cfg: TrainCfg, device: torch.device, rank: int, world: int, train: bool):
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = None
+    if train:
+        drop_last = len(ds) >= cfg.batch_size * world * 2  # keep contrastive batches full when possible
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=drop_last)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+        persistent_workers=cfg.workers > 0 and train,
+    )
+
+
+def _to_input(x: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """Batch ``[B, 1, S, S]`` → device, resized to the network's input size."""
+    x = x.to(device, non_blocking=True)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _lr_lambda(total: int, warmup: int, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def _val_metrics(labels: np.ndarray, probs: np.ndarray, class_names) -> dict[str, float]:
+    from mammolens.evaluation.metrics import balanced_accuracy, macro_auc, precision_recall_f1
+
+    if len(labels) == 0:
+        return {}
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    rec = precision_recall_f1(labels, pred, num_classes=k)["recall"]
+    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+    out = {
+        "val_macro_auc": macro_auc(labels, probs, warn=False),
+        "val_balanced_accuracy": balanced_accuracy(labels, pred),
+        "val_accuracy": float(np.mean(pred == labels)),
+        "val_nll": nll,
+    }
+    out.update({f"val_recall_{c}": float(r) for c, r in zip(class_names, rec)})
+    return out
+
+
+@torch.no_grad()
+def predict_cache(model: nn.Module, task, dataset, batch_size: int = 64, device: str | torch.device | None = None,
+                  workers: int = 0, precision: str = "fp32") -> np.ndarray:
+    """Class probabilities ``[N, K]`` for every sample of ``dataset`` (in dataset order).
+
+    Args:
+        model: a ``RunModel`` (or a bare ``MammoCLIP``: the task's prompts are used).
+        dataset: a ``MammoDataset`` (or any dataset yielding ``{"image": [1, S, S]}``).
+    """
+    from torch.utils.data import DataLoader
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if isinstance(model, RunModel):
+        fn = model
+    else:
+        text = model.class_embeddings(task)  # [K, D]
+        fn = lambda x: model(x, text)  # noqa: E731
+    dtype = _autocast_dtype(precision, device)
+    size = int(getattr(model, "image_size", 0) or 0)
+    out = []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda"):
+        x = batch["image"]
+        x = _to_input(x, size or x.shape[-1], device)
+        with _autocast(device, dtype):
+            logits = fn(x)  # [B, K]
+        out.append(F.softmax(logits.float(), dim=-1).cpu())
+    model.train(was_training)
+    k = len(task.class_names)
+    return torch.cat(out).numpy() if out else np.zeros((0, k), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _find_resume(cfg: TrainCfg, run_dir: Path) -> Path | None:
+    if cfg.resume is False or cfg.resume in ("", None):
+        return None
+    if cfg.resume is True:
+        p = run_dir / "checkpoints" / "last.pt"
+        return p if p.is_file() else None  # nothing to resume yet: start afresh
+    p = Path(str(cfg.resume))
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"resume checkpoint {p} does not exist (point resume at a run dir or a .pt file)")
+    return p
+
+
+def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu") -> dict[str, Any]:
+    """The checkpoint dict of a run (``which``: best | last | a .pt path)."""
+    run_dir = Path(run_dir)
+    p = Path(which) if which.endswith(".pt") else run_dir / "checkpoints" / f"{which}.pt"
+    if not p.is_file() and which == "best":
+        p = run_dir / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: {run_dir} is not a finished mammolens run (train one first)")
+    return torch.load(p, map_location=device, weights_only=False)
+
+
+def _build_run_model(clip: nn.Module, task, method: str, head_state: dict | None = None) -> RunModel:
+    clip.eval()
+    with torch.no_grad():
+        text = clip.class_embeddings(task).float()  # [K, D]
+    head = None
+    if method in HEAD_METHODS:
+        head = zeroshot_head(text, clip.logit_scale)
+        if head_state is not None:
+            head.load_state_dict(head_state)
+        head.to(text.device)
+    return RunModel(clip, text, head, method)
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best"):
+    """Rebuild a run's model from its checkpoint.
+
+    Returns:
+        ``(model, task, cfg)``: a ``RunModel`` in eval mode (``model(x) -> logits [B, K]``,
+        ``model.predict(x) -> probs``), the ``Task`` and the ``TrainCfg``.
+    """
+    from mammolens.models import create_model
+
+    ckpt = load_checkpoint(run_dir, which, device="cpu")
+    task = resolve_task(ckpt["task"])
+    clip = create_model(ckpt["model_name"], pretrained=None, **ckpt.get("model_kwargs", {}))
+    clip.load_state_dict(ckpt["state_dict"])
+    clip.to(device)
+    model = _build_run_model(clip, task, ckpt.get("method", "contrastive"), ckpt.get("head_state_dict"))
+    model.to(device).eval()
+    cfg = cfg_from_dict(ckpt["cfg"]) if ckpt.get("cfg") else load_cfg(Path(run_dir) / "config.yaml")
+    return model, task, cfg
+
+
+# ---------------------------------------------------------------------------------------- step modules
+class _ContrastiveStep(nn.Module):
+    """What DDP wraps for the contrastive method: images → (image emb [B, D], class emb [K, D], scale)."""
+
+    def __init__(self, clip: nn.Module, task):
+        super().__init__()
+        self.clip, self.task = clip, task
+
+    def forward(self, x):
+        # the text tower is trained too, so the class embeddings are recomputed every step
+        return self.clip.encode_image(x), self.clip.class_embeddings(self.task), self.clip.logit_scale
+
+
+class _HeadStep(nn.Module):
+    def __init__(self, clip: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.clip, self.head = clip, head
+
+    def forward(self, x):
+        return self.head(self.clip.encode_image(x))  # [B, K]
+
+
+def _weighted_ce(logits, labels, cw, mw, modality):
+    try:
+        from mammolens.losses import weighted_cross_entropy
+
+        return weighted_cross_entropy(logits, labels, class_weights=cw, modality_weights=mw, modality=modality)
+    except (ImportError, TypeError):
+        w = cw.to(logits.device)[labels] * (mw.to(logits.device)[modality] if mw is not None else 1.0)
+        return (F.cross_entropy(logits.float(), labels, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def _set_grad_checkpointing(clip: nn.Module) -> None:
+    for obj in (clip, getattr(clip, "model", None), getattr(clip, "visual", None)):
+        fn = getattr(obj, "set_grad_checkpointing", None)
+        if callable(fn):
+            fn(True)
+            return
+    log.warning("grad_checkpointing requested but %s has no set_grad_checkpointing(); ignored", type(clip).__name__)
+
+
+def _progress(it, rank: int, **kw):
+    from tqdm.auto import tqdm
+
+    disable = rank != 0 or not sys.stderr.isatty() or bool(os.environ.get("CI"))
+    return tqdm(it, disable=disable, leave=False, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, np.ndarray] | None = None,
+          stop_after: int | None = None) -> Path:
+    """Train (or, for ``zeroshot``, just package) a model as configured; return the run directory.
+
+    Args:
+        cfg: a ``TrainCfg``, its dict, or a YAML path.
+        rows: explicit ``(train_rows, val_rows)`` positional rows of the cache index (cross-validation).
+        stop_after: leave after this many epochs in this call, as if interrupted (time-limited jobs;
+            continue with ``resume=True``).
+    """
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = load_cfg(cfg)
+    elif isinstance(cfg, dict):
+        cfg = cfg_from_dict(cfg)
+    rank, world, local_rank = _dist_env()
+    device = _resolve_device(cfg.device, local_rank)
+    own_pg = False
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+        own_pg = True
+    try:
+        return _train(cfg, rank, world, device, rows, stop_after)
+    finally:
+        if own_pg:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, stop_after) -> Path:
+    from mammolens.data.dataset import MammoDataset
+    from mammolens.losses import WeightedContrastiveLoss, class_weights
+    from mammolens.models import create_model
+
+    run_dir = Path(cfg.out_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    resume_path = _find_resume(cfg, run_dir)
+    if resume_path is None and (ckpt_dir / "last.pt").exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a run; set resume=true to continue it, overwrite=true to restart it, "
+            "or choose another out_dir"
+        )
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_cfg(cfg, run_dir / "config.yaml")
+
+    _seed_everything(cfg.seed)
+    task = resolve_task(cfg.task)
+    cache = open_run_cache(cfg, rank, world)
+    labels_all = np.asarray(task.encode(cache.index[task.label_column]), dtype=np.int64)
+    if rows is None:
+        train_rows, val_rows = split_rows(cache.index, labels_all, cfg)
+    else:
+        train_rows, val_rows = (np.asarray(r, dtype=np.int64) for r in rows)
+    k = len(task.class_names)
+    train_labels = labels_all[train_rows]
+    val_labels = labels_all[val_rows]
+    mod_names = cache.index["modality"].astype(str).to_numpy()
+    train_mod = np.array([MODALITIES.index(m) if m in MODALITIES else 0 for m in mod_names[train_rows]])
+
+    # model
+    model_kwargs = dict(cfg.model_kwargs)
+    if cfg.image_size is not None:
+        model_kwargs["image_size"] = cfg.image_size
+    clip = create_model(cfg.model, pretrained=cfg.pretrained, **model_kwargs).to(device)
+    size = int(getattr(clip, "image_size", cache.cfg.size))
+    if cfg.grad_checkpointing:
+        _set_grad_checkpointing(clip)
+    if device.type == "cuda":
+        clip = clip.to(memory_format=torch.channels_last)
+    method = cfg.method
+    head = None
+    if method in HEAD_METHODS:
+        clip.eval()
+        with torch.no_grad():
+            head = zeroshot_head(clip.class_embeddings(task).float(), clip.logit_scale).to(device)
+    cw = class_weights(torch.as_tensor(train_labels), k, method=cfg.class_weighting).float()
+    mw = torch.tensor([float(cfg.data.modality_weights.get(m, 1.0)) for m in MODALITIES])
+    unknown = set(cfg.data.modality_weights) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"data.modality_weights has unknown modalities {sorted(unknown)}; use {MODALITIES}")
+
+    train_ds = MammoDataset(cache, task, rows=train_rows)
+    val_ds = MammoDataset(cache, task, rows=val_rows)
+    dtype = _autocast_dtype(cfg.precision, device)
+
+    def run_model() -> RunModel:
+        return _build_run_model(clip, task, method, head.state_dict() if head is not None else None)
+
+    def validate() -> dict[str, float]:
+        if len(val_rows) == 0:
+            return {}
+        probs = predict_cache(run_model(), task, val_ds, batch_size=cfg.batch_size, device=device,
+                              workers=min(cfg.workers, 2), precision=cfg.precision)
+        return _val_metrics(val_labels, probs, task.class_names)
+
+    base_ckpt = {
+        "model_name": cfg.model,
+        "model_kwargs": model_kwargs,
+        "task": _task_dict(task),
+        "preprocess": cache.cfg.to_dict(),
+        "method": method,
+        "cfg": cfg.to_dict(),
+        "class_weights": cw.tolist(),
+        "n_train": int(len(train_rows)),
+        "n_val": int(len(val_rows)),
+    }
+
+    def write_ckpt(name: str, **state) -> None:
+        if rank != 0:
+            return
+        ck = dict(base_ckpt)
+        ck["state_dict"] = {k_: v.detach().cpu() for k_, v in clip.state_dict().items()}
+        ck["head_state_dict"] = None if head is None else {k_: v.detach().cpu() for k_, v in head.state_dict().items()}
+        ck.update(state)
+        _atomic_save(ck, ckpt_dir / name)
+
+    def write_line(rec: dict[str, Any]) -> None:
+        if rank == 0:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def finish(best_metric, best_epoch, epochs_done, stopped_early=False) -> Path:
+        if rank == 0:
+            summary = {"method": method, "best_metric": best_metric, "best_epoch": best_epoch,
+                       "monitor": "val_macro_auc", "epochs": epochs_done, "stopped_early": stopped_early,
+                       "n_train": int(len(train_rows)), "n_val": int(len(val_rows))}
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return run_dir
+
+    # ---- methods without an epoch loop
+    if method in ("zeroshot", "linear-probe"):
+        if rank == 0 and (run_dir / "metrics.jsonl").exists():
+            (run_dir / "metrics.jsonl").unlink()
+        t0 = time.perf_counter()
+        rec: dict[str, Any] = {"epoch": 1, "step": 0}
+        if method == "linear-probe":
+            clip.requires_grad_(False)
+            feat_model = RunModel(clip, None, nn.Linear(1, 1), method)  # only encode_image is used
+            feats = _extract_features(feat_model, train_ds, cfg, device, dtype)  # [N, D]
+            losses = fit_linear_probe(
+                feats, torch.as_tensor(train_labels), head.cpu(), class_weights=cw,
+                sample_weights=mw[torch.as_tensor(train_mod)], steps=cfg.probe_steps,
+                lr=cfg.lr, weight_decay=cfg.weight_decay,
+            )
+            head.to(device)
+            rec.update(train_loss=losses[-1], train_loss_first=losses[0], step=cfg.probe_steps, lr=cfg.lr)
+        rec.update(validate())
+        rec["epoch_time_s"] = time.perf_counter() - t0
+        write_line(rec)
+        best = rec.get("val_macro_auc")
+        best = None if best is None or not math.isfinite(best) else best
+        state = {"epoch": 1, "step": rec["step"], "optimizer": None, "scheduler": None, "scaler": None,
+                 "rng": _rng_state(), "best_metric": best, "best_epoch": 1, "bad_epochs": 0, "stopped": True}
+        write_ckpt("last.pt", **state)
+        if rank == 0:
+            shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+        return finish(best, 1, 1)
+
+    # ---- contrastive / finetune-ce
+    if method == "contrastive":
+        step_module: nn.Module = _ContrastiveStep(clip, task)
+        loss_fn = WeightedContrastiveLoss(class_weights=cw.to(device), modality_weights=mw.to(device))
+    else:
+        clip.requires_grad_(False)
+        clip.visual.requires_grad_(True)
+        step_module = _HeadStep(clip, head)
+    params = [p for p in step_module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+    train_loader = _make_loader(train_ds, cfg, device, rank, world, train=True)
+    n_batches = len(train_loader)
+    if cfg.max_steps_per_epoch:
+        n_batches = min(n_batches, cfg.max_steps_per_epoch * cfg.grad_accum)
+    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_frac * total_steps))
+    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup, min_ratio))
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
+
+    augment = None
+    if cfg.augment:
+        from mammolens.transforms.augment import GpuAugment
+
+        augment = GpuAugment()
+        if isinstance(augment, nn.Module):
+            augment = augment.to(device)
+
+    start_epoch, step, best, best_epoch, bad = 0, 0, None, 0, 0
+    if resume_path is not None:
+        ck = torch.load(resume_path, map_location="cpu", weights_only=False)
+        clip.load_state_dict(ck["state_dict"])
+        if head is not None and ck.get("head_state_dict") is not None:
+            head.load_state_dict(ck["head_state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+        start_epoch, step = int(ck["epoch"]), int(ck["step"])
+        best, best_epoch, bad = ck.get("best_metric"), int(ck.get("best_epoch", 0)), int(ck.get("bad_epochs", 0))
+        if rank == 0:  # drop lines of epochs after the checkpoint (they will be redone)
+            mpath = run_dir / "metrics.jsonl"
+            if mpath.exists():
+                kept = [ln for ln in mpath.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start_epoch]
+                mpath.write_text("".join(ln + "\n" for ln in kept))
+        if ck.get("stopped"):
+            return finish(best, best_epoch, start_epoch, stopped_early=True)
+        log.info("resumed from %s at epoch %d, step %d", resume_path, start_epoch, step)
+    elif rank == 0 and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+
+    model_for_step = step_module
+    if cfg.compile:
+        model_for_step = torch.compile(model_for_step)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model_for_step = DDP(model_for_step, device_ids=[device.index] if device.type == "cuda" else None)
+
+    epochs_done, stopped_early = start_epoch, False
+    for epoch in range(start_epoch, cfg.epochs):
+        # per-epoch seeds: the sampler order and the augmentation do not depend on earlier epochs
+        train_loader.sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.seed + 1009 * (epoch + 1) + 1_000_003 * rank)
+        step_module.train()
+        t0 = time.perf_counter()
+        loss_sum, n_seen, n_micro = 0.0, 0, 0
+        opt.zero_grad(set_to_none=True)
+        it = _progress(train_loader, rank, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        for i, batch in enumerate(it):
+            if i >= n_batches:
+                break
+            x = _to_input(batch["image"], size, device)  # [B, 1, S, S]
+            y = batch["label"].to(device, non_blocking=True)  # [B]
+            mod = batch["modality"].to(device, non_blocking=True)  # [B]
+            if augment is not None:
+                x = augment(x)
+            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
+            sync = contextlib.nullcontext() if (last_micro or world == 1) else model_for_step.no_sync()
+            with sync:
+                with _autocast(device, dtype):
+                    if method == "contrastive":
+                        img, txt, scale = model_for_step(x)
+                        loss = loss_fn(img.float(), txt.float(), y, scale, modality=mod)
+                    else:
+                        loss = _weighted_ce(model_for_step(x).float(), y, cw, mw, mod)
+                (loss / cfg.grad_accum).backward()
+            if last_micro:
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+            loss_sum += float(loss.detach()) * len(y)
+            n_seen += len(y)
+            n_micro += 1
+        train_time = time.perf_counter() - t0
+        if world > 1:
+            t = torch.tensor([loss_sum, n_seen], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            loss_sum, n_seen = float(t[0]), int(t[1])
+        rec = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n_seen, 1),
+               "lr": opt.param_groups[0]["lr"]}
+        rec.update(validate())
+        rec.update(images_per_s=n_seen / max(train_time, 1e-9), epoch_time_s=time.perf_counter() - t0)
+        write_line(rec)
+        epochs_done = epoch + 1
+
+        auc = rec.get("val_macro_auc")
+        improved = auc is not None and math.isfinite(auc) and (best is None or auc > best)
+        if improved:
+            best, best_epoch, bad = float(auc), epoch + 1, 0
+        else:
+            bad += 1
+        stopped_early = cfg.patience > 0 and bad >= cfg.patience and best is not None
+        state = {"epoch": epoch + 1, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": _rng_state(), "best_metric": best, "best_epoch": best_epoch,
+                 "bad_epochs": bad, "stopped": stopped_early}
+        write_ckpt("last.pt", **state)
+        if rank == 0 and (improved or (best is None and not (ckpt_dir / "best.pt").exists()) or not len(val_rows)):
+            shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+        if world > 1:
+            torch.distributed.barrier()
+        if stopped_early:
+            log.info("early stopping after epoch %d: no better val macro AUC for %d epochs", epoch + 1, bad)
+            break
+        if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
+            break
+    return finish(best, best_epoch, epochs_done, stopped_early)
+
+
+@torch.no_grad()
+def _extract_features(model: RunModel, ds, cfg: TrainCfg, device, dtype) -> torch.Tensor:
+    """Frozen image embeddings ``[N, D]`` (float32, CPU) for the linear probe."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    size = int(model.image_size)
+    out = []
+    for batch in DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers):
+        with _autocast(device, dtype):
+            out.append(model.encode_image(_to_input(batch["image"], size, device)).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,261 @@
+"""Pure numpy geometry for mammograms: breast mask, crop, orientation, resize/pad.
+
+All functions take ``[H, W]`` float images in [0, 1] (bright = dense tissue, MONOCHROME2) and return new
+arrays; nothing is modified in place. ``preprocess_image`` chains them into the cache's recipe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mammolens.data.cache import PreprocessCfg
+
+__all__ = [
+    "otsu_threshold",
+    "breast_mask",
+    "mask_bbox",
+    "crop_to_mask",
+    "breast_side",
+    "flip_to_left",
+    "resize_pad",
+    "preprocess_image",
+]
+
+_MASK_MAX_SIDE = 512  # the mask is computed on a downsampled copy: fast and insensitive to noise
+
+
+def _check_2d(img: np.ndarray, name: str = "img") -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [H, W] array, got shape {img.shape}")
+    if img.size == 0:
+        raise ValueError(f"{name} is empty (shape {img.shape})")
+    return img
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (any shape): the cut that maximises between-class variance."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def _downsample(img: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
+    """Block-mean downsample by an integer factor so that the longest side is <= max_side."""
+    f = max(1, int(np.ceil(max(img.shape) / max_side)))
+    if f == 1:
+        return img.astype(np.float32, copy=False), 1
+    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    small = img[:h, :w].astype(np.float32, copy=False).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    return small, f
+
+
+def breast_mask(img: np.ndarray, threshold: float | None = None, max_side: int = _MASK_MAX_SIDE) -> np.ndarray:
+    """Foreground (breast) mask: Otsu threshold on a downsampled copy, largest component, holes filled.
+
+    The threshold is half of Otsu's (Otsu on a mammogram tends to split fat from dense tissue; the skin
+    line sits well below it). Keeping only the largest connected component removes film labels, markers
+    and scanner text, which are separate blobs.
+
+    Args:
+        img: ``[H, W]`` image, bright = tissue.
+        threshold: fixed intensity threshold instead of the automatic one.
+        max_side: longest side of the working copy.
+
+    Returns:
+        bool ``[H, W]`` mask (all False for a blank image).
+    """
+    img = _check_2d(img)
+    small, f = _downsample(img, max_side)
+    if threshold is None:
+        if float(small.max()) <= float(small.min()):
+            return np.zeros(img.shape, dtype=bool)
+        threshold = 0.5 * otsu_threshold(small) + 0.5 * float(small.min())
+    fg = small > threshold
+    fg = ndimage.binary_opening(fg, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return np.zeros(img.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    fg = labels == (int(np.argmax(sizes)) + 1)
+    fg = ndimage.binary_fill_holes(fg)
+    if f == 1:
+        return fg
+    full = np.repeat(np.repeat(fg, f, axis=0), f, axis=1)
+    # pad the remainder rows/columns dropped by the integer downsample with their nearest neighbours
+    pad_h, pad_w = img.shape[0] - full.shape[0], img.shape[1] - full.shape[1]
+    if pad_h or pad_w:
+        full = np.pad(full, ((0, pad_h), (0, pad_w)), mode="edge")
+    return full
+
+
+def mask_bbox(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` (half-open) of the True pixels, grown by ``margin``; the whole image if empty."""
+    mask = _check_2d(mask, "mask")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    if rows.size == 0:
+        return 0, h, 0, w
+    return (
+        max(0, int(rows[0]) - margin),
+        min(h, int(rows[-1]) + 1 + margin),
+        max(0, int(cols[0]) - margin),
+        min(w, int(cols[-1]) + 1 + margin),
+    )
+
+
+def crop_to_mask(img: np.ndarray, mask: np.ndarray, margin: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Crop ``img`` to the bounding box of ``mask`` plus ``margin`` pixels.
+
+    Returns:
+        ``(cropped [h, w], (y0, y1, x0, x1))``.
+    """
+    img = _check_2d(img)
+    if mask.shape != img.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {img.shape}")
+    y0, y1, x0, x1 = mask_bbox(mask, margin)
+    return img[y0:y1, x0:x1].copy(), (y0, y1, x0, x1)
+
+
+def breast_side(img_or_mask: np.ndarray) -> str:
+    """Which image side the chest wall is on: ``"L"`` or ``"R"``.
+
+    The chest wall is the broad side of the breast: within the mask's bounding box, the outer quarter
+    holding more breast pixels (the nipple side tapers to a point). A float image is masked first.
+    """
+    a = _check_2d(img_or_mask, "img_or_mask")
+    mask = a if a.dtype == bool else breast_mask(a)
+    y0, y1, x0, x1 = mask_bbox(mask)
+    box = mask[y0:y1, x0:x1]
+    q = max(1, box.shape[1] // 4)
+    left, right = int(box[:, :q].sum()), int(box[:, -q:].sum())
+    if left == right:  # symmetric: fall back on the centre of mass against the image centre
+        cols = np.flatnonzero(mask.any(axis=0))
+        return "L" if cols.size == 0 or cols.mean() <= (mask.shape[1] - 1) / 2 else "R"
+    return "L" if left > right else "R"
+
+
+def flip_to_left(
+    img: np.ndarray, laterality: str | None = None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, bool]:
+    """Mirror the image so that the chest wall is on the left.
+
+    Args:
+        img: ``[H, W]`` image.
+        laterality: ``"L"``/``"R"`` from the header. Standard display puts a right breast's chest wall
+            on the image right and a left breast's on the left, so ``"R"`` flips. ``None``/``""``:
+            detect from the image (``breast_side``).
+        mask: breast mask of ``img`` (saves recomputing it when auto-detecting).
+
+    Returns:
+        ``(image, flipped)``.
+    """
+    img = _check_2d(img)
+    lat = (laterality or "").strip().upper()
+    if lat in ("L", "R"):
+        side = lat
+    elif lat == "":
+        side = breast_side(mask if mask is not None else img)
+    else:
+        raise ValueError(f"laterality must be 'L', 'R' or empty, got {laterality!r}")
+    if side == "R":
+        return img[:, ::-1].copy(), True
+    return img, False
+
+
+def resize_pad(img: np.ndarray, size: int, keep_aspect: bool = True, pad_value: float = 0.0) -> np.ndarray:
+    """Resize to ``[size, size]`` with anti-aliasing (PIL, float32).
+
+    With ``keep_aspect`` the longest side becomes ``size`` and the image is letterboxed with ``pad_value``:
+    flush with the left edge (where ``flip_to_left`` put the chest wall) and centred vertically.
+    """
+    from PIL import Image
+
+    img = _check_2d(img).astype(np.float32, copy=False)
+    if size < 1:
+        raise ValueError(f"size must be a positive integer, got {size}")
+    h, w = img.shape
+    if keep_aspect:
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    else:
+        nh, nw = size, size
+    if (nh, nw) != (h, w):
+        resample = Image.Resampling.BILINEAR if (nh <= h and nw <= w) else Image.Resampling.BICUBIC
+        # PIL widens the filter support when reducing, i.e. it anti-aliases
+        out = np.asarray(Image.fromarray(img, mode="F").resize((nw, nh), resample=resample), dtype=np.float32)
+    else:
+        out = img
+    if (nh, nw) == (size, size):
+        return np.ascontiguousarray(out)
+    canvas = np.full((size, size), pad_value, dtype=np.float32)
+    top = (size - nh) // 2
+    canvas[top : top + nh, :nw] = out
+    return canvas
+
+
+def preprocess_image(
+    pixels: np.ndarray, cfg: "PreprocessCfg | None" = None, laterality: str | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The cache recipe: mask → zero outside the breast → crop → chest wall left → resize/pad → uint16.
+
+    Args:
+        pixels: ``[H, W]`` float in [0, 1] (a ``[F, H, W]`` stack is reduced by its maximum).
+        cfg: ``PreprocessCfg`` (default: ``PreprocessCfg()``).
+        laterality: header laterality for ``flip="left"``; empty → detected from the image.
+
+    Returns:
+        ``(uint16 [S, S], info)`` with ``info`` keys ``bbox`` (y0, y1, x0, x1 in input pixels),
+        ``flipped``, ``mask_fraction``, ``orig_shape``, ``side`` (detected chest-wall side).
+    """
+    if cfg is None:
+        from mammolens.data.cache import PreprocessCfg
+
+        cfg = PreprocessCfg()
+    img = np.asarray(pixels, dtype=np.float32)
+    if img.ndim == 3:
+        img = img.max(axis=0)  # [F, H, W] -> [H, W] maximum intensity projection
+    img = _check_2d(img, "pixels")
+    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
+    info: dict[str, Any] = {"orig_shape": tuple(int(s) for s in img.shape)}
+    bbox = (0, img.shape[0], 0, img.shape[1])
+    mask = None
+    if cfg.crop or cfg.mask_background or cfg.flip == "left":
+        mask = breast_mask(img)
+        info["mask_fraction"] = float(mask.mean())
+        if not mask.any():  # blank image: keep it whole rather than fail
+            mask = None
+    if mask is not None and cfg.mask_background:
+        img = img * mask
+    if mask is not None and cfg.crop:
+        margin = int(round(float(cfg.margin) * max(img.shape)))
+        img, bbox = crop_to_mask(img, mask, margin)
+        mask = mask[bbox[0] : bbox[1], bbox[2] : bbox[3]]
+    info["bbox"] = tuple(int(b) for b in bbox)
+    info["side"] = breast_side(mask) if mask is not None else ""
+    flipped = False
+    if cfg.flip == "left":
+        lat = (laterality or "").strip().upper() if cfg.use_laterality else ""
+        side = lat if lat in ("L", "R") else info["side"]
+        if side == "R":
+            img, flipped = img[:, ::-1].copy(), True
+    elif cfg.flip != "none":
+        raise ValueError(f"PreprocessCfg.flip must be 'left' or 'none', got {cfg.flip!r}")
+    info["flipped"] = bool(flipped)
+    out = resize_pad(img, cfg.size, keep_aspect=cfg.keep_aspect)
+    out = np.clip(np.rint(out * 65535.0), 0, 65535).astype(np.uint16)
+    return out, info

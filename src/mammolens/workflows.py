@@ -1,0 +1,219 @@
+"""End-to-end workflows that join the layers: evaluate a run, explain images, the demo.
+
+This module sits with ``cli`` and ``serve`` at the application layer (it may import ``train``);
+the library below it never imports it. Each function returns a plain dict that the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def _cache_for(run, data: str | PathLike, out_dir: Path, workers: int | None, progress: bool) -> Path:
+    """A cache of ``data`` built with the run's preprocessing (reused when ``data`` already is one)."""
+    from mammolens.data.cache import PreprocessCfg, build_cache, open_cache
+
+    data = Path(data)
+    want = PreprocessCfg.from_dict(run.preprocess)
+    if data.is_dir() and (data / "cache.json").is_file():
+        cache = open_cache(data, allow_incomplete=True)
+        have = cache.cfg.to_dict()
+        diff = {k: (have.get(k), v) for k, v in want.to_dict().items() if have.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"cache {data} was built with other preprocessing than run {run.run_dir.name} "
+                f"(field: (cache, run)) {diff}; pass the manifest instead so mammolens rebuilds it")
+        return data
+    if not data.is_file():
+        raise FileNotFoundError(f"evaluation data not found: {data} (a manifest .parquet/.csv or a cache folder)")
+    cache_dir = out_dir / "cache"
+    build_cache(data, cache_dir, want, workers=workers, progress=progress, overwrite=True)
+    return cache_dir
+
+
+def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.DataFrame:
+    """The predictions contract for every successfully cached row of a cache."""
+    from mammolens.data.cache import open_cache
+    from mammolens.data.dataset import MammoDataset
+    from mammolens.train.loop import predict_cache
+
+    cache = open_cache(cache_dir, allow_incomplete=True)
+    index = cache.index
+    ok = np.flatnonzero((index["status"] == "done").to_numpy()) if "status" in index else np.arange(len(index))
+    ds = MammoDataset(cache, run.task, rows=ok)
+    probs = np.asarray(predict_cache(run.model, run.task, ds, batch_size=batch_size, device=device))  # [N, K]
+    df = index.iloc[ok].reset_index(drop=True).copy()
+    df["label"] = run.task.encode(df[run.task.label_column]) if run.task.label_column in df else -1
+    names = list(run.task.class_names)
+    for k, c in enumerate(names):
+        df[f"prob_{c}"] = probs[:, k]
+    df["pred"] = [names[i] for i in probs.argmax(1)]
+    return df
+
+
+def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class: int, device: str) -> list[tuple]:
+    """GradCAM overlays of the most confident correct predictions of each class."""
+    import torch
+
+    from mammolens.data.cache import open_cache
+    from mammolens.explain.gradcam import GradCAM, OutputIndexTarget
+    from mammolens.explain.overlay import save_overlay
+
+    if per_class <= 0 or preds.empty:
+        return []
+    cache = open_cache(cache_dir, allow_incomplete=True)
+    names = list(run.task.class_names)
+    model = run.model.to(device).eval()
+    items = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, c in enumerate(names):
+        sel = preds[(preds["pred"] == c)]
+        if "label" in sel and (sel["label"] >= 0).any():
+            sel = sel[sel["label"] == k]
+        sel = sel.sort_values(f"prob_{c}", ascending=False).head(per_class)
+        for j, row in enumerate(sel.itertuples()):
+            img = cache.get(int(row.cache_row))  # float32 [S, S]
+            x = torch.from_numpy(np.ascontiguousarray(img))[None, None].to(device)
+            with torch.enable_grad(), GradCAM(model, forward_fn=model.forward) as cam:
+                m = cam.compute(x, OutputIndexTarget(k))[0].detach().cpu().numpy()
+            png = save_overlay(out_dir / f"{c}_{j}.png", img, m)
+            caption = f"class {c}: p={getattr(row, f'prob_{c}'):.2f}, {getattr(row, 'modality', '')} {getattr(row, 'view', '')}"
+            items.append((c, str(png), caption))
+    return items
+
+
+def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathLike | None = None,
+                 compare: str | PathLike | None = None, n_boot: int = 1000, seed: int = 0,
+                 gallery_per_class: int = 2, batch_size: int = 32, workers: int | None = None,
+                 device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Predict ``data`` with a run and write ``predictions.parquet``, ``metrics.json``, ``report.html``.
+
+    External validation is the same call with another dataset's manifest. With ``compare``, a second
+    run is evaluated on the same images and the two are compared (DeLong per class, McNemar).
+
+    Args:
+        run_dir: a run folder from ``mammolens train``.
+        data: a manifest (.parquet/.csv) or a cache folder built with the run's preprocessing.
+        out: output folder (default ``RUN/eval`` for the run's own data, ``RUN/eval-<name>`` otherwise).
+        compare: a second run folder.
+        n_boot: bootstrap replicates (patients resampled) for the 95% CIs.
+        gallery_per_class: GradCAM examples per class in the report.
+    """
+    import torch
+
+    from mammolens.evaluation.report import evaluate_predictions, to_jsonable, write_report
+    from mammolens.models.run import load_run
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = load_run(run_dir)
+    out_dir = Path(out) if out else Path(run_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cache_dir = _cache_for(run, data, out_dir, workers, progress)
+    preds = _predict_cache(run, cache_dir, batch_size, device)
+    cmp_preds = None
+    if compare is not None:
+        run_b = load_run(compare)
+        if list(run_b.task.class_names) != list(run.task.class_names):
+            raise ValueError(f"cannot compare runs with different classes: {run.task.class_names} vs {run_b.task.class_names}")
+        cache_b = _cache_for(run_b, data if run_b.preprocess != run.preprocess else cache_dir,
+                             out_dir / "compare", workers, progress)
+        cmp_preds = _predict_cache(run_b, cache_b, batch_size, device)
+    names = list(run.task.class_names)
+    dense = ("C", "D") if set(names) >= {"C", "D"} else None
+    result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
+                                  dense_classes=dense)
+    gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
+    preds.drop(columns=[c for c in ("patient_id",) if c in preds], errors="ignore")
+    preds.to_parquet(out_dir / "predictions.parquet", index=False)
+    metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
+    metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
+    provenance = {"run": str(Path(run_dir).resolve()), "data": str(Path(data).resolve()),
+                  "model": run.cfg.model if run.cfg else "", "method": run.method,
+                  "compare": str(Path(compare).resolve()) if compare else "",
+                  "preprocess": run.preprocess, "n_boot": n_boot, "seed": seed}
+    metrics["provenance"] = provenance
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    report = write_report(out_dir, preds, names, result, gallery=gallery,
+                          title=f"mammolens evaluation: {Path(run_dir).name} on {Path(data).name}",
+                          provenance=provenance)
+    return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)),
+            "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# ---------------------------------------------------------------------------------------- explain
+def explain_run(run_dir: str | PathLike, images: list[str | PathLike], out: str | PathLike,
+                class_name: str | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """GradCAM overlays for image files, through the run's own preprocessing and classifier."""
+    from mammolens.inference import Predictor
+
+    p = Predictor.from_run(run_dir, device=device, workers=0)
+    out = Path(out)
+    res = p.predict(images, explain=True, overlay_dir=out, class_name=class_name)
+    recs = res.images.to_dict("records")
+    for e in res.errors.to_dict("records"):
+        recs.append({"file": e["file"], "error": e["reason"]})
+    return recs
+
+
+# -------------------------------------------------------------------------------------------- demo
+def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_external: int = 16,
+             size: int = 64, epochs: int = 6, n_boot: int = 200, workers: int | None = None,
+             seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """The whole pipeline on a built-in simulated cohort, minutes on a laptop CPU.
+
+    1. write a synthetic DICOM cohort (DM, s2D, DBT; known density) and an "external" one from other
+       sites; 2. ingest-equivalent manifest → preprocessed cache; 3. weighted contrastive fine-tuning
+       of ``tiny-clip``; 4. evaluation on the external cohort with CIs, subgroups, GradCAM → report.html;
+       5. predictions for one study (per image, breast, exam).
+    """
+    from mammolens.data.cache import PreprocessCfg, build_cache
+    from mammolens.data.synthetic import make_cohort
+    from mammolens.inference import Predictor
+    from mammolens.train.config import TrainCfg
+    from mammolens.train.loop import train
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    steps: dict[str, float] = {}
+    make_cohort(out / "cohort", n_patients=n_patients, seed=seed)
+    make_cohort(out / "external", n_patients=n_external, seed=seed + 1000, sites=("external-site",))
+    steps["cohorts"] = time.perf_counter() - t0
+    pre = PreprocessCfg(size=size)
+    build_cache(out / "cohort" / "manifest.parquet", out / "cache", pre, workers=workers, progress=progress,
+                overwrite=True)
+    steps["preprocess"] = time.perf_counter() - t0 - sum(steps.values())
+    cfg = TrainCfg(data={"cache": str(out / "cache"), "val_frac": 0.25}, task="density", model="tiny-clip",
+                   image_size=size, method="contrastive", class_weighting="inverse", epochs=epochs,
+                   batch_size=16, lr=1e-3, weight_decay=0.01, warmup_steps=2, precision="fp32",
+                   augment=True, workers=0, seed=seed, out_dir=str(out / "run"), overwrite=True)
+    run_dir = train(cfg)
+    steps["train"] = time.perf_counter() - t0 - sum(steps.values())
+    ev = evaluate_run(run_dir, out / "external" / "manifest.parquet", out=out / "run" / "eval-external",
+                      n_boot=n_boot, workers=workers, progress=progress)
+    steps["evaluate"] = time.perf_counter() - t0 - sum(steps.values())
+    study = sorted((out / "external" / "dicom").iterdir())[0]
+    pred = Predictor.from_run(run_dir, workers=0).predict(study, explain=True, overlay_dir=out / "predict" / "overlays")
+    (out / "predict").mkdir(parents=True, exist_ok=True)
+    pred.images.to_csv(out / "predict" / "images.csv", index=False)
+    pred.exams.to_csv(out / "predict" / "exams.csv", index=False)
+    steps["predict"] = time.perf_counter() - t0 - sum(steps.values())
+    exam = pred.exams.iloc[0] if len(pred.exams) else None
+    return {
+        "report": ev["report"], "run": str(run_dir), "metrics": ev["metrics"],
+        "example_exam": None if exam is None else {"pred": exam["pred"], **{c: round(float(exam[f"prob_{c}"]), 3)
+                                                                           for c in pred.class_names}},
+        "seconds": {k: round(v, 1) for k, v in steps.items()},
+    }

@@ -1,0 +1,196 @@
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mammolens.data.cache import (
+    CacheError,
+    PreprocessCfg,
+    build_cache,
+    manifest_hash,
+    merge_caches,
+    open_cache,
+)
+
+SIZE = 32
+
+
+def png_reader(path, **kw):
+    """A picklable reader for tests: 8-bit PNG -> float32 [0, 1]; anything else raises."""
+    return np.asarray(Image.open(path), dtype=np.float32) / 255.0
+
+
+def _breast_png(path, side, seed):
+    rng = np.random.default_rng(seed)
+    h, w = 120, 90
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (h * 0.4)) ** 2 + (xx / (w * 0.6)) ** 2 <= 1
+    img = np.where(inside, 90 + rng.integers(0, 120, (h, w)), 0).astype(np.uint8)
+    if side == "R":
+        img = img[:, ::-1]
+    Image.fromarray(np.ascontiguousarray(img)).save(path)
+
+
+@pytest.fixture()
+def png_manifest(tmp_path):
+    rows = []
+    for i in range(8):
+        side = "LR"[i % 2]
+        p = tmp_path / "imgs" / f"im{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        _breast_png(p, side, i)
+        rows.append(dict(image_path=str(p), patient_id=f"p{i // 2}", study_id=f"s{i // 2}", laterality=side,
+                         view="CC", modality=["DM", "s2D"][i % 2], manufacturer="X", density="ABCD"[i % 4]))
+    bad = tmp_path / "imgs" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    rows.append(dict(image_path=str(bad), patient_id="p9", study_id="s9", laterality="L", view="CC",
+                     modality="DM", manufacturer="X", density="A"))
+    return pd.DataFrame(rows)
+
+
+def test_preprocess_cfg_round_trip_and_validation():
+    cfg = PreprocessCfg(size=64, margin=0.02)
+    assert PreprocessCfg.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown PreprocessCfg field"):
+        PreprocessCfg.from_dict({"sise": 3})
+    with pytest.raises(ValueError, match="flip"):
+        PreprocessCfg(flip="right")
+    with pytest.raises(ValueError, match="size"):
+        PreprocessCfg(size=2)
+
+
+def test_manifest_hash_changes_with_content(png_manifest):
+    h = manifest_hash(png_manifest)
+    assert h == manifest_hash(png_manifest.copy())
+    other = png_manifest.copy()
+    other.loc[0, "density"] = "D"
+    assert manifest_hash(other) != h
+
+
+def test_build_cache_writes_images_index_errors(png_manifest, tmp_path):
+    out = build_cache(png_manifest, tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                      reader=png_reader)
+    c = open_cache(out)
+    assert len(c) == 9 and c.images.shape == (9, SIZE, SIZE) and c.images.dtype == np.uint16
+    assert not c.images.flags.writeable
+    assert list(c.index["cache_row"]) == list(range(9))
+    assert list(c.index["status"]) == ["done"] * 8 + ["failed"]
+    assert c.index["flipped"].tolist()[:8] == [False, True] * 4  # right breasts mirrored
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors["row"].tolist() == [8] and "broken.png" in errors["image_path"][0]
+    assert errors["reason"][0]  # a reason is recorded
+    assert c.images[8].max() == 0 and c.images[0].max() > 0
+    g = c.get(0)
+    assert g.dtype == np.float32 and 0 <= g.min() and g.max() <= 1
+    np.testing.assert_allclose(g, c.images[0] / 65535.0, rtol=1e-6)
+    meta = json.loads((out / "cache.json").read_text())
+    assert meta["cfg"]["size"] == SIZE and meta["counts"] == {"done": 8, "failed": 1, "pending": 0}
+    assert meta["shape"] == [9, SIZE, SIZE] and meta["complete"] and meta["manifest_hash"]
+    assert c.cfg == PreprocessCfg(size=SIZE)
+
+
+def test_build_cache_parallel_equals_serial(png_manifest, tmp_path):
+    a = build_cache(png_manifest, tmp_path / "a", PreprocessCfg(size=SIZE), workers=0, progress=False, reader=png_reader)
+    b = build_cache(png_manifest, tmp_path / "b", PreprocessCfg(size=SIZE), workers=2, chunksize=1,
+                    progress=False, reader=png_reader)
+    assert (a / "images.u16").read_bytes() == (b / "images.u16").read_bytes()
+    assert open_cache(b).index["status"].tolist() == open_cache(a).index["status"].tolist()
+
+
+def test_build_cache_resumes_after_interruption(png_manifest, tmp_path):
+    cfg = PreprocessCfg(size=SIZE)
+    full = build_cache(png_manifest, tmp_path / "full", cfg, workers=0, progress=False, reader=png_reader)
+    part = build_cache(png_manifest, tmp_path / "part", cfg, workers=0, progress=False, reader=png_reader, limit=4)
+    with pytest.raises(CacheError, match="incomplete"):
+        open_cache(part)
+    assert open_cache(part, allow_incomplete=True).meta["counts"]["pending"] == 5
+    # a torn last progress line (killed mid-write) is ignored and that row redone
+    with open(part / "progress.jsonl", "a") as f:
+        f.write('{"row": 5, "sta')
+    build_cache(png_manifest, part, cfg, workers=2, progress=False, reader=png_reader)
+    meta = json.loads((part / "cache.json").read_text())
+    assert meta["last_run"]["processed"] == 5
+    assert (part / "images.u16").read_bytes() == (full / "images.u16").read_bytes()
+    assert open_cache(part).index["status"].tolist() == open_cache(full).index["status"].tolist()
+
+
+def test_build_cache_rerun_is_noop(png_manifest, tmp_path):
+    cfg = PreprocessCfg(size=SIZE)
+    out = build_cache(png_manifest, tmp_path / "c", cfg, workers=0, progress=False, reader=png_reader)
+    before = (out / "images.u16").read_bytes()
+    build_cache(png_manifest, out, cfg, workers=0, progress=False, reader=png_reader)
+    assert json.loads((out / "cache.json").read_text())["last_run"]["processed"] == 0
+    assert (out / "images.u16").read_bytes() == before
+    build_cache(png_manifest, out, cfg, workers=0, progress=False, reader=png_reader, retry_failed=True)
+    assert json.loads((out / "cache.json").read_text())["last_run"]["processed"] == 1  # only the failed row
+
+
+def test_build_cache_refuses_other_cfg_or_manifest_unless_overwrite(png_manifest, tmp_path):
+    out = build_cache(png_manifest, tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                      reader=png_reader)
+    with pytest.raises(CacheError, match="different PreprocessCfg"):
+        build_cache(png_manifest, out, PreprocessCfg(size=16), workers=0, progress=False, reader=png_reader)
+    with pytest.raises(CacheError, match="different manifest"):
+        build_cache(png_manifest.iloc[:3], out, PreprocessCfg(size=SIZE), workers=0, progress=False,
+                    reader=png_reader)
+    build_cache(png_manifest, out, PreprocessCfg(size=16), workers=0, progress=False, reader=png_reader,
+                overwrite=True)
+    assert open_cache(out).images.shape == (9, 16, 16)
+
+
+def test_build_cache_reads_manifest_file_with_relative_paths(png_manifest, tmp_path):
+    from mammolens.data.manifest import write_manifest
+
+    m = png_manifest.iloc[:2].copy()
+    m["image_path"] = [str(p).replace(str(tmp_path) + "/", "") for p in m["image_path"]]
+    write_manifest(m, tmp_path / "manifest.parquet")
+    out = build_cache(tmp_path / "manifest.parquet", tmp_path / "c", PreprocessCfg(size=SIZE), workers=0,
+                      progress=False, reader=png_reader)
+    assert open_cache(out).index["status"].tolist() == ["done", "done"]
+
+
+def test_open_cache_errors(tmp_path, png_manifest):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        open_cache(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="cache.json is missing"):
+        open_cache(tmp_path / "empty")
+    out = build_cache(png_manifest.iloc[:2], tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                      reader=png_reader)
+    with open(out / "images.u16", "ab") as f:
+        f.write(b"xx")
+    with pytest.raises(CacheError, match="corrupt"):
+        open_cache(out)
+    (out / "cache.json").write_text("{oops")
+    with pytest.raises(CacheError, match="not valid JSON"):
+        open_cache(out)
+
+
+def test_merge_caches_of_shards_equals_whole(png_manifest, tmp_path):
+    cfg = PreprocessCfg(size=SIZE)
+    whole = build_cache(png_manifest, tmp_path / "whole", cfg, workers=0, progress=False, reader=png_reader)
+    shards = [build_cache(png_manifest, tmp_path / f"s{k}", cfg, workers=0, progress=False, reader=png_reader,
+                          shard=(k, 3)) for k in range(3)]
+    assert sum(len(open_cache(s)) for s in shards) == 9
+    merged = merge_caches(shards, tmp_path / "merged")
+    assert (merged / "images.u16").read_bytes() == (whole / "images.u16").read_bytes()
+    m, w = open_cache(merged), open_cache(whole)
+    pd.testing.assert_frame_equal(m.index, w.index)
+    assert m.meta["manifest_hash"] == w.meta["manifest_hash"]
+    other = build_cache(png_manifest.iloc[:2], tmp_path / "o", PreprocessCfg(size=16), workers=0, progress=False,
+                        reader=png_reader)
+    with pytest.raises(CacheError, match="cannot merge"):
+        merge_caches([whole, other], tmp_path / "bad")
+
+
+def test_cache_pickles_without_memmap(png_manifest, tmp_path):
+    out = build_cache(png_manifest.iloc[:2], tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                      reader=png_reader)
+    c = open_cache(out)
+    _ = c.images
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2._images is None
+    np.testing.assert_array_equal(c2.images[1], c.images[1])

@@ -1,0 +1,164 @@
+"""Tests for mammolens.losses against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mammolens.losses import (
+    FocalLoss,
+    WeightedContrastiveLoss,
+    WeightedCrossEntropyLoss,
+    class_weights,
+    focal_loss,
+    modality_weight_tensor,
+    weighted_contrastive_loss,
+    weighted_cross_entropy,
+)
+
+# B=3 images, K=2 classes, D=2; with s = exp(log 2) = 2 the logits are
+#   x0=[1,0] (class 0): [2, 0];  x1=[0,1] (class 1): [0, 2];  x2=[.6,.8] (class 0): [1.2, 1.6]
+TEXT = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+IMAGES = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+LABELS = torch.tensor([0, 1, 0])
+LOG2 = math.log(2.0)
+LSE = lambda *v: math.log(sum(math.exp(x) for x in v))  # noqa: E731
+CE = [LSE(2, 0) - 2, LSE(0, 2) - 2, LSE(1.2, 1.6) - 1.2]  # image -> text, per image
+T2I = [LSE(2, 0, 1.2) - LSE(2, 1.2), LSE(0, 2, 1.6) - 2]  # text -> image, per class (both x0, x2 positive)
+
+
+def test_contrastive_unweighted_matches_hand_computation():
+    loss, (i2t, t2i) = weighted_contrastive_loss(IMAGES, TEXT, LABELS, torch.tensor(LOG2), return_terms=True)
+    assert i2t.item() == pytest.approx(sum(CE) / 3, abs=1e-6)
+    assert t2i.item() == pytest.approx(sum(T2I) / 2, abs=1e-6)
+    assert loss.item() == pytest.approx(0.5 * (sum(CE) / 3 + sum(T2I) / 2), abs=1e-6)
+
+
+def test_contrastive_class_weights_as_expected():
+    _, (i2t, t2i) = weighted_contrastive_loss(IMAGES, TEXT, LABELS, LOG2, class_weights=torch.tensor([2.0, 1.0]),
+                                              return_terms=True)
+    assert i2t.item() == pytest.approx((2 * CE[0] + CE[1] + 2 * CE[2]) / 5, abs=1e-6)
+    assert t2i.item() == pytest.approx((2 * T2I[0] + T2I[1]) / 3, abs=1e-6)
+
+
+def test_contrastive_modality_weights_by_name():
+    loss_fn = WeightedContrastiveLoss(modality_weights={"DBT": 3.0})
+    modality = torch.tensor([0, 0, 2])  # DM, DM, DBT
+    loss = loss_fn(IMAGES, TEXT, LABELS, torch.tensor(LOG2), modality=modality)
+    i2t = (CE[0] + CE[1] + 3 * CE[2]) / 5
+    assert loss.item() == pytest.approx(0.5 * (i2t + sum(T2I) / 2), abs=1e-6)
+
+
+def test_contrastive_none_weights_equal_plain_cross_entropy():
+    cw = class_weights(LABELS, 2, method="none")
+    _, (i2t, _) = weighted_contrastive_loss(IMAGES, TEXT, LABELS, LOG2, class_weights=cw, return_terms=True)
+    logits = 2.0 * IMAGES @ TEXT.t()
+    assert i2t.item() == pytest.approx(F.cross_entropy(logits, LABELS).item(), abs=1e-6)
+
+
+def test_contrastive_same_class_image_is_not_a_negative():
+    images, labels = IMAGES[:2], LABELS[:2]
+    twice, labels2 = torch.cat([images, images[:1]]), torch.cat([labels, labels[:1]])  # x0 duplicated
+    _, (_, t2i_1) = weighted_contrastive_loss(images, TEXT, labels, LOG2, return_terms=True)
+    _, (_, t2i_2) = weighted_contrastive_loss(twice, TEXT, labels2, LOG2, return_terms=True)
+    # ours, class 0: log(1 + e^0 / (2 e^2)) < log(1 + e^0 / e^2); class 1 gains one negative at logit 0
+    expected = 0.5 * (LSE(2, 0, 2) - LSE(2, 2) + LSE(0, 2, 0) - 2)
+    assert t2i_2.item() == pytest.approx(expected, abs=1e-6)
+    assert (LSE(2, 0, 2) - LSE(2, 2)) < (LSE(2, 0) - 2)  # the duplicate lowered class 0's term
+    # a standard per-pair CLIP loss would make the duplicate a negative of x0: -log(e^2 / (2 e^2 + 1)) grows
+    assert (LSE(2, 2, 0) - 2) > (LSE(2, 0) - 2)
+
+
+def test_contrastive_ignores_unlabelled_images():
+    images = torch.cat([IMAGES, torch.tensor([[0.0, 1.0]])])
+    labels = torch.cat([LABELS, torch.tensor([-1])])
+    a = weighted_contrastive_loss(IMAGES, TEXT, LABELS, LOG2)
+    b = weighted_contrastive_loss(images, TEXT, labels, LOG2)
+    assert b.item() == pytest.approx(a.item(), abs=1e-7)
+
+
+def test_contrastive_all_unlabelled_is_zero_with_graph():
+    img = IMAGES.clone().requires_grad_(True)
+    loss = weighted_contrastive_loss(img, TEXT, torch.full((3,), -1), LOG2)
+    loss.backward()
+    assert loss.item() == 0.0 and img.grad is not None
+
+
+def test_contrastive_logit_scale_clamped_at_100():
+    big = weighted_contrastive_loss(IMAGES, TEXT, LABELS, torch.tensor(10.0))
+    hundred = weighted_contrastive_loss(IMAGES, TEXT, LABELS, torch.tensor(math.log(100.0)))
+    assert big.item() == pytest.approx(hundred.item(), rel=1e-6)
+
+
+def test_contrastive_gradients_finite_with_absent_class():
+    img = F.normalize(torch.randn(4, 8), dim=-1).requires_grad_(True)
+    txt = F.normalize(torch.randn(3, 8), dim=-1).requires_grad_(True)
+    scale = torch.tensor(LOG2, requires_grad=True)
+    loss = weighted_contrastive_loss(img, txt, torch.tensor([0, 0, 1, 1]), scale)  # class 2 absent
+    loss.backward()
+    assert torch.isfinite(img.grad).all() and torch.isfinite(txt.grad).all() and torch.isfinite(scale.grad)
+    assert txt.grad[2].abs().sum() > 0  # the absent class still acts as a negative in image->text
+
+
+def test_contrastive_bad_shapes_raise():
+    with pytest.raises(ValueError, match="labels has 2 entries"):
+        weighted_contrastive_loss(IMAGES, TEXT, torch.tensor([0, 1]), LOG2)
+    with pytest.raises(ValueError, match="out of range"):
+        weighted_contrastive_loss(IMAGES, TEXT, torch.tensor([0, 1, 2]), LOG2)
+
+
+def test_class_weights_inverse_values():
+    w = class_weights(np.array([0, 0, 0, 1]), 2, "inverse")
+    np.testing.assert_allclose(w.numpy(), [0.5, 1.5], rtol=1e-6)
+    w = class_weights([0, 0, 1, -1], 3, "inverse")  # class 2 absent, -1 ignored
+    np.testing.assert_allclose(w.numpy(), [2 / 3, 4 / 3, 0.0], rtol=1e-6)
+
+
+def test_class_weights_effective_values():
+    beta = 0.9
+    w = class_weights(torch.tensor([0, 0, 0, 1]), 2, "effective", beta=beta)
+    raw = np.array([(1 - beta) / (1 - beta**3), (1 - beta) / (1 - beta**1)])
+    np.testing.assert_allclose(w.numpy(), raw / raw.mean(), rtol=1e-6)
+    assert w.mean().item() == pytest.approx(1.0)
+
+
+def test_class_weights_none_and_errors():
+    assert class_weights([0, 1], 3, "none").tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="not one of"):
+        class_weights([0], 2, "sqrt")
+    with pytest.raises(ValueError, match="no labelled"):
+        class_weights([-1, -1], 2)
+
+
+def test_modality_weight_tensor_forms():
+    assert modality_weight_tensor({"DBT": 2.0, "s2D": 0.5}).tolist() == [1.0, 0.5, 2.0]
+    assert modality_weight_tensor([1, 2, 3]).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="unknown modality"):
+        modality_weight_tensor({"CT": 1.0})
+
+
+def test_weighted_cross_entropy_matches_torch():
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    w = torch.tensor([0.5, 1.0, 2.0])
+    assert weighted_cross_entropy(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-6)
+    assert weighted_cross_entropy(logits, y, w).item() == pytest.approx(
+        F.cross_entropy(logits, y, weight=w).item(), abs=1e-6)
+    none = class_weights(y, 3, "none")
+    assert WeightedCrossEntropyLoss(none)(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item(),
+                                                                              abs=1e-6)
+    y_unl = y.clone()
+    y_unl[0] = -1
+    assert weighted_cross_entropy(logits, y_unl).item() == pytest.approx(
+        F.cross_entropy(logits, y_unl, ignore_index=-1).item(), abs=1e-6)
+
+
+def test_focal_loss_gamma_zero_is_ce_and_downweights_easy():
+    logits = torch.tensor([[4.0, 0.0], [0.2, 0.0]])
+    y = torch.tensor([0, 0])
+    assert focal_loss(logits, y, gamma=0.0).item() == pytest.approx(F.cross_entropy(logits, y).item(), abs=1e-6)
+    p = torch.softmax(logits, 1)[:, 0]
+    expected = (-(1 - p) ** 2 * p.log()).mean()
+    assert FocalLoss(gamma=2.0)(logits, y).item() == pytest.approx(expected.item(), abs=1e-6)

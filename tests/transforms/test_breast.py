@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+
+from mammolens.data.cache import PreprocessCfg
+from mammolens.transforms.breast import (
+    breast_mask,
+    breast_side,
+    crop_to_mask,
+    flip_to_left,
+    mask_bbox,
+    otsu_threshold,
+    preprocess_image,
+    resize_pad,
+)
+
+
+def synthetic_breast(h=400, w=300, side="L", label=True, seed=0):
+    """Half-ellipse 'breast' against the left (or right) edge, plus a bright film label far from it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, ry, rx = h / 2, h * 0.4, w * 0.6
+    inside = ((yy - cy) / ry) ** 2 + (xx / rx) ** 2 <= 1.0
+    img = np.zeros((h, w), np.float32)
+    img[inside] = 0.35 + 0.3 * rng.random(inside.sum()).astype(np.float32)  # fat + dense texture
+    img += 0.01 * rng.random((h, w)).astype(np.float32)  # detector noise
+    if label:
+        img[10:40, w - 60 : w - 15] = 1.0  # a bright label, not touching the breast
+    if side == "R":
+        img, inside = img[:, ::-1].copy(), inside[:, ::-1].copy()
+    return np.clip(img, 0, 1), inside
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_otsu_threshold_separates_two_modes():
+    v = np.concatenate([np.full(100, 0.1), np.full(100, 0.8)])
+    t = otsu_threshold(v)
+    assert 0.1 < t <= 0.8
+
+
+def test_breast_mask_matches_known_geometry_and_drops_label():
+    img, truth = synthetic_breast()
+    mask = breast_mask(img)
+    assert mask.shape == img.shape and mask.dtype == bool
+    assert iou(mask, truth) > 0.95
+    assert not mask[10:40, 240:285].any()  # the label is not the largest component
+
+
+def test_breast_mask_downsampled_path_keeps_shape_and_iou():
+    img, truth = synthetic_breast(h=1203, w=901)  # not a multiple of the downsample factor
+    mask = breast_mask(img, max_side=256)
+    assert mask.shape == img.shape
+    assert iou(mask, truth) > 0.95
+
+
+def test_breast_mask_fills_holes():
+    img, truth = synthetic_breast(label=False)
+    img[190:210, 40:60] = 0.0  # a dark hole inside the breast
+    mask = breast_mask(img)
+    assert mask[195:205, 45:55].all()
+
+
+def test_breast_mask_blank_image_is_empty():
+    assert not breast_mask(np.zeros((50, 60), np.float32)).any()
+
+
+def test_breast_mask_rejects_3d():
+    with pytest.raises(ValueError, match="2-D"):
+        breast_mask(np.zeros((2, 3, 4)))
+
+
+def test_crop_to_mask_bbox_and_margin():
+    img = np.arange(100, dtype=np.float32).reshape(10, 10)
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 3:7] = True
+    crop, bbox = crop_to_mask(img, mask)
+    assert bbox == (2, 5, 3, 7)
+    np.testing.assert_array_equal(crop, img[2:5, 3:7])
+    _, bbox = crop_to_mask(img, mask, margin=3)
+    assert bbox == (0, 8, 0, 10)  # clipped at the borders
+    assert mask_bbox(np.zeros((4, 5), bool)) == (0, 4, 0, 5)
+
+
+def test_crop_to_mask_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="does not match"):
+        crop_to_mask(np.zeros((4, 4)), np.zeros((4, 5), bool))
+
+
+@pytest.mark.parametrize("side", ["L", "R"])
+def test_breast_side_detects_chest_wall(side):
+    img, truth = synthetic_breast(side=side)
+    assert breast_side(img) == side
+    assert breast_side(truth) == side
+
+
+def test_flip_to_left_round_trip_and_laterality():
+    img, _ = synthetic_breast(side="R")
+    out, flipped = flip_to_left(img)
+    assert flipped and breast_side(out) == "L"
+    np.testing.assert_array_equal(out[:, ::-1], img)
+    out2, flipped2 = flip_to_left(out)
+    assert not flipped2 and out2 is out
+    _, f = flip_to_left(out, laterality="R")  # header wins when given
+    assert f
+    with pytest.raises(ValueError, match="laterality"):
+        flip_to_left(img, laterality="X")
+
+
+def test_resize_pad_letterbox_geometry():
+    img = np.ones((200, 100), np.float32)
+    out = resize_pad(img, 64)
+    assert out.shape == (64, 64) and out.dtype == np.float32
+    assert np.allclose(out[:, :32], 1.0) and np.allclose(out[:, 32:], 0.0)  # left-aligned, padded right
+    wide = resize_pad(np.ones((50, 100), np.float32), 64)
+    assert np.allclose(wide[16:48], 1.0) and np.allclose(wide[:16], 0) and np.allclose(wide[48:], 0)
+    stretched = resize_pad(img, 64, keep_aspect=False)
+    assert np.allclose(stretched, 1.0)
+
+
+def test_resize_pad_antialiases():
+    checker = (np.indices((256, 256)).sum(0) % 2).astype(np.float32)  # highest frequency
+    out = resize_pad(checker, 32)
+    assert abs(float(out.mean()) - 0.5) < 0.02 and float(out.std()) < 0.05  # averaged, not aliased
+
+
+def test_preprocess_image_orients_crops_and_quantises():
+    img, _ = synthetic_breast(side="R")
+    out, info = preprocess_image(img, PreprocessCfg(size=64))
+    assert out.shape == (64, 64) and out.dtype == np.uint16
+    assert info["flipped"] and info["side"] == "R"
+    assert breast_side(out.astype(np.float32) / 65535) == "L"
+    assert info["bbox"][3] == img.shape[1]  # chest wall at the right edge before flipping
+    assert out.max() > 30000 and out[:, :2].mean() > 10000  # breast flush with the left edge
+    out_l, info_l = preprocess_image(img[:, ::-1].copy(), PreprocessCfg(size=64))
+    assert not info_l["flipped"]
+    np.testing.assert_array_equal(out, out_l)  # same picture whichever way it came in
+
+
+def test_preprocess_image_no_crop_no_flip_is_plain_resize():
+    img = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    cfg = PreprocessCfg(size=32, crop=False, mask_background=False, flip="none")
+    out, info = preprocess_image(img, cfg)
+    np.testing.assert_array_equal(out, np.rint(img * 65535).astype(np.uint16))
+    assert not info["flipped"] and info["bbox"] == (0, 32, 0, 32)
+
+
+def test_preprocess_image_stack_uses_max_projection():
+    a, _ = synthetic_breast(label=False)
+    stack = np.stack([a * 0.5, a, a * 0.2])
+    out_stack, _ = preprocess_image(stack, PreprocessCfg(size=32))
+    out_max, _ = preprocess_image(a, PreprocessCfg(size=32))
+    np.testing.assert_array_equal(out_stack, out_max)
+
+
+def _mias(mini_mias, n):
+    from PIL import Image
+
+    return np.asarray(Image.open(mini_mias / "images" / f"mdb{n:03d}.png"), dtype=np.float32) / 255.0
+
+
+def test_breast_mask_mini_mias_plausible_and_removes_label(mini_mias):
+    img = _mias(mini_mias, 2)  # left MLO with an 'R ML' film label at rows 90-240, cols 715-810
+    mask = breast_mask(img)
+    assert 0.2 < mask.mean() < 0.7
+    assert not mask[100:230, 720:805].any()
+    assert mask[600, 300]  # breast tissue
+
+
+@pytest.mark.parametrize("n,side", [(1, "R"), (2, "L"), (3, "R"), (10, "L"), (25, "R"), (100, "L")])
+def test_breast_side_mini_mias_matches_laterality(mini_mias, n, side):
+    # mini-MIAS: odd numbers are right breasts, chest wall on the image right
+    assert breast_side(_mias(mini_mias, n)) == side
+
+
+def test_preprocess_image_mini_mias_chest_wall_left(mini_mias):
+    out, info = preprocess_image(_mias(mini_mias, 1), PreprocessCfg(size=128))
+    assert info["flipped"] and 0.1 < info["mask_fraction"] < 0.7
+    f = out.astype(np.float32) / 65535
+    assert f[:, :16].mean() > f[:, -16:].mean()  # dense chest-wall side now on the left
