@@ -136,8 +136,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
                                   dense_classes=dense)
     gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
-    preds.drop(columns=[c for c in ("patient_id",) if c in preds], errors="ignore")
-    preds.to_parquet(out_dir / "predictions.parquet", index=False)
+    _pseudonymise(preds).to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
     metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
     provenance = {"run": str(Path(run_dir).resolve()), "data": str(Path(data).resolve()),
@@ -151,6 +150,17 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
                           provenance=provenance)
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _pseudonymise(df: pd.DataFrame) -> pd.DataFrame:
+    """Replace identifiers by stable hashes (grouping still works; no ID leaves in a report file)."""
+    import hashlib
+
+    out = df.copy()
+    for col in ("patient_id", "study_id", "patient_name", "accession_number"):
+        if col in out:
+            out[col] = [hashlib.sha1(str(v).encode()).hexdigest()[:12] for v in out[col]]
+    return out
 
 
 # ---------------------------------------------------------------------------------------- explain
@@ -217,3 +227,94 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
                                                                            for c in pred.class_names}},
         "seconds": {k: round(v, 1) for k, v in steps.items()},
     }
+
+
+# ----------------------------------------------------------------------------------------- predict
+def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: str | PathLike, *,
+                   overlays: bool = True, dicom: bool = True, include_ids: bool = False,
+                   batch_size: int = 16, workers: int | None = None, device: str = "auto",
+                   progress: bool = True) -> dict[str, Any]:
+    """Predict files/folders/archives with a run and write every output a user or a PACS needs.
+
+    Writes into ``out``: ``images.csv``, ``breasts.csv``, ``exams.csv`` (+ one ``results.json`` with
+    all three), ``errors.csv`` (file, reason), ``overlays/*.png`` (GradCAM of the predicted class)
+    and, for DICOM inputs, ``dicom/<study>/density_sr.dcm`` (Comprehensive SR with the coded breast
+    composition) and ``dicom/<study>/overlay_*.dcm`` (Secondary Capture heat maps), both in the
+    source study. Identifiers appear only inside the DICOM files (a PACS needs them) unless
+    ``include_ids`` asks for them in the tables too.
+    """
+    from mammolens.inference import Predictor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers)
+    res = p.predict(inputs, explain=overlays, overlay_dir=out / "overlays" if overlays else None,
+                    include_ids=include_ids, progress=progress)
+    res.images.to_csv(out / "images.csv", index=False)
+    res.breasts.to_csv(out / "breasts.csv", index=False)
+    res.exams.to_csv(out / "exams.csv", index=False)
+    res.errors.to_csv(out / "errors.csv", index=False)
+    payload = {"model": p.name, "classes": p.class_names,
+               "images": res.images.drop(columns=["overlay_png"], errors="ignore").to_dict("records"),
+               "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
+               "errors": res.errors.to_dict("records")}
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    n_sr = 0
+    if dicom and len(res.images):
+        n_sr = _write_dicom_outputs(p, res, inputs, out / "dicom", overlays)
+    return {"out_dir": str(out), "n_images": int(len(res.images)), "n_breasts": int(len(res.breasts)),
+            "n_exams": int(len(res.exams)), "n_failed": res.n_failed, "n_sr": n_sr,
+            "errors": res.errors.to_dict("records")}
+
+
+def _write_dicom_outputs(p, res, inputs, out: Path, overlays: bool) -> int:
+    """One SR per DICOM study and one Secondary Capture per overlay; returns the SR count."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from mammolens.inference import find_images
+    from mammolens.io import is_dicom
+    from mammolens.io.dicom_out import write_density_sr, write_overlay_sc
+
+    paths = find_images(inputs)
+    root = Path(__import__("os").path.commonpath([str(x.parent.resolve()) for x in paths]))
+    by_rel = {Path(x).resolve().relative_to(root).as_posix(): x for x in paths}
+    images = res.images
+    n_sr = 0
+    for study, grp in images.groupby("study_id", sort=True):
+        headers, srcs = [], []
+        for r in grp.itertuples():
+            src = by_rel.get(r.file)
+            if src is None or not is_dicom(src):
+                continue
+            try:
+                headers.append(pydicom.dcmread(src, stop_before_pixels=True))
+                srcs.append(r)
+            except Exception as e:  # noqa: BLE001 — the prediction exists; only the DICOM output is skipped
+                log.warning("no DICOM output for %s: %s", r.file, e)
+        if not headers:
+            continue
+        exam = res.exams[res.exams["study_id"] == study].iloc[0]
+        probs = lambda row: {c: float(row[f"prob_{c}"]) for c in p.class_names}  # noqa: E731
+        breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": probs(b),
+                    **({"dense": bool(b["dense"])} if "dense" in b else {})}
+                   for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
+                   if b["laterality"] in ("L", "R")]
+        result = {"pred": exam["pred"], "probs": probs(exam), "breasts": breasts,
+                  "model": {"name": f"mammolens:{p.name}"}}
+        if "dense" in exam:
+            result["dense"] = bool(exam["dense"])
+        write_density_sr(headers, result, out / study / "density_sr.dcm")
+        n_sr += 1
+        if overlays:
+            from PIL import Image
+
+            series = generate_uid()
+            for i, (ds, r) in enumerate(zip(headers, srcs), start=1):
+                ov = getattr(r, "overlay", None)
+                if isinstance(ov, str) and Path(ov).is_file():
+                    rgb = np.asarray(Image.open(ov).convert("RGB"))
+                    write_overlay_sc(ds, rgb, out / study / f"overlay_{i:03d}.dcm",
+                                     f"mammolens GradCAM, predicted density {r.pred}",
+                                     series_instance_uid=series, instance_number=i)
+    return n_sr

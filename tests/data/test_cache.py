@@ -194,3 +194,50 @@ def test_cache_pickles_without_memmap(png_manifest, tmp_path):
     c2 = pickle.loads(pickle.dumps(c))
     assert c2._images is None
     np.testing.assert_array_equal(c2.images[1], c.images[1])
+
+
+def test_build_cache_default_reader_on_png_files(png_manifest, tmp_path):
+    pytest.importorskip("mammolens.io.images")
+    ours = build_cache(png_manifest, tmp_path / "a", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                       reader=png_reader)
+    default = build_cache(png_manifest, tmp_path / "b", PreprocessCfg(size=SIZE), workers=0, progress=False)
+    c = open_cache(default)
+    assert c.index["status"].tolist() == ["done"] * 8 + ["failed"]
+    np.testing.assert_allclose(c.images[:8].astype(float), open_cache(ours).images[:8].astype(float), atol=300)
+    assert "ImageReadError" in c.index["error"].iat[8] or "Error" in c.index["error"].iat[8]
+
+
+def test_build_cache_dbt_frame_rows_and_mip(tmp_path):
+    synthetic = pytest.importorskip("mammolens.data.synthetic")
+    from mammolens.io import read_image
+
+    m = synthetic.make_cohort(tmp_path / "coh", n_patients=3, seed=2, image_size=(64, 48), dbt_frames=4,
+                              compress_fraction=0.0)
+    dbt = m[m["modality"] == "DBT"].iloc[:1]
+    rows = pd.concat([dbt.assign(frame=None), dbt.assign(frame=1), dbt.assign(frame=3)], ignore_index=True)
+    rows["frame"] = rows["frame"].astype("Int64")
+    rows["image_path"] = [str(tmp_path / "coh" / p) for p in rows["image_path"]]
+    cfg = PreprocessCfg(size=SIZE, crop=False, mask_background=False, flip="none")
+    c = open_cache(build_cache(rows, tmp_path / "c", cfg, workers=0, progress=False))
+    assert (c.index["status"] == "done").all()
+    stack = read_image(rows["image_path"][0], dbt="frames").pixels  # [F, H, W]
+    from mammolens.transforms.breast import resize_pad
+
+    for r, ref in ((0, stack.max(0)), (1, stack[1]), (2, stack[3])):
+        expect = np.rint(np.clip(resize_pad(ref, SIZE), 0, 1) * 65535)
+        np.testing.assert_allclose(c.images[r].astype(float), expect, atol=2)
+    assert not np.array_equal(c.images[1], c.images[2])
+
+
+def test_build_cache_mini_mias_real_images(mini_mias, tmp_path):
+    pytest.importorskip("mammolens.io.images")
+    files = [mini_mias / "images" / f"mdb{i:03d}.png" for i in (1, 2, 3, 4)]
+    df = pd.DataFrame({"image_path": [str(f) for f in files], "patient_id": ["1", "1", "2", "2"],
+                       "study_id": ["1", "1", "2", "2"], "laterality": ["R", "L", "R", "L"], "view": ["MLO"] * 4,
+                       "modality": ["DM"] * 4, "manufacturer": ["film"] * 4, "density": [""] * 4})
+    c = open_cache(build_cache(df, tmp_path / "c", PreprocessCfg(size=64), workers=2, progress=False))
+    assert (c.index["status"] == "done").all()
+    assert c.index["flipped"].tolist() == [True, False, True, False]
+    for i in range(4):
+        img = c.get(i)
+        assert img[:, :8].mean() > img[:, -8:].mean()  # chest wall on the left after orientation

@@ -433,8 +433,10 @@ def test_explain_images_writes_pngs_and_records(tmp_path):
     assert recs[0]["class_index"] == int(sims.argmax())
     assert np.isclose(recs[0]["score"], float(sims.max()), atol=1e-5)
 
-    fixed = explain_images(model, None, [arr], tmp_path / "out2", class_index=3)
-    assert fixed[0]["class_index"] == 3 and fixed[0]["png"].endswith("_3.png")
+    fixed = explain_images(model, "density", [arr], tmp_path / "out2", class_index=3)
+    assert fixed[0]["class"] == "D" and fixed[0]["png"].endswith("0000_image_D.png")
+    assert list(fixed[0]["probs"]) == ["A", "B", "C", "D"]
+    assert np.isclose(fixed[0]["score"], float(sims[0, 3]), atol=1e-5)
     with pytest.raises(ValueError, match="class_index"):
         explain_images(model, None, [arr], tmp_path / "out3", class_index=7)
     with pytest.raises(FileNotFoundError, match="missing.png"):

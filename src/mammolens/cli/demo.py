@@ -32,7 +32,7 @@ def demo_cli(
                    workers=workers, seed=seed)
     m = res["metrics"]
     console.print(f"[bold]external validation (simulated site)[/bold]: accuracy {m.get('accuracy', float('nan')):.3f}, "
-                  f"macro AUC {m.get('macro_auc', float('nan')):.3f}")
+                  f"macro AUC {m.get('auc_macro', float('nan')):.3f}")
     if res["example_exam"]:
         console.print(f"example exam prediction: {res['example_exam']}")
     console.print(f"timings (s): {res['seconds']}")

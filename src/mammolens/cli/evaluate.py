@@ -35,7 +35,7 @@ def evaluate_cli(
     table = Table(title=f"{run.name} on {data.name} ({res['n_images']} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k in ("accuracy", "balanced_accuracy", "macro_auc", "kappa_linear", "kappa_quadratic", "ece"):
+    for k in ("accuracy", "balanced_accuracy", "auc_macro", "kappa_linear", "kappa_quadratic", "ece"):
         v = res["metrics"].get(k)
         if isinstance(v, (int, float)):
             table.add_row(k, f"{v:.3f}")

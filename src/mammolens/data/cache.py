@@ -9,7 +9,7 @@ A cache folder holds
 - ``progress.jsonl``: one line per finished row (how an interrupted build resumes);
 - ``errors.csv``: ``row, image_path, reason`` for every image that could not be read.
 
-``build_cache`` is parallel over processes (each worker writes its rows straight into the memmap),
+``build_cache`` is parallel over processes (each worker writes its rows straight into ``images.u16``),
 resumable (rows already in ``progress.jsonl`` are skipped) and idempotent (a re-run does nothing).
 Large archives can be built in shards (``shard=(k, n)``) on several machines and joined with
 ``merge_caches``.
@@ -136,11 +136,16 @@ def _load_manifest(manifest: pd.DataFrame | str | PathLike) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------- workers
 
-_W: dict[str, Any] = {}  # per-process state: the open memmap, cfg and reader
+_W: dict[str, Any] = {}  # per-process state: the images file, cfg and reader
 
 
 def _worker_init(images_path: str, shape: tuple[int, int, int], cfg_dict: dict, reader: Callable | None) -> None:
-    _W["images"] = np.memmap(images_path, dtype=np.uint16, mode="r+", shape=shape)
+    # positional writes into the file rather than a memmap: no msync of a huge mapping per row, and a
+    # killed worker loses nothing already written (the page cache belongs to the kernel)
+    if "fd" in _W:
+        os.close(_W.pop("fd"))
+    _W["fd"] = os.open(images_path, os.O_RDWR)
+    _W["row_bytes"] = int(shape[1] * shape[2] * 2)
     _W["cfg"] = PreprocessCfg.from_dict(cfg_dict)
     _W["reader"] = reader
 
@@ -176,16 +181,16 @@ def _process_row(task: tuple[int, str, str, Any]) -> dict[str, Any]:
     rec: dict[str, Any] = {"row": row}
     try:
         fr = _parse_frame(frame)
-        img = reader(path, dbt="frames" if fr is not None else cfg.dbt)
-        pixels = getattr(img, "pixels", img)
-        pixels = np.asarray(pixels)
-        if fr is not None and pixels.ndim == 3:
+        img = reader(path, frame=fr) if fr is not None else reader(path, dbt=cfg.dbt)
+        pixels = np.asarray(getattr(img, "pixels", img))
+        if fr is not None and pixels.ndim == 3:  # a reader that returned the whole stack
             if not 0 <= fr < pixels.shape[0]:
                 raise ValueError(f"frame {fr} out of range: the file has {pixels.shape[0]} frames")
             pixels = pixels[fr]
         out, info = preprocess_image(pixels, cfg, laterality=laterality)
-        _W["images"][row] = out
-        _W["images"].flush()  # on disk before the row is reported done
+        buf = np.ascontiguousarray(out, dtype="<u2").tobytes()
+        assert len(buf) == _W["row_bytes"]
+        os.pwrite(_W["fd"], buf, row * _W["row_bytes"])  # written before the row is reported done
         rec.update(
             status="done",
             error="",
@@ -274,8 +279,9 @@ def build_cache(
         shard: ``(k, n)``: build only the k-th of n contiguous blocks of the manifest (merge with
             ``merge_caches``).
         retry_failed: also redo rows that failed in an earlier run.
-        reader: ``f(path, dbt=...) -> MammoImage | ndarray``; default ``mammolens.io.read_image``
-            (must be picklable when ``workers > 1``).
+        reader: ``f(path, dbt=...)`` / ``f(path, frame=...)`` (rows with a ``frame``) returning a
+            ``MammoImage`` or an array; default ``mammolens.io.read_image`` (must be picklable when
+            ``workers > 1``).
 
     Returns:
         ``out_dir``.
@@ -334,10 +340,8 @@ def build_cache(
         from mammolens import __version__
 
         meta.update(mammolens_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        if n:
-            np.memmap(images_path, dtype=np.uint16, mode="w+", shape=shape).flush()
-        else:
-            images_path.write_bytes(b"")
+        with open(images_path, "wb") as f:
+            f.truncate(n * s * s * 2)  # sparse: rows take disk space as they are written
         meta_path.write_text(json.dumps(meta, indent=2))
     else:
         meta = {**json.loads(meta_path.read_text()), **meta}
@@ -372,6 +376,7 @@ def build_cache(
                 for t in tasks:
                     record(_process_row(t))
             finally:
+                os.close(_W.pop("fd"))
                 _W.clear()
         elif tasks:
             import multiprocessing as mp

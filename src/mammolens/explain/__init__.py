@@ -61,14 +61,8 @@ def _load_image(item: ImageLike) -> tuple[np.ndarray, str]:
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist; pass DICOM/PNG/TIFF/JPEG files "
                                 "or [H, W] arrays in [0, 1].")
-    try:
-        from mammolens.io import read_image
-    except ImportError:  # io not available: plain raster files only
-        from PIL import Image
+    from mammolens.io import read_image  # DICOM (by content) or raster
 
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("I;16") if im.mode.startswith("I") else im.convert("L"))
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max), path.stem
     return read_image(path).pixels, path.stem
 
 
@@ -121,6 +115,10 @@ def explain_images(model: nn.Module, task: Any, images: Sequence[ImageLike], out
     size = image_size if image_size is not None else getattr(model, "image_size", None)
     if isinstance(size, int):
         size = (size, size)
+    if task is not None and not hasattr(task, "class_names"):
+        from mammolens.tasks import get_task
+
+        task = get_task(task)  # a task name or file -> Task (for its class names)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         text_emb = model.class_embeddings(task).float()  # [K, D]

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mammolens.constants import VIEWS
 from mammolens.io._types import ImageReadError, MammoImage, empty_meta
 
 READER_VERSION = "1.0"
@@ -166,16 +167,17 @@ def normalise_manufacturer(name: str) -> str:
     return (name or "").strip()
 
 
+_SIDE_RE = {
+    side: re.compile(rf"\b({word}|{side})\b|\b{side}_|\b{side}(CC|MLO|ML|LM|XCCL|XCCM|FB|SIO|AT)\b")
+    for side, word in (("L", "LEFT"), ("R", "RIGHT"))
+}
+
+
 def _laterality_from_text(text: str) -> str:
-    t = f" {text.upper()} "
-    if re.search(r"\b(LEFT|L)\b|\bL(CC|MLO|ML|LM|XCCL|XCCM)\b|\bL[-_ ]", t):
-        left = True
-    else:
-        left = False
-    right = bool(re.search(r"\b(RIGHT|R)\b|\bR(CC|MLO|ML|LM|XCCL|XCCM)\b|\bR[-_ ]", t))
-    if left != right:
-        return "L" if left else "R"
-    return ""
+    """"L"/"R" when exactly one side is named in free text ("LCC", "RIGHT MLO", "L_CC"), else ""."""
+    t = text.upper()
+    left, right = bool(_SIDE_RE["L"].search(t)), bool(_SIDE_RE["R"].search(t))
+    return ("L" if left else "R") if left != right else ""
 
 
 def _view_from_text(text: str) -> str:
@@ -265,6 +267,8 @@ def dicom_meta(ds) -> dict:
         intent = "FOR PROCESSING" if sop in _PROCESSING_SOPS else "FOR PRESENTATION"
     lat, lat_src = _laterality(ds)
     view, view_src = _view(ds)
+    if view and view not in VIEWS:  # e.g. LMO, CV: kept as OTHER so the manifest vocabulary holds
+        view = "OTHER"
     spacing, spacing_src = _pixel_spacing(ds)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     bits = ds.get("BitsStored")

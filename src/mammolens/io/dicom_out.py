@@ -356,6 +356,11 @@ def write_density_sr(
         is_final=False,  # a machine result, not a verified report
         is_verified=False,
     )
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = DENSE_FLAG_CODE.scheme_designator
+    scheme.CodingSchemeName = "mammolens private codes"
+    scheme.CodingSchemeResponsibleOrganization = "mammolens"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     sr.SeriesDescription = "mammolens breast density"
     sr.ContentDescription = "Breast composition (BI-RADS density) by mammolens"
     sr.SoftwareVersions = _version()

@@ -159,7 +159,7 @@ class MammoCLIP(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return int(self.encode_text(["x"]).shape[-1]) if not hasattr(self, "_embed_dim") else self._embed_dim
+        return _embed_dim(self.clip)
 
     @property
     def device(self) -> torch.device:
@@ -302,6 +302,8 @@ def _build_clip(model_cfg: dict, image_size=None, local_dir: Path | None = None)
     else:
         text_cfg.pop("hf_config", None)
         clip = (CustomTextCLIP if custom_text else CLIP)(**cfg)
+    if is_timm and vision_cfg.get("image_size"):
+        clip.visual.set_input_size(vision_cfg["image_size"])  # the size its weights were saved at
     return clip
 
 
@@ -309,9 +311,7 @@ def _set_timm_size(clip: nn.Module, image_size) -> None:
     """timm towers are built at their native size; resize (pos-embed interpolation) after loading weights."""
     visual = clip.visual
     if image_size is not None and hasattr(visual, "trunk") and hasattr(visual, "set_input_size"):
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if tuple(visual.image_size) != size or True:
-            visual.set_input_size(image_size)
+        visual.set_input_size(image_size)
 
 
 def _load_weights(clip: nn.Module, path: str | Path) -> None:
@@ -448,9 +448,7 @@ def _from_config(config: dict, pretrained: str | None, image_size=None, load_wei
 
 def _wrap(parts, name: str, kwargs: dict) -> MammoCLIP:
     clip, tokenizer, mean, std = parts
-    model = MammoCLIP(clip, tokenizer, mean, std, model_name=name, model_kwargs=kwargs)
-    model._embed_dim = _embed_dim(clip)
-    return model
+    return MammoCLIP(clip, tokenizer, mean, std, model_name=name, model_kwargs=kwargs)
 
 
 def _embed_dim(clip: nn.Module) -> int:

@@ -169,7 +169,7 @@ def _to_response(raw: Mapping[str, Any]) -> dict:
 
 def _model_info(predictor: Any) -> dict:
     name = getattr(predictor, "model_name", None) or getattr(predictor, "name", None)
-    classes = getattr(predictor, "classes", None)
+    classes = getattr(predictor, "classes", None) or getattr(predictor, "class_names", None)
     task = getattr(predictor, "task", None)
     if classes is None and task is not None:
         classes = getattr(task, "class_names", None)

@@ -331,7 +331,12 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best
 
     ckpt = load_checkpoint(run_dir, which, device="cpu")
     task = resolve_task(ckpt["task"])
-    clip = create_model(ckpt["model_name"], pretrained=None, **ckpt.get("model_kwargs", {}))
+    kwargs = dict(ckpt.get("model_kwargs") or {})
+    kwargs.setdefault("pretrained", None)
+    try:  # the architecture and tokenizer of the source, not its weights (the checkpoint has them)
+        clip = create_model(ckpt["model_name"], load_weights=False, **kwargs)
+    except TypeError:
+        clip = create_model(ckpt["model_name"], **kwargs)
     clip.load_state_dict(ckpt["state_dict"])
     clip.to(device)
     model = _build_run_model(clip, task, ckpt.get("method", "contrastive"), ckpt.get("head_state_dict"))
@@ -486,9 +491,9 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
                               workers=min(cfg.workers, 2), precision=cfg.precision)
         return _val_metrics(val_labels, probs, task.class_names)
 
-    base_ckpt = {
-        "model_name": cfg.model,
-        "model_kwargs": model_kwargs,
+    base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
+        "model_name": getattr(clip, "model_name", "") or cfg.model,
+        "model_kwargs": dict(getattr(clip, "model_kwargs", None) or {"pretrained": cfg.pretrained, **model_kwargs}),
         "task": _task_dict(task),
         "preprocess": cache.cfg.to_dict(),
         "method": method,

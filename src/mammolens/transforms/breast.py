@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "otsu_threshold",
+    "background_threshold",
     "breast_mask",
     "mask_bbox",
     "crop_to_mask",
@@ -64,27 +65,51 @@ def _downsample(img: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
     return small, f
 
 
-def breast_mask(img: np.ndarray, threshold: float | None = None, max_side: int = _MASK_MAX_SIDE) -> np.ndarray:
-    """Foreground (breast) mask: Otsu threshold on a downsampled copy, largest component, holes filled.
+def background_threshold(small: np.ndarray, fraction: float = 0.1) -> float:
+    """Intensity just above the background: ``b + max(3 sigma, fraction * (otsu - b))``.
 
-    The threshold is half of Otsu's (Otsu on a mammogram tends to split fat from dense tissue; the skin
-    line sits well below it). Keeping only the largest connected component removes film labels, markers
-    and scanner text, which are separate blobs.
+    ``b`` is the mode of the values below Otsu's threshold (the flat background) and ``sigma`` the spread
+    of the values below that mode (background noise only; tissue lies above it). Otsu alone on a
+    mammogram tends to split fat from dense tissue and cut the fatty skin-line region away.
+    """
+    small = np.asarray(small, dtype=np.float32)
+    o = otsu_threshold(small)
+    lo = small[small < o]
+    if lo.size == 0:
+        return o
+    hist, edges = np.histogram(lo, bins=128, range=(float(small.min()), o))
+    k = int(np.argmax(hist))
+    b = float(edges[k] + edges[k + 1]) / 2
+    below = lo[lo <= b]
+    sigma = float(np.sqrt(np.mean((below - b) ** 2))) if below.size else 0.0
+    return b + max(3.0 * sigma, fraction * (o - b))
+
+
+def breast_mask(
+    img: np.ndarray, threshold: float | None = None, max_side: int = _MASK_MAX_SIDE, fraction: float = 0.1
+) -> np.ndarray:
+    """Foreground (breast) mask: threshold a smoothed, downsampled copy, keep the largest component, fill holes.
+
+    The automatic threshold (``background_threshold``) sits just above the background level, a small
+    ``fraction`` of the way to Otsu's threshold. Keeping only the largest connected component removes
+    film labels, markers and scanner text, which are separate blobs.
 
     Args:
         img: ``[H, W]`` image, bright = tissue.
         threshold: fixed intensity threshold instead of the automatic one.
         max_side: longest side of the working copy.
+        fraction: see ``background_threshold``.
 
     Returns:
         bool ``[H, W]`` mask (all False for a blank image).
     """
     img = _check_2d(img)
     small, f = _downsample(img, max_side)
+    small = ndimage.gaussian_filter(small, 1.0)  # suppress detector/film noise before thresholding
     if threshold is None:
-        if float(small.max()) <= float(small.min()):
+        if float(small.max()) - float(small.min()) < 1e-6:
             return np.zeros(img.shape, dtype=bool)
-        threshold = 0.5 * otsu_threshold(small) + 0.5 * float(small.min())
+        threshold = background_threshold(small, fraction)
     fg = small > threshold
     fg = ndimage.binary_opening(fg, structure=np.ones((3, 3), bool))
     labels, n = ndimage.label(fg)

@@ -1,0 +1,35 @@
+"""`mammolens predict RUN INPUT... --out DIR`."""
+
+from pathlib import Path
+
+import typer
+
+from mammolens.cli._app import app
+
+
+@app.command("predict")
+def predict_cli(
+    run: Path = typer.Argument(..., help="Run folder written by `mammolens train`."),
+    inputs: list[Path] = typer.Argument(..., help="Image files, study folders or a whole archive."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="GradCAM overlay PNGs (and DICOM SC)."),
+    dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="DICOM SR + Secondary Capture for DICOM inputs."),
+    include_ids: bool = typer.Option(False, "--include-ids", help="Put patient ID / Study UID in the CSV/JSON tables."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(None, help="Reading/preprocessing processes (default: all cores)."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Density per image, breast and exam (any number of views), with probabilities and dense flag.
+
+    Writes images.csv, breasts.csv, exams.csv, results.json, errors.csv, overlays/ and dicom/.
+    Exit code 0 when every file was predicted, 1 when some failed (listed in errors.csv).
+    """
+    from mammolens.workflows import predict_to_dir
+
+    res = predict_to_dir(run, inputs, out, overlays=overlays, dicom=dicom, include_ids=include_ids,
+                         batch_size=batch_size, workers=workers, device=device)
+    typer.echo(f"{res['n_images']} images, {res['n_breasts']} breasts, {res['n_exams']} exams predicted; "
+               f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
+    for e in res["errors"]:
+        typer.echo(f"FAILED {e['file']}: {e['reason']}", err=True)
+    raise typer.Exit(code=1 if res["n_failed"] else 0)
