@@ -145,9 +145,9 @@ class Predictor:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run folder not found: {run_dir} (train one with `mammolens train`)")
-        model, task, cfg = load_run(run_dir, device="cpu", which=which)
-        pre = PreprocessCfg.from_dict(_preprocess_dict(cfg))
-        return cls(model, task, pre, device=device, name=run_dir.name, **kw)
+        run = load_run(run_dir, device="cpu", which=which)
+        pre = PreprocessCfg.from_dict(run.preprocess or _preprocess_dict(run.cfg))
+        return cls(run.model, run.task, pre, device=device, name=run_dir.name, **kw)
 
     # ------------------------------------------------------------------------------------- helpers
     def _dense_indices(self) -> list[int] | None:

@@ -26,7 +26,7 @@ computes the same global loss and DDP's gradient averaging then yields the full-
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch

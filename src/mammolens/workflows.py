@@ -140,7 +140,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
     metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
     provenance = {"run": str(Path(run_dir).resolve()), "data": str(Path(data).resolve()),
-                  "model": run.cfg.model if run.cfg else "", "method": run.method,
+                  "model": run.cfg.get("model", ""), "method": run.method,
                   "compare": str(Path(compare).resolve()) if compare else "",
                   "preprocess": run.preprocess, "n_boot": n_boot, "seed": seed}
     metrics["provenance"] = provenance
@@ -180,7 +180,7 @@ def explain_run(run_dir: str | PathLike, images: list[str | PathLike], out: str 
 
 # -------------------------------------------------------------------------------------------- demo
 def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_external: int = 16,
-             size: int = 64, epochs: int = 6, n_boot: int = 200, workers: int | None = None,
+             size: int = 64, epochs: int = 30, n_boot: int = 200, workers: int | None = None,
              seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """The whole pipeline on a built-in simulated cohort, minutes on a laptop CPU.
 

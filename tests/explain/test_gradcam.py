@@ -115,6 +115,14 @@ def no_hooks_left(model: nn.Module) -> bool:
                and not getattr(m, "_backward_pre_hooks", {}) for m in model.modules())
 
 
+def registry_model(name: str, image_size):
+    models = pytest.importorskip("mammolens.models")
+    if not hasattr(models, "create_model"):
+        pytest.skip("mammolens.models.create_model is not available")
+    torch.manual_seed(0)
+    return models.create_model(name, image_size=image_size)
+
+
 # --------------------------------------------------------------------------------------------------
 # Shapes, values, variants.
 # --------------------------------------------------------------------------------------------------
@@ -132,6 +140,22 @@ def test_gradcam_map_shape_matches_input(variant, size):
         maps = cam.compute(x, target)
     assert_valid_maps(maps, (2, *size))
     assert cam.scores.shape == (2,)
+
+
+@pytest.mark.parametrize(("name", "size", "layout"), [
+    ("tiny-clip", 96, TokenLayout(1, (16, 16))),
+    ("tiny-clip", (96, 128), TokenLayout(1, (16, 16))),
+    ("timm:vit_small_patch14_reg4_dinov2", 56, TokenLayout(5, (14, 14))),
+    ("timm:resnet18", 64, None),
+], ids=["tiny-clip-96", "tiny-clip-96x128", "dinov2-reg4-56", "resnet18-64"])
+def test_gradcam_registry_models(name, size, layout):
+    model = registry_model(name, size)
+    hw = (size, size) if isinstance(size, int) else size
+    assert token_layout(model.visual) == layout
+    with GradCAM(model) as cam:
+        maps = cam.compute(make_image(*hw), ClassSimilarityTarget(model.class_embeddings("density"), k=[0, 3]))
+    assert_valid_maps(maps, (2, *hw))
+    assert no_hooks_left(model)
 
 
 @pytest.mark.parametrize("variant", ["timm_vit_reg4_pad", "timm_resnet18"])
@@ -443,3 +467,17 @@ def test_explain_images_writes_pngs_and_records(tmp_path):
         explain_images(model, None, [tmp_path / "missing.png"], tmp_path / "out4")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         explain_images(model, None, [arr * 300], tmp_path / "out5")
+
+
+def test_explain_images_with_registry_tiny_clip(tmp_path):
+    from PIL import Image
+
+    model = registry_model("tiny-clip", 64)
+    arr = np.random.default_rng(1).random((80, 72)).astype(np.float32)
+    (rec,) = explain_images(model, "density", [arr], tmp_path, method="hirescam")
+    assert rec["class"] in ("A", "B", "C", "D") and rec["class"] == "ABCD"[rec["class_index"]]
+    assert -1.0 <= rec["score"] <= 1.0
+    with Image.open(rec["png"]) as im:
+        assert im.size == (64, 64)
+    with pytest.raises(ValueError, match="method"):
+        explain_images(model, "density", [arr], tmp_path, method="lime")

@@ -114,3 +114,4 @@ def test_map_similarity_values():
     assert flat["spearman_rank_corr"] == 0.0 and flat["pearson"] == 0.0
     with pytest.raises(ValueError, match="same shape"):
         map_similarity(a, a[:, :8])
+

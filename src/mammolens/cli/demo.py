@@ -13,7 +13,7 @@ def demo_cli(
     patients: int = typer.Option(48, help="Simulated patients in the training cohort (4 views each)."),
     external: int = typer.Option(16, help="Simulated patients in the external-validation cohort."),
     size: int = typer.Option(64, help="Image size of the cache and the model input."),
-    epochs: int = typer.Option(6, help="Training epochs of the tiny CLIP."),
+    epochs: int = typer.Option(30, help="Training epochs of the tiny CLIP."),
     n_boot: int = typer.Option(200, help="Bootstrap replicates for the confidence intervals."),
     workers: int = typer.Option(None, help="Processes for preprocessing (default: all cores)."),
     seed: int = typer.Option(0),

@@ -126,7 +126,8 @@ def explain_images(model: nn.Module, task: Any, images: Sequence[ImageLike], out
     class_names = list(getattr(task, "class_names", None) or [str(i) for i in range(n_classes)])
     if class_index is not None and not 0 <= class_index < n_classes:
         raise ValueError(f"class_index {class_index} out of range; the task has classes {class_names}.")
-    scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
+    # the model's own temperature, clamped like MammoCLIP.forward
+    scale = min(float(model.logit_scale.detach().exp()), 100.0) if hasattr(model, "logit_scale") else 100.0
 
     records = []
     with CAM_METHODS[method](model) as cam:

@@ -57,16 +57,20 @@ def _param_modules(tower: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def randomize_modules(modules: list[nn.Module]) -> None:
-    """Re-initialises modules in place: their own ``reset_parameters`` where they have one, else
-    ``N(0, 0.02)`` for every direct parameter (class/register tokens, position embeddings, ...)."""
+    """Re-initialises modules in place: their own ``reset_parameters`` where they have one, else every
+    direct parameter (class/register tokens, position embeddings, projections, layer scales) is
+    redrawn from ``N(0, std)`` with the parameter's current std, which keeps its scale; constant
+    parameters (std 0) are left as they are."""
     for m in modules:
         reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
         if callable(reset):
             reset()
-        else:
-            for p in m._parameters.values():
-                if p is not None:
-                    p.normal_(0.0, 0.02)
+            continue
+        for p in m._parameters.values():
+            if p is not None and p.numel() > 1:
+                std = float(p.float().std())
+                if std > 0:
+                    p.normal_(0.0, std)
 
 
 def _rank(a: np.ndarray) -> np.ndarray:
@@ -123,6 +127,10 @@ def randomization_check(model: nn.Module, x: torch.Tensor, target: Target,
                         explainer: Explainer | None = None, threshold: float = 0.5,
                         n_steps: int = 4, seed: int = 0) -> dict:
     """Checks that explanations depend on the image tower's learned weights.
+
+    Meaningful for a trained model: when the original model is itself randomly initialised, both
+    maps may mostly follow the input's structure and can stay correlated (e.g. ``tiny-clip`` with
+    random weights gives a rank correlation of about 0.85 on blob images).
 
     Args:
         model: the model (left untouched; a deep copy is randomised).

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammolens.constants import MODALITIES
-from mammolens.train.baselines import HEAD_METHODS, RunModel, fit_linear_probe, zeroshot_head
+from mammolens.models.run import HEAD_METHODS, RunModel, build_run_model, load_checkpoint, resolve_task, zeroshot_head  # noqa: F401
+from mammolens.models.run import load_run as _load_run
+from mammolens.train.baselines import fit_linear_probe
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
 
 log = logging.getLogger(__name__)
@@ -88,20 +90,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(Exception):
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resolve_task(task: Any):
-    """A ``Task`` from a registered name, an inline dict (``Task`` fields) or a ``Task``."""
-    from mammolens.tasks import Task, get_task
-
-    if isinstance(task, str):
-        return get_task(task)
-    if isinstance(task, dict):
-        try:
-            return Task(**task)
-        except TypeError as e:
-            raise ValueError(f"inline task {task!r} is not a valid Task ({e})") from None
-    return task
 
 
 def _task_dict(task) -> dict[str, Any]:
@@ -296,30 +284,6 @@ def _find_resume(cfg: TrainCfg, run_dir: Path) -> Path | None:
     return p
 
 
-def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu") -> dict[str, Any]:
-    """The checkpoint dict of a run (``which``: best | last | a .pt path)."""
-    run_dir = Path(run_dir)
-    p = Path(which) if which.endswith(".pt") else run_dir / "checkpoints" / f"{which}.pt"
-    if not p.is_file() and which == "best":
-        p = run_dir / "checkpoints" / "last.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: {run_dir} is not a finished mammolens run (train one first)")
-    return torch.load(p, map_location=device, weights_only=False)
-
-
-def _build_run_model(clip: nn.Module, task, method: str, head_state: dict | None = None) -> RunModel:
-    clip.eval()
-    with torch.no_grad():
-        text = clip.class_embeddings(task).float()  # [K, D]
-    head = None
-    if method in HEAD_METHODS:
-        head = zeroshot_head(text, clip.logit_scale)
-        if head_state is not None:
-            head.load_state_dict(head_state)
-        head.to(text.device)
-    return RunModel(clip, text, head, method)
-
-
 def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best"):
     """Rebuild a run's model from its checkpoint.
 
@@ -327,22 +291,9 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best
         ``(model, task, cfg)``: a ``RunModel`` in eval mode (``model(x) -> logits [B, K]``,
         ``model.predict(x) -> probs``), the ``Task`` and the ``TrainCfg``.
     """
-    from mammolens.models import create_model
-
-    ckpt = load_checkpoint(run_dir, which, device="cpu")
-    task = resolve_task(ckpt["task"])
-    kwargs = dict(ckpt.get("model_kwargs") or {})
-    kwargs.setdefault("pretrained", None)
-    try:  # the architecture and tokenizer of the source, not its weights (the checkpoint has them)
-        clip = create_model(ckpt["model_name"], load_weights=False, **kwargs)
-    except TypeError:
-        clip = create_model(ckpt["model_name"], **kwargs)
-    clip.load_state_dict(ckpt["state_dict"])
-    clip.to(device)
-    model = _build_run_model(clip, task, ckpt.get("method", "contrastive"), ckpt.get("head_state_dict"))
-    model.to(device).eval()
-    cfg = cfg_from_dict(ckpt["cfg"]) if ckpt.get("cfg") else load_cfg(Path(run_dir) / "config.yaml")
-    return model, task, cfg
+    run = _load_run(run_dir, device=device, which=which)
+    cfg = cfg_from_dict(run.cfg) if run.cfg else load_cfg(Path(run_dir) / "config.yaml")
+    return run.model, run.task, cfg
 
 
 # ---------------------------------------------------------------------------------------- step modules
@@ -482,7 +433,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     dtype = _autocast_dtype(cfg.precision, device)
 
     def run_model() -> RunModel:
-        return _build_run_model(clip, task, method, head.state_dict() if head is not None else None)
+        return build_run_model(clip, task, method, head.state_dict() if head is not None else None)
 
     def validate() -> dict[str, float]:
         if len(val_rows) == 0:

@@ -1,0 +1,175 @@
+"""A trained run as the library sees it: ``RunModel`` (one prediction interface for every training
+method) and ``load_run`` (rebuild it from a run folder). Lives in the library so that inference and
+explanations can load a run without importing the trainer.
+
+``RunModel`` wraps a ``MammoCLIP`` and gives class logits for images whatever the method was:
+
+- ``contrastive`` / ``zeroshot``: cosine similarity of the image embedding to the class-prompt
+  embeddings (``text_emb``, computed once from the task's prompts) times ``exp(logit_scale)``;
+- ``linear-probe`` / ``finetune-ce``: a linear head on the image embedding.
+
+Predictor, GradCAM and evaluation only ever call ``RunModel.forward(x) -> logits [B, K]`` or
+``RunModel.predict(x) -> probs [B, K]``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEAD_METHODS = ("linear-probe", "finetune-ce")
+
+
+class RunModel(nn.Module):
+    """A trained run's classifier: images ``[B, 1|3, H, W]`` in [0, 1] → class logits ``[B, K]``.
+
+    Args:
+        clip: the ``MammoCLIP`` (image tower in ``clip.visual``).
+        text_emb: ``[K, D]`` class-prompt embeddings (prompt methods; also the head's initialisation).
+        head: ``nn.Linear(D, K)`` for the head methods, else None.
+        method: the training method that produced the weights.
+    """
+
+    def __init__(self, clip: nn.Module, text_emb: torch.Tensor | None, head: nn.Linear | None = None,
+                 method: str = "contrastive"):
+        super().__init__()
+        if head is None and text_emb is None:
+            raise ValueError("RunModel needs text embeddings (prompt methods) or a linear head")
+        self.clip = clip
+        self.head = head
+        self.method = method
+        self.register_buffer("text_emb", None if text_emb is None else text_emb.detach().clone())
+
+    # Delegates so that code written against MammoCLIP (GradCAM, Predictor) works on a RunModel.
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def image_size(self) -> int:
+        return self.clip.image_size
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features if self.head is not None else self.text_emb.shape[0]
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(x)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.clip.encode_text(texts)
+
+    def class_embeddings(self, task) -> torch.Tensor:
+        return self.clip.class_embeddings(task)
+
+    def forward(self, x: torch.Tensor, text_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[B, K]``; ``text_emb`` overrides the stored prompts (prompt methods only)."""
+        if self.head is not None:
+            return self.head(self.clip.encode_image(x))  # [B, K]
+        return self.clip(x, self.text_emb if text_emb is None else text_emb)  # [B, K]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, K]`` (rows sum to 1)."""
+        return F.softmax(self.forward(x).float(), dim=-1)
+
+
+def zeroshot_head(text_emb: torch.Tensor, logit_scale: torch.Tensor) -> nn.Linear:
+    """A linear head equal to the zero-shot classifier (``scale * <img, text_k>``), a warm start."""
+    k, d = text_emb.shape
+    head = nn.Linear(d, k)
+    with torch.no_grad():
+        head.weight.copy_(text_emb.float() * logit_scale.detach().float().exp().clamp(max=100.0))
+        head.bias.zero_()
+    return head
+
+
+def resolve_task(task: Any):
+    """A ``Task`` from a registered name, an inline dict (``Task`` fields) or a ``Task``."""
+    from mammolens.tasks import Task, get_task
+
+    if isinstance(task, str):
+        return get_task(task)
+    if isinstance(task, dict):
+        try:
+            return Task(**task)
+        except TypeError as e:
+            raise ValueError(f"inline task {task!r} is not a valid Task ({e})") from None
+    return task
+
+
+def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu") -> dict[str, Any]:
+    """The checkpoint dict of a run (``which``: best | last | a .pt path)."""
+    run_dir = Path(run_dir)
+    p = Path(which) if which.endswith(".pt") else run_dir / "checkpoints" / f"{which}.pt"
+    if not p.is_file() and which == "best":
+        p = run_dir / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: {run_dir} is not a finished mammolens run (train one first)")
+    return torch.load(p, map_location=device, weights_only=False)
+
+
+def build_run_model(clip: nn.Module, task, method: str, head_state: dict | None = None) -> RunModel:
+    clip.eval()
+    with torch.no_grad():
+        text = clip.class_embeddings(task).float()  # [K, D]
+    head = None
+    if method in HEAD_METHODS:
+        head = zeroshot_head(text, clip.logit_scale)
+        if head_state is not None:
+            head.load_state_dict(head_state)
+        head.to(text.device)
+    return RunModel(clip, text, head, method)
+
+
+@dataclass
+class LoadedRun:
+    """A run folder, loaded: ``model`` (``RunModel``, eval mode), ``task``, the resolved config as a
+    dict, the cache's ``preprocess`` dict (what predictions must reproduce) and the checkpoint's
+    ``method``. Unpacks as ``model, task, cfg = load_run(...)``."""
+
+    model: RunModel
+    task: Any
+    cfg: dict = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict)
+    method: str = "contrastive"
+    run_dir: Path = Path(".")
+
+    def __iter__(self):
+        return iter((self.model, self.task, self.cfg))
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best") -> LoadedRun:
+    """Rebuild a run's model from its checkpoint (no download: the architecture comes from the
+    registry, the weights from the checkpoint).
+
+    Raises:
+        FileNotFoundError: the folder holds no checkpoint.
+    """
+    from mammolens.models import create_model
+
+    ckpt = load_checkpoint(run_dir, which, device="cpu")
+    task = resolve_task(ckpt["task"])
+    kwargs = dict(ckpt.get("model_kwargs") or {})
+    kwargs.setdefault("pretrained", None)
+    try:  # the architecture and tokenizer of the source, not its weights (the checkpoint has them)
+        clip = create_model(ckpt["model_name"], load_weights=False, **kwargs)
+    except TypeError:
+        clip = create_model(ckpt["model_name"], **kwargs)
+    clip.load_state_dict(ckpt["state_dict"])
+    clip.to(device)
+    method = ckpt.get("method", "contrastive")
+    model = build_run_model(clip, task, method, ckpt.get("head_state_dict"))
+    model.to(device).eval()
+    return LoadedRun(model, task, dict(ckpt.get("cfg") or {}), dict(ckpt.get("preprocess") or {}), method,
+                     Path(run_dir))
