@@ -49,7 +49,7 @@ def _evaluate(run_dir: Path, test_cache: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="work folder (cohorts, caches, runs, results.json)")
+    ap.add_argument("--out", required=True, help="work folder (cohorts, caches, runs, results_<methods>_s<seeds>.json)")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=["none", "inverse", "effective"])
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = "\n".join(lines)
     print(table)
     print(f"data prep {t_data:.0f}s, total {time.time() - t0:.0f}s; test support {results[0]['support'] if results else {}}")
-    (root / "results.json").write_text(json.dumps({"args": vars(args), "runs": results, "table": table,
+    tag = "-".join(args.methods) + "_s" + "-".join(map(str, args.seeds))
+    (root / f"results_{tag}.json").write_text(json.dumps({"args": vars(args), "runs": results, "table": table,
                                                    "seconds_data": t_data, "seconds_total": time.time() - t0}, indent=2))
     return {"runs": results, "table": table}
 

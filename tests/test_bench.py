@@ -21,8 +21,8 @@ from mammolens.bench import (
 @pytest.fixture(scope="module")
 def small_report(tmp_path_factory):
     """One small run shared by the tests (about 30 s on 2 cores)."""
-    cfg = BenchCfg.small_mode(workdir=str(tmp_path_factory.mktemp("bench")), repeats=2, n_files=12,
-                              n_model_images={"tiny-clip": 32})
+    cfg = BenchCfg.small_mode(workdir=str(tmp_path_factory.mktemp("bench")), repeats=2, n_files=8, n_unique=2, image_size=(256, 208),
+                              n_model_images={"tiny-clip": 24})
     return run_benchmarks(cfg)
 
 
@@ -37,7 +37,7 @@ def test_run_benchmarks_small_report_structure(small_report):
     res = small_report["results"]
     assert set(res) == {"preprocess", "inference"}
     pre = res["preprocess"]
-    assert pre["n_files"] == 12 and pre["ours"]["n_done"] == 12
+    assert pre["n_files"] == 8 and pre["ours"]["n_done"] == 8
     for key in ("ratio", "ratio_per_core"):
         assert _finite_positive(pre[key])
     assert pre["ratio"] == pytest.approx(pre["ours"]["items_per_s"] / pre["naive"]["items_per_s"])

@@ -17,7 +17,9 @@ Reading and preprocessing run in a pool of worker processes while the model work
 batch; at most a few batches are in flight, so memory stays flat on any number of files.
 
 Privacy: outputs carry a pseudonymous ``study`` key (a hash of the StudyInstanceUID) instead of
-identifiers; ``include_ids=True`` adds ``patient_id`` and ``study_instance_uid``.
+identifiers, and folder/file names in the ``file`` column that contain the image's PatientID or
+StudyInstanceUID are pseudonymised too; ``include_ids=True`` keeps them and adds ``patient_id`` and
+``study_instance_uid``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PredictionResult:
     exams: pd.DataFrame
     errors: pd.DataFrame
     class_names: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # source path of each ``images`` row (not exported)
 
     @property
     def n_failed(self) -> int:
@@ -62,6 +65,25 @@ def study_key(uid: str, fallback: str) -> str:
     """A short pseudonymous key for a study (no identifier leaves the machine unless asked)."""
     basis = uid or fallback
     return "study-" + hashlib.sha1(basis.encode()).hexdigest()[:10]
+
+
+def _mask_ids(rel: str, meta: dict[str, Any]) -> str:
+    """``rel`` with path components that hold the image's PatientID or StudyInstanceUID pseudonymised.
+
+    Archives are often foldered by patient ID (``1234567/study1/L_CC.dcm``); without this the ``file``
+    column of the tables would leak it.
+    """
+    pid = str(meta.get("patient_id") or "").strip()
+    uid = str(meta.get("study_instance_uid") or "").strip()
+    alias = "patient-" + hashlib.sha1(pid.encode()).hexdigest()[:8]
+    parts = []
+    for part in rel.split("/"):
+        if pid and (part == pid or (len(pid) >= 4 and pid in part)):  # short IDs only as a whole name
+            part = part.replace(pid, alias)
+        if uid and uid in part:
+            part = part.replace(uid, study_key(uid, ""))
+        parts.append(part)
+    return "/".join(parts)
 
 
 def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]:
@@ -226,14 +248,17 @@ class Predictor:
             raise ValueError(f"class {class_name!r} is not one of this run's classes {self.class_names}")
         if root is None and paths:
             root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
-        rows, errors = [], []
+        rows, errors, sources = [], [], []
         bar = _progress(len(paths), progress)
         for batch in self.iter_batches(paths):
             ok = [r for r in batch if r["error"] is None]
             for r in batch:
                 if r["error"] is not None:
-                    errors.append({"file": _rel(r["path"], root), "reason": r["error"]})
-                    log.warning("skipped %s: %s", _rel(r["path"], root), r["error"])
+                    rel = _rel(r["path"], root)
+                    # the reason names the file as the tables do (no absolute path into the archive)
+                    reason = r["error"].replace(str(Path(r["path"]).resolve()), rel).replace(r["path"], rel)
+                    errors.append({"file": rel, "reason": reason})
+                    log.warning("skipped %s: %s", rel, reason)
             if ok:
                 x = torch.from_numpy(np.stack([r["pixels"] for r in ok]).astype(np.float32) / 65535.0)[:, None]
                 probs = self.predict_tensor(x)  # [B, K]
@@ -241,6 +266,7 @@ class Predictor:
                 cams = self._cams(x, target) if explain else [None] * len(ok)
                 for r, p, cam in zip(ok, probs, cams):
                     rows.append(self._image_row(r, p, cam, root, overlay_dir, include_ids))
+                    sources.append(r["path"])
             bar.update(len(batch))
         bar.close()
         images = pd.DataFrame(rows)
@@ -252,13 +278,15 @@ class Predictor:
         exams = aggregate_exam(images_for_agg, self.class_names) if len(images) else images.iloc[:0]
         for df in (breasts, exams):
             if len(df) and self._dense_idx is not None:
-                df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(1) >= 0.5
+                df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(axis=1) >= 0.5
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
-                                self.class_names)
+                                self.class_names, sources)
 
     def _image_row(self, r, p, cam, root, overlay_dir, include_ids) -> dict[str, Any]:
         meta = r["meta"]
         rel = _rel(r["path"], root)
+        if not include_ids:
+            rel = _mask_ids(rel, meta)
         row: dict[str, Any] = {
             "file": rel,
             "study_id": study_key(meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),

@@ -222,7 +222,9 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
     steps["predict"] = time.perf_counter() - t0 - sum(steps.values())
     exam = pred.exams.iloc[0] if len(pred.exams) else None
     return {
-        "report": ev["report"], "run": str(run_dir), "metrics": ev["metrics"],
+        # undefined metrics (e.g. AUC when a tiny external cohort has one class) are None in JSON; NaN here
+        "report": ev["report"], "run": str(run_dir),
+        "metrics": {k: float("nan") if v is None else v for k, v in ev["metrics"].items()},
         "example_exam": None if exam is None else {"pred": exam["pred"], **{c: round(float(exam[f"prob_{c}"]), 3)
                                                                            for c in pred.class_names}},
         "seconds": {k: round(v, 1) for k, v in steps.items()},
@@ -272,20 +274,16 @@ def _write_dicom_outputs(p, res, inputs, out: Path, overlays: bool) -> int:
     import pydicom
     from pydicom.uid import generate_uid
 
-    from mammolens.inference import find_images
     from mammolens.io import is_dicom
     from mammolens.io.dicom_out import write_density_sr, write_overlay_sc
 
-    paths = find_images(inputs)
-    root = Path(__import__("os").path.commonpath([str(x.parent.resolve()) for x in paths]))
-    by_rel = {Path(x).resolve().relative_to(root).as_posix(): x for x in paths}
-    images = res.images
+    images = res.images.assign(source_path=res.sources)
     n_sr = 0
     for study, grp in images.groupby("study_id", sort=True):
         headers, srcs = [], []
         for r in grp.itertuples():
-            src = by_rel.get(r.file)
-            if src is None or not is_dicom(src):
+            src = r.source_path
+            if not is_dicom(src):
                 continue
             try:
                 headers.append(pydicom.dcmread(src, stop_before_pixels=True))

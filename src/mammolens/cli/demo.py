@@ -31,8 +31,13 @@ def demo_cli(
     res = run_demo(out, n_patients=patients, n_external=external, size=size, epochs=epochs, n_boot=n_boot,
                    workers=workers, seed=seed)
     m = res["metrics"]
-    console.print(f"[bold]external validation (simulated site)[/bold]: accuracy {m.get('accuracy', float('nan')):.3f}, "
-                  f"macro AUC {m.get('auc_macro', float('nan')):.3f}")
+
+    def num(key: str) -> float:
+        v = m.get(key)
+        return float("nan") if v is None else float(v)
+
+    console.print(f"[bold]external validation (simulated site)[/bold]: accuracy {num('accuracy'):.3f}, "
+                  f"balanced accuracy {num('balanced_accuracy'):.3f}, macro AUC {num('auc_macro'):.3f}")
     if res["example_exam"]:
         console.print(f"example exam prediction: {res['example_exam']}")
     console.print(f"timings (s): {res['seconds']}")

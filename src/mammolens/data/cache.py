@@ -140,6 +140,9 @@ _W: dict[str, Any] = {}  # per-process state: the images file, cfg and reader
 
 
 def _worker_init(images_path: str, shape: tuple[int, int, int], cfg_dict: dict, reader: Callable | None) -> None:
+    import mammolens.io.dicom  # noqa: F401  (import once per worker, not inside the first task)
+    import mammolens.transforms.breast  # noqa: F401
+
     # positional writes into the file rather than a memmap: no msync of a huge mapping per row, and a
     # killed worker loses nothing already written (the page cache belongs to the kernel)
     if "fd" in _W:

@@ -1,0 +1,125 @@
+"""CLI tests: `mammolens predict / evaluate / explain / demo` through typer's CliRunner."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from typer.testing import CliRunner
+
+from _app_fixtures import app_env, zeroshot_run  # noqa: F401 — session fixtures
+from mammolens.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# -------------------------------------------------------------------------------------------- predict
+def test_predict_cli_all_ok_exit_0(app_env, tmp_path):  # noqa: F811
+    import pydicom
+
+    out = tmp_path / "out"
+    r = _invoke("predict", app_env.run, app_env.study_dirs()[0], app_env.study_dirs()[1], "--out", out,
+                "--workers", 0, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "8 images, 4 breasts, 2 exams predicted; 2 DICOM SR written" in r.output
+    for name in ("images.csv", "breasts.csv", "exams.csv", "results.json", "errors.csv"):
+        assert (out / name).is_file()
+        assert "SYN" not in (out / name).read_text()
+    assert len(list((out / "overlays").glob("*.png"))) == 8
+    assert pd.read_csv(out / "errors.csv").empty
+    src = pydicom.dcmread(app_env.study_files(0)[0], stop_before_pixels=True)
+    srs = sorted((out / "dicom").glob("*/density_sr.dcm"))
+    assert len(srs) == 2
+    uids = {pydicom.dcmread(p).StudyInstanceUID for p in srs}
+    assert src.StudyInstanceUID in uids and all(pydicom.dcmread(p).Modality == "SR" for p in srs)
+    assert len(list((out / "dicom").glob("*/overlay_*.dcm"))) == 8
+
+
+def test_predict_cli_corrupt_file_exit_1(app_env, tmp_path):  # noqa: F811
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(b"garbage" * 30)
+    out = tmp_path / "out"
+    r = _invoke("predict", app_env.run, app_env.study_dirs()[0], bad, "--out", out, "--workers", 0,
+                "--device", "cpu", "--no-overlays", "--no-dicom")
+    assert r.exit_code == 1
+    assert "FAILED" in r.output and "x.dcm" in r.output
+    assert len(pd.read_csv(out / "images.csv")) == 4
+    errors = pd.read_csv(out / "errors.csv")
+    assert len(errors) == 1 and errors["file"].iloc[0].endswith("x.dcm")
+    assert "not a DICOM file" in errors["reason"].iloc[0] and str(tmp_path) not in errors["reason"].iloc[0]
+    assert not (out / "overlays").exists() and not (out / "dicom").exists()
+
+
+def test_predict_cli_missing_run_fails(tmp_path):
+    r = _invoke("predict", tmp_path / "norun", tmp_path, "--out", tmp_path / "o", "--workers", 0)
+    assert r.exit_code != 0
+    assert isinstance(r.exception, FileNotFoundError) and "run folder not found" in str(r.exception)
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+def test_evaluate_cli_with_compare(app_env, zeroshot_run, tmp_path):  # noqa: F811
+    out = tmp_path / "ev"
+    r = _invoke("evaluate", app_env.run, "--data", app_env.manifest, "--n-boot", 50, "--compare", zeroshot_run,
+                "--out", out, "--gallery", 1, "--workers", 0, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "accuracy" in r.output and "report:" in r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "auc_macro"} <= set(m["metrics"]) and "auc_macro" in m["ci"]
+    assert all(0 <= d["p"] <= 1 for d in m["compare"]["delong"])
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert not set(preds["patient_id"]) & set(app_env.df["patient_id"])
+    html = (out / "report.html").read_text()
+    assert "ROC" in html and "class " in html and len(list((out / "gradcam").glob("*.png"))) >= 1
+
+
+def test_evaluate_cli_default_out_is_run_eval(app_env, tmp_path):  # noqa: F811
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(app_env.run, run)
+    r = _invoke("evaluate", run, "--data", app_env.cache, "--n-boot", 10, "--gallery", 0, "--workers", 0,
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert (run / "eval" / "report.html").is_file() and (run / "eval" / "metrics.json").is_file()
+
+
+# -------------------------------------------------------------------------------------------- explain
+def test_explain_cli_png_per_image_and_class(app_env, tmp_path):  # noqa: F811
+    files = app_env.study_files(0)[:2]
+    r = _invoke("explain", app_env.run, *files, "--out", tmp_path / "e", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("predicted") == 2
+    pngs = sorted((tmp_path / "e").glob("*.png"))
+    assert len(pngs) == 2 and all(Image.open(p).size == (64, 64) for p in pngs)
+    r = _invoke("explain", app_env.run, files[0], "--out", tmp_path / "d", "--class", "D", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "d").glob("*.png"))) == 1
+
+
+def test_explain_cli_unknown_class_is_clear_error(app_env, tmp_path):  # noqa: F811
+    r = _invoke("explain", app_env.run, app_env.study_files(0)[0], "--out", tmp_path / "z", "--class", "Z")
+    assert r.exit_code != 0
+    assert isinstance(r.exception, ValueError)
+    assert "'Z'" in str(r.exception) and "['A', 'B', 'C', 'D']" in str(r.exception)
+    assert not (tmp_path / "z").exists()
+
+
+# ----------------------------------------------------------------------------------------------- demo
+def test_demo_cli_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = _invoke("demo", "--out", out, "--patients", 8, "--external", 4, "--epochs", 1, "--n-boot", 20,
+                "--workers", 0)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("report:") == 1
+    # rich may wrap a long path over lines
+    printed = r.output.split("report:", 1)[1].replace("\n", "").strip()
+    report = Path(printed[: printed.index("report.html") + len("report.html")])
+    assert report == out / "run" / "eval-external" / "report.html"
+    assert report.is_file() and report.name == "report.html" and "ROC" in report.read_text()
+    assert (out / "run" / "checkpoints").is_dir()
+    assert len(pd.read_csv(out / "predict" / "exams.csv")) == 1
+    assert "example exam prediction" in r.output

@@ -1,0 +1,54 @@
+"""The web app with the REAL Predictor of a tiny trained run (not a fake)."""
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from _app_fixtures import app_env  # noqa: F401 — session fixture
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+
+@pytest.fixture(scope="module")
+def client(app_env):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from mammolens.inference import Predictor
+    from mammolens.serve.app import create_app
+
+    return TestClient(create_app(Predictor.from_run(app_env.run, device="cpu", workers=0)))
+
+
+def test_real_predictor_two_dicoms_of_one_study(client, app_env):  # noqa: F811
+    f1, f2 = app_env.study_files(0)[:2]  # DM_LCC, DM_LMLO
+    files = [("files", (f.name, f.read_bytes(), "application/dicom")) for f in (f1, f2)]
+    r = client.post("/api/predict", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["file"] for i in body["images"]] == [f1.name, f2.name]
+    assert len(body["exams"]) == 1 and body["exams"][0]["pred"] in {"A", "B", "C", "D"}
+    assert sum(body["exams"][0]["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert [b["laterality"] for b in body["breasts"]] == ["L"]
+    assert body["errors"] == []
+    for img in body["images"]:
+        assert img["laterality"] == "L" and img["view"] in {"CC", "MLO"} and img["modality"] == "DM"
+        assert img["overlay"].startswith("data:image/png;base64,")
+        png = Image.open(io.BytesIO(base64.b64decode(img["overlay"].split(",", 1)[1])))
+        assert png.size == (64, 64)
+    # no identifiers in the response
+    uid = app_env.df["study_id"].iloc[0]
+    assert "SYN" not in r.text and uid not in r.text
+
+
+def test_real_predictor_bad_upload_listed(client, app_env):  # noqa: F811
+    good = app_env.study_files(0)[0]
+    files = [("files", (good.name, good.read_bytes(), "application/dicom")),
+             ("files", ("x.dcm", b"garbage" * 40, "application/dicom"))]
+    r = client.post("/api/predict", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["images"]) == 1 and len(body["exams"]) == 1
+    assert [e["file"] for e in body["errors"]] == ["x.dcm"]

@@ -1,0 +1,186 @@
+"""Tests for mammolens.workflows (predict_to_dir, evaluate_run, explain_run) on a tiny trained run."""
+
+import base64
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from _app_fixtures import app_env, zeroshot_run  # noqa: F401 — session fixtures
+from mammolens.workflows import evaluate_run, explain_run, predict_to_dir
+
+CLASSES = ["A", "B", "C", "D"]
+
+
+def _no_ids(text: str, df: pd.DataFrame) -> None:
+    assert "SYN" not in text
+    for v in set(df["patient_id"]) | set(df["study_id"]):
+        assert v not in text
+
+
+# ----------------------------------------------------------------------------------- predict_to_dir
+@pytest.fixture(scope="module")
+def predicted(app_env, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("pred") / "out"
+    bad = tmp_path_factory.mktemp("bad")
+    (bad / "x.dcm").write_bytes(b"\x00not a dicom" * 20)
+    res = predict_to_dir(app_env.run, [*app_env.study_dirs()[:2], bad / "x.dcm"], out, workers=0, progress=False)
+    return res, out
+
+
+def test_predict_to_dir_counts_and_tables(predicted, app_env):  # noqa: F811
+    res, out = predicted
+    assert (res["n_images"], res["n_breasts"], res["n_exams"], res["n_failed"], res["n_sr"]) == (8, 4, 2, 1, 2)
+    images, exams = pd.read_csv(out / "images.csv"), pd.read_csv(out / "exams.csv")
+    breasts, errors = pd.read_csv(out / "breasts.csv"), pd.read_csv(out / "errors.csv")
+    assert len(images) == 8 and len(breasts) == 4 and len(exams) == 2
+    np.testing.assert_allclose(exams[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
+    assert list(errors.columns) == ["file", "reason"] and errors["file"].str.endswith("x.dcm").all()
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["classes"] == CLASSES and len(payload["images"]) == 8 and len(payload["errors"]) == 1
+    assert {e["study_id"] for e in payload["exams"]} == set(exams["study_id"])
+
+
+def test_predict_to_dir_writes_no_identifiers(predicted, app_env):  # noqa: F811
+    _, out = predicted
+    for name in ("images.csv", "breasts.csv", "exams.csv", "errors.csv", "results.json"):
+        _no_ids((out / name).read_text(), app_env.df)
+    assert not any("SYN" in p.name for p in (out / "overlays").iterdir())
+
+
+def test_predict_to_dir_overlays_and_dicom(predicted, app_env):  # noqa: F811
+    import pydicom
+
+    _, out = predicted
+    pngs = sorted((out / "overlays").glob("*.png"))
+    assert len(pngs) == 8 and Image.open(pngs[0]).size == (64, 64)
+    exams = pd.read_csv(out / "exams.csv")
+    src_uids = set(app_env.df["study_id"])
+    for sid, pred in zip(exams["study_id"], exams["pred"]):
+        sr = pydicom.dcmread(out / "dicom" / sid / "density_sr.dcm")
+        assert sr.Modality == "SR" and sr.StudyInstanceUID in src_uids
+        scs = sorted((out / "dicom" / sid).glob("overlay_*.dcm"))
+        assert len(scs) == 4
+        sc = pydicom.dcmread(scs[0])
+        assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.pixel_array.shape == (64, 64, 3)
+    # the SR is in the source study of its exam
+    src = pydicom.dcmread(app_env.study_files(0)[0], stop_before_pixels=True)
+    from mammolens.inference import study_key
+
+    sr0 = pydicom.dcmread(out / "dicom" / study_key(src.StudyInstanceUID, "") / "density_sr.dcm")
+    assert sr0.StudyInstanceUID == src.StudyInstanceUID and sr0.PatientID == src.PatientID
+
+
+def test_predict_to_dir_include_ids_and_no_extras(app_env, tmp_path):  # noqa: F811
+    res = predict_to_dir(app_env.run, [app_env.study_dirs()[0]], tmp_path, overlays=False, dicom=False,
+                         include_ids=True, workers=0, progress=False)
+    assert res["n_sr"] == 0 and res["n_failed"] == 0
+    images = pd.read_csv(tmp_path / "images.csv")
+    assert set(images["patient_id"]) == {app_env.df["patient_id"].iloc[0]}
+    assert not (tmp_path / "overlays").exists() and not (tmp_path / "dicom").exists()
+
+
+# ------------------------------------------------------------------------------------- evaluate_run
+@pytest.fixture(scope="module")
+def evaluated(app_env, zeroshot_run, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("eval")
+    res = evaluate_run(app_env.run, app_env.manifest, out=out, compare=zeroshot_run, n_boot=50,
+                       gallery_per_class=1, workers=0, device="cpu", progress=False)
+    return res, out
+
+
+def test_evaluate_run_outputs(evaluated, app_env):  # noqa: F811
+    res, out = evaluated
+    assert res["n_images"] == 48 and res["out_dir"] == str(out)
+    assert {p.name for p in out.iterdir()} >= {"predictions.parquet", "metrics.json", "report.html"}
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_images"] == 48 and m["n_patients"] == 12 and m["n_boot"] == 50
+    assert 0 <= m["metrics"]["accuracy"] <= 1 and 0 <= m["metrics"]["auc_macro"] <= 1
+    assert res["metrics"]["accuracy"] == pytest.approx(m["metrics"]["accuracy"])
+    ci = m["ci"]["accuracy"]
+    assert ci["lo"] <= ci["estimate"] <= ci["hi"] and ci["estimate"] == pytest.approx(m["metrics"]["accuracy"])
+    assert m["provenance"]["n_boot"] == 50 and m["provenance"]["preprocess"]["size"] == 64
+
+
+def test_evaluate_run_predictions_pseudonymised(evaluated, app_env):  # noqa: F811
+    _, out = evaluated
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert len(preds) == 48 and set(preds["pred"]) <= set(CLASSES)
+    assert not set(preds["patient_id"]) & set(app_env.df["patient_id"])
+    assert not set(preds["study_id"]) & set(app_env.df["study_id"])
+    assert preds["patient_id"].nunique() == 12  # grouping survives the hashing
+    # labels follow the manifest's density
+    truth = app_env.df.set_index("sop_instance_uid")["density"]
+    assert (preds["label"] == [CLASSES.index(truth[u]) for u in preds["sop_instance_uid"]]).all()
+    np.testing.assert_allclose(preds[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_evaluate_run_report_has_roc_and_gallery(evaluated):
+    _, out = evaluated
+    html = (out / "report.html").read_text()
+    assert "ROC" in html
+    gallery = sorted((out / "gradcam").glob("*.png"))
+    assert 1 <= len(gallery) <= 4
+    for png in gallery:
+        cls = png.stem.split("_")[0]
+        assert f"class {cls}: p=" in html
+        assert base64.b64encode(png.read_bytes()).decode()[:200] in html or png.name in html
+
+
+def test_evaluate_run_compare_delong(evaluated, zeroshot_run):  # noqa: F811
+    _, out = evaluated
+    m = json.loads((out / "metrics.json").read_text())
+    cmp = m["compare"]
+    assert cmp["n_matched"] == 48
+    targets = [d["target"] for d in cmp["delong"]]
+    assert targets[:4] == CLASSES
+    for d in cmp["delong"]:
+        assert 0 <= d["p"] <= 1 and d["diff"] == pytest.approx(d["auc_a"] - d["auc_b"])
+    assert m["provenance"]["compare"].endswith(zeroshot_run.name)
+
+
+def test_evaluate_run_reuses_matching_cache(app_env, tmp_path):  # noqa: F811
+    res = evaluate_run(app_env.run, app_env.cache, out=tmp_path, n_boot=10, gallery_per_class=0, workers=0,
+                       device="cpu", progress=False)
+    assert res["n_images"] == 48 and not (tmp_path / "cache").exists()
+
+
+def test_evaluate_run_rejects_mismatched_cache(app_env, tmp_path):  # noqa: F811
+    from mammolens.data.cache import PreprocessCfg, build_cache
+
+    other = build_cache(app_env.manifest, tmp_path / "c32", PreprocessCfg(size=32), workers=0, progress=False)
+    with pytest.raises(ValueError, match="other preprocessing"):
+        evaluate_run(app_env.run, other, out=tmp_path / "e", n_boot=10, workers=0, device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match="evaluation data not found"):
+        evaluate_run(app_env.run, tmp_path / "missing.parquet", out=tmp_path / "e", n_boot=10, device="cpu",
+                     progress=False)
+
+
+# -------------------------------------------------------------------------------------- explain_run
+def test_explain_run_png_per_image(app_env, tmp_path):  # noqa: F811
+    files = app_env.study_files(0)[:3]
+    recs = explain_run(app_env.run, files, tmp_path / "out", device="cpu")
+    assert len(recs) == 3 and all("error" not in r for r in recs)
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 3 and {r["overlay"] for r in recs} == {str(p) for p in pngs}
+    assert all(Image.open(p).size == (64, 64) for p in pngs)
+
+
+def test_explain_run_class_and_errors(app_env, tmp_path):  # noqa: F811
+    f = app_env.study_files(0)[0]
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"garbage")
+    shutil.copy(f, tmp_path / f.name)
+    recs = explain_run(app_env.run, [tmp_path / f.name, bad], tmp_path / "d", class_name="D", device="cpu")
+    assert [("error" in r) for r in recs] == [False, True] and recs[1]["file"] == "bad.dcm"
+    default = explain_run(app_env.run, [tmp_path / f.name], tmp_path / "p", device="cpu")
+    a = np.asarray(Image.open(recs[0]["overlay"]), dtype=float)
+    b = np.asarray(Image.open(default[0]["overlay"]), dtype=float)
+    assert a.shape == b.shape
+    if default[0]["pred"] != "D":  # another class, another heat map
+        assert np.abs(a - b).mean() > 0
+    with pytest.raises(ValueError, match="not one of this run's classes"):
+        explain_run(app_env.run, [bad], tmp_path / "z", class_name="Z", device="cpu")
