@@ -146,7 +146,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     metrics["provenance"] = provenance
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     report = write_report(out_dir, preds, names, result, gallery=gallery,
-                          title=f"mammolens evaluation: {Path(run_dir).name} on {Path(data).name}",
+                          title=f"mammolens evaluation: {Path(run_dir).name} on {Path(data).parent.name}/{Path(data).name}",
                           provenance=provenance)
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
