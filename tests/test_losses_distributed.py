@@ -5,7 +5,6 @@ single-process full-batch loss, and after DDP-style gradient averaging (divide b
 gradients of the image embeddings, the text embeddings and the logit scale must equal the full-batch ones.
 """
 
-import socket
 
 import pytest
 import torch
@@ -41,8 +40,9 @@ def _full_batch():
     return loss.detach(), img.grad, txt.grad, scale.grad
 
 
-def _worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _worker(rank, init_file, out_dir):
+    # file rendezvous: no TCP port to race for with other tests running at the same time
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         img, txt, labels, modality = _data()
         start = sum(SPLITS[:rank])
@@ -58,17 +58,11 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 def test_distributed_loss_and_grads_equal_full_batch(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
     loss, img_grad, txt_grad, scale_grad = _full_batch()
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for r, res in enumerate(results):
