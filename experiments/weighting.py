@@ -6,7 +6,7 @@ synthetic cohort. Prints a markdown table (mean over seeds and per seed).
 
 Example::
 
-    /work/venv/bin/python experiments/weighting.py --out /tmp/exp_w --epochs 25 --seeds 0 1
+    /work/venv/bin/python experiments/weighting.py --out /tmp/exp_w --epochs 20 --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _evaluate(run_dir: Path, test_cache: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="work folder (cohorts, caches, runs, results_<methods>_s<seeds>.json)")
-    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=["none", "inverse", "effective"])
     ap.add_argument("--n-train", type=int, default=60, help="training cohort patients")
