@@ -262,6 +262,13 @@ def _sample_weights(labels, num_classes, class_weights, modality, modality_weigh
     return w
 
 
+def _labelled(logits: Tensor, labels: Tensor, modality: Tensor | None):
+    """``(keep mask [B], labels of kept rows [B'], modality of kept rows or None)``; -1 labels are dropped."""
+    labels = labels.to(logits.device).long().reshape(-1)
+    keep = labels >= 0
+    return keep, labels[keep], None if modality is None else modality.reshape(-1)[keep]
+
+
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, modality: Tensor | None = None,
                            modality_weights=None, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy weighted by class × modality weight, normalised by the sum of weights.
@@ -273,13 +280,9 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, m
         logits: ``[B, K]``.
         labels: ``[B]``.
     """
-    labels = labels.to(logits.device).long().reshape(-1)
-    keep = labels >= 0
-    if not keep.any():
+    keep, y, modality = _labelled(logits, labels, modality)
+    if y.numel() == 0:
         return logits.sum() * 0.0
-    if modality is not None:
-        modality = modality.reshape(-1)[keep]
-    y = labels[keep]
     ce = F.cross_entropy(logits[keep].float(), y, reduction="none", label_smoothing=label_smoothing)  # [B']
     w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device)
     return (w * ce).sum() / w.sum().clamp_min(1e-12)
@@ -289,13 +292,9 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, class_weights
                modality: Tensor | None = None, modality_weights=None) -> Tensor:
     """Multi-class focal loss (Lin et al. 2017): ``-(1 - p_y)^gamma log p_y``, weighted like
     :func:`weighted_cross_entropy` (class weights play the role of alpha); ``gamma=0`` gives weighted CE."""
-    labels = labels.to(logits.device).long().reshape(-1)
-    keep = labels >= 0
-    if not keep.any():
+    keep, y, modality = _labelled(logits, labels, modality)
+    if y.numel() == 0:
         return logits.sum() * 0.0
-    if modality is not None:
-        modality = modality.reshape(-1)[keep]
-    y = labels[keep]
     logp = F.log_softmax(logits[keep].float(), dim=1).gather(1, y[:, None]).squeeze(1)  # [B']
     loss = -((1.0 - logp.exp()).clamp_min(0.0) ** gamma) * logp
     w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device)
