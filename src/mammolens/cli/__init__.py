@@ -11,7 +11,17 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.
 
 
 def main() -> None:
-    app()
+    """Entry point: user errors (missing file, bad value, unreadable image) print one line, exit code 2."""
+    import os
+    import sys
+
+    try:
+        app(standalone_mode=True)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        if os.environ.get("MAMMOLENS_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 __all__ = ["app", "main"]
