@@ -15,7 +15,7 @@ from _train_helpers import _cfg, _cohort_cache, cache_dir  # noqa: F401  (fixtur
 def test_ddp_two_gloo_processes_write_one_run(cache_dir, tmp_path):
     cfg = _cfg(cache_dir, tmp_path / "ddp", epochs=1, batch_size=4)
     path = save_cfg(cfg, tmp_path / "ddp.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "mammolens.train", "--config", str(path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
