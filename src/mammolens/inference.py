@@ -168,7 +168,7 @@ class Predictor:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run folder not found: {run_dir} (train one with `mammolens train`)")
         run = load_run(run_dir, device="cpu", which=which)
-        pre = PreprocessCfg.from_dict(run.preprocess or _preprocess_dict(run.cfg))
+        pre = PreprocessCfg.from_dict(run.preprocess)
         return cls(run.model, run.task, pre, device=device, name=run_dir.name, **kw)
 
     # ------------------------------------------------------------------------------------- helpers
@@ -263,7 +263,7 @@ class Predictor:
                 x = torch.from_numpy(np.stack([r["pixels"] for r in ok]).astype(np.float32) / 65535.0)[:, None]
                 probs = self.predict_tensor(x)  # [B, K]
                 target = probs.argmax(1) if class_name is None else np.full(len(ok), self.class_names.index(class_name))
-                cams = self._cams(x, target) if explain else [None] * len(ok)
+                cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain else [None] * len(ok)
                 for r, p, cam in zip(ok, probs, cams):
                     rows.append(self._image_row(r, p, cam, root, overlay_dir, include_ids))
                     sources.append(r["path"])
@@ -316,17 +316,13 @@ class Predictor:
                 row["overlay_png"] = _png_bytes(rgb)
         return row
 
-    def _cams(self, x: torch.Tensor, classes: np.ndarray) -> list[np.ndarray]:
-        from mammolens.explain.gradcam import GradCAM, OutputIndexTarget
-
-        with torch.enable_grad(), GradCAM(self.model, forward_fn=self.model.forward) as cam:
-            maps = cam.compute(x.to(self.device), OutputIndexTarget(torch.as_tensor(classes)))
-        return [m for m in maps.detach().cpu().numpy()]
 
     def predict_files(self, paths: Sequence[str | PathLike]) -> dict[str, Any]:
         """The web page's protocol: JSON-ready dict with overlay PNG bytes per image."""
         res = self.predict(list(paths), explain=True)
-        probs = lambda row: {c: float(row[f"prob_{c}"]) for c in self.class_names}  # noqa: E731
+        def probs(row) -> dict[str, float]:
+            return class_probs(row, self.class_names)
+
         images = [{
             "file": r["file"], "laterality": r["laterality"], "view": r["view"], "modality": r["modality"],
             "probs": probs(r), "pred": r["pred"], "dense": bool(r.get("dense", False)),
@@ -342,18 +338,18 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------ utilities
-def _preprocess_dict(cfg) -> dict:
-    """The PreprocessCfg dict of a TrainCfg (or of a plain dict), tolerant to its nesting."""
-    from dataclasses import asdict, is_dataclass
+def class_probs(row, class_names: Sequence[str]) -> dict[str, float]:
+    """``{class: probability}`` from a prediction row's ``prob_<class>`` fields."""
+    return {c: float(row[f"prob_{c}"]) for c in class_names}
 
-    d = asdict(cfg) if is_dataclass(cfg) else dict(cfg or {})
-    for path in (("data", "preprocess"), ("preprocess",)):
-        cur: Any = d
-        for k in path:
-            cur = cur.get(k) if isinstance(cur, dict) else None
-        if isinstance(cur, dict):
-            return cur
-    return {}
+
+def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndarray:
+    """GradCAM maps ``[B, H, W]`` of a run's classifier (``model(x) -> logits``) for one class per image."""
+    from mammolens.explain.gradcam import GradCAM, OutputIndexTarget
+
+    with torch.enable_grad(), GradCAM(model, forward_fn=model.forward) as cam:
+        maps = cam.compute(x, OutputIndexTarget(torch.as_tensor(classes)))
+    return maps.detach().cpu().numpy()
 
 
 def _rel(path: str, root) -> str:

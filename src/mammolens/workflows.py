@@ -67,8 +67,8 @@ def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class
     import torch
 
     from mammolens.data.cache import open_cache
-    from mammolens.explain.gradcam import GradCAM, OutputIndexTarget
     from mammolens.explain.overlay import save_overlay
+    from mammolens.inference import classifier_cams
 
     if per_class <= 0 or preds.empty:
         return []
@@ -82,11 +82,11 @@ def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class
         if "label" in sel and (sel["label"] >= 0).any():
             sel = sel[sel["label"] == k]
         sel = sel.sort_values(f"prob_{c}", ascending=False).head(per_class)
-        for j, row in enumerate(sel.itertuples()):
-            img = cache.get(int(row.cache_row))  # float32 [S, S]
-            x = torch.from_numpy(np.ascontiguousarray(img))[None, None].to(device)
-            with torch.enable_grad(), GradCAM(model, forward_fn=model.forward) as cam:
-                m = cam.compute(x, OutputIndexTarget(k))[0].detach().cpu().numpy()
+        if sel.empty:
+            continue
+        imgs = np.stack([cache.get(int(r)) for r in sel["cache_row"]])  # float32 [n, S, S]
+        maps = classifier_cams(model, torch.from_numpy(imgs)[:, None].to(device), [k] * len(imgs))  # [n, S, S]
+        for j, (row, img, m) in enumerate(zip(sel.itertuples(), imgs, maps)):
             png = save_overlay(out_dir / f"{c}_{j}.png", img, m)
             caption = f"class {c}: p={getattr(row, f'prob_{c}'):.2f}, {getattr(row, 'modality', '')} {getattr(row, 'view', '')}"
             items.append((c, str(png), caption))
@@ -263,17 +263,18 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     n_sr = 0
     if dicom and len(res.images):
-        n_sr = _write_dicom_outputs(p, res, inputs, out / "dicom", overlays)
+        n_sr = _write_dicom_outputs(p, res, out / "dicom", overlays)
     return {"out_dir": str(out), "n_images": int(len(res.images)), "n_breasts": int(len(res.breasts)),
             "n_exams": int(len(res.exams)), "n_failed": res.n_failed, "n_sr": n_sr,
             "errors": res.errors.to_dict("records")}
 
 
-def _write_dicom_outputs(p, res, inputs, out: Path, overlays: bool) -> int:
+def _write_dicom_outputs(p, res, out: Path, overlays: bool) -> int:
     """One SR per DICOM study and one Secondary Capture per overlay; returns the SR count."""
     import pydicom
     from pydicom.uid import generate_uid
 
+    from mammolens.inference import class_probs
     from mammolens.io import is_dicom
     from mammolens.io.dicom_out import write_density_sr, write_overlay_sc
 
@@ -293,12 +294,11 @@ def _write_dicom_outputs(p, res, inputs, out: Path, overlays: bool) -> int:
         if not headers:
             continue
         exam = res.exams[res.exams["study_id"] == study].iloc[0]
-        probs = lambda row: {c: float(row[f"prob_{c}"]) for c in p.class_names}  # noqa: E731
-        breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": probs(b),
+        breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": class_probs(b, p.class_names),
                     **({"dense": bool(b["dense"])} if "dense" in b else {})}
                    for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
                    if b["laterality"] in ("L", "R")]
-        result = {"pred": exam["pred"], "probs": probs(exam), "breasts": breasts,
+        result = {"pred": exam["pred"], "probs": class_probs(exam, p.class_names), "breasts": breasts,
                   "model": {"name": f"mammolens:{p.name}"}}
         if "dense" in exam:
             result["dense"] = bool(exam["dense"])
