@@ -358,3 +358,61 @@ def test_read_dicom_pydicom_files_rejected(name, message):
     with pytest.raises(ImageReadError, match=message) as err:
         read_dicom(path)
     assert name in str(err.value)
+
+
+# ------------------------------------------------------------------- single-frame lookup-table path
+_TABLE_CASES = {
+    "window": dict(window=(1800, 2500)),
+    "window_sigmoid_m1": dict(window=(2100, 1500), voi_function="SIGMOID", photometric="MONOCHROME1"),
+    "rescale_window": dict(rescale=(2.0, -100.0), window=(3000, 5000)),
+    "voi_lut": dict(voi_lut=((np.linspace(0, 65535, 3000) ** 1.2 / 65535**0.2).astype(np.uint16), 500, 16),
+                    window=(10, 5)),
+    "percentile": dict(),
+    "processing_log": dict(sop_class="dm_processing", window=(10, 5)),
+    "junk_bits": dict(junk_high_bits=True, window=(2000, 3000)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TABLE_CASES))
+def test_single_frame_table_path_equals_frame_by_frame_path(tmp_path, case):
+    """A one-frame read goes through the lookup table; a one-frame slab runs the per-pixel stages."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 4096, size=(2, 40, 52)).astype(np.uint16)
+    frames[1] = frames[0]
+    kw = dict(_TABLE_CASES[case])
+    path = write_dicom(tmp_path / f"{case}.dcm", frames, sop_class=kw.pop("sop_class", "dbt"), bits_stored=12, **kw)
+    log = case == "processing_log"
+    fast = read_dicom(path, frame=0, log=log)
+    slow = read_dicom(path, dbt="slab", slab=(0, 1), log=log)
+    np.testing.assert_array_equal(fast.pixels, slow.pixels)
+    assert fast.conversion["voi"] == slow.conversion["voi"]
+    if "window_lo" in slow.conversion:
+        assert fast.conversion["window_lo"] == slow.conversion["window_lo"]
+        assert fast.conversion["window_hi"] == slow.conversion["window_hi"]
+
+
+def test_percentile_window_is_exact_over_every_pixel(tmp_path):
+    """Above 1M pixels the histogram gives np.percentile of the whole image (no subsampling)."""
+    rng = np.random.default_rng(2)
+    arr = rng.gamma(2.0, 600.0, size=(1100, 1000)).clip(0, 16383).astype(np.uint16)
+    path = write_dicom(tmp_path / "big.dcm", arr, bits_stored=14)
+    img = read_dicom(path, percentiles=(1.3, 97.7))
+    lo, hi = np.percentile(arr, (1.3, 97.7))
+    assert img.conversion["window_lo"] == pytest.approx(lo, abs=1e-9)
+    assert img.conversion["window_hi"] == pytest.approx(hi, abs=1e-9)
+    np.testing.assert_allclose(img.pixels, np.clip((arr - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+
+def test_native_frame_is_a_view_and_masks_junk_bits(tmp_path, ramp12):
+    """The uncompressed fast path reads PixelData without a copy; the table masks bits above BitsStored."""
+    from mammolens.io.dicom import _native_frame
+
+    path = write_dicom(tmp_path / "junk.dcm", ramp12, bits_stored=12, junk_high_bits=True, window=(2048, 4096))
+    ds = pydicom.dcmread(path)
+    raw = _native_frame(ds, 1)
+    assert raw is not None and not raw.flags.writeable and raw.max() > 4095
+    img = read_dicom(path)
+    expected = np.clip((ramp12 - 2047.5) / 4095.0 + 0.5, 0, 1)
+    np.testing.assert_allclose(img.pixels, expected, atol=1e-6)
+    compressed = write_dicom(tmp_path / "rle.dcm", ramp12, bits_stored=12, compression="rle")
+    assert _native_frame(pydicom.dcmread(compressed), 1) is None  # pydicom decodes those

@@ -179,3 +179,41 @@ def test_preprocess_image_mini_mias_chest_wall_left(mini_mias):
     assert info["flipped"] and 0.1 < info["mask_fraction"] < 0.7
     f = out.astype(np.float32) / 65535
     assert f[:, :16].mean() > f[:, -16:].mean()  # dense chest-wall side now on the left
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (67, 50), (2048 // 8, 1664 // 8)])
+@pytest.mark.parametrize("f", [1, 2, 3, 7])
+def test_block_mean_equals_reshape_mean(shape, f):
+    from mammolens.transforms.breast import block_mean
+
+    x = np.random.default_rng(f).random(shape, dtype=np.float32)
+    h, w = shape[0] // f * f, shape[1] // f * f
+    expected = x[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float64)
+    out = block_mean(x, f)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot reduce"):
+        block_mean(x[:2, :2], 3)
+
+
+def test_fill_holes_matches_scipy():
+    from scipy import ndimage
+
+    from mammolens.transforms.breast import _fill_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        fg = ndimage.binary_opening(rng.random((int(rng.integers(1, 50)), int(rng.integers(1, 50)))) < rng.random())
+        np.testing.assert_array_equal(_fill_holes(fg), ndimage.binary_fill_holes(fg))
+
+
+def test_preprocess_image_cleans_non_finite_and_out_of_range_input():
+    img, _ = synthetic_breast()  # 400x300: no block reduction at size 160, so the results must be identical
+    bad = img.copy()
+    bad[5:9, 5:9] = np.nan
+    bad[20, 20] = np.inf
+    bad[30, 30] = -3.0
+    out, _ = preprocess_image(bad, PreprocessCfg(size=160))
+    ref, _ = preprocess_image(np.clip(np.nan_to_num(bad, nan=0.0), 0, 1), PreprocessCfg(size=160))
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, ref)

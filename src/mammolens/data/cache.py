@@ -153,6 +153,18 @@ def _worker_init(images_path: str, shape: tuple[int, int, int], cfg_dict: dict, 
     _W["reader"] = reader
 
 
+def _preload_worker_modules() -> None:
+    """Import what every row needs in the parent, so that forked workers inherit it instead of each
+    importing pydicom, its pixel decoders, scipy.ndimage and PIL on their first row."""
+    import PIL.Image  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+
+    import mammolens.io  # noqa: F401
+    import mammolens.io.dicom  # noqa: F401
+    import mammolens.transforms.breast  # noqa: F401
+
+
 def _default_reader(path: str, **kw):
     from mammolens.io import read_image
 
@@ -384,8 +396,12 @@ def build_cache(
         elif tasks:
             import multiprocessing as mp
 
+            _preload_worker_modules()  # forked workers then start with them imported (~0.1 s each saved)
+
             with mp.get_context().Pool(workers, initializer=_worker_init, initargs=init_args) as pool:
-                for rec in pool.imap_unordered(_process_row, tasks, chunksize=max(1, chunksize)):
+                # small jobs: smaller chunks, so that no worker idles while another holds several rows
+                chunk = max(1, min(int(chunksize), len(tasks) // (4 * workers)))
+                for rec in pool.imap_unordered(_process_row, tasks, chunksize=chunk):
                     record(rec)
     bar.close()
     elapsed = time.perf_counter() - t0

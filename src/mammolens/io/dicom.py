@@ -65,7 +65,7 @@ import numpy as np
 from mammolens.constants import VIEWS
 from mammolens.io._types import ImageReadError, MammoImage, empty_meta
 
-READER_VERSION = "1.0"
+READER_VERSION = "1.1"
 """Bumped whenever the conversion of stored values to pixels changes (caches record it)."""
 
 DBT_MODES = ("mip", "slab", "center", "frames")
@@ -364,14 +364,42 @@ def _window(x: np.ndarray, center: float, width: float, function: str) -> np.nda
     return x
 
 
-def _percentile_window(x: np.ndarray, pcts: tuple[float, float], log: bool) -> tuple[np.ndarray, dict]:
+def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, pcts) -> list[float]:
+    """``np.percentile(data, pcts)`` (linear interpolation) of data given as distinct values and counts."""
+    order = np.argsort(values, kind="stable")
+    v, c = values[order], counts[order]
+    keep = c > 0
+    v, cum = v[keep], np.cumsum(c[keep])
+    n = int(cum[-1])
+    out = []
+    for q in pcts:
+        pos = q / 100.0 * (n - 1)
+        k = int(np.floor(pos))
+        lo = float(v[np.searchsorted(cum, k, side="right")])
+        hi = float(v[np.searchsorted(cum, min(k + 1, n - 1), side="right")])
+        out.append(lo + (pos - k) * (hi - lo))
+    return out
+
+
+def _percentile_window(x: np.ndarray, pcts: tuple[float, float], log: bool,
+                       counts: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Robust window between two percentiles of the image (in place on float32 ``x``).
+
+    With ``counts``, ``x`` holds the distinct values (a lookup table) and ``counts`` how often each occurs
+    in the image: the percentiles are then exact over every pixel.
+    """
     if log:
-        x -= float(x.min())
+        x -= float(x.min() if counts is None else x[counts > 0].min())
+        if counts is not None:  # table entries below the image minimum are never looked up
+            np.maximum(x, 0.0, out=x)
         np.log1p(x, out=x)
-    sample = x.reshape(-1)
-    if sample.size > 1_000_000:  # a strided sample gives the same percentiles to ~1e-3, 4x faster
-        sample = sample[:: max(1, sample.size // 1_000_000)]
-    lo, hi = (float(v) for v in np.percentile(sample, pcts))
+    if counts is not None:
+        lo, hi = _weighted_percentiles(x, counts, pcts)
+    else:
+        sample = x.reshape(-1)
+        if sample.size > 1_000_000:  # a strided sample gives the same percentiles to ~1e-3, 4x faster
+            sample = sample[:: max(1, sample.size // 1_000_000)]
+        lo, hi = (float(v) for v in np.percentile(sample, pcts))
     if hi <= lo:
         hi = lo + 1.0
     x -= lo
@@ -477,6 +505,46 @@ def _frames(path: Path, ds, indices: list[int], n_frames: int):
         ) from exc
 
 
+_CHUNK = 1 << 18  # elements per block in the table passes: the index conversion stays in cache
+
+
+def _gather(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``table[raw]`` in blocks (~15 % faster than one fancy index on a 3328x2560 image)."""
+    flat = raw.reshape(-1)
+    out = np.empty(flat.size, dtype=table.dtype)
+    for i in range(0, flat.size, _CHUNK):
+        np.take(table, flat[i : i + _CHUNK], out=out[i : i + _CHUNK])
+    return out.reshape(raw.shape)
+
+
+def _value_counts(raw: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(raw, minlength=n)`` in blocks (2x faster on a 3328x2560 uint16 image)."""
+    flat = raw.reshape(-1)
+    counts = np.zeros(n, dtype=np.int64)
+    for i in range(0, flat.size, 4 * _CHUNK):
+        counts += np.bincount(flat[i : i + 4 * _CHUNK], minlength=n)
+    return counts
+
+
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _native_frame(ds, n_frames: int) -> np.ndarray | None:
+    """The pixel data of a native little-endian single-frame 8/16-bit image as a read-only view (no copy).
+
+    ``None`` when anything is unusual (another syntax, other bit depths, short data): pydicom decodes it.
+    """
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    bits_alloc = int(ds.BitsAllocated)
+    if ts not in _NATIVE_LE or n_frames != 1 or bits_alloc not in (8, 16) or ds.get("SamplesPerPixel", 1) != 1:
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    data = ds.get("PixelData")
+    if not isinstance(data, (bytes, bytearray)) or len(data) < rows * cols * bits_alloc // 8:
+        return None
+    return np.frombuffer(data, dtype="<u2" if bits_alloc == 16 else np.uint8, count=rows * cols).reshape(rows, cols)
+
+
 def read_dicom(
     path: str | PathLike,
     *,
@@ -559,25 +627,6 @@ def read_dicom(
             x += intercept
         return x
 
-    acc = None
-    stack = []
-    for _, raw in _frames(path, ds, indices, n_frames):
-        x = to_modality(raw)
-        if mode == "frames":
-            stack.append(x)
-        elif acc is None:
-            acc = x
-        elif mode == "mip":
-            (np.maximum if bright_is_high else np.minimum)(acc, x, out=acc)
-        else:  # slab: running sum
-            acc += x
-    if mode == "frames":
-        x = np.stack(stack)  # [F, H, W]
-    else:
-        x = acc  # [H, W]
-        if mode == "slab":
-            x /= len(indices)
-
     conversion: dict = {
         "reader": "mammolens.io.dicom",
         "reader_version": READER_VERSION,
@@ -595,43 +644,93 @@ def read_dicom(
         "n_frames": n_frames,
     }
 
-    # VOI
+    # VOI: which transform (decided from the header alone)
     processing = meta["presentation_intent"] == "FOR PROCESSING"
     voi_lut, window, function = _voi_params(ds, ref_frame)
     if not apply_voi:
-        lo, hi = _stored_range(bits, signed)
-        if mlut is None:
-            lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
-        else:
-            lo, hi = 0.0, 2.0 ** int(mlut.LUTDescriptor[2]) - 1
-        x -= lo
-        x /= max(hi - lo, 1e-6)
-        np.clip(x, 0.0, 1.0, out=x)
-        conversion["voi"] = "none"
+        voi_kind = "none"
     elif processing or (voi_lut is None and window is None):
-        x, info = _percentile_window(x, percentiles, log)
-        conversion["voi"] = f"{'log+' if log else ''}percentile {percentiles[0]:g}-{percentiles[1]:g}"
-        conversion.update(info)
-        if processing:
-            conversion["voi_reason"] = "FOR PROCESSING image: VOI attributes ignored"
+        voi_kind = "percentile"
     elif voi_lut is not None and (voi_prefer == "lut" or window is None):
-        try:
-            x, out_bits = _lut_apply(x, voi_lut)
-        except Exception as exc:
-            raise ImageReadError(path, f"malformed VOI LUT Sequence: {exc}") from exc
-        x /= float(2**out_bits - 1)
-        np.clip(x, 0.0, 1.0, out=x)
-        conversion["voi"] = "voi_lut"
-        conversion["voi_lut_descriptor"] = [int(v) for v in voi_lut.LUTDescriptor]
+        voi_kind = "lut"
     else:
-        c, w = window
-        x = _window(x, c, w, function)
-        conversion["voi"] = f"window {c:g}/{w:g}"
-        conversion["voi_function"] = function
-
+        voi_kind = "window"
     inverted = photometric == "MONOCHROME1"
-    if inverted:
-        np.subtract(1.0, x, out=x)
+
+    def to_display(x: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        """VOI (+ MONOCHROME1 inversion) on float32 modality values, in place where possible.
+
+        ``counts``: ``x`` is a table of every stored value and ``counts`` their frequencies in the image.
+        """
+        if voi_kind == "none":
+            lo, hi = _stored_range(bits, signed)
+            if mlut is None:
+                lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+            else:
+                lo, hi = 0.0, 2.0 ** int(mlut.LUTDescriptor[2]) - 1
+            x -= lo
+            x /= max(hi - lo, 1e-6)
+            np.clip(x, 0.0, 1.0, out=x)
+            conversion["voi"] = "none"
+        elif voi_kind == "percentile":
+            x, info = _percentile_window(x, percentiles, log, counts)
+            conversion["voi"] = f"{'log+' if log else ''}percentile {percentiles[0]:g}-{percentiles[1]:g}"
+            conversion.update(info)
+            if processing:
+                conversion["voi_reason"] = "FOR PROCESSING image: VOI attributes ignored"
+        elif voi_kind == "lut":
+            try:
+                x, out_bits = _lut_apply(x, voi_lut)
+            except Exception as exc:
+                raise ImageReadError(path, f"malformed VOI LUT Sequence: {exc}") from exc
+            x /= float(2**out_bits - 1)
+            np.clip(x, 0.0, 1.0, out=x)
+            conversion["voi"] = "voi_lut"
+            conversion["voi_lut_descriptor"] = [int(v) for v in voi_lut.LUTDescriptor]
+        else:
+            c, w = window
+            x = _window(x, c, w, function)
+            conversion["voi"] = f"window {c:g}/{w:g}"
+            conversion["voi_function"] = function
+        if inverted:
+            np.subtract(1.0, x, out=x)
+        return x
+
+    if len(indices) == 1 and mode != "slab" and not signed and bits <= 16:
+        # One frame of unsigned integers: every stage above is a function of the stored value, so run
+        # them once on each value the dtype can hold (256 or 65,536 of them, junk high bits masked as
+        # the image would be) and gather: the same float32 operations on the same values, in one pass
+        # over the image. The percentile window reads its percentiles from the value histogram (exact
+        # over every pixel).
+        raw = _native_frame(ds, n_frames)
+        if raw is None:
+            _, raw = next(iter(_frames(path, ds, indices, n_frames)))
+            if raw.dtype.kind != "u" or raw.dtype.itemsize > 2:
+                raw = _mask_bits(raw, bits, False).astype(np.uint16 if bits > 8 else np.uint8)
+        values = np.arange(2 ** (8 * raw.dtype.itemsize), dtype=raw.dtype)
+        counts = _value_counts(raw, values.size) if voi_kind == "percentile" else None
+        table = to_display(to_modality(values), counts)
+        x = _gather(np.ascontiguousarray(table, dtype=np.float32), raw)
+    else:
+        acc = None
+        stack = []
+        for _, raw in _frames(path, ds, indices, n_frames):
+            x = to_modality(raw)
+            if mode == "frames":
+                stack.append(x)
+            elif acc is None:
+                acc = x
+            elif mode == "mip":
+                (np.maximum if bright_is_high else np.minimum)(acc, x, out=acc)
+            else:  # slab: running sum
+                acc += x
+        if mode == "frames":
+            x = np.stack(stack)  # [F, H, W]
+        else:
+            x = acc  # [H, W]
+            if mode == "slab":
+                x /= len(indices)
+        x = to_display(x)
     conversion["inverted"] = inverted
     conversion["photometric"] = photometric
     pixels = np.ascontiguousarray(x, dtype=np.float32)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mammolens.data.cache import PreprocessCfg
 
 __all__ = [
+    "block_mean",
     "otsu_threshold",
     "background_threshold",
     "breast_mask",
@@ -56,17 +57,34 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
+def block_mean(img: np.ndarray, f: int) -> np.ndarray:
+    """Mean over non-overlapping ``f x f`` blocks (rows/columns beyond a multiple of ``f`` dropped), float32.
+
+    ``f`` strided additions over rows, then ``f`` over columns: every step is a vectorised add of whole
+    rows, 3-8x faster than ``reshape(h, f, w, f).mean((1, 3))`` (whose inner reductions are only ``f``
+    long) and than PIL's ``Image.reduce`` (whose float image copy dominates) on mammogram-sized images.
+    """
+    img = np.asarray(img, dtype=np.float32)
+    if f <= 1:
+        return img
+    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot reduce a {img.shape[0]}x{img.shape[1]} image by {f}")
+    v = img[:h, :w].reshape(h // f, f, w)
+    rows = v[:, 0].copy()
+    for i in range(1, f):
+        rows += v[:, i]
+    out = rows[:, 0::f].copy()
+    for j in range(1, f):
+        out += rows[:, j::f]
+    out *= np.float32(1.0 / (f * f))
+    return out
+
+
 def _downsample(img: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
     """Block-mean downsample by an integer factor so that the longest side is <= max_side."""
     f = max(1, int(np.ceil(max(img.shape) / max_side)))
-    if f == 1:
-        return img.astype(np.float32, copy=False), 1
-    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
-    from PIL import Image
-
-    # PIL's box reduction equals the block mean (to float32 rounding) and is ~1.5x faster than numpy's
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(img[:h, :w], dtype=np.float32)).reduce(f))
-    return small, f
+    return block_mean(img, f), f
 
 
 def background_threshold(small: np.ndarray, fraction: float = 0.1) -> float:
@@ -87,6 +105,22 @@ def background_threshold(small: np.ndarray, fraction: float = 0.1) -> float:
     below = lo[lo <= b]
     sigma = float(np.sqrt(np.mean((below - b) ** 2))) if below.size else 0.0
     return b + max(3.0 * sigma, fraction * (o - b))
+
+
+def _fill_holes(fg: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` (same 4-connected result) by labelling the background once.
+
+    Background components that do not touch the image border are holes. One labelling pass instead of
+    scipy's dilate-until-stable loop: ~5x faster on a 256-px mask.
+    """
+    bg, n = ndimage.label(~fg)
+    if n == 0:
+        return fg
+    border = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[border] = True
+    outside[0] = False  # label 0 is the foreground itself
+    return ~outside[bg]
 
 
 def breast_mask(
@@ -121,7 +155,7 @@ def breast_mask(
         return np.zeros(img.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())[1:]
     fg = labels == (int(np.argmax(sizes)) + 1)
-    fg = ndimage.binary_fill_holes(fg)
+    fg = _fill_holes(fg)
     if f == 1:
         return fg
     full = np.repeat(np.repeat(fg, f, axis=0), f, axis=1)
@@ -259,13 +293,16 @@ def preprocess_image(
     if img.ndim == 3:
         img = img.max(axis=0)  # [F, H, W] -> [H, W] maximum intensity projection
     img = _check_2d(img, "pixels")
-    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
     info: dict[str, Any] = {"orig_shape": tuple(int(s) for s in img.shape)}
-    # Work on a box-reduced copy whose shorter side stays >= 2x the output size: the final
+    # Work on a block-mean copy whose shorter side stays >= 2x the output size: the final
     # anti-aliased resize then sees the same information, and masking/cropping cost a fraction.
     scale = max(1, int(min(img.shape) // (2 * cfg.size)))
     if scale > 1:
-        img, scale = _downsample(img, int(np.ceil(max(img.shape) / scale)))
+        img = block_mean(img, scale)
+    # the reader's output is finite and in [0, 1]; anything else is cleaned on the (smaller) working copy
+    lo, hi = float(img.min()), float(img.max())
+    if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
+        img = np.clip(np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     bbox = (0, img.shape[0], 0, img.shape[1])
     mask = None
     if cfg.crop or cfg.mask_background or cfg.flip == "left":
@@ -273,12 +310,12 @@ def preprocess_image(
         info["mask_fraction"] = float(mask.mean())
         if not mask.any():  # blank image: keep it whole rather than fail
             mask = None
+    if mask is not None and cfg.crop:  # crop first: the background is then zeroed on the crop only
+        margin = int(round(float(cfg.margin) * max(img.shape)))
+        bbox = mask_bbox(mask, margin)
+        img, mask = img[bbox[0] : bbox[1], bbox[2] : bbox[3]], mask[bbox[0] : bbox[1], bbox[2] : bbox[3]]
     if mask is not None and cfg.mask_background:
         img = img * mask
-    if mask is not None and cfg.crop:
-        margin = int(round(float(cfg.margin) * max(img.shape)))
-        img, bbox = crop_to_mask(img, mask, margin)
-        mask = mask[bbox[0] : bbox[1], bbox[2] : bbox[3]]
     info["bbox"] = tuple(int(b) * scale for b in bbox)  # in input pixels
     info["side"] = breast_side(mask) if mask is not None else ""
     flipped = False
