@@ -43,8 +43,11 @@ def test_run_benchmarks_small_report_structure(small_report):
     assert pre["ratio"] == pytest.approx(pre["ours"]["items_per_s"] / pre["naive"]["items_per_s"])
     assert len(pre["naive"]["runs_items_per_s"]) == 2
     inf = res["inference"]["tiny-clip"]
-    for key in ("model_ratio", "model_ratio_fp32", "e2e_ratio"):
+    for key in ("model_ratio", "model_ratio_fp32", "e2e_ratio", "e2e_ratio_fp32"):
         assert _finite_positive(inf[key])
+    assert inf["e2e_ours"]["chosen"] in ("fp32", "bf16") and set(inf["e2e_ours_variants"]) == {"fp32", "bf16"}
+    assert inf["e2e_ratio"] >= inf["e2e_ratio_fp32"]
+    assert 0 <= inf["bf16_vs_fp32"]["max_abs_prob_diff"] < 0.2 and 0 <= inf["bf16_vs_fp32"]["top1_agreement"] <= 1
     assert inf["model_ours"]["chosen"] in ("fp32", "bf16")
     assert inf["model_naive"]["peak_rss_mib"] > 0 and inf["e2e_ours"]["peak_rss_mib"] > 0
     json.dumps(small_report, default=str)  # JSON-ready

@@ -207,6 +207,22 @@ def test_predict_array_matches_file_prediction(predictor, tmp_path):
     np.testing.assert_allclose([from_file[f"prob_{c}"] for c in CLASSES], [from_arr[c] for c in CLASSES], atol=1e-4)
 
 
+def test_precision_bf16_close_to_fp32_and_bad_values_rejected(app_env):  # noqa: F811
+    import torch
+
+    fp32 = Predictor.from_run(app_env.run, device="cpu", workers=0)
+    bf16 = Predictor.from_run(app_env.run, device="cpu", workers=0, precision="bf16")
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    a, b = fp32.predict_tensor(x), bf16.predict_tensor(x)
+    assert bf16.precision == "bf16" and b.dtype == np.float32
+    np.testing.assert_allclose(b.sum(1), 1.0, atol=1e-5)
+    assert np.abs(a - b).max() < 0.05 and not np.array_equal(a, b)  # autocast really ran in bf16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor.from_run(app_env.run, device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Predictor.from_run(app_env.run, device="cpu", precision="fp16")
+
+
 # -------------------------------------------------------------------------------------- streaming
 def test_iter_batches_is_streaming(predictor, tmp_path, monkeypatch):
     import mammolens.inference as inf

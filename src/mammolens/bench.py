@@ -11,7 +11,9 @@ saves them):
   open_clip loop, fp32, batch 1, PIL transform per image; ours: batched ``Predictor.predict_tensor``
   under ``torch.inference_mode``, fp32 and bf16 autocast, the faster reported). *end-to-end*: DICOM
   files → probabilities (naive: per-file pydicom + PIL + transform + batch 1; ours:
-  ``Predictor.predict(paths)``). Peak resident memory of each variant is recorded.
+  ``Predictor.predict(paths)`` with ``precision="fp32"`` and ``"bf16"``, the faster reported and the fp32
+  ratio kept). Peak resident memory of each variant is recorded, and how far bf16 probabilities are
+  from fp32 ones on the same inputs (``bf16_vs_fp32``).
 - ``bench_train_gpu``: training throughput (img/s) and model FLOPs utilisation of the contrastive
   train step on random data (``mode="step"``) or of the whole ``mammolens train`` loop on a
   synthetic cache (``mode="train"``). Needs CUDA.
@@ -503,8 +505,9 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
                 _naive_probs(raw_clip, transform, text_emb, img)
             return len(pils)
 
-        pred = Predictor(model, _task(task), PreprocessCfg(size=size), device="cpu", batch_size=batch_size,
-                         workers=workers)
+        preds = {prec: Predictor(model, _task(task), PreprocessCfg(size=size), device="cpu", batch_size=batch_size,
+                                 workers=workers, precision=prec) for prec in ("fp32", "bf16")}
+        pred = preds["fp32"]
 
         def ours_model(dtype=None, channels_last=False) -> Callable[[], int]:
             def run() -> int:
@@ -528,6 +531,14 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
         out["model_ours"] = {**variants[best], "chosen": best, "batch_size": batch_size}
         out["model_ratio"] = variants[best]["items_per_s"] / out["model_naive"]["items_per_s"]
         out["model_ratio_fp32"] = variants["fp32"]["items_per_s"] / out["model_naive"]["items_per_s"]
+        # what bf16 costs in accuracy, on the same inputs (random weights: a numerical check, not a clinical one)
+        with torch.inference_mode():
+            p32 = np.concatenate([preds["fp32"].predict_tensor(x_all[i : i + batch_size])
+                                  for i in range(0, len(x_all), batch_size)])
+            p16 = np.concatenate([preds["bf16"].predict_tensor(x_all[i : i + batch_size])
+                                  for i in range(0, len(x_all), batch_size)])
+        out["bf16_vs_fp32"] = {"max_abs_prob_diff": float(np.abs(p32 - p16).max()),
+                               "top1_agreement": float((p32.argmax(1) == p16.argmax(1)).mean())}
 
         # ---- (b) end to end: DICOM files → probabilities
         def naive_e2e() -> int:
@@ -542,15 +553,23 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
                 _naive_probs(raw_clip, transform, text_emb, img)
             return len(files)
 
-        def ours_e2e() -> int:
-            res = pred.predict([str(f) for f in files])
-            if res.n_failed:
-                raise RuntimeError(f"Predictor failed on {res.n_failed} benchmark files: {res.errors.head()}")
-            return len(res.images)
+        def ours_e2e(p) -> Callable[[], int]:
+            def run() -> int:
+                res = p.predict([str(f) for f in files])
+                if res.n_failed:
+                    raise RuntimeError(f"Predictor failed on {res.n_failed} benchmark files: {res.errors.head()}")
+                return len(res.images)
+
+            return run
 
         out["e2e_naive"] = _measure(naive_e2e, repeats, batch_size=1)
-        out["e2e_ours"] = _measure(ours_e2e, repeats, batch_size=batch_size, workers=workers, precision="fp32")
-        out["e2e_ratio"] = out["e2e_ours"]["items_per_s"] / out["e2e_naive"]["items_per_s"]
+        e2e = {prec: _measure(ours_e2e(p), repeats, batch_size=batch_size, workers=workers, precision=prec)
+               for prec, p in preds.items()}
+        best = max(e2e, key=lambda k: e2e[k]["items_per_s"])
+        out["e2e_ours_variants"] = e2e
+        out["e2e_ours"] = {**e2e[best], "chosen": best}
+        out["e2e_ratio"] = e2e[best]["items_per_s"] / out["e2e_naive"]["items_per_s"]
+        out["e2e_ratio_fp32"] = e2e["fp32"]["items_per_s"] / out["e2e_naive"]["items_per_s"]
         out["n_files"] = len(files)
         out["n_model_images"] = n_model_images
     return out
@@ -816,7 +835,8 @@ def format_results(report: dict[str, Any]) -> str:
             f"inference {name}: model naive {r['model_naive']['items_per_s']:.1f} | ours "
             f"{r['model_ours']['items_per_s']:.1f} img/s ({r['model_ours']['chosen']}) | ratio {r['model_ratio']:.2f}x; "
             f"files->probs naive {r['e2e_naive']['items_per_s']:.1f} | ours {r['e2e_ours']['items_per_s']:.1f} img/s "
-            f"| ratio {r['e2e_ratio']:.2f}x; peak RSS naive {r['model_naive']['peak_rss_mib']:.0f} / ours "
+            f"({r['e2e_ours']['chosen']}) | ratio {r['e2e_ratio']:.2f}x (fp32 {r['e2e_ratio_fp32']:.2f}x); "
+            f"bf16 vs fp32 max |dp| {r['bf16_vs_fp32']['max_abs_prob_diff']:.3f}; peak RSS naive {r['model_naive']['peak_rss_mib']:.0f} / ours "
             f"{r['model_ours']['peak_rss_mib']:.0f} MiB")
     if "train_gpu" in res:
         t = res["train_gpu"]

@@ -24,6 +24,7 @@ StudyInstanceUID are pseudonymised too; ``include_ids=True`` keeps them and adds
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -143,12 +144,22 @@ class Predictor:
         batch_size: images per forward pass.
         workers: processes reading/preprocessing files (default: all cores; 0 = in this process).
         name: a label for reports (the run folder's name).
+        precision: ``"fp32"`` (default: the numbers the evaluation reported), ``"bf16"`` (autocast;
+            1.5-2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, probabilities differ by ~1e-2)
+            or ``"fp16"`` (CUDA only).
     """
 
+    PRECISIONS = ("fp32", "bf16", "fp16")
+
     def __init__(self, model: torch.nn.Module, task, preprocess: PreprocessCfg, device: str = "auto",
-                 batch_size: int = 16, workers: int | None = None, name: str = "model"):
+                 batch_size: int = 16, workers: int | None = None, name: str = "model", precision: str = "fp32"):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
+        if precision == "fp16" and torch.device(device).type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
+        self.precision = precision
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.task = task
@@ -184,7 +195,8 @@ class Predictor:
     def predict_tensor(self, x: torch.Tensor) -> np.ndarray:
         """Class probabilities ``[B, K]`` for images ``[B, 1, S, S]`` in [0, 1]."""
         x = x.to(self.device, non_blocking=True)
-        logits = self.model(x).float()  # [B, K]
+        with self._autocast():
+            logits = self.model(x).float()  # [B, K]
         return torch.softmax(logits, dim=-1).cpu().numpy()
 
     def predict_array(self, pixels: np.ndarray, laterality: str | None = None) -> dict[str, float]:
@@ -195,8 +207,17 @@ class Predictor:
         probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
 
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
     def _executor(self) -> Executor:
         if self.workers and self.workers > 1:
+            from mammolens.data.cache import preload_worker_modules
+
+            preload_worker_modules()  # forked workers inherit the reader instead of importing it
             return ProcessPoolExecutor(max_workers=self.workers)
         return ThreadPoolExecutor(max_workers=1)
 

@@ -235,7 +235,7 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
 def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: str | PathLike, *,
                    overlays: bool = True, dicom: bool = True, include_ids: bool = False,
                    batch_size: int = 16, workers: int | None = None, device: str = "auto",
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
     """Predict files/folders/archives with a run and write every output a user or a PACS needs.
 
     Writes into ``out``: ``images.csv``, ``breasts.csv``, ``exams.csv`` (+ one ``results.json`` with
@@ -249,7 +249,7 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers)
+    p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers, precision=precision)
     res = p.predict(inputs, explain=overlays, overlay_dir=out / "overlays" if overlays else None,
                     include_ids=include_ids, progress=progress)
     res.images.to_csv(out / "images.csv", index=False)

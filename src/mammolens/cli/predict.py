@@ -18,6 +18,7 @@ def predict_cli(
     batch_size: int = typer.Option(16),
     workers: int = typer.Option(None, help="Reading/preprocessing processes (default: all cores)."),
     device: str = typer.Option("auto"),
+    precision: str = typer.Option("fp32", help="fp32 (default), bf16 (faster on recent CPUs/GPUs) or fp16 (CUDA)."),
 ) -> None:
     """Density per image, breast and exam (any number of views), with probabilities and dense flag.
 
@@ -27,7 +28,8 @@ def predict_cli(
     from mammolens.workflows import predict_to_dir
 
     res = predict_to_dir(run, inputs, out, overlays=overlays, dicom=dicom, include_ids=include_ids,
-                         batch_size=batch_size, workers=workers, device=device)
+                         batch_size=batch_size, workers=workers, device=device,
+                         precision=precision)
     typer.echo(f"{res['n_images']} images, {res['n_breasts']} breasts, {res['n_exams']} exams predicted; "
                f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
     for e in res["errors"]:

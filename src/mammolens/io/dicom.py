@@ -41,6 +41,11 @@ Conversion rules (applied in this order; every choice is written to ``MammoImage
 6. **MONOCHROME1** images are inverted after VOI, ``y = 1 - y``, so dense tissue is bright.
 7. Output is float32 clipped to [0, 1].
 
+How (not what): a single frame of unsigned integers goes through one lookup table: stages 2-6 run once
+on every value the dtype can hold and the image is gathered through the table (identical float32
+results, one pass; the percentile window then reads exact percentiles from the value histogram).
+Multi-frame reductions and signed data run the stages per pixel.
+
 Metadata (``MammoImage.meta``, keys ``mammolens.io.META_KEYS``): ``modality`` is ``"DBT"`` for the
 Breast Tomosynthesis / Breast Projection SOP classes or multi-frame images, ``"s2D"`` when ``ImageType``
 or ``SeriesDescription`` names a synthesized 2D image (GENERATED_2D, SYNTHETIC, C-VIEW, V-PREVIEW,
