@@ -20,7 +20,7 @@ from mammolens.bench import (
 
 @pytest.fixture(scope="module")
 def small_report(tmp_path_factory):
-    """One small-mode run shared by the tests (12 files of 2048x1664; about 20 s on 2 cores)."""
+    """One small-mode run shared by the tests (32 files of 2048x1664; about 30 s on 2 cores)."""
     cfg = BenchCfg.small_mode(workdir=str(tmp_path_factory.mktemp("bench")), repeats=2,
                               n_model_images={"tiny-clip": 24})
     return run_benchmarks(cfg)
@@ -37,7 +37,7 @@ def test_run_benchmarks_small_report_structure(small_report):
     res = small_report["results"]
     assert set(res) == {"preprocess", "inference"}
     pre = res["preprocess"]
-    assert pre["n_files"] == 12 and pre["ours"]["n_done"] == 12
+    assert pre["n_files"] == 32 and pre["ours"]["n_done"] == 32
     for key in ("ratio", "ratio_per_core"):
         assert _finite_positive(pre[key])
     assert pre["ratio"] == pytest.approx(pre["ours"]["items_per_s"] / pre["naive"]["items_per_s"])

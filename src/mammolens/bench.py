@@ -136,7 +136,7 @@ class BenchCfg:
     @classmethod
     def small_mode(cls, **kw) -> "BenchCfg":
         """The CI configuration: seconds, not minutes."""
-        base = dict(small=True, repeats=3, image_size=(2048, 1664), n_files=12, n_unique=4, render_scale=4,
+        base = dict(small=True, repeats=3, image_size=(2048, 1664), n_files=32, n_unique=4, render_scale=4,
                     models=("tiny-clip",), n_model_images={"tiny-clip": 64}, batch_size=32)
         base.update(kw)
         return cls(**base)
