@@ -117,7 +117,7 @@ class BenchCfg:
     render_scale: int = 2
     workers: int | None = None
     models: tuple[str, ...] = ("tiny-clip", "biomedclip")
-    n_model_images: dict[str, int] = field(default_factory=lambda: {"tiny-clip": 128, "biomedclip": 16})
+    n_model_images: dict[str, int] = field(default_factory=lambda: {"tiny-clip": 128, "biomedclip": 32})
     batch_size: int = 32
     train_model: str = "biomedclip"
     train_batch: int = 256
