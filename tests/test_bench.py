@@ -35,7 +35,7 @@ def test_run_benchmarks_small_report_structure(small_report):
     m = small_report["machine"]
     assert m["cores"] >= 1 and m["torch"] == torch.__version__ and m["cpu"]
     res = small_report["results"]
-    assert set(res) == {"preprocess", "inference"}
+    assert set(res) == {"preprocess", "inference", "loader"}
     pre = res["preprocess"]
     assert pre["n_files"] == 32 and pre["ours"]["n_done"] == 32
     for key in ("ratio", "ratio_per_core"):
@@ -155,3 +155,24 @@ def test_make_bench_files_upscaled_keep_header_and_values(tmp_path):
     assert len(vendors) == 4  # round-robin over patients gives every vendor
     with pytest.raises(ValueError, match="multiple of render_scale"):
         make_bench_files(tmp_path, 1, (129, 104), render_scale=2)
+
+
+def test_bench_loader_reports_rates_per_worker_count(tmp_path):
+    from mammolens.bench import GPU_TRAIN_TARGET, bench_loader
+
+    r = bench_loader(tmp_path, n_images=96, size=64, batch_size=32, workers=2, repeats=1)
+    assert set(r["by_workers"]) == {"0", "2"} and r["n_images"] == 96
+    for v in r["by_workers"].values():
+        assert _finite_positive(v["items_per_s"])
+    assert r["items_per_s"] == max(v["items_per_s"] for v in r["by_workers"].values())
+    assert r["ratio_to_gpu_target"] == pytest.approx(r["items_per_s"] / GPU_TRAIN_TARGET)
+
+
+def test_loader_and_gpu_target_checked_in_full_mode_only():
+    results = {"loader": {"ratio_to_gpu_target": 0.5},
+               "train_gpu": {"images_per_s": 2500.0, "max_memory_allocated_gib": 40.0}}
+    full = {c["name"]: c for c in check_targets(results)}
+    assert not full["loader/feeds-gpu-target"]["ok"] and full["train-gpu/target"]["ok"]
+    assert check_targets(results, small=True) == []
+    cpu_run = {"train_gpu": {"images_per_s": 10.0}}  # a CPU smoke run of the GPU section is not judged
+    assert check_targets(cpu_run) == []

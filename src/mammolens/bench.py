@@ -59,9 +59,11 @@ __all__ = [
     "run_benchmarks",
     "check_targets",
     "format_results",
+    "bench_loader",
+    "GPU_TRAIN_TARGET",
 ]
 
-SECTIONS = ("preprocess", "inference", "train-gpu")
+SECTIONS = ("preprocess", "inference", "loader", "train-gpu")
 
 TARGETS_FULL: dict[str, float] = {
     "preprocess": 3.0,  # issue 6: >= 3x the naive pydicom + PIL + open_clip-transform loop
@@ -75,6 +77,9 @@ TARGETS_SMALL: dict[str, float] = {
 }
 """Relaxed ratio targets of ``--small`` (CI): a 2-core, shared CI runner adds noise and tiny inputs
 carry fixed costs (process start-up, model warm-up) that real archives amortise."""
+
+GPU_TRAIN_TARGET = 2400.0
+"""img/s the full ``mammolens train`` path must reach on one H100 (issue 6); the loader must feed at least this."""
 
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
     # dense (no sparsity) peak TFLOP/s per GPU from the vendors' data sheets
@@ -92,7 +97,7 @@ class BenchCfg:
 
     Attributes:
         small: the quick CI mode (tiny images, tiny-clip only, relaxed targets).
-        only: sections to run (``preprocess``, ``inference``, ``train-gpu``); empty = the CPU ones.
+        only: sections to run (``preprocess``, ``inference``, ``loader``, ``train-gpu``); empty = the CPU ones.
         workdir: where synthetic files and caches go (default: a temporary folder, removed after).
         repeats: timed runs per measurement (median reported), after one warm-up.
         image_size: ``(H, W)`` of the synthetic DICOM files.
@@ -143,7 +148,7 @@ class BenchCfg:
 
     @property
     def sections(self) -> tuple[str, ...]:
-        return self.only or ("preprocess", "inference")
+        return self.only or ("preprocess", "inference", "loader")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -575,6 +580,52 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
     return out
 
 
+def bench_loader(work: str | PathLike, n_images: int = 4096, size: int = 224, batch_size: int = 256,
+                 workers: int | None = None, repeats: int = 3) -> dict[str, Any]:
+    """Training-loader throughput: cache → ``MammoDataset`` → ``DataLoader`` batches, img/s.
+
+    The GPU training target (``GPU_TRAIN_TARGET`` img/s) includes reading batches from the cache; this
+    measures that feed rate on the CPU, with the trainer's loader arguments (shuffled, ``batch_size``,
+    worker processes, pinned memory when CUDA is present), over ``n_images`` rows (a small synthetic
+    cohort's images repeated: the cache read per row is the same whatever the content).
+    """
+    import pandas as pd
+    from torch.utils.data import DataLoader
+
+    from mammolens.data.cache import PreprocessCfg, build_cache
+    from mammolens.data.dataset import MammoDataset
+    from mammolens.data.synthetic import make_cohort
+
+    work = Path(work)
+    workers = _cores() if workers is None else int(workers)
+    cache_dir = work / f"loader_cache_{n_images}_{size}"
+    if not (cache_dir / "cache.json").exists():
+        make_cohort(work / "loader_cohort", n_patients=8, seed=0, image_size=(128, 104))
+        m = pd.read_parquet(work / "loader_cohort" / "manifest.parquet")
+        m["image_path"] = [str(work / "loader_cohort" / p) for p in m["image_path"]]
+        m = pd.concat([m] * (n_images // len(m) + 1)).iloc[:n_images].reset_index(drop=True)
+        build_cache(m, cache_dir, PreprocessCfg(size=size), workers=workers, progress=False, overwrite=True)
+    ds = MammoDataset(cache_dir, "density")
+    rates: dict[str, Any] = {}
+    for w in sorted({0, workers}):
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=w, persistent_workers=w > 0,
+                            pin_memory=torch.cuda.is_available(), drop_last=False)
+
+        def epoch(loader=loader) -> int:
+            n = 0
+            for batch in loader:
+                n += int(batch["image"].shape[0])
+            return n
+
+        rates[str(w)] = _measure(epoch, repeats, workers=w)
+        del loader
+    best = max(rates, key=lambda k: rates[k]["items_per_s"])
+    img_s = rates[best]["items_per_s"]
+    return {"n_images": n_images, "size": size, "batch_size": batch_size, "by_workers": rates,
+            "best_workers": int(best), "items_per_s": img_s, "gpu_target": GPU_TRAIN_TARGET,
+            "ratio_to_gpu_target": img_s / GPU_TRAIN_TARGET}
+
+
 def _task(name: str):
     from mammolens.tasks import get_task
 
@@ -784,6 +835,10 @@ def run_benchmarks(cfg: BenchCfg | None = None, log: Callable[[str], None] | Non
                 results["inference"][name] = bench_inference(name, files, n_model_images=n_img,
                                                              batch_size=cfg.batch_size, workers=cfg.workers,
                                                              repeats=cfg.repeats)
+        if "loader" in cfg.sections:
+            log("loader: cache -> training batches ...")
+            results["loader"] = bench_loader(work / "loader", n_images=1024 if cfg.small else 4096,
+                                             workers=cfg.workers, repeats=cfg.repeats)
         if "train-gpu" in cfg.sections:
             log("train-gpu ...")
             results["train_gpu"] = bench_train_gpu(cfg.train_model, batch_size=cfg.train_batch, steps=cfg.train_steps,
@@ -815,6 +870,11 @@ def check_targets(results: dict[str, Any], small: bool = False,
     for model, r in results.get("inference", {}).items():
         add(f"inference/{model}/model", r.get("model_ratio"), targets["inference"])
         add(f"inference/{model}/end-to-end", r.get("e2e_ratio"), targets["inference"])
+    if not small:  # absolute rates against the GPU target: full mode only (CI checks ratios, not speed)
+        if "loader" in results:
+            add("loader/feeds-gpu-target", results["loader"].get("ratio_to_gpu_target"), 1.0)
+        if "train_gpu" in results and "max_memory_allocated_gib" in results["train_gpu"]:  # ran on CUDA
+            add("train-gpu/target", results["train_gpu"].get("images_per_s", float("nan")) / GPU_TRAIN_TARGET, 1.0)
     return checks
 
 
@@ -838,6 +898,11 @@ def format_results(report: dict[str, Any]) -> str:
             f"({r['e2e_ours']['chosen']}) | ratio {r['e2e_ratio']:.2f}x (fp32 {r['e2e_ratio_fp32']:.2f}x); "
             f"bf16 vs fp32 max |dp| {r['bf16_vs_fp32']['max_abs_prob_diff']:.3f}; peak RSS naive {r['model_naive']['peak_rss_mib']:.0f} / ours "
             f"{r['model_ours']['peak_rss_mib']:.0f} MiB")
+    if "loader" in res:
+        ld = res["loader"]
+        per = ", ".join(f"{k} workers {v['items_per_s']:.0f}" for k, v in ld["by_workers"].items())
+        lines.append(f"loader {ld['n_images']} rows {ld['size']}px B={ld['batch_size']}: {per} img/s "
+                     f"({ld['ratio_to_gpu_target']:.2f}x the {ld['gpu_target']:.0f} img/s GPU target)")
     if "train_gpu" in res:
         t = res["train_gpu"]
         mfu = f"{t['mfu']:.1%}" if t.get("mfu") is not None else "n/a"
