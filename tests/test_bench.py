@@ -112,6 +112,15 @@ def test_bench_train_gpu_step_code_path_on_cpu():
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
 
 
+def test_bench_train_gpu_full_loop_code_path_on_cpu(tmp_path):
+    """--train-mode train: the whole `mammolens train` loop on a synthetic cache (CPU, tiny-clip)."""
+    r = bench_train_gpu("tiny-clip", batch_size=8, steps=2, precision="fp32", device="cpu", mode="train",
+                        image_size=64, peak_tflops=1.0, workdir=tmp_path)
+    assert r["mode"] == "train" and _finite_positive(float(r["images_per_s"]))
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(math.isfinite(json.loads(ln)["train_loss"]) for ln in lines)
+
+
 def test_bench_cli_check_exit_code(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -577,7 +577,9 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         torch.manual_seed(cfg.seed + 1009 * (epoch + 1) + 1_000_003 * rank)
         step_module.train()
         t0 = time.perf_counter()
-        loss_sum, n_seen, n_micro = 0.0, 0, 0
+        # the running loss stays on the device: a float() per step would make the host wait for every
+        # step to finish before queueing the next (no CPU/GPU overlap)
+        loss_acc, n_seen, n_micro = torch.zeros((), dtype=torch.float64, device=device), 0, 0
         opt.zero_grad(set_to_none=True)
         it = _progress(train_loader, rank, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         for i, batch in enumerate(it):
@@ -603,9 +605,10 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-            loss_sum += float(loss.detach()) * len(y)
+            loss_acc += loss.detach().double() * len(y)
             n_seen += len(y)
             n_micro += 1
+        loss_sum = float(loss_acc)  # one synchronisation per epoch
         train_time = time.perf_counter() - t0
         if world > 1:
             t = torch.tensor([loss_sum, n_seen], dtype=torch.float64, device=device)
