@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mammolens.models.precision import autocast, autocast_dtype
+
 __all__ = [
     "BenchCfg",
     "TARGETS_FULL",
@@ -290,6 +292,11 @@ def _measure(fn: Callable[[], int], repeats: int, **extra) -> dict[str, Any]:
     return {**rate, **extra, **mem.as_dict()}
 
 
+def _fastest(variants: dict[str, dict[str, Any]]) -> str:
+    """The key of the ``_measure`` result with the most items per second."""
+    return max(variants, key=lambda k: variants[k]["items_per_s"])
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     import torch
@@ -512,36 +519,22 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
 
         preds = {prec: Predictor(model, _task(task), PreprocessCfg(size=size), device="cpu", batch_size=batch_size,
                                  workers=workers, precision=prec) for prec in ("fp32", "bf16")}
-        pred = preds["fp32"]
 
-        def ours_model(dtype=None, channels_last=False) -> Callable[[], int]:
-            def run() -> int:
-                ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-                with torch.inference_mode(), ctx:
-                    for i in range(0, len(x_all), batch_size):
-                        xb = x_all[i : i + batch_size]
-                        if channels_last:
-                            xb = xb.contiguous(memory_format=torch.channels_last)
-                        pred.predict_tensor(xb)
-                return len(x_all)
-
-            return run
+        def batched_probs(p: Predictor) -> np.ndarray:
+            with torch.inference_mode():
+                return np.concatenate([p.predict_tensor(x_all[i : i + batch_size])
+                                       for i in range(0, len(x_all), batch_size)])
 
         out["model_naive"] = _measure(naive_model, repeats, precision="fp32", batch_size=1)
-        variants = {}
-        for prec, kw in (("fp32", {}), ("bf16", {"dtype": torch.bfloat16})):
-            variants[prec] = _measure(ours_model(**kw), repeats, precision=prec)
-        best = max(variants, key=lambda k: variants[k]["items_per_s"])
+        variants = {prec: _measure(lambda p=p: len(batched_probs(p)), repeats, precision=prec)
+                    for prec, p in preds.items()}
+        best = _fastest(variants)
         out["model_ours_variants"] = variants
         out["model_ours"] = {**variants[best], "chosen": best, "batch_size": batch_size}
         out["model_ratio"] = variants[best]["items_per_s"] / out["model_naive"]["items_per_s"]
         out["model_ratio_fp32"] = variants["fp32"]["items_per_s"] / out["model_naive"]["items_per_s"]
         # what bf16 costs in accuracy, on the same inputs (random weights: a numerical check, not a clinical one)
-        with torch.inference_mode():
-            p32 = np.concatenate([preds["fp32"].predict_tensor(x_all[i : i + batch_size])
-                                  for i in range(0, len(x_all), batch_size)])
-            p16 = np.concatenate([preds["bf16"].predict_tensor(x_all[i : i + batch_size])
-                                  for i in range(0, len(x_all), batch_size)])
+        p32, p16 = batched_probs(preds["fp32"]), batched_probs(preds["bf16"])
         out["bf16_vs_fp32"] = {"max_abs_prob_diff": float(np.abs(p32 - p16).max()),
                                "top1_agreement": float((p32.argmax(1) == p16.argmax(1)).mean())}
 
@@ -570,7 +563,7 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
         out["e2e_naive"] = _measure(naive_e2e, repeats, batch_size=1)
         e2e = {prec: _measure(ours_e2e(p), repeats, batch_size=batch_size, workers=workers, precision=prec)
                for prec, p in preds.items()}
-        best = max(e2e, key=lambda k: e2e[k]["items_per_s"])
+        best = _fastest(e2e)
         out["e2e_ours_variants"] = e2e
         out["e2e_ours"] = {**e2e[best], "chosen": best}
         out["e2e_ratio"] = e2e[best]["items_per_s"] / out["e2e_naive"]["items_per_s"]
@@ -619,7 +612,7 @@ def bench_loader(work: str | PathLike, n_images: int = 4096, size: int = 224, ba
 
         rates[str(w)] = _measure(epoch, repeats, workers=w)
         del loader
-    best = max(rates, key=lambda k: rates[k]["items_per_s"])
+    best = _fastest(rates)
     img_s = rates[best]["items_per_s"]
     return {"n_images": n_images, "size": size, "batch_size": batch_size, "by_workers": rates,
             "best_workers": int(best), "items_per_s": img_s, "gpu_target": GPU_TRAIN_TARGET,
@@ -712,10 +705,9 @@ def _train_flops_per_image(model_name, task, image_size, dev, precision) -> floa
     b = 2
     x = torch.rand(b, 1, image_size, image_size, device=dev)
     y = torch.arange(b, device=dev) % k
-    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     counter = FlopCounterMode(display=False)
     with counter:
-        with ctx:
+        with autocast(dev, autocast_dtype(precision, dev)):
             img, txt, scale = step(x)
             loss = loss_fn(img.float(), txt.float(), y, scale)
         loss.backward()
@@ -738,7 +730,7 @@ def _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, pr
     params = [p for p in step.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
     fwd = torch.compile(step) if compile else step
-    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    dtype = autocast_dtype(precision, dev)
     g = torch.Generator(device=dev).manual_seed(0)
     # uint16 cache rows → float on the device, as the data loader delivers them
     data = torch.randint(0, 65535, (batch_size, 1, image_size, image_size), generator=g, device=dev,
@@ -749,7 +741,7 @@ def _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, pr
         x = (data.float() / 65535.0).contiguous(memory_format=torch.channels_last)
         if augment is not None:
             x = augment(x)
-        with ctx():
+        with autocast(dev, dtype):
             img, txt, scale = fwd(x)
             loss = loss_fn(img.float(), txt.float(), labels, scale)
         loss.backward()

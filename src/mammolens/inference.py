@@ -24,7 +24,6 @@ StudyInstanceUID are pseudonymised too; ``include_ids=True`` keeps them and adds
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -40,6 +39,7 @@ import pandas as pd
 import torch
 
 from mammolens.data.cache import PreprocessCfg
+from mammolens.models.precision import autocast, autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class Predictor:
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
         self.precision = precision
         self.device = torch.device(device)
+        self._dtype = autocast_dtype(precision, self.device)
         self.model = model.to(self.device).eval()
         self.task = task
         self.class_names = list(task.class_names)
@@ -195,7 +196,7 @@ class Predictor:
     def predict_tensor(self, x: torch.Tensor) -> np.ndarray:
         """Class probabilities ``[B, K]`` for images ``[B, 1, S, S]`` in [0, 1]."""
         x = x.to(self.device, non_blocking=True)
-        with self._autocast():
+        with autocast(self.device, self._dtype):
             logits = self.model(x).float()  # [B, K]
         return torch.softmax(logits, dim=-1).cpu().numpy()
 
@@ -206,12 +207,6 @@ class Predictor:
         arr, _ = preprocess_image(np.asarray(pixels, dtype=np.float32), self.preprocess, laterality=laterality)
         probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     def _executor(self) -> Executor:
         if self.workers and self.workers > 1:

@@ -709,7 +709,7 @@ def read_dicom(
         # over every pixel).
         raw = _native_frame(ds, n_frames)
         if raw is None:
-            _, raw = next(iter(_frames(path, ds, indices, n_frames)))
+            _, raw = next(_frames(path, ds, indices, n_frames))
             if raw.dtype.kind != "u" or raw.dtype.itemsize > 2:
                 raw = _mask_bits(raw, bits, False).astype(np.uint16 if bits > 8 else np.uint8)
         values = np.arange(2 ** (8 * raw.dtype.itemsize), dtype=raw.dtype)

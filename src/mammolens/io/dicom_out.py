@@ -252,6 +252,17 @@ def _strip_patient(ds: Dataset) -> None:
                 delattr(ds, key)
 
 
+def _save(ds: Dataset, out_path: str | Path, include_patient: bool) -> Path:
+    """Stamp the software version, drop patient identity unless kept, write ``out_path`` (folders made)."""
+    ds.SoftwareVersions = _version()
+    if not include_patient:
+        _strip_patient(ds)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out_path, enforce_file_format=True)
+    return out_path
+
+
 def write_density_sr(
     source_datasets: Sequence[Dataset],
     result: Mapping[str, Any],
@@ -363,13 +374,7 @@ def write_density_sr(
     sr.CodingSchemeIdentificationSequence = [scheme]
     sr.SeriesDescription = "mammolens breast density"
     sr.ContentDescription = "Breast composition (BI-RADS density) by mammolens"
-    sr.SoftwareVersions = _version()
-    if not include_patient:
-        _strip_patient(sr)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sr.save_as(out_path, enforce_file_format=True)
-    return out_path
+    return _save(sr, out_path, include_patient)
 
 
 def write_overlay_sc(
@@ -441,10 +446,4 @@ def write_overlay_sc(
     sc.BurnedInAnnotation = "NO"
     if not known_orientation:
         sc.PatientOrientation = ""  # Type 2: present, unknown
-    sc.SoftwareVersions = _version()
-    if not include_patient:
-        _strip_patient(sc)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sc.save_as(out_path, enforce_file_format=True)
-    return out_path
+    return _save(sc, out_path, include_patient)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammolens.constants import MODALITIES
+from mammolens.models.precision import autocast, autocast_dtype
 from mammolens.models.run import HEAD_METHODS, RunModel, build_run_model, load_checkpoint, resolve_task, zeroshot_head  # noqa: F401
 from mammolens.models.run import load_run as _load_run
 from mammolens.train.baselines import fit_linear_probe
@@ -52,22 +53,6 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
     return dev
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None  # auto on CPU: fp32 (bf16 autocast on CPU is slower on most machines)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _seed_everything(seed: int) -> None:
@@ -248,14 +233,14 @@ def predict_cache(model: nn.Module, task, dataset, batch_size: int = 64, device:
     else:
         text = model.class_embeddings(task)  # [K, D]
         fn = lambda x: model(x, text)  # noqa: E731
-    dtype = _autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device)
     size = int(getattr(model, "image_size", 0) or 0)
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda"):
         x = batch["image"]
         x = _to_input(x, size or x.shape[-1], device)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = fn(x)  # [B, K]
         out.append(F.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)
@@ -430,7 +415,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
 
     train_ds = MammoDataset(cache, task, rows=train_rows)
     val_ds = MammoDataset(cache, task, rows=val_rows)
-    dtype = _autocast_dtype(cfg.precision, device)
+    dtype = autocast_dtype(cfg.precision, device)
 
     def run_model() -> RunModel:
         return build_run_model(clip, task, method, head.state_dict() if head is not None else None)
@@ -593,7 +578,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
             last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
             sync = contextlib.nullcontext() if (last_micro or world == 1) else model_for_step.no_sync()
             with sync:
-                with _autocast(device, dtype):
+                with autocast(device, dtype):
                     if method == "contrastive":
                         img, txt, scale = model_for_step(x)
                         loss = loss_fn(img.float(), txt.float(), y, scale, modality=mod)
@@ -653,6 +638,6 @@ def _extract_features(model: RunModel, ds, cfg: TrainCfg, device, dtype) -> torc
     size = int(model.image_size)
     out = []
     for batch in DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers):
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             out.append(model.encode_image(_to_input(batch["image"], size, device)).float().cpu())
     return torch.cat(out)
