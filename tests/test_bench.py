@@ -119,6 +119,9 @@ def test_bench_train_gpu_full_loop_code_path_on_cpu(tmp_path):
     assert r["mode"] == "train" and _finite_positive(float(r["images_per_s"]))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all(math.isfinite(json.loads(ln)["train_loss"]) for ln in lines)
+    recs = [json.loads(ln) for ln in lines]
+    assert all(0.0 <= rec["data_wait_frac"] <= 1.0 and rec["data_wait_s"] >= 0.0 for rec in recs)
+    assert 0.0 <= r["data_wait_frac"] <= 1.0
 
 
 def test_bench_cli_check_exit_code(tmp_path, monkeypatch):

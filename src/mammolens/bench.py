@@ -664,15 +664,17 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
     dev = torch.device(device)
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model()
     flops_per_image = _train_flops_per_image(model_name, task, image_size, dev, precision)
+    extra: dict[str, Any] = {}
     if mode == "step":
         ips = _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, precision, compile, dev)
     else:
-        ips = _train_loop_rate(model_name, task, image_size, batch_size, steps, precision, compile, dev, workdir)
+        ips, extra["data_wait_frac"] = _train_loop_rate(model_name, task, image_size, batch_size, steps, precision,
+                                                        compile, dev, workdir)
     peak = peak_tflops or _peak_tflops(dev_name, precision)
     out = {"model": model_name, "mode": mode, "device": dev_name, "batch_size": batch_size, "steps": steps,
            "precision": precision, "compile": compile, "image_size": image_size, "images_per_s": ips,
            "flops_per_image": flops_per_image, "achieved_tflops": ips * flops_per_image / 1e12,
-           "peak_tflops": peak}
+           "peak_tflops": peak, **extra}
     out["mfu"] = out["achieved_tflops"] / peak if peak else None
     if dev.type == "cuda":
         out["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
@@ -765,8 +767,10 @@ def _sync(dev) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _train_loop_rate(model_name, task, image_size, batch_size, steps, precision, compile, dev, workdir) -> float:
-    """``mammolens.train.train`` on a synthetic cache; median ``images_per_s`` of epochs after the first."""
+def _train_loop_rate(model_name, task, image_size, batch_size, steps, precision, compile, dev,
+                     workdir) -> tuple[float, float]:
+    """``mammolens.train.train`` on a synthetic cache; medians of ``images_per_s`` and ``data_wait_frac``
+    (the share of training time spent waiting for batches) over the epochs after the first."""
     from mammolens.data.cache import PreprocessCfg, build_cache
     from mammolens.data.synthetic import make_cohort
     from mammolens.train import train
@@ -792,8 +796,9 @@ def _train_loop_rate(model_name, task, image_size, batch_size, steps, precision,
                "device": str(dev), "max_steps_per_epoch": steps}
         run = train(cfg)
         lines = [json.loads(ln) for ln in (Path(run) / "metrics.jsonl").read_text().splitlines() if ln]
-        rates = [ln["images_per_s"] for ln in lines[1:]] or [ln["images_per_s"] for ln in lines]
-        return statistics.median(rates)
+        timed = lines[1:] or lines
+        return (statistics.median(ln["images_per_s"] for ln in timed),
+                statistics.median(ln["data_wait_frac"] for ln in timed))
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
@@ -899,7 +904,8 @@ def format_results(report: dict[str, Any]) -> str:
         t = res["train_gpu"]
         mfu = f"{t['mfu']:.1%}" if t.get("mfu") is not None else "n/a"
         lines.append(f"train-gpu {t['model']} {t['mode']} B={t['batch_size']} {t['precision']}"
-                     f"{'+compile' if t['compile'] else ''}: {t['images_per_s']:.0f} img/s, MFU {mfu}")
+                     f"{'+compile' if t['compile'] else ''}: {t['images_per_s']:.0f} img/s, MFU {mfu}"
+                     + (f", waiting for data {t['data_wait_frac']:.1%} of the time" if "data_wait_frac" in t else ""))
     for c in report["checks"]:
         lines.append(f"check {c['name']}: {c['ratio']:.2f}x vs target {c['target']}x -> {'ok' if c['ok'] else 'MISSED'}")
     return "\n".join(lines)

@@ -148,6 +148,16 @@ def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor) -> tuple[T
     return keep(all_emb), keep(all_lab), keep(all_mod)
 
 
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    """Labels must be < K. On the CPU this raises now; on an accelerator the check is queued with the step
+    (``torch._assert_async``) so that it does not make the host wait for the device."""
+    if labels.device.type == "cpu":
+        if labels.numel() and int(labels.max()) >= num_classes:
+            raise ValueError(f"label {int(labels.max())} is out of range for K={num_classes} class embeddings")
+    else:
+        torch._assert_async((labels < num_classes).all(), f"a label is out of range for K={num_classes} classes")
+
+
 def _scale(logit_scale) -> Tensor | float:
     if isinstance(logit_scale, Tensor):
         return logit_scale.exp().clamp(max=100.0)
@@ -183,38 +193,38 @@ def weighted_contrastive_loss(
     if labels.shape[0] != image_emb.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} entries for {image_emb.shape[0]} images")
     num_classes = text_emb.shape[0]
-    if (labels >= num_classes).any():
-        raise ValueError(f"label {int(labels.max())} is out of range for K={num_classes} class embeddings")
-    keep = labels >= 0
-    if not keep.any():  # nothing labelled: a zero that keeps the graph alive
-        zero = image_emb.sum() * 0.0 + text_emb.sum() * 0.0
-        return (zero, (zero, zero)) if return_terms else zero
-    img, y = image_emb[keep], labels[keep]  # [B', D], [B']
-    logits = _scale(logit_scale) * img.float() @ text_emb.float().t()  # [B', K]
+    _check_labels(labels, num_classes)
+    # Unlabelled rows (-1) are masked, not indexed out: boolean indexing and `if tensor.any()` would make
+    # the host wait for the GPU every step. Every step below is a fixed-shape tensor op.
+    keep = labels >= 0  # [B]
+    y = labels.clamp_min(0)  # [B]
+    logits = _scale(logit_scale) * image_emb.float() @ text_emb.float().t()  # [B, K]
 
-    cw = (torch.ones(num_classes, device=img.device) if class_weights is None
-          else torch.as_tensor(class_weights, dtype=torch.float32, device=img.device))
+    cw = (torch.ones(num_classes, device=logits.device) if class_weights is None
+          else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device))
     if cw.shape != (num_classes,):
         raise ValueError(f"class_weights has shape {tuple(cw.shape)}, expected [{num_classes}]")
-    w = cw[y]  # [B']
+    w = cw[y] * keep  # [B], 0 for unlabelled rows
     if modality_weights is not None:
         if modality is None:
             raise ValueError("modality_weights given but no modality indices passed to the loss")
-        mw = torch.as_tensor(modality_weights, dtype=torch.float32, device=img.device)
-        w = w * mw[modality.to(img.device).long().reshape(-1)[keep]]
+        mw = torch.as_tensor(modality_weights, dtype=torch.float32, device=logits.device)
+        w = w * mw[modality.to(logits.device).long().reshape(-1)]
 
     # image -> text: weighted CE over the K classes
-    ce = torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)  # [B']
+    ce = torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)  # [B]
     loss_i2t = (w * ce).sum() / w.sum().clamp_min(1e-12)
 
-    # text -> image: every image of class k is a positive for prompt k
-    pos = F.one_hot(y, num_classes).bool()  # [B', K]
+    # text -> image: every image of class k is a positive for prompt k; unlabelled rows take no part.
+    # A finite fill (not -inf) keeps the gradient of an all-masked column finite (it is then multiplied by 0);
+    # |logits| <= 100, so exp(fill - logsumexp) is exactly 0 wherever a column has a real entry.
+    fill = -1e9
+    pos = F.one_hot(y, num_classes).bool() & keep[:, None]  # [B, K]
     present = pos.any(0)  # [K]
-    log_all = torch.logsumexp(logits, dim=0)  # [K]
-    log_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=0)  # [K], -inf when absent
-    per_class = (log_all - log_pos)[present]  # [K']
-    cwp = cw[present]
-    loss_t2i = (cwp * per_class).sum() / cwp.sum().clamp_min(1e-12)
+    log_all = torch.logsumexp(logits.masked_fill(~keep[:, None], fill), dim=0)  # [K]
+    log_pos = torch.logsumexp(logits.masked_fill(~pos, fill), dim=0)  # [K]
+    cwp = cw * present  # [K], 0 for classes absent from the batch
+    loss_t2i = (cwp * (log_all - log_pos)).sum() / cwp.sum().clamp_min(1e-12)
 
     loss = 0.5 * (loss_i2t + loss_t2i)
     return (loss, (loss_i2t, loss_t2i)) if return_terms else loss
@@ -257,16 +267,18 @@ def _sample_weights(labels, num_classes, class_weights, modality, modality_weigh
     if modality_weights is not None:
         if modality is None:
             raise ValueError("modality_weights given but no modality indices passed to the loss")
-        mw = modality_weight_tensor(modality_weights, device=device)
+        mw = (modality_weights.to(device=device, dtype=torch.float32) if isinstance(modality_weights, Tensor)
+              else modality_weight_tensor(modality_weights, device=device))  # a tensor is used as given (no check)
         w = w * mw[modality.to(device).long().reshape(-1)]
     return w
 
 
 def _labelled(logits: Tensor, labels: Tensor, modality: Tensor | None):
-    """``(keep mask [B], labels of kept rows [B'], modality of kept rows or None)``; -1 labels are dropped."""
+    """``(keep mask [B], labels with -1 clamped to 0 [B], modality [B] or None)``; callers zero the weight of
+    unlabelled rows (a mask, not indexing: no host-device synchronisation)."""
     labels = labels.to(logits.device).long().reshape(-1)
-    keep = labels >= 0
-    return keep, labels[keep], None if modality is None else modality.reshape(-1)[keep]
+    _check_labels(labels, logits.shape[1])
+    return labels >= 0, labels.clamp_min(0), None if modality is None else modality.reshape(-1)
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, modality: Tensor | None = None,
@@ -274,17 +286,16 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, m
     """Cross-entropy weighted by class × modality weight, normalised by the sum of weights.
 
     With no weights this equals ``F.cross_entropy(logits, labels, ignore_index=-1)``; with class weights
-    only it equals ``F.cross_entropy(..., weight=class_weights)``. Labels of -1 are ignored.
+    only it equals ``F.cross_entropy(..., weight=class_weights)``. Labels of -1 are ignored (no labelled
+    row: 0, still attached to the graph).
 
     Args:
         logits: ``[B, K]``.
         labels: ``[B]``.
     """
     keep, y, modality = _labelled(logits, labels, modality)
-    if y.numel() == 0:
-        return logits.sum() * 0.0
-    ce = F.cross_entropy(logits[keep].float(), y, reduction="none", label_smoothing=label_smoothing)  # [B']
-    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device)
+    ce = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)  # [B]
+    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device) * keep
     return (w * ce).sum() / w.sum().clamp_min(1e-12)
 
 
@@ -293,11 +304,9 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, class_weights
     """Multi-class focal loss (Lin et al. 2017): ``-(1 - p_y)^gamma log p_y``, weighted like
     :func:`weighted_cross_entropy` (class weights play the role of alpha); ``gamma=0`` gives weighted CE."""
     keep, y, modality = _labelled(logits, labels, modality)
-    if y.numel() == 0:
-        return logits.sum() * 0.0
-    logp = F.log_softmax(logits[keep].float(), dim=1).gather(1, y[:, None]).squeeze(1)  # [B']
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)  # [B]
     loss = -((1.0 - logp.exp()).clamp_min(0.0) ** gamma) * logp
-    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device)
+    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device) * keep
     return (w * loss).sum() / w.sum().clamp_min(1e-12)
 
 

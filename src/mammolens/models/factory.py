@@ -187,17 +187,39 @@ class MammoCLIP(nn.Module):
     def encode_text(self, texts: str | Sequence[str], normalize: bool = True) -> Tensor:
         """Embed prompt strings; returns ``[N, D]``."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        tokens = self.tokenizer(texts).to(self.mean.device)  # [N, L]
-        features = self.clip.encode_text(tokens)  # [N, D]
+        return self.encode_tokens(self.tokenizer(texts), normalize=normalize)
+
+    def encode_tokens(self, tokens: Tensor, normalize: bool = True) -> Tensor:
+        """Embed already tokenised prompts ``[N, L]``; returns ``[N, D]``."""
+        features = self.clip.encode_text(tokens.to(self.mean.device))  # [N, D]
         return F.normalize(features, dim=-1) if normalize else features
 
-    def class_embeddings(self, task) -> Tensor:
-        """Template-averaged, renormalised text embeddings of a task's classes, ``[K, D]``."""
+    def class_tokens(self, task) -> Tensor:
+        """A task's class prompts tokenised once, ``[K, T, L]`` (K classes x T templates) on the model's device.
+
+        The training step keeps these and calls ``class_embeddings(tokens=...)``: tokenising every step
+        costs host time, and copying new tokens to a GPU from pageable memory synchronises the stream.
+        """
         from mammolens.tasks import get_task
 
         prompts = get_task(task).prompts()  # K × T
         k, t = len(prompts), len(prompts[0])
-        emb = self.encode_text([p for cls in prompts for p in cls])  # [K*T, D]
+        tokens = self.tokenizer([p for cls in prompts for p in cls])  # [K*T, L]
+        return tokens.view(k, t, -1).to(self.mean.device)
+
+    def class_embeddings(self, task=None, *, tokens: Tensor | None = None) -> Tensor:
+        """Template-averaged, renormalised text embeddings of a task's classes, ``[K, D]``.
+
+        Args:
+            task: a task name / ``Task`` (its prompts are tokenised now), or
+            tokens: the ``[K, T, L]`` result of ``class_tokens`` (no tokenising, no host-device copy).
+        """
+        if tokens is None:
+            if task is None:
+                raise ValueError("class_embeddings needs a task or the tokens from class_tokens(task)")
+            tokens = self.class_tokens(task)
+        k, t, length = tokens.shape
+        emb = self.encode_tokens(tokens.reshape(k * t, length))  # [K*T, D]
         return F.normalize(emb.view(k, t, -1).mean(1), dim=-1)  # [K, D]
 
     def forward(self, x: Tensor, text_emb: Tensor) -> Tensor:

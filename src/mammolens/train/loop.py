@@ -288,10 +288,12 @@ class _ContrastiveStep(nn.Module):
     def __init__(self, clip: nn.Module, task):
         super().__init__()
         self.clip, self.task = clip, task
+        # prompts tokenised once; a buffer so that .to(device) moves them (not saved in checkpoints)
+        self.register_buffer("tokens", clip.class_tokens(task), persistent=False)  # [K, T, L]
 
     def forward(self, x):
         # the text tower is trained too, so the class embeddings are recomputed every step
-        return self.clip.encode_image(x), self.clip.class_embeddings(self.task), self.clip.logit_scale
+        return self.clip.encode_image(x), self.clip.class_embeddings(tokens=self.tokens), self.clip.logit_scale
 
 
 class _HeadStep(nn.Module):
@@ -304,13 +306,9 @@ class _HeadStep(nn.Module):
 
 
 def _weighted_ce(logits, labels, cw, mw, modality):
-    try:
-        from mammolens.losses import weighted_cross_entropy
+    from mammolens.losses import weighted_cross_entropy
 
-        return weighted_cross_entropy(logits, labels, class_weights=cw, modality_weights=mw, modality=modality)
-    except (ImportError, TypeError):
-        w = cw.to(logits.device)[labels] * (mw.to(logits.device)[modality] if mw is not None else 1.0)
-        return (F.cross_entropy(logits.float(), labels, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+    return weighted_cross_entropy(logits, labels, class_weights=cw, modality_weights=mw, modality=modality)
 
 
 def _set_grad_checkpointing(clip: nn.Module) -> None:
@@ -498,6 +496,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         clip.requires_grad_(False)
         clip.visual.requires_grad_(True)
         step_module = _HeadStep(clip, head)
+    cw_dev, mw_dev = cw.to(device), mw.to(device)  # once: a per-step copy from host memory would synchronise
     params = [p for p in step_module.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -567,7 +566,11 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         loss_acc, n_seen, n_micro = torch.zeros((), dtype=torch.float64, device=device), 0, 0
         opt.zero_grad(set_to_none=True)
         it = _progress(train_loader, rank, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        # time the loop spends waiting for the next batch: near 0 when the model sets the pace,
+        # a large fraction when data loading is the bottleneck (more workers, a smaller cache size)
+        data_wait, t_fetch = 0.0, time.perf_counter()
         for i, batch in enumerate(it):
+            data_wait += time.perf_counter() - t_fetch
             if i >= n_batches:
                 break
             x = _to_input(batch["image"], size, device)  # [B, 1, S, S]
@@ -583,7 +586,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
                         img, txt, scale = model_for_step(x)
                         loss = loss_fn(img.float(), txt.float(), y, scale, modality=mod)
                     else:
-                        loss = _weighted_ce(model_for_step(x).float(), y, cw, mw, mod)
+                        loss = _weighted_ce(model_for_step(x).float(), y, cw_dev, mw_dev, mod)
                 (loss / cfg.grad_accum).backward()
             if last_micro:
                 opt.step()
@@ -593,6 +596,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
             loss_acc += loss.detach().double() * len(y)
             n_seen += len(y)
             n_micro += 1
+            t_fetch = time.perf_counter()
         loss_sum = float(loss_acc)  # one synchronisation per epoch
         train_time = time.perf_counter() - t0
         if world > 1:
@@ -602,7 +606,8 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         rec = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n_seen, 1),
                "lr": opt.param_groups[0]["lr"]}
         rec.update(validate())
-        rec.update(images_per_s=n_seen / max(train_time, 1e-9), epoch_time_s=time.perf_counter() - t0)
+        rec.update(images_per_s=n_seen / max(train_time, 1e-9), data_wait_s=data_wait,
+                   data_wait_frac=data_wait / max(train_time, 1e-9), epoch_time_s=time.perf_counter() - t0)
         write_line(rec)
         epochs_done = epoch + 1
 
