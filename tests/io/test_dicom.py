@@ -45,6 +45,24 @@ def test_read_dicom_monochrome1_inverted_after_window(tmp_path, ramp12):
     np.testing.assert_allclose(img.pixels, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_read_dicom_presentation_lut_shape_inverse(tmp_path, ramp12, photometric):
+    """INVERSE inverts a MONOCHROME2 image; with MONOCHROME1 (the conformant pairing) it inverts once, not twice."""
+    plain = read_dicom(write_dicom(tmp_path / "p.dcm", ramp12, bits_stored=12, photometric=photometric, window=(2000, 3000)))
+    inv = read_dicom(write_dicom(tmp_path / "i.dcm", ramp12, bits_stored=12, photometric=photometric, window=(2000, 3000),
+                                 extra={"PresentationLUTShape": "INVERSE"}))
+    ident = read_dicom(write_dicom(tmp_path / "d.dcm", ramp12, bits_stored=12, photometric=photometric,
+                                   window=(2000, 3000), extra={"PresentationLUTShape": "IDENTITY"}))
+    np.testing.assert_array_equal(ident.pixels, plain.pixels)
+    if photometric == "MONOCHROME2":
+        np.testing.assert_allclose(inv.pixels, 1.0 - plain.pixels, atol=1e-6)
+        assert inv.pixels[0, 0] > inv.pixels[-1, -1]  # low stored values display bright
+    else:
+        np.testing.assert_array_equal(inv.pixels, plain.pixels)
+    assert inv.conversion["inverted"] is True and inv.conversion["presentation_lut_shape"] == "INVERSE"
+    assert plain.conversion["presentation_lut_shape"] is None
+
+
 def test_read_dicom_bits_stored_masks_high_bits(tmp_path, ramp12):
     path = write_dicom(tmp_path / "junk.dcm", ramp12, bits_stored=12, junk_high_bits=True)
     stored = np.frombuffer(pydicom.dcmread(path).PixelData, np.uint16)

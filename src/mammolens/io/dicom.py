@@ -38,7 +38,10 @@ Conversion rules (applied in this order; every choice is written to ``MammoImage
 
    ``apply_voi=False``: ``y = (x - lo) / (hi - lo)`` over the full range representable by
    ``BitsStored`` after the modality LUT; recorded as ``"none"``.
-6. **MONOCHROME1** images are inverted after VOI, ``y = 1 - y``, so dense tissue is bright.
+6. **MONOCHROME1** images, and images whose ``PresentationLUTShape`` is ``INVERSE``, are inverted after
+   VOI, ``y = 1 - y``, so dense tissue is bright. Conformant files pair INVERSE with MONOCHROME1 (one
+   inversion, applied once); INVERSE on a MONOCHROME2 image (seen from some CR/DX writers) inverts it.
+   A ``PresentationLUTSequence`` (a table) is not applied.
 7. Output is float32 clipped to [0, 1].
 
 How (not what): a single frame of unsigned integers goes through one lookup table: stages 2-6 run once
@@ -70,7 +73,7 @@ import numpy as np
 from mammolens.constants import VIEWS
 from mammolens.io._types import ImageReadError, MammoImage, empty_meta
 
-READER_VERSION = "1.1"
+READER_VERSION = "1.2"
 """Bumped whenever the conversion of stored values to pixels changes (caches record it)."""
 
 DBT_MODES = ("mip", "slab", "center", "frames")
@@ -618,7 +621,12 @@ def read_dicom(
 
     ref_frame = indices[len(indices) // 2]
     slope, intercept, mlut, mlut_src = _modality_params(ds, ref_frame)
-    bright_is_high = (photometric == "MONOCHROME2") == (slope >= 0)
+    # Presentation LUT Shape INVERSE (PS3.3 C.11.6) also means "invert for display". Conformant DX/MG files
+    # pair it with MONOCHROME1 (one inversion described twice, applied once); some CR/DX writers put it on
+    # MONOCHROME2 images, which then also need inverting.
+    plut_shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    inverted = photometric == "MONOCHROME1" or plut_shape == "INVERSE"
+    bright_is_high = (not inverted) == (slope >= 0)
 
     def to_modality(raw: np.ndarray) -> np.ndarray:
         raw = _mask_bits(raw, bits, signed)
@@ -660,7 +668,6 @@ def read_dicom(
         voi_kind = "lut"
     else:
         voi_kind = "window"
-    inverted = photometric == "MONOCHROME1"
 
     def to_display(x: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         """VOI (+ MONOCHROME1 inversion) on float32 modality values, in place where possible.
@@ -738,6 +745,7 @@ def read_dicom(
         x = to_display(x)
     conversion["inverted"] = inverted
     conversion["photometric"] = photometric
+    conversion["presentation_lut_shape"] = plut_shape or None
     pixels = np.ascontiguousarray(x, dtype=np.float32)
     return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=str(path))
 
