@@ -305,12 +305,6 @@ class _HeadStep(nn.Module):
         return self.head(self.clip.encode_image(x))  # [B, K]
 
 
-def _weighted_ce(logits, labels, cw, mw, modality):
-    from mammolens.losses import weighted_cross_entropy
-
-    return weighted_cross_entropy(logits, labels, class_weights=cw, modality_weights=mw, modality=modality)
-
-
 def _set_grad_checkpointing(clip: nn.Module) -> None:
     for obj in (clip, getattr(clip, "model", None), getattr(clip, "visual", None)):
         fn = getattr(obj, "set_grad_checkpointing", None)
@@ -360,7 +354,7 @@ def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, n
 
 def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, stop_after) -> Path:
     from mammolens.data.dataset import MammoDataset
-    from mammolens.losses import WeightedContrastiveLoss, class_weights
+    from mammolens.losses import WeightedContrastiveLoss, class_weights, weighted_cross_entropy
     from mammolens.models import create_model
 
     run_dir = Path(cfg.out_dir)
@@ -489,14 +483,14 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         return finish(best, 1, 1)
 
     # ---- contrastive / finetune-ce
+    cw_dev, mw_dev = cw.to(device), mw.to(device)  # once: a per-step copy from host memory would synchronise
     if method == "contrastive":
         step_module: nn.Module = _ContrastiveStep(clip, task)
-        loss_fn = WeightedContrastiveLoss(class_weights=cw.to(device), modality_weights=mw.to(device))
+        loss_fn = WeightedContrastiveLoss(class_weights=cw_dev, modality_weights=mw_dev)
     else:
         clip.requires_grad_(False)
         clip.visual.requires_grad_(True)
         step_module = _HeadStep(clip, head)
-    cw_dev, mw_dev = cw.to(device), mw.to(device)  # once: a per-step copy from host memory would synchronise
     params = [p for p in step_module.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -586,7 +580,8 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
                         img, txt, scale = model_for_step(x)
                         loss = loss_fn(img.float(), txt.float(), y, scale, modality=mod)
                     else:
-                        loss = _weighted_ce(model_for_step(x).float(), y, cw_dev, mw_dev, mod)
+                        loss = weighted_cross_entropy(model_for_step(x).float(), y, class_weights=cw_dev,
+                                                      modality_weights=mw_dev, modality=mod)
                 (loss / cfg.grad_accum).backward()
             if last_micro:
                 opt.step()
