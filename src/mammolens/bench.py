@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.models.precision import autocast, autocast_dtype, cuda_math
 
 __all__ = [
     "BenchCfg",
@@ -666,7 +666,8 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
     flops_per_image = _train_flops_per_image(model_name, task, image_size, dev, precision)
     extra: dict[str, Any] = {}
     if mode == "step":
-        ips = _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, precision, compile, dev)
+        with cuda_math(dev):  # the trainer's settings (`tf32: true`); it sets them itself in train mode
+            ips = _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, precision, compile, dev)
     else:
         ips, extra["data_wait_frac"] = _train_loop_rate(model_name, task, image_size, batch_size, steps, precision,
                                                         compile, dev, workdir)

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast", "autocast_dtype"]
+__all__ = ["autocast", "autocast_dtype", "cuda_math"]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -31,3 +31,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def cuda_math(device: torch.device, tf32: bool = True):
+    """For training on a CUDA device: fp32 matrix products and convolutions on TF32 tensor cores (when
+    ``tf32``) and cuDNN autotuning, as open_clip's and timm's training scripts set them; the previous
+    settings are restored on exit. A no-op on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = old

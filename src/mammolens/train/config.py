@@ -61,6 +61,8 @@ class TrainCfg:
         warmup_steps: linear warm-up optimizer steps; when 0, ``warmup_frac`` of all steps.
         min_lr: the cosine schedule's floor.
         precision: ``auto`` (bf16 autocast on CUDA when supported, fp32 otherwise), ``fp32``, ``bf16``.
+        tf32: on CUDA, let fp32 matrix products / convolutions (everything outside bf16 autocast, or all of
+            it with ``precision: fp32``) use TF32 tensor cores; ``false`` for strict fp32.
         augment: apply the GPU augmentation preset to training batches.
         patience: early stopping after this many epochs without a better validation macro AUC (0 = off).
         out_dir: the run directory.
@@ -88,6 +90,7 @@ class TrainCfg:
     warmup_frac: float = 0.05
     min_lr: float = 0.0
     precision: str = "auto"
+    tf32: bool = True
     grad_checkpointing: bool = False
     compile: bool = False
     augment: bool = True

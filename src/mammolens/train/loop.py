@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammolens.constants import MODALITIES
-from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.models.precision import autocast, autocast_dtype, cuda_math
 from mammolens.models.run import HEAD_METHODS, RunModel, build_run_model, load_checkpoint, resolve_task, zeroshot_head  # noqa: F401
 from mammolens.models.run import load_run as _load_run
 from mammolens.train.baselines import fit_linear_probe
@@ -346,7 +346,8 @@ def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, n
         torch.distributed.init_process_group(backend=backend)
         own_pg = True
     try:
-        return _train(cfg, rank, world, device, rows, stop_after)
+        with cuda_math(device, cfg.tf32):
+            return _train(cfg, rank, world, device, rows, stop_after)
     finally:
         if own_pg:
             torch.distributed.destroy_process_group()
