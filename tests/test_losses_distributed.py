@@ -1,7 +1,8 @@
 """The weighted contrastive loss under torch.distributed (two gloo processes on CPU).
 
 Each rank holds part of a global batch (uneven sizes, 3 and 2). The gathered loss must equal the
-single-process full-batch loss, and after DDP-style gradient averaging (divide by world size) the
+single-process full-batch loss (also when each rank pads to a fixed size and
+the padding stays as unlabelled rows), and after DDP-style gradient averaging (divide by world size) the
 gradients of the image embeddings, the text embeddings and the logit scale must equal the full-batch ones.
 """
 
@@ -27,8 +28,9 @@ def _data():
     return img, txt, labels, modality
 
 
-def _loss_fn():
-    return WeightedContrastiveLoss(class_weights=torch.tensor([0.5, 2.0, 1.0]), modality_weights={"DBT": 2.0})
+def _loss_fn(pad_to=None):
+    return WeightedContrastiveLoss(class_weights=torch.tensor([0.5, 2.0, 1.0]), modality_weights={"DBT": 2.0},
+                                   gather_pad_to=pad_to)
 
 
 def _full_batch():
@@ -40,7 +42,7 @@ def _full_batch():
     return loss.detach(), img.grad, txt.grad, scale.grad
 
 
-def _worker(rank, init_file, out_dir):
+def _worker(rank, init_file, out_dir, pad_to):
     # file rendezvous: no TCP port to race for with other tests running at the same time
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -50,7 +52,7 @@ def _worker(rank, init_file, out_dir):
         local = img[rows].clone().requires_grad_(True)
         txt = txt.clone().requires_grad_(True)
         scale = torch.tensor(2.5, requires_grad=True)
-        loss = _loss_fn()(local, txt, labels[rows], scale, modality=modality[rows])
+        loss = _loss_fn(pad_to)(local, txt, labels[rows], scale, modality=modality[rows])
         loss.backward()
         torch.save({"loss": loss.detach(), "img": local.grad, "txt": txt.grad, "scale": scale.grad},
                    f"{out_dir}/rank{rank}.pt")
@@ -59,7 +61,8 @@ def _worker(rank, init_file, out_dir):
 
 
 @pytest.mark.timeout(120)
-def test_distributed_loss_and_grads_equal_full_batch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pad_to", [None, 4], ids=["exchange-sizes", "fixed-pad"])
+def test_distributed_loss_and_grads_equal_full_batch(tmp_path, monkeypatch, pad_to):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only; inherited by the spawned ranks
@@ -67,7 +70,7 @@ def test_distributed_loss_and_grads_equal_full_batch(tmp_path, monkeypatch):
         run = tmp_path / f"attempt{attempt}"
         run.mkdir()
         try:
-            mp.spawn(_worker, args=(str(run / "rendezvous"), str(run)), nprocs=WORLD, join=True)
+            mp.spawn(_worker, args=(str(run / "rendezvous"), str(run), pad_to), nprocs=WORLD, join=True)
             break
         except mp.ProcessExitedException:
             if attempt:

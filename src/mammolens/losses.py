@@ -118,32 +118,45 @@ def _dist_active() -> bool:
     )
 
 
-def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor,
+                 pad_to: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """All-gather image embeddings (with gradient), labels and modalities across ranks.
 
-    Ranks may hold different batch sizes: rows are padded to the largest and the padding removed.
+    Ranks may hold different batch sizes. With ``pad_to`` (at least every rank's batch size, e.g. the
+    loader's batch size) each rank pads to it and the padding stays in the result as unlabelled rows
+    (label -1, which the losses mask out): fixed shapes, no exchange of sizes, no host-device wait.
+    Without it the sizes are exchanged first (one synchronisation) and the padding is removed.
 
     Returns:
-        ``(image_emb [sum B_r, D], labels [sum B_r], modality [sum B_r])`` in rank order.
+        ``(image_emb [N, D], labels [N], modality [N])`` in rank order; ``N = world * pad_to`` or ``sum B_r``.
     """
     import torch.distributed as dist
     import torch.distributed.nn.functional as dist_fn
 
     world = dist.get_world_size()
-    n = torch.tensor([image_emb.shape[0]], device=image_emb.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
-    pad = max(sizes) - image_emb.shape[0]
+    if pad_to is not None:
+        if image_emb.shape[0] > pad_to:
+            raise ValueError(f"gather_batch: local batch {image_emb.shape[0]} is larger than pad_to={pad_to}")
+        sizes = None
+        target = pad_to
+    else:
+        n = torch.tensor([image_emb.shape[0]], device=image_emb.device, dtype=torch.long)
+        all_n = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(all_n, n)
+        sizes = [int(s.item()) for s in all_n]
+        target = max(sizes)
+    pad = target - image_emb.shape[0]
     if pad:
         image_emb = F.pad(image_emb, (0, 0, 0, pad))
         labels = F.pad(labels, (0, pad), value=-1)
         modality = F.pad(modality, (0, pad), value=0)
-    all_emb = dist_fn.all_gather(image_emb.contiguous())  # world × [max_B, D], differentiable
+    all_emb = dist_fn.all_gather(image_emb.contiguous())  # world × [target, D], differentiable
     all_lab = [torch.empty_like(labels) for _ in range(world)]
     all_mod = [torch.empty_like(modality) for _ in range(world)]
     dist.all_gather(all_lab, labels.contiguous())
     dist.all_gather(all_mod, modality.contiguous())
+    if sizes is None:
+        return torch.cat(all_emb, 0), torch.cat(all_lab, 0), torch.cat(all_mod, 0)
     keep = lambda ts: torch.cat([t[:s] for t, s in zip(ts, sizes)], 0)  # noqa: E731
     return keep(all_emb), keep(all_lab), keep(all_mod)
 
@@ -237,15 +250,19 @@ class WeightedContrastiveLoss(nn.Module):
         class_weights: ``[K]`` weights (e.g. from :func:`class_weights`) or None.
         modality_weights: Mapping ``{"DBT": 2.0}`` or ``[M]`` by index into ``constants.MODALITIES``, or None.
         gather_distributed: Gather image embeddings over ranks when torch.distributed is initialised.
+        gather_pad_to: every rank's batch is at most this (the loader's batch size): gather fixed-size,
+            padded batches without first exchanging sizes (see :func:`gather_batch`).
     """
 
-    def __init__(self, class_weights=None, modality_weights=None, gather_distributed: bool = True):
+    def __init__(self, class_weights=None, modality_weights=None, gather_distributed: bool = True,
+                 gather_pad_to: int | None = None):
         super().__init__()
         cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         mw = modality_weight_tensor(modality_weights)
         self.register_buffer("class_weights", cw, persistent=False)
         self.register_buffer("modality_weights", mw, persistent=False)
         self.gather_distributed = gather_distributed
+        self.gather_pad_to = gather_pad_to
 
     def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor, logit_scale,
                 modality: Tensor | None = None) -> Tensor:
@@ -254,7 +271,7 @@ class WeightedContrastiveLoss(nn.Module):
             modality = torch.zeros_like(labels)
         modality = modality.to(image_emb.device).long().reshape(-1)
         if self.gather_distributed and _dist_active():
-            image_emb, labels, modality = gather_batch(image_emb, labels, modality)
+            image_emb, labels, modality = gather_batch(image_emb, labels, modality, pad_to=self.gather_pad_to)
         return weighted_contrastive_loss(
             image_emb, text_emb, labels, logit_scale, modality=modality,
             class_weights=self.class_weights, modality_weights=self.modality_weights,

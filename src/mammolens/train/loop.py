@@ -487,7 +487,8 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     cw_dev, mw_dev = cw.to(device), mw.to(device)  # once: a per-step copy from host memory would synchronise
     if method == "contrastive":
         step_module: nn.Module = _ContrastiveStep(clip, task)
-        loss_fn = WeightedContrastiveLoss(class_weights=cw_dev, modality_weights=mw_dev)
+        loss_fn = WeightedContrastiveLoss(class_weights=cw_dev, modality_weights=mw_dev,
+                                          gather_pad_to=cfg.batch_size)
     else:
         clip.requires_grad_(False)
         clip.visual.requires_grad_(True)
