@@ -2,6 +2,7 @@
 
     python experiments/step_graph.py --model biomedclip
     python experiments/step_graph.py --model tiny-clip --run-compiled   # also time eager vs compiled on this device
+    python experiments/step_graph.py --model biomedclip --flops [--untrimmed]   # FLOPs: image tower vs text tower
 
 1. ``torch._dynamo.explain`` traces the training step (``_ContrastiveStep``: image + text towers) and the
    weighted contrastive loss (with unlabelled rows) and prints the number of graphs and graph breaks. A
@@ -10,6 +11,9 @@
 2. ``--run-compiled``: ``mammolens.bench.bench_train_gpu`` in ``step`` and ``train`` mode, eager and
    ``torch.compile``, on this machine's device (CPU here: shows that the compiled path runs forward and
    backward; CPU numbers say nothing about GPU speed).
+3. ``--flops``: forward + backward FLOPs of one step split into the image tower (per image) and the text
+   tower (per step: K x T prompts), and the text tower's share of a B=256 step. ``--untrimmed`` keeps the
+   prompts padded to the full context (256 tokens for BiomedCLIP), as before prompts were trimmed.
 """
 
 from __future__ import annotations
@@ -63,6 +67,20 @@ def run_compiled(model: str, image_size: int, batch: int, steps: int) -> None:
                   f"(wall {time.perf_counter() - t0:.0f} s, {r['device']})", flush=True)
 
 
+def flops(model: str, image_size: int, untrimmed: bool, batch: int = 256) -> None:
+    from mammolens.bench import _train_flops
+    from mammolens.models.factory import MammoCLIP
+    from mammolens.tasks import get_task
+
+    if untrimmed:
+        MammoCLIP._trim_padding = lambda self, tokens: tokens
+    per_image, per_step = _train_flops(model, get_task("density"), image_size, torch.device("cpu"), "bf16")
+    total = batch * per_image + per_step
+    print(f"{model} ({'untrimmed' if untrimmed else 'trimmed'} prompts): image tower {per_image / 1e9:.1f} GFLOP "
+          f"per image, text tower {per_step / 1e12:.3f} TFLOP per step = {per_step / total:.1%} of a B={batch} step; "
+          f"{total / batch / 1e9:.1f} GFLOP per image at B={batch}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="biomedclip")
@@ -70,7 +88,12 @@ def main() -> None:
     ap.add_argument("--run-compiled", action="store_true")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--flops", action="store_true")
+    ap.add_argument("--untrimmed", action="store_true")
     args = ap.parse_args()
+    if args.flops:
+        flops(args.model, args.image_size, args.untrimmed)
+        return
     explain_step(args.model, args.image_size)
     if args.run_compiled:
         run_compiled(args.model, args.image_size, args.batch, args.steps)

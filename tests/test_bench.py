@@ -188,3 +188,24 @@ def test_loader_and_gpu_target_checked_in_full_mode_only():
     assert check_targets(results, small=True) == []
     cpu_run = {"train_gpu": {"images_per_s": 10.0}}  # a CPU smoke run of the GPU section is not judged
     assert check_targets(cpu_run) == []
+
+
+def test_train_flops_split_image_and_text_towers():
+    """Image FLOPs scale with the batch, the text tower's are per step: a batch-3 step costs 3 x + 1 y."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mammolens.bench import _train_flops, _train_parts
+    from mammolens.tasks import get_task
+
+    dev, task = torch.device("cpu"), get_task("density")
+    per_image, per_step = _train_flops("tiny-clip", task, 64, dev, "fp32")
+    assert per_image > 0 and per_step > 0
+    step, loss_fn, k = _train_parts("tiny-clip", task, 64, dev)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        img, txt, scale = step(torch.rand(3, 1, 64, 64))
+        loss_fn(img, txt, torch.arange(3) % k, scale).backward()
+    assert counter.get_total_flops() == pytest.approx(3 * per_image + per_step, rel=1e-3)
+    r = bench_train_gpu("tiny-clip", batch_size=4, steps=1, warmup=1, precision="fp32", device="cpu",
+                        image_size=64, peak_tflops=1.0)
+    assert r["flops_per_image"] == pytest.approx(r["image_flops_per_image"] + r["text_flops_per_step"] / 4)

@@ -650,7 +650,8 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
         device: ``"cuda"`` normally; ``"cpu"`` only to test this code path.
 
     Returns:
-        img/s, FLOPs per image (``torch.utils.flop_counter`` on one uncompiled step, forward + backward)
+        img/s, FLOPs per image at this batch size (``torch.utils.flop_counter`` on uncompiled steps of batch 1
+        and 2, forward + backward: image tower per image + text tower per step / batch)
         and MFU.
     """
     import torch
@@ -663,7 +664,8 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
         raise ValueError(f"mode must be 'step' or 'train', got {mode!r}")
     dev = torch.device(device)
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model()
-    flops_per_image = _train_flops_per_image(model_name, task, image_size, dev, precision)
+    image_flops, step_flops = _train_flops(model_name, task, image_size, dev, precision)
+    flops_per_image = image_flops + step_flops / batch_size  # the text tower's per-step cost shared by the batch
     extra: dict[str, Any] = {}
     if mode == "step":
         with cuda_math(dev):  # the trainer's settings (`tf32: true`); it sets them itself in train mode
@@ -674,7 +676,8 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
     peak = peak_tflops or _peak_tflops(dev_name, precision)
     out = {"model": model_name, "mode": mode, "device": dev_name, "batch_size": batch_size, "steps": steps,
            "precision": precision, "compile": compile, "image_size": image_size, "images_per_s": ips,
-           "flops_per_image": flops_per_image, "achieved_tflops": ips * flops_per_image / 1e12,
+           "flops_per_image": flops_per_image, "image_flops_per_image": image_flops,
+           "text_flops_per_step": step_flops, "achieved_tflops": ips * flops_per_image / 1e12,
            "peak_tflops": peak, **extra}
     out["mfu"] = out["achieved_tflops"] / peak if peak else None
     if dev.type == "cuda":
@@ -699,25 +702,34 @@ def _train_parts(model_name, task, image_size, dev):
     return step, loss_fn, k
 
 
-def _train_flops_per_image(model_name, task, image_size, dev, precision) -> float:
-    """Forward + backward FLOPs of one contrastive step per image (counted on a batch of 2)."""
+def _train_flops(model_name, task, image_size, dev, precision) -> tuple[float, float]:
+    """Forward + backward FLOPs of one contrastive step: ``(per image, per step)``.
+
+    The image tower's FLOPs grow with the batch; the text tower's (K classes x T templates, once per step)
+    do not. Counting steps of batch 1 and 2 separates them: ``per_image = F(2) - F(1)``,
+    ``per_step = F(1) - per_image``. At batch B a step costs ``B * per_image + per_step``.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     step, loss_fn, k = _train_parts(model_name, task, image_size, dev)
-    b = 2
-    x = torch.rand(b, 1, image_size, image_size, device=dev)
-    y = torch.arange(b, device=dev) % k
-    counter = FlopCounterMode(display=False)
-    with counter:
-        with autocast(dev, autocast_dtype(precision, dev)):
-            img, txt, scale = step(x)
-            loss = loss_fn(img.float(), txt.float(), y, scale)
-        loss.backward()
-    # the text tower runs once per step whatever the batch: count it per step, spread over the batch
-    total = counter.get_total_flops()
+
+    def count(b: int) -> int:
+        x = torch.rand(b, 1, image_size, image_size, device=dev)
+        y = torch.arange(b, device=dev) % k
+        counter = FlopCounterMode(display=False)
+        with counter:
+            with autocast(dev, autocast_dtype(precision, dev)):
+                img, txt, scale = step(x)
+                loss = loss_fn(img.float(), txt.float(), y, scale)
+            loss.backward()
+        step.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    f1, f2 = count(1), count(2)
     del step
-    return float(total) / b
+    per_image = float(f2 - f1)
+    return per_image, float(f1) - per_image
 
 
 def _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, precision, compile, dev) -> float:

@@ -267,3 +267,19 @@ def test_image_classifier_trains_image_tower_only():
     assert model.visual.conv1.weight.grad is not None
     assert all(p.grad is None for n, p in model.clip.named_parameters() if not n.startswith("visual."))
     assert isinstance(clf.backbone, MammoCLIP) and clf.visual is model.visual
+
+
+def test_class_tokens_trim_padding_for_hf_text_towers():
+    """BiomedCLIP's BERT masks padding itself: prompts are cut after the longest one (same embeddings);
+    open_clip's own text transformer has a fixed-length positional embedding and keeps its context."""
+    torch.manual_seed(0)
+    bio = create_model("biomedclip", image_size=SIZE).eval()
+    tokens = bio.class_tokens(TWO_CLASS)  # [K, T, L']
+    full = bio.tokenizer([p for cls in TWO_CLASS.prompts() for p in cls]).view(2, 1, -1)  # [K, T, 256]
+    assert full.shape[-1] == 256 and 2 < tokens.shape[-1] < 16
+    assert torch.equal(full[..., : tokens.shape[-1]], tokens) and (full[..., tokens.shape[-1]:] == 0).all()
+    with torch.no_grad():
+        torch.testing.assert_close(bio.class_embeddings(tokens=tokens), bio.class_embeddings(tokens=full),
+                                   atol=1e-5, rtol=0)
+    tiny = create_model("tiny-clip", image_size=SIZE)
+    assert tiny.class_tokens(TWO_CLASS).shape[-1] == 77

@@ -204,8 +204,21 @@ class MammoCLIP(nn.Module):
 
         prompts = get_task(task).prompts()  # K × T
         k, t = len(prompts), len(prompts[0])
-        tokens = self.tokenizer([p for cls in prompts for p in cls])  # [K*T, L]
-        return tokens.view(k, t, -1).to(self.mean.device)
+        tokens = self._trim_padding(self.tokenizer([p for cls in prompts for p in cls]))  # [K*T, L]
+        return tokens.reshape(k, t, -1).to(self.mean.device)
+
+    def _trim_padding(self, tokens: Tensor) -> Tensor:
+        """Drop the all-padding columns after the longest prompt when the text tower masks padding itself
+        (Hugging Face encoders such as BiomedCLIP's PubMedBERT: same embeddings, and short density
+        prompts then cost ~1/10 of the 256-token context). open_clip's own text transformer adds a
+        fixed-length positional embedding, so its tokens are kept as they are."""
+        from open_clip.hf_model import HFTextEncoder
+
+        text = getattr(self.clip, "text", None)
+        if not isinstance(text, HFTextEncoder):
+            return tokens
+        used = (tokens != text.config.pad_token_id).any(0).nonzero()
+        return tokens[:, : int(used.max()) + 1] if used.numel() else tokens
 
     def class_embeddings(self, task=None, *, tokens: Tensor | None = None) -> Tensor:
         """Template-averaged, renormalised text embeddings of a task's classes, ``[K, D]``.
