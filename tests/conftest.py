@@ -28,3 +28,22 @@ def mini_mias(shared_data) -> Path:
     if not (path / "Info.txt").is_file():
         pytest.skip(f"{path} has no Info.txt")
     return path
+
+
+@pytest.fixture(scope="session")
+def dciodvfy():
+    """``check(path) -> [finding lines]`` from dicom3tools' DICOM validator (Error/Warning lines, minus its
+    note about its own dictionary); skips when ``dciodvfy`` is not installed (Debian package dicom3tools)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+
+    def check(path) -> list[str]:
+        out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        return [ln for ln in (out.stdout + out.stderr).splitlines()
+                if ln.startswith(("Error", "Warning")) and "Dicom dictionary" not in ln]
+
+    return check

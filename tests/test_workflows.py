@@ -74,6 +74,17 @@ def test_predict_to_dir_overlays_and_dicom(predicted, app_env):  # noqa: F811
     assert sr0.StudyInstanceUID == src.StudyInstanceUID and sr0.PatientID == src.PatientID
 
 
+def test_predict_to_dir_dicom_outputs_pass_the_validator(predicted, app_env, dciodvfy):  # noqa: F811
+    """Every SR and overlay written for the synthetic cohort (four vendors, DBT among the sources): no
+    dciodvfy error; warnings only for the declared private code and the source's missing Study ID."""
+    _, out = predicted
+    files = sorted((out / "dicom").glob("*/*.dcm"))
+    assert files
+    findings = {f.name: [ln for ln in dciodvfy(f) if "99MMLNS" not in ln and "Study ID" not in ln] for f in files}
+    assert not any(findings.values()), {k: v for k, v in findings.items() if v}
+    assert (app_env.df["modality"] == "DBT").any()  # DBT sources: laterality only in their functional groups
+
+
 def test_predict_to_dir_include_ids_and_no_extras(app_env, tmp_path):  # noqa: F811
     res = predict_to_dir(app_env.run, [app_env.study_dirs()[0]], tmp_path, overlays=False, dicom=False,
                          include_ids=True, workers=0, progress=False)

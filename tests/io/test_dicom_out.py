@@ -228,3 +228,40 @@ def test_write_overlay_sc_rejects_non_rgb(tmp_path, exam):
         write_overlay_sc(exam[0], np.zeros((8, 8), np.uint8), tmp_path / "x.dcm", "x")
     with pytest.raises(ValueError, match="uint8"):
         write_overlay_sc(exam[0], np.zeros((8, 8, 3), np.float32), tmp_path / "x.dcm", "x")
+
+
+def test_density_sr_passes_the_dicom3tools_validator(tmp_path, exam, result, dciodvfy):
+    """No errors, no attribute outside the Comprehensive SR IOD; the only warnings are the declared private
+    coding scheme (99MMLNS) of the dense flag, which dciodvfy does not know."""
+    findings = dciodvfy(write_density_sr(exam, result, tmp_path / "sr.dcm"))
+    assert not [f for f in findings if "99MMLNS" not in f], findings
+    assert all(f.startswith("Warning") for f in findings), findings
+
+
+def test_overlay_sc_passes_the_dicom3tools_validator(tmp_path, exam, dciodvfy):
+    rgb = np.random.default_rng(0).integers(0, 256, size=(20, 16, 3), dtype=np.uint8)
+    assert dciodvfy(write_overlay_sc(exam[0], rgb, tmp_path / "sc.dcm", "GradCAM density C")) == []
+
+
+def _laterality_in_functional_groups(ds: Dataset) -> Dataset:
+    """DBT style: no top-level laterality, FrameLaterality in the shared functional groups."""
+    lat = ds.ImageLaterality
+    del ds.ImageLaterality
+    anatomy, groups = Dataset(), Dataset()
+    anatomy.FrameLaterality = lat
+    groups.FrameAnatomySequence = [anatomy]
+    ds.SharedFunctionalGroupsSequence = [groups]
+    return ds
+
+
+def test_laterality_found_as_the_reader_finds_it(tmp_path, exam, result):
+    """Sources whose laterality is only in FrameLaterality: each breast's SR item still references its images,
+    and the overlay SC carries the series Laterality (a Type 2C error in dciodvfy otherwise)."""
+    exam = [_laterality_in_functional_groups(ds) for ds in exam]
+    sr = pydicom.dcmread(write_density_sr(exam, result, tmp_path / "sr.dcm"))
+    images = [it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+              for it, depth in _walk(sr.ContentSequence) if it.ValueType == "IMAGE"]
+    assert len(images) == 2 * len(exam)  # once for the exam, once under its breast
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    sc = pydicom.dcmread(write_overlay_sc(exam[0], rgb, tmp_path / "sc.dcm", "overlay"))
+    assert sc.Laterality == "L"

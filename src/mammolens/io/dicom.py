@@ -211,6 +211,12 @@ def _laterality(ds) -> tuple[str, str]:
     return "", ""
 
 
+def image_laterality(ds) -> str:
+    """``"L"``, ``"R"`` or ``""`` for a dataset, by the reader's rule: ImageLaterality, Laterality, the
+    enhanced FrameLaterality, then free text (SeriesDescription, ViewPosition, ProtocolName...)."""
+    return _laterality(ds)[0]
+
+
 def _view(ds) -> tuple[str, str]:
     vp = _text(ds, "ViewPosition").upper().replace(" ", "")
     if vp:
@@ -750,4 +756,5 @@ def read_dicom(
     return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=str(path))
 
 
-__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "normalise_manufacturer", "read_dicom"]
+__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "image_laterality", "normalise_manufacturer",
+           "read_dicom"]

@@ -45,6 +45,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from mammolens.constants import DENSITY_CLASSES
+from mammolens.io.dicom import image_laterality
 
 __all__ = [
     "DENSITY_CODES",
@@ -207,8 +208,7 @@ def _composition_items(hd, d: Mapping[str, Any], where: str) -> list:
 def _image_refs(hd, headers: Sequence[Dataset], laterality: str | None) -> list:
     items = []
     for ds in headers:
-        lat = str(getattr(ds, "ImageLaterality", "") or getattr(ds, "Laterality", "")).upper()
-        if laterality is not None and lat != laterality:
+        if laterality is not None and image_laterality(ds) != laterality:
             continue
         items.append(
             hd.sr.ImageContentItem(
@@ -373,7 +373,6 @@ def write_density_sr(
     scheme.CodingSchemeResponsibleOrganization = "mammolens"
     sr.CodingSchemeIdentificationSequence = [scheme]
     sr.SeriesDescription = "mammolens breast density"
-    sr.ContentDescription = "Breast composition (BI-RADS density) by mammolens"
     return _save(sr, out_path, include_patient)
 
 
@@ -414,7 +413,7 @@ def write_overlay_sc(
         if not getattr(source_ds, key, None):
             raise ValueError(f"source dataset has no {key}; pass the DICOM image the overlay belongs to")
     ref = _header(source_ds)
-    lat = str(getattr(ref, "ImageLaterality", "") or getattr(ref, "Laterality", "")).upper()
+    lat = image_laterality(ref)  # also the enhanced FrameLaterality (DBT) and text, as the reader finds it
     orientation = getattr(ref, "PatientOrientation", None)
     known_orientation = bool(orientation) and len(orientation) == 2
     # highdicom needs an orientation for PATIENT coordinates; a placeholder is blanked below
