@@ -131,8 +131,11 @@ def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor,
         ``(image_emb [N, D], labels [N], modality [N])`` in rank order; ``N = world * pad_to`` or ``sum B_r``.
     """
     import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
+    import torch.distributed._functional_collectives as fc
 
+    # differentiable all-gather (its backward sums each rank's gradient for the local rows); the name
+    # changed across torch releases and the older ones warn as deprecated
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
     world = dist.get_world_size()
     if pad_to is not None:
         if image_emb.shape[0] > pad_to:
@@ -150,15 +153,15 @@ def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor,
         image_emb = F.pad(image_emb, (0, 0, 0, pad))
         labels = F.pad(labels, (0, pad), value=-1)
         modality = F.pad(modality, (0, pad), value=0)
-    all_emb = dist_fn.all_gather(image_emb.contiguous())  # world × [target, D], differentiable
+    all_emb = gather(image_emb.contiguous(), gather_dim=0, group=dist.group.WORLD)  # [world * target, D]
     all_lab = [torch.empty_like(labels) for _ in range(world)]
     all_mod = [torch.empty_like(modality) for _ in range(world)]
     dist.all_gather(all_lab, labels.contiguous())
     dist.all_gather(all_mod, modality.contiguous())
-    if sizes is None:
-        return torch.cat(all_emb, 0), torch.cat(all_lab, 0), torch.cat(all_mod, 0)
+    if sizes is None:  # [world * target, D]
+        return all_emb, torch.cat(all_lab, 0), torch.cat(all_mod, 0)
     keep = lambda ts: torch.cat([t[:s] for t, s in zip(ts, sizes)], 0)  # noqa: E731
-    return keep(all_emb), keep(all_lab), keep(all_mod)
+    return keep(all_emb.split(target, 0)), keep(all_lab), keep(all_mod)
 
 
 def _check_labels(labels: Tensor, num_classes: int) -> None:

@@ -543,12 +543,14 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         (run_dir / "metrics.jsonl").unlink()
 
     model_for_step = step_module
-    if cfg.compile:
-        model_for_step = torch.compile(model_for_step)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model_for_step = DDP(model_for_step, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        # compile the DDP module, not the other way round: TorchDynamo then splits the graph at DDP's
+        # gradient buckets, so all-reduces overlap the backward pass (PyTorch's recommended order)
+        model_for_step = torch.compile(model_for_step)
 
     epochs_done, stopped_early = start_epoch, False
     for epoch in range(start_epoch, cfg.epochs):
