@@ -158,7 +158,7 @@ def gather_batch(image_emb: Tensor, labels: Tensor, modality: Tensor,
     all_mod = [torch.empty_like(modality) for _ in range(world)]
     dist.all_gather(all_lab, labels.contiguous())
     dist.all_gather(all_mod, modality.contiguous())
-    if sizes is None:  # [world * target, D]
+    if sizes is None:
         return all_emb, torch.cat(all_lab, 0), torch.cat(all_mod, 0)
     keep = lambda ts: torch.cat([t[:s] for t, s in zip(ts, sizes)], 0)  # noqa: E731
     return keep(all_emb.split(target, 0)), keep(all_lab), keep(all_mod)
