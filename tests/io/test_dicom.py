@@ -54,13 +54,20 @@ def test_read_dicom_presentation_lut_shape_inverse(tmp_path, ramp12, photometric
     ident = read_dicom(write_dicom(tmp_path / "d.dcm", ramp12, bits_stored=12, photometric=photometric,
                                    window=(2000, 3000), extra={"PresentationLUTShape": "IDENTITY"}))
     np.testing.assert_array_equal(ident.pixels, plain.pixels)
+    ds = pydicom.dcmread(tmp_path / "p.dcm")
+    del ds.PresentationLUTShape  # absent: the photometric interpretation alone decides
+    ds.save_as(tmp_path / "a.dcm")
+    absent = read_dicom(tmp_path / "a.dcm")
+    np.testing.assert_array_equal(absent.pixels, plain.pixels)
+    assert absent.conversion["presentation_lut_shape"] is None
     if photometric == "MONOCHROME2":
         np.testing.assert_allclose(inv.pixels, 1.0 - plain.pixels, atol=1e-6)
         assert inv.pixels[0, 0] > inv.pixels[-1, -1]  # low stored values display bright
     else:
         np.testing.assert_array_equal(inv.pixels, plain.pixels)
     assert inv.conversion["inverted"] is True and inv.conversion["presentation_lut_shape"] == "INVERSE"
-    assert plain.conversion["presentation_lut_shape"] is None
+    # the generator writes the conformant pairing by default (INVERSE with MONOCHROME1)
+    assert plain.conversion["presentation_lut_shape"] == ("INVERSE" if photometric == "MONOCHROME1" else "IDENTITY")
 
 
 def test_read_dicom_bits_stored_masks_high_bits(tmp_path, ramp12):

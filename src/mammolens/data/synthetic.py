@@ -210,6 +210,8 @@ def write_dicom(path: str | PathLike, pixels: np.ndarray | None, spec: DicomSpec
         signed = arr.dtype.kind == "i"
         ds.SamplesPerPixel = 3 if rgb else 1
         ds.PhotometricInterpretation = spec.photometric
+        if not rgb:  # the DX/MG pairing (PS3.3 C.8.11.3): INVERSE with MONOCHROME1, IDENTITY with MONOCHROME2
+            ds.PresentationLUTShape = "INVERSE" if spec.photometric == "MONOCHROME1" else "IDENTITY"
         if rgb:
             ds.PlanarConfiguration = 0
         ds.Rows, ds.Columns = int(arr.shape[-3 if rgb else -2]), int(arr.shape[-2 if rgb else -1])
