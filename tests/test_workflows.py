@@ -59,7 +59,7 @@ def test_predict_to_dir_overlays_and_dicom(predicted, app_env):  # noqa: F811
     assert len(pngs) == 8 and Image.open(pngs[0]).size == (64, 64)
     exams = pd.read_csv(out / "exams.csv")
     src_uids = set(app_env.df["study_id"])
-    for sid, pred in zip(exams["study_id"], exams["pred"]):
+    for sid in exams["study_id"]:
         sr = pydicom.dcmread(out / "dicom" / sid / "density_sr.dcm")
         assert sr.Modality == "SR" and sr.StudyInstanceUID in src_uids
         scs = sorted((out / "dicom" / sid).glob("overlay_*.dcm"))

@@ -727,7 +727,6 @@ def _train_flops(model_name, task, image_size, dev, precision) -> tuple[float, f
         return counter.get_total_flops()
 
     f1, f2 = count(1), count(2)
-    del step
     per_image = float(f2 - f1)
     return per_image, float(f1) - per_image
 

@@ -77,7 +77,7 @@ def test_mammo_dataset_missing_label_column(cache):
 
 
 def test_mammo_dataset_with_registered_task(cache):
-    tasks = pytest.importorskip("mammolens.tasks")
+    pytest.importorskip("mammolens.tasks")
     ds = MammoDataset(cache.path, "density")
     assert ds.task.name == "density"
     np.testing.assert_array_equal(ds.labels, [0, 1, -1, 3, 0, 0])

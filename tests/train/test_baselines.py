@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ from torch import nn
 
 from mammolens.train import load_run, train
 from mammolens.train.baselines import RunModel, fit_linear_probe, zeroshot_head
-from mammolens.train.config import cfg_from_dict
 
 from _train_helpers import _cfg, _cohort_cache, cache_dir  # noqa: F401  (fixture)
 

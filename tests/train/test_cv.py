@@ -1,12 +1,10 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mammolens.train import cross_validate
-from mammolens.train.config import cfg_from_dict
 
 from _train_helpers import _cfg, _cohort_cache, cache_dir  # noqa: F401  (fixture)
 

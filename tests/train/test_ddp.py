@@ -2,11 +2,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from mammolens.train.config import cfg_from_dict, save_cfg
+from mammolens.train.config import save_cfg
 
 from _train_helpers import _cfg, _cohort_cache, cache_dir  # noqa: F401  (fixture)
 

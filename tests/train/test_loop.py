@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mammolens.train import load_run, predict_cache, train
-from mammolens.train.config import cfg_from_dict
 from mammolens.train.loop import load_checkpoint, split_rows
 
 from _train_helpers import _cfg, _cohort_cache, cache_dir  # noqa: F401  (fixture)

@@ -536,7 +536,7 @@ def make_cohort(
                 if rng.random() < lesion_prob:
                     p = "malignant" if rng.random() < malignant_fraction else "benign"
                 pathology[lat] = p
-            for k, (lat, view) in enumerate((("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))):
+            for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
                 n_frames = dbt_frames if modality == "DBT" else 0
                 img, (lx, ly, lr) = render_breast(rng, image_size, lat, view, fraction, pathology[lat], n_frames)
                 if modality == "s2D":

@@ -221,7 +221,6 @@ def expected_calibration_error(y_true, probs, n_bins: int = 15, classwise: bool 
 
     def _ece(conf: np.ndarray, hit: np.ndarray) -> float:
         b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-        cnt = np.bincount(b, minlength=n_bins).astype(np.float64)
         s_conf = np.bincount(b, weights=conf, minlength=n_bins)
         s_hit = np.bincount(b, weights=hit.astype(np.float64), minlength=n_bins)
         return float(np.abs(s_hit - s_conf).sum() / conf.size)  # = sum |B|/N * |acc - conf|
