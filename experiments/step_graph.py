@@ -33,11 +33,7 @@ def explain_step(model: str, image_size: int) -> None:
     step, _, k = _train_parts(model, get_task("density"), image_size, torch.device("cpu"))
     t0 = time.perf_counter()
     ex = torch._dynamo.explain(step)(torch.rand(2, 1, image_size, image_size))
-    print(f"step {model} @ {image_size}: {ex.graph_count} graph(s), {ex.graph_break_count} break(s), "
-          f"{ex.op_count} ops ({time.perf_counter() - t0:.1f} s to trace)")
-    for b in ex.break_reasons:
-        print("  break:", b.reason.splitlines()[0])
-    torch._dynamo.reset()
+    _report(f"step {model} @ {image_size}", ex, f", {ex.op_count} ops ({time.perf_counter() - t0:.1f} s to trace)")
     emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     txt = torch.nn.functional.normalize(torch.randn(k, 16), dim=-1)
     labels = torch.tensor([0, 1, 2, 3, -1, 0, 1, -1])
@@ -46,7 +42,11 @@ def explain_step(model: str, image_size: int) -> None:
         ex = torch._dynamo.explain(losses.weighted_contrastive_loss)(emb, txt, labels, torch.tensor(2.0))
     finally:
         losses._check_labels = check
-    print(f"weighted contrastive loss: {ex.graph_count} graph(s), {ex.graph_break_count} break(s)")
+    _report("weighted contrastive loss", ex)
+
+
+def _report(what: str, ex, extra: str = "") -> None:
+    print(f"{what}: {ex.graph_count} graph(s), {ex.graph_break_count} break(s){extra}")
     for b in ex.break_reasons:
         print("  break:", b.reason.splitlines()[0])
     torch._dynamo.reset()

@@ -630,7 +630,7 @@ def read_dicom(
     # Presentation LUT Shape INVERSE (PS3.3 C.11.6) also means "invert for display". Conformant DX/MG files
     # pair it with MONOCHROME1 (one inversion described twice, applied once); some CR/DX writers put it on
     # MONOCHROME2 images, which then also need inverting.
-    plut_shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    plut_shape = _text(ds, "PresentationLUTShape").upper()
     inverted = photometric == "MONOCHROME1" or plut_shape == "INVERSE"
     bright_is_high = (not inverted) == (slope >= 0)
 
@@ -676,7 +676,7 @@ def read_dicom(
         voi_kind = "window"
 
     def to_display(x: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-        """VOI (+ MONOCHROME1 inversion) on float32 modality values, in place where possible.
+        """VOI (+ the display inversion of rule 6) on float32 modality values, in place where possible.
 
         ``counts``: ``x`` is a table of every stored value and ``counts`` their frequencies in the image.
         """
