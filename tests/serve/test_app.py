@@ -81,9 +81,12 @@ def fake():
     return FakePredictor()
 
 
+BASE = "http://127.0.0.1:8000"  # a local Host: TestClient's default "testserver" is refused
+
+
 @pytest.fixture
 def client(fake):
-    return TestClient(create_app(fake, max_upload_mb=1))
+    return TestClient(create_app(fake, max_upload_mb=1), base_url=BASE)
 
 
 def test_sanitize_filename_strips_folders_and_traversal():
@@ -245,3 +248,187 @@ def test_serve_cli_warns_on_public_host(tmp_path):
     res = CliRunner().invoke(app, ["serve", str(tmp_path / "no-run"), "--host", "0.0.0.0"])
     assert res.exit_code != 0  # no run there (or no predictor yet): clear error, no server
     assert "warning: binding to 0.0.0.0" in res.output
+
+
+# --- limits enforced while streaming (bytes) and from headers (pixels) -------------------------
+
+
+def _asgi_post(app, body_chunks, headers: dict[str, str], on_receive=None):
+    """POST straight through the ASGI interface, one ``http.request`` message per chunk.
+
+    TestClient reads a generator body whole before the app sees it; here the app pulls chunk by
+    chunk, so what it read before answering is exact. Returns (status, headers, body, bytes pulled).
+    """
+    import asyncio
+
+    chunks = iter(body_chunks)
+    pulled = 0
+    sent: list[dict] = []
+
+    async def receive():
+        nonlocal pulled
+        if on_receive is not None:
+            on_receive()
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/predict",
+        "raw_path": b"/api/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict((k.decode(), v.decode()) for k, v in start["headers"]), body, pulled
+
+
+def _multipart_chunks(name: str, payload_bytes: int, chunk: int = 64 * 1024, boundary: str = "XyZ123"):
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + b"\x89PNG\r\n\x1a\n"
+    for _ in range(payload_bytes // chunk):
+        yield b"\0" * chunk
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_predict_chunked_body_over_limit_stops_reading(fake, tmp_path, monkeypatch):
+    import json
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the app's per-request folders land here
+    app = create_app(fake, max_upload_mb=1)
+    chunk, limit = 64 * 1024, 1024 * 1024
+    on_disk = []
+
+    def disk_bytes():
+        on_disk.append(sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()))
+
+    status, headers, body, pulled = _asgi_post(
+        app,
+        _multipart_chunks("big.png", 16 * limit, chunk),  # 16 MB, no Content-Length (chunked)
+        {"host": "127.0.0.1:8000", "content-type": "multipart/form-data; boundary=XyZ123"},
+        on_receive=disk_bytes,
+    )
+    assert status == 413
+    assert "limit is 1 MB" in json.loads(body)["detail"]
+    assert pulled <= limit + 64 * 1024 + 2 * chunk  # stopped at the limit, not after 16 MB
+    assert max(on_disk) <= limit  # never more than the limit written to disk
+    assert list(tmp_path.iterdir()) == []  # per-request folder removed
+    assert fake.calls == []
+
+
+def test_predict_chunked_body_within_limit_is_received(fake, tmp_path, monkeypatch):
+    import json
+
+    status, _, body, pulled = _asgi_post(
+        create_app(fake, max_upload_mb=1),
+        [b"--B\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x_L.png\"\r\n\r\n", _png(90), b"\r\n--B--\r\n"],
+        {"host": "127.0.0.1:8000", "content-type": "multipart/form-data; boundary=B"},
+    )
+    assert status == 200, body
+    assert [i["file"] for i in json.loads(body)["images"]] == ["x_L.png"]
+    assert [p.name for p in fake.calls[0]] == ["x_L.png"]
+
+
+def test_predict_malformed_multipart_is_400(client, fake):
+    r = client.post(
+        "/api/predict",
+        content=b"--B\r\nno headers end here",
+        headers={"content-type": "multipart/form-data; boundary=B"},
+    )
+    assert r.status_code == 400, r.text
+    assert fake.calls == []
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG of zeros: ~160 KB on the wire for 13000×13000 declared pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(9)
+    block = b"\0" * ((width + 1) * 1000)  # filter byte + row, 1000 rows at a time
+    idat = b"".join(comp.compress(block) for _ in range(height // 1000))
+    idat += comp.compress(b"\0" * ((width + 1) * (height % 1000))) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_predict_png_declaring_huge_size_refused_from_header(fake):
+    import time
+    import tracemalloc
+
+    bomb = _png_bomb(13000, 13000)
+    assert len(bomb) < 400_000
+    client = TestClient(create_app(fake, max_upload_mb=5), base_url=BASE)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        r = client.post(
+            "/api/predict",
+            files=[("files", ("bomb_L_CC.png", bomb, "image/png")), ("files", ("ok_R_CC.png", _png(), "image/png"))],
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 10
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["errors"][0]["file"] == "bomb_L_CC.png"
+    reason = body["errors"][0]["reason"]
+    assert "13000×13000 = 169 M pixels" in reason and "limit of 100 M pixels" in reason and "--max-pixels" in reason
+    assert [p.name for p in fake.calls[0]] == ["ok_R_CC.png"]  # the other file still predicted
+    assert [i["file"] for i in body["images"]] == ["ok_R_CC.png"]
+    assert peak < 40 * 1024 * 1024  # decoding it would take 169 MB
+
+
+def test_predict_pixel_limit_counts_dicom_frames(fake, tmp_path):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.13.1.3"  # breast tomosynthesis
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 2000, 1500, 50  # 150 M pixels declared
+    ds.BitsAllocated, ds.SamplesPerPixel = 16, 1
+    ds.PixelData = b"\0\0" * 16  # the header lies: decoding never starts
+    path = tmp_path / "dbt.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    client = TestClient(create_app(fake, max_pixels=100_000_000), base_url=BASE)
+    r = client.post("/api/predict", files=[("files", ("dbt.dcm", path.read_bytes(), "application/dicom"))])
+    assert r.status_code == 200, r.text
+    assert r.json()["errors"][0]["file"] == "dbt.dcm"
+    assert "1500×2000×50 frames = 150 M pixels" in r.json()["errors"][0]["reason"]
+    assert fake.calls == []
+    # the same file under a higher limit reaches the predictor
+    client = TestClient(create_app(fake, max_pixels=200_000_000), base_url=BASE)
+    client.post("/api/predict", files=[("files", ("dbt.dcm", path.read_bytes(), "application/dicom"))])
+    assert [p.name for p in fake.calls[0]] == ["dbt.dcm"]
+
+
+def test_create_app_rejects_nonpositive_max_pixels(fake):
+    with pytest.raises(ValueError, match="max_pixels"):
+        create_app(fake, max_pixels=0)

@@ -19,7 +19,8 @@ def client(app_env):  # noqa: F811
     from mammolens.inference import Predictor
     from mammolens.serve.app import create_app
 
-    return TestClient(create_app(Predictor.from_run(app_env.run, device="cpu", workers=0)))
+    app = create_app(Predictor.from_run(app_env.run, device="cpu", workers=0))
+    return TestClient(app, base_url="http://127.0.0.1:8000")  # a local Host (see SecurityMiddleware)
 
 
 def test_real_predictor_two_dicoms_of_one_study(client, app_env):  # noqa: F811

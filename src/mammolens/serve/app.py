@@ -11,8 +11,11 @@ The app is a thin layer over a predictor object with the protocol::
         "classes": ["A", "B", "C", "D"],
     }
 
-(``mammolens.inference.Predictor`` implements it.) Uploads go to a per-request temporary folder under
-sanitised basenames and are deleted when the request ends. Responses carry no patient identity: only
+(``mammolens.inference.Predictor`` implements it.) Uploads stream into a per-request temporary folder
+under sanitised basenames, within a byte limit counted as the body arrives and a pixel limit read from
+each file's header (:mod:`mammolens.serve.upload`), and are deleted when the request ends. Foreign
+Host/Origin headers are refused and security headers added (:mod:`mammolens.serve.security`); the
+OpenAPI schema and docs pages are off unless ``api_docs=True``. Responses carry no patient identity: only
 whitelisted result keys are returned, study identifiers are replaced by ``exam-1``, ``exam-2``… and
 nothing about the files' content is logged.
 
@@ -22,23 +25,34 @@ FastAPI/uvicorn are imported lazily (``pip install "mammolens[serve]"``).
 import base64
 import ipaddress
 import logging
-import re
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from mammolens.constants import DENSITY_CLASSES, DENSITY_DESCRIPTIONS
+from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
+from mammolens.serve.upload import (
+    BadUpload,
+    TooManyFiles,
+    UploadTooLarge,
+    declared_geometry,
+    receive_files,
+    sanitize_filename,
+    sniff_kind,
+)
 
 __all__ = [
+    "MAX_PIXELS",
     "Predictor",
     "create_app",
     "is_loopback",
     "sanitize_filename",
     "sniff_kind",
     "serve",
+    "served_hosts",
     "STATIC_DIR",
 ]
 
@@ -46,11 +60,11 @@ log = logging.getLogger("mammolens.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
 _SERVE_EXTRA = 'the web app needs FastAPI and uvicorn: pip install "mammolens[serve]"'
-_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _IMAGE_KEYS = ("file", "laterality", "view", "modality", "probs", "pred", "dense")
 _BREAST_KEYS = ("study", "laterality", "probs", "pred", "dense")
 _EXAM_KEYS = ("study", "probs", "pred", "dense")
-_CHUNK = 1 << 20
+_BODY_SLACK = 64 * 1024  # multipart framing on top of the files' bytes
+MAX_PIXELS = 100_000_000  # per image, every frame counted: 5× a full-field mammogram, ~0.4 GB as float32
 
 
 class Predictor(Protocol):
@@ -70,32 +84,6 @@ def _import_fastapi():
     except ImportError as e:
         raise ImportError(_SERVE_EXTRA) from e
     return fastapi
-
-
-def sanitize_filename(name: str | None, fallback: str = "upload") -> str:
-    """Reduce a client-supplied filename to a safe basename (no folders, no traversal).
-
-    ``'../../etc/passwd'`` → ``'passwd'``, ``'C:\\x\\a b.dcm'`` → ``'a_b.dcm'``, ``'..'`` → fallback.
-    """
-    base = PurePosixPath((name or "").replace("\\", "/")).name
-    base = _SAFE_CHARS.sub("_", base).lstrip(".")
-    base = base[-120:].lstrip(".")  # keep the suffix when shortening
-    return base or fallback
-
-
-def sniff_kind(head: bytes) -> str | None:
-    """File kind from its first bytes: ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"pgm"``."""
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if head[:2] in (b"P2", b"P5"):
-        return "pgm"
-    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -180,12 +168,25 @@ def _model_info(predictor: Any) -> dict:
     }
 
 
-def create_app(predictor: Predictor, max_upload_mb: float = 200):
+def create_app(
+    predictor: Predictor,
+    max_upload_mb: float = 200,
+    max_pixels: int = MAX_PIXELS,
+    allowed_hosts: Sequence[str] = LOCAL_HOSTS,
+    api_docs: bool = False,
+):
     """Build the FastAPI app around a loaded predictor.
 
     Args:
         predictor: object with ``predict_files(paths) -> dict`` (see module docstring).
-        max_upload_mb: total size limit of one upload request; larger requests get HTTP 413.
+        max_upload_mb: total size limit of one upload request, counted while it streams in; larger
+            requests get HTTP 413.
+        max_pixels: largest image (width × height × frames, from its header) passed to the predictor;
+            larger files are listed in ``errors`` and never decoded.
+        allowed_hosts: names the Host header may carry, ``host`` (any port) or ``host:port``; other
+            requests get HTTP 400 (DNS rebinding). Uploads whose Origin is another site get 403.
+        api_docs: serve ``/openapi.json``, ``/docs`` and ``/redoc`` (off: they describe the API to
+            any page that can reach it).
 
     Returns:
         A ``fastapi.FastAPI`` application (run it with uvicorn, or :func:`serve`).
@@ -200,11 +201,19 @@ def create_app(predictor: Predictor, max_upload_mb: float = 200):
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     limit = int(max_upload_mb * 1024 * 1024)
     info = _model_info(predictor)
     lock = threading.Lock()  # one prediction at a time: the model is shared and not re-entrant
 
-    app = fastapi.FastAPI(title="mammolens", version=__version__, docs_url=None, redoc_url=None)
+    docs = {"openapi_url": "/openapi.json", "docs_url": "/docs", "redoc_url": "/redoc"} if api_docs else {}
+    app = fastapi.FastAPI(
+        title="mammolens",
+        version=__version__,
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} | docs),
+    )
+    app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def too_large() -> HTTPException:
@@ -214,13 +223,36 @@ def create_app(predictor: Predictor, max_upload_mb: float = 200):
             "(start the server with --max-upload-mb to change it, or send fewer files)",
         )
 
+    def pixel_error(path: Path, kind: str | None) -> str | None:
+        """Why a file must not be decoded, from its header alone; None when it may."""
+        try:
+            geometry = declared_geometry(path, kind)
+        except ValueError as e:
+            return str(e)
+        if geometry is None:
+            return None  # unreadable header: the predictor's reader reports why
+        w, h, frames = geometry
+        if w * h * frames <= max_pixels:
+            return None
+        size = f"{w}×{h}" + (f"×{frames} frames" if frames > 1 else "")
+        return (
+            f"image too large: {size} = {w * h * frames / 1e6:.0f} M pixels, above this server's limit "
+            f"of {max_pixels / 1e6:g} M pixels per image (start the server with --max-pixels to raise it)"
+        )
+
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     @app.get("/api/health")
     def health():
-        return {"status": "ok", "version": __version__, "max_upload_mb": max_upload_mb, **info}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "max_upload_mb": max_upload_mb,
+            "max_pixels": max_pixels,
+            **info,
+        }
 
     def _predict(paths: list[Path]) -> dict:
         with lock:
@@ -229,50 +261,43 @@ def create_app(predictor: Predictor, max_upload_mb: float = 200):
     @app.post("/api/predict")
     async def predict(request: Request):
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:
+        if length is not None and length.isdigit() and int(length) > limit + _BODY_SLACK:
             raise too_large()  # refuse before reading the body
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mammolens-upload-") as tmp:
             tmpdir = Path(tmp)
-            total = 0
+            try:  # chunked bodies have no Content-Length: bytes are counted as they arrive
+                uploads = await receive_files(
+                    request.stream(),
+                    request.headers.get("content-type", ""),
+                    tmpdir,
+                    max_bytes=limit,
+                    max_body=limit + _BODY_SLACK,
+                )
+            except TooManyFiles as e:
+                raise HTTPException(status_code=413, detail=str(e)) from e
+            except UploadTooLarge as e:
+                raise too_large() from e
+            except BadUpload as e:
+                raise HTTPException(status_code=400, detail=str(e)) from e
+            if not uploads:
+                raise HTTPException(
+                    status_code=400,
+                    detail="no files received: send multipart/form-data with one or more 'files' parts",
+                )
             paths: list[Path] = []
             errors: list[dict] = []
-            async with request.form(max_files=2000) as form:
-                uploads = [v for _, v in form.multi_items() if hasattr(v, "read")]
-                if not uploads:
-                    raise HTTPException(
-                        status_code=400,
-                        detail="no files received: send multipart/form-data with one or more 'files' parts",
-                    )
-                for i, up in enumerate(uploads):
-                    safe = sanitize_filename(up.filename, fallback=f"upload-{i + 1}")
-                    stored = safe
-                    n = 1
-                    while (tmpdir / stored).exists():
-                        stem, dot, suf = safe.partition(".")
-                        stored = f"{stem}-{n}{dot}{suf}"
-                        n += 1
-                    dest = tmpdir / stored
-                    head = b""
-                    with dest.open("wb") as fh:
-                        while chunk := await up.read(_CHUNK):
-                            total += len(chunk)
-                            if total > limit:
-                                raise too_large()
-                            if len(head) < 132:
-                                head += chunk[: 132 - len(head)]
-                            fh.write(chunk)
-                    kind = sniff_kind(head)
-                    if kind is None and not stored.lower().endswith((".dcm", ".dicom")):
-                        errors.append(
-                            {
-                                "file": stored,
-                                "reason": "unsupported file type: expected DICOM (.dcm) or "
-                                "PNG/JPEG/TIFF/PGM",
-                            }
-                        )
-                        continue
-                    paths.append(dest)
+            for up in uploads:
+                kind = sniff_kind(up.head)
+                if kind is None and not up.name.lower().endswith((".dcm", ".dicom")):
+                    reason = "unsupported file type: expected DICOM (.dcm) or PNG/JPEG/TIFF/PGM"
+                else:
+                    reason = pixel_error(up.path, kind)
+                if reason is not None:
+                    errors.append({"file": up.name, "reason": reason})
+                    up.path.unlink()
+                    continue
+                paths.append(up.path)
             if paths:
                 try:
                     raw = await run_in_threadpool(_predict, paths)
@@ -298,6 +323,20 @@ def create_app(predictor: Predictor, max_upload_mb: float = 200):
     return app
 
 
+def served_hosts(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """Host-header names a server bound to ``host:port`` answers to: loopback names, the bound
+    address (unless a wildcard) and ``extra``, each with ``port`` unless it names its own."""
+    names = list(LOCAL_HOSTS)
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(f"[{host}]" if ":" in host else host)
+    names += list(extra)
+    out = []
+    for name in names:
+        h, p = split_host(name)  # ValueError names a malformed --allowed-host
+        out.append(f"{h}:{p or port}")
+    return list(dict.fromkeys(out))
+
+
 def serve(
     predictor: Predictor,
     host: str = "127.0.0.1",
@@ -305,8 +344,14 @@ def serve(
     max_upload_mb: float = 200,
     log_level: str = "info",
     warn_public: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    allowed_hosts: Sequence[str] = (),
+    api_docs: bool = False,
 ) -> None:
-    """Run the app with uvicorn (blocking). Binding to a non-loopback host logs a warning."""
+    """Run the app with uvicorn (blocking). Binding to a non-loopback host logs a warning.
+
+    ``allowed_hosts`` are added to the loopback names and the bound address (see :func:`served_hosts`).
+    """
     try:
         import uvicorn
     except ImportError as e:
@@ -317,5 +362,11 @@ def serve(
             "authentication and is meant for local use (use --host 127.0.0.1)",
             host,
         )
-    app = create_app(predictor, max_upload_mb=max_upload_mb)
+    app = create_app(
+        predictor,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        allowed_hosts=served_hosts(host, port, allowed_hosts),
+        api_docs=api_docs,
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
