@@ -432,3 +432,24 @@ def test_predict_pixel_limit_counts_dicom_frames(fake, tmp_path):
 def test_create_app_rejects_nonpositive_max_pixels(fake):
     with pytest.raises(ValueError, match="max_pixels"):
         create_app(fake, max_pixels=0)
+
+
+def test_serve_cli_passes_limits_hosts_and_docs_flags(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import mammolens.inference
+    import mammolens.serve.app
+    from mammolens.cli import app
+
+    got = {}
+    monkeypatch.setattr(mammolens.inference.Predictor, "from_run", classmethod(lambda cls, run: FakePredictor()))
+    monkeypatch.setattr(mammolens.serve.app, "serve", lambda predictor, **kw: got.update(kw))
+    args = ["serve", str(tmp_path), "--port", "9000", "--max-pixels", "5000000", "--allowed-host", "mammo.lan"]
+    res = CliRunner().invoke(app, [*args, "--allowed-host", "proxy:443", "--api-docs"])
+    assert res.exit_code == 0, res.output
+    assert got["max_pixels"] == 5_000_000 and got["api_docs"] is True
+    assert list(got["allowed_hosts"]) == ["mammo.lan", "proxy:443"] and got["port"] == 9000
+    res = CliRunner().invoke(app, ["serve", str(tmp_path)])
+    assert got["max_pixels"] == 100_000_000 and got["api_docs"] is False and list(got["allowed_hosts"]) == []
+    res = CliRunner().invoke(app, ["serve", str(tmp_path), "--allowed-host", "a:b:c"])
+    assert res.exit_code == 2 and "--allowed-host" in res.output

@@ -213,7 +213,8 @@ def create_app(
         version=__version__,
         **({"openapi_url": None, "docs_url": None, "redoc_url": None} | docs),
     )
-    app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts)
+    SecurityMiddleware(None, allowed_hosts)  # malformed or empty allowed_hosts fail here, not at the first request
+    app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts, docs_paths=["/docs", "/redoc"] if api_docs else [])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def too_large() -> HTTPException:

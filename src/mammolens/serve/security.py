@@ -11,17 +11,20 @@ import json
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-__all__ = ["CSP", "LOCAL_HOSTS", "SecurityMiddleware", "split_host"]
+__all__ = ["CSP", "DOCS_CSP", "LOCAL_HOSTS", "SecurityMiddleware", "split_host"]
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # the page loads /static/app.js and /static/style.css and shows overlays as data: URLs
 CSP = "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+# the opt-in /docs and /redoc pages run inline scripts from a CDN: they keep only the framing rule
+DOCS_CSP = "frame-ancestors 'none'"
 _HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
+_DOCS_HEADERS = [(k, DOCS_CSP.encode() if k == b"content-security-policy" else v) for k, v in _HEADERS]
 _NO_STORE = (b"cache-control", b"no-store")
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -56,13 +59,18 @@ class SecurityMiddleware:
     Args:
         app: the ASGI app to wrap.
         allowed_hosts: ``host`` (any port) or ``host:port`` entries the Host header may name.
+        docs_paths: paths served with :data:`DOCS_CSP` instead of :data:`CSP`.
+
+    Raises:
+        ValueError: ``allowed_hosts`` is empty or holds a malformed entry.
     """
 
-    def __init__(self, app, allowed_hosts: Iterable[str] = LOCAL_HOSTS):
+    def __init__(self, app, allowed_hosts: Iterable[str] = LOCAL_HOSTS, docs_paths: Iterable[str] = ()):
         self.app = app
         self.allowed = [split_host(h) for h in allowed_hosts]
         if not self.allowed:
             raise ValueError("allowed_hosts is empty: no request could reach the server")
+        self.docs_paths = frozenset(docs_paths)
 
     def _host_ok(self, host_port: tuple[str, int]) -> bool:
         return any(h == host_port[0] and (p is None or p == host_port[1]) for h, p in self.allowed)
@@ -86,11 +94,12 @@ class SecurityMiddleware:
         if origin is not None and scope["method"] not in _SAFE_METHODS and not _same_origin(origin, host_port):
             return await _refuse(send, 403, "cross-origin request refused: uploads are accepted only "
                                  "from this server's own page")
-        no_store = scope["path"].startswith("/api/")
+        extra = _DOCS_HEADERS if scope["path"] in self.docs_paths else _HEADERS
+        if scope["path"].startswith("/api/"):
+            extra = extra + [_NO_STORE]
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                extra = _HEADERS + ([_NO_STORE] if no_store else [])
                 names = {k for k, _ in extra}
                 message = {**message, "headers": [h for h in message.get("headers", []) if h[0].lower() not in names] + extra}
             await send(message)
