@@ -334,12 +334,12 @@ def test_predict_chunked_body_over_limit_stops_reading(fake, tmp_path, monkeypat
     assert fake.calls == []
 
 
-def test_predict_chunked_body_within_limit_is_received(fake, tmp_path, monkeypatch):
+def test_predict_chunked_body_within_limit_is_received(fake):
     import json
 
     status, _, body, pulled = _asgi_post(
         create_app(fake, max_upload_mb=1),
-        [b"--B\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x_L.png\"\r\n\r\n", _png(90), b"\r\n--B--\r\n"],
+        [b'--B\r\nContent-Disposition: form-data; name="files"; filename="x_L.png"\r\n\r\n', _png(90), b"\r\n--B--\r\n"],
         {"host": "127.0.0.1:8000", "content-type": "multipart/form-data; boundary=B"},
     )
     assert status == 200, body

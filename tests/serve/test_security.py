@@ -78,7 +78,9 @@ def test_page_needs_nothing_the_csp_forbids():
     assert re.findall(r"(?:src|href)=\"(?!/static/)", html) == []  # only same-origin assets
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "testserver", "127.0.0.1.nip.io:8000", "[::1", "a:b:c"])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "testserver", "127.0.0.1.nip.io:8000", "[::1", "a:b:c"]
+)
 def test_foreign_host_is_refused(client, rec, host):
     r = client.get("/api/health", headers={"host": host})
     assert r.status_code == 400
@@ -138,7 +140,8 @@ def test_same_origin_or_no_origin_post_is_accepted(client, rec, origin):
 
 def test_origin_default_port_matches_host_without_port(rec):
     client = TestClient(create_app(rec), base_url="http://localhost")
-    r = client.post("/api/predict", headers={"origin": "http://localhost"}, files=[("files", ("a.png", PNG, "image/png"))])
+    files = [("files", ("a.png", PNG, "image/png"))]
+    r = client.post("/api/predict", headers={"origin": "http://localhost"}, files=files)
     assert r.status_code == 200, r.text
 
 

@@ -214,7 +214,8 @@ def create_app(
         **({"openapi_url": None, "docs_url": None, "redoc_url": None} | docs),
     )
     SecurityMiddleware(None, allowed_hosts)  # malformed or empty allowed_hosts fail here, not at the first request
-    app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts, docs_paths=["/docs", "/redoc"] if api_docs else [])
+    docs_paths = ["/docs", "/redoc"] if api_docs else []
+    app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts, docs_paths=docs_paths)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def too_large() -> HTTPException:

@@ -87,13 +87,16 @@ class SecurityMiddleware:
             host_port = None
         if host_port is None or not self._host_ok(host_port):
             # DNS rebinding: a foreign name that resolves to this machine
-            return await _refuse(send, 400, "Host header not allowed: this server answers only to "
-                                 f"{', '.join(_show(h, p) for h, p in self.allowed)} "
-                                 "(start it with --allowed-host NAME to add a name)")
+            names = ", ".join(_show(h, p) for h, p in self.allowed)
+            detail = (
+                f"Host header not allowed: this server answers only to {names} "
+                "(start it with --allowed-host NAME to add a name)"
+            )
+            return await _refuse(send, 400, detail)
         origin = headers.get("origin")
         if origin is not None and scope["method"] not in _SAFE_METHODS and not _same_origin(origin, host_port):
-            return await _refuse(send, 403, "cross-origin request refused: uploads are accepted only "
-                                 "from this server's own page")
+            detail = "cross-origin request refused: uploads are accepted only from this server's own page"
+            return await _refuse(send, 403, detail)
         extra = _DOCS_HEADERS if scope["path"] in self.docs_paths else _HEADERS
         if scope["path"].startswith("/api/"):
             extra = extra + [_NO_STORE]
@@ -101,7 +104,8 @@ class SecurityMiddleware:
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 names = {k for k, _ in extra}
-                message = {**message, "headers": [h for h in message.get("headers", []) if h[0].lower() not in names] + extra}
+                kept = [h for h in message.get("headers", []) if h[0].lower() not in names]
+                message = {**message, "headers": kept + extra}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
