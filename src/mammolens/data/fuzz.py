@@ -83,6 +83,7 @@ _TS_SWAPS = {  # (source compression, label written) for the "ts_*" mutations
     "ts_explicit_as_rle": ("explicit", "rle"),
     "ts_rle_as_jpeg2000": ("rle", "jpeg2000"),
 }
+_ALWAYS = ("png_", "tiff_", "ts_", "rows_columns_65535")  # kept in every corpus, however small
 _BYTES = ("pixel_flip", "header_flip", "truncate", "append_junk")
 _RASTER = ("png_truncate", "png_flip", "png_append_junk")
 
@@ -212,9 +213,10 @@ def make_fuzz_corpus(out_dir: str | PathLike, n: int = 300, seed: int = 0,
                      sources: list[str | PathLike] | None = None) -> pd.DataFrame:
     """Write good sources and ``n`` mutants of them; return (and write ``corpus.csv``) one row per file.
 
-    Every structured mutation (header values, pixel data length, transfer syntax swaps, decompression
-    bombs) is applied once to each source it fits, then random byte-level mutations (flips in the pixel
-    data or header, truncation, appended junk) fill up to ``n`` files. Same ``seed``, same files.
+    Structured mutations (header values, pixel data length, transfer syntax swaps, decompression bombs)
+    are applied to one source of each kind (compression x single/multi-frame), an evenly spaced subset
+    when they exceed two thirds of ``n``; random byte-level mutations (flips in the pixel data or header,
+    truncation, appended junk) fill up to ``n`` files. Same ``seed``, same files.
 
     Args:
         out_dir: folder for ``sources/`` (unless given), ``mutants/`` and ``corpus.csv``.
@@ -289,6 +291,11 @@ def make_fuzz_corpus(out_dir: str | PathLike, n: int = 300, seed: int = 0,
         junk = r.bytes(int(r.integers(1, 4096)))
         return bytes(data) + junk, "either"
 
+    if len(planned) > n - n // 3:  # a third of the corpus stays random byte-level corruption
+        must = [x for x in planned if x[0].startswith(_ALWAYS)]
+        rest = [x for x in planned if not x[0].startswith(_ALWAYS)]
+        keep = max(0, n - n // 3 - len(must))
+        planned = must + [rest[i] for i in np.unique(np.linspace(0, len(rest) - 1, keep).round().astype(int))][:keep]
     k = 0
     while len(planned) < n:  # random byte-level mutants fill the rest
         if pngs and k % 6 == 5:
@@ -302,9 +309,6 @@ def make_fuzz_corpus(out_dir: str | PathLike, n: int = 300, seed: int = 0,
             dst.write_bytes(data)
         planned.append((kind, p, byte_mutant(kind, p, np.random.default_rng([seed, k]))[1], writer))
         k += 1
-    # a deterministic subset when the structured mutations alone exceed n (keeps every kind represented)
-    if len(planned) > n:
-        planned = [planned[i] for i in np.unique(np.linspace(0, len(planned) - 1, n).round().astype(int))]
     for i, (name, p, expect, writer) in enumerate(planned):
         suffix = ".tif" if name == "tiff_float_nan" else (".png" if p.suffix.lower() == ".png" else ".dcm")
         dst = mut_dir / f"{i:04d}_{name}_{p.stem}{suffix}"

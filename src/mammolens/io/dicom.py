@@ -126,7 +126,7 @@ def _looks_like_headerless_dicom(path: str | PathLike) -> bool:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=None)
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=1 << 20)
         return any(k in ds for k in ("SOPClassUID", "Modality", "StudyInstanceUID", "Rows", "PatientID"))
     except Exception:  # anything pydicom chokes on is not DICOM
         return False
@@ -477,16 +477,31 @@ def _load(path: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # values over 1 MiB stay on disk until used: a corrupt length field must not make pydicom
+            # read (allocate) gigabytes; they are checked against the file size below
             try:
-                return pydicom.dcmread(path)
+                ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
             except InvalidDicomError:
                 if not _looks_like_headerless_dicom(path):
                     raise
-                return pydicom.dcmread(path, force=True)
+                ds = pydicom.dcmread(path, force=True, defer_size=_DEFER_SIZE)
+            if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+                return pydicom.dcmread(path, force=True)  # deflated: offsets are in the inflated stream
     except InvalidDicomError:
         raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble and no parseable DICOM header)") from None
     except Exception as exc:  # pydicom raises assorted errors on truncated headers
         raise ImageReadError(path, f"unreadable or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
+    size = path.stat().st_size
+    for tag in ds.keys():  # top-level elements as stored: their lengths, deferred values left unread
+        elem = ds.get_item(tag, keep_deferred=True)
+        length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+        if length is not None and tell is not None and length != 0xFFFFFFFF and tell + length > size:
+            raise ImageReadError(path, f"truncated: element {elem.tag} declares {length:,} bytes, the file holds "
+                                 f"{max(size - tell, 0):,} after it")
+    return ds
+
+
+_DEFER_SIZE = 1 << 20
 
 
 def _check_image(path: Path, ds) -> None:
