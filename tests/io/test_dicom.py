@@ -376,7 +376,7 @@ def test_read_dicom_pydicom_multiframe_is_dbt():
     ("examples_palette.dcm", "not a greyscale mammogram"),
     ("rtstruct.dcm", "without pixel data"),
     ("test-SR.dcm", "without pixel data"),
-    ("MR_truncated.dcm", "cannot decode pixel data"),
+    ("MR_truncated.dcm", "truncated: element \(7FE0,0010\) declares 8,192 bytes, the file holds 8,130"),
 ])
 def test_read_dicom_pydicom_files_rejected(name, message):
     path = _pydicom_file(name)
@@ -441,3 +441,176 @@ def test_native_frame_is_a_view_and_masks_junk_bits(tmp_path, ramp12):
     np.testing.assert_allclose(img.pixels, expected, atol=1e-6)
     compressed = write_dicom(tmp_path / "rle.dcm", ramp12, bits_stored=12, compression="rle")
     assert _native_frame(pydicom.dcmread(compressed), 1) is None  # pydicom decodes those
+
+
+# ------------------------------------------------------------ hostile files (issue 10): refused cleanly
+def _needs(compression):
+    if compression not in available_compressions():
+        pytest.skip(f"no encoder for {compression}")
+
+
+def _edit(path: Path, **attrs) -> Path:
+    """Rewrite a DICOM with header attributes changed (values written as given, unvalidated)."""
+    ds = pydicom.dcmread(path)
+    with pydicom.config.disable_value_validation():
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+class _FakePanic(BaseException):
+    """Like pyo3's PanicException: derives from BaseException, so ``except Exception`` misses it."""
+
+
+def test_read_dicom_decoder_base_exception_becomes_image_read_error(tmp_path, ramp12, monkeypatch):
+    _needs("rle")
+    path = write_dicom(tmp_path / "panic.dcm", ramp12, bits_stored=12, compression="rle")
+
+    def panic(self):
+        raise _FakePanic("index out of bounds: the len is 1920 but the index is 1921")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(panic))
+    for reader in (read_dicom, read_image):
+        with pytest.raises(ImageReadError, match=r"panic\.dcm: .*_FakePanic: index out of bounds"):
+            reader(path)
+
+
+def test_read_dicom_real_rle_decoder_panic_becomes_image_read_error(tmp_path, ramp12):
+    """Half the Columns on an RLE file: pylibjpeg-rle panics (a Rust PanicException) on the longer segments."""
+    _needs("rle")
+    from pydicom.pixels import get_decoder
+
+    if "pylibjpeg" not in get_decoder(pydicom.uid.RLELossless).available_plugins:
+        pytest.skip("pylibjpeg-rle is not installed")
+    path = _edit(write_dicom(tmp_path / "rle.dcm", ramp12, bits_stored=12, compression="rle"), Columns=24)
+    with pytest.raises(ImageReadError, match=r"rle\.dcm: .*(PanicException|cannot decode)"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("attrs, message", [
+    (dict(Rows=0), "Rows x Columns is 0 x 48"),
+    (dict(Columns=0), "Rows x Columns is 32 x 0"),
+    (dict(NumberOfFrames=0), "NumberOfFrames is 0"),
+    (dict(BitsAllocated=12), "BitsAllocated 12 is not 1, 8, 16 or 32"),
+    (dict(BitsStored=0), "BitsStored 0 is not between 1 and BitsAllocated"),
+    (dict(Rows=33), r"pixel data hold 3,072 bytes but .* \(33 x 48 x 1 x 16\) needs 3,168: truncated"),
+    (dict(Rows=16), r"pixel data hold 3,072 bytes, 1,536 more than .* declares"),
+    (dict(RescaleSlope="NaN", RescaleIntercept="0"), "(?i)RescaleSlope 'nan' is not a finite number"),
+    (dict(RescaleSlope="1", RescaleIntercept="-inf"), "RescaleIntercept '-inf' is not a finite number"),
+    (dict(RescaleSlope="0", RescaleIntercept="0"), "RescaleSlope 0 maps every pixel to one value"),
+    (dict(RescaleSlope="1e31", RescaleIntercept="0"), "RescaleSlope '1e31' is not a finite number of sensible size"),
+    (dict(WindowCenter="NaN", WindowWidth="1000"), "(?i)WindowCenter 'nan' is not a finite number"),
+    (dict(WindowCenter="2000", WindowWidth="inf"), "WindowWidth 'inf' is not a finite number"),
+])
+def test_read_dicom_refuses_bad_geometry_and_header_numbers(tmp_path, ramp12, attrs, message):
+    path = _edit(write_dicom(tmp_path / "bad.dcm", ramp12, bits_stored=12), **attrs)
+    with pytest.raises(ImageReadError, match=message) as err:
+        read_image(path)
+    assert err.value.path == str(path)
+
+
+def test_read_dicom_pixel_data_one_pad_byte_allowed(tmp_path):
+    arr = np.arange(3 * 5, dtype=np.uint8).reshape(3, 5)  # 15 bytes: written padded to 16
+    img = read_dicom(write_dicom(tmp_path / "odd.dcm", arr, bits_stored=8), apply_voi=False)
+    np.testing.assert_allclose(img.pixels, arr / 255.0, atol=1e-6)
+
+
+def test_read_dicom_pixel_data_short_or_long_refused(tmp_path, ramp12):
+    for name, cut in (("short.dcm", slice(0, -2)), ("long.dcm", slice(None))):
+        path = write_dicom(tmp_path / name, ramp12, bits_stored=12)
+        ds = pydicom.dcmread(path)
+        ds.PixelData = ds.PixelData[cut] + (b"\0\0" if name == "long.dcm" else b"")
+        ds.save_as(path)
+        with pytest.raises(ImageReadError, match="bytes but|more than"):
+            read_dicom(path)
+
+
+def test_read_dicom_pixel_budget_refuses_huge_rle_without_allocating(tmp_path, ramp12):
+    import time
+    import tracemalloc
+
+    _needs("rle")
+    path = _edit(write_dicom(tmp_path / "bomb.dcm", ramp12, bits_stored=12, compression="rle"),
+                 Rows=65535, Columns=65535)
+    tracemalloc.start()
+    t = time.perf_counter()
+    with pytest.raises(ImageReadError, match=r"65535 x 65535 = 4,294,836,225 pixels exceeds the pixel budget"):
+        read_image(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t < 2.0 and peak < 20 * 2**20  # refused from the header: no 8 GiB buffer
+
+
+def test_read_dicom_rle_data_too_short_for_geometry(tmp_path, ramp12):
+    _needs("rle")
+    path = _edit(write_dicom(tmp_path / "rle.dcm", ramp12, bits_stored=12, compression="rle"), Rows=3000, Columns=3000)
+    with pytest.raises(ImageReadError, match="RLE data of .* bytes cannot hold 1 frame"):
+        read_dicom(path)
+
+
+def test_read_dicom_max_pixels_keyword_and_environment(tmp_path, ramp12, monkeypatch):
+    path = write_dicom(tmp_path / "ok.dcm", ramp12, bits_stored=12)
+    assert read_image(path, max_pixels=32 * 48).shape == (32, 48)
+    with pytest.raises(ImageReadError, match="1,536 pixels exceeds the pixel budget of 1,535"):
+        read_image(path, max_pixels=32 * 48 - 1)
+    monkeypatch.setenv("MAMMOLENS_MAX_PIXELS", "1000")
+    with pytest.raises(ImageReadError, match="budget of 1,000"):
+        read_dicom(path)
+    monkeypatch.setenv("MAMMOLENS_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="MAMMOLENS_MAX_PIXELS must be a positive number"):
+        read_dicom(path)
+
+
+def test_read_dicom_dbt_budget_counts_decoded_frames(tmp_path):
+    stack = np.arange(4 * 8 * 6, dtype=np.uint16).reshape(4, 8, 6)
+    path = write_dicom(tmp_path / "dbt.dcm", stack, sop_class="dbt", bits_stored=12)
+    with pytest.raises(ImageReadError, match="8 x 6 x 4 frames = 192 pixels exceeds"):
+        read_dicom(path, dbt="mip", max_pixels=100)
+    assert read_dicom(path, frame=1, max_pixels=100).shape == (8, 6)  # one frame decoded: 48 pixels
+
+
+@pytest.mark.parametrize("source, label, message", [
+    ("jpeg2000", pydicom.uid.JPEGBaseline8Bit, "says JPEG Baseline .* hold a JPEG 2000 codestream"),
+    ("jpeg-baseline", pydicom.uid.JPEG2000Lossless, "says JPEG 2000 .* hold a JPEG codestream"),
+    ("jpeg2000", pydicom.uid.JPEGLSLossless, "says JPEG-LS .* hold a JPEG 2000 codestream"),
+])
+def test_read_dicom_transfer_syntax_must_match_codestream(tmp_path, source, label, message):
+    _needs(source)
+    arr = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (32, 1))
+    path = write_dicom(tmp_path / "ts.dcm", arr, bits_stored=8, compression=source)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = label
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match=message):
+        read_dicom(path)
+
+
+def test_read_dicom_codestream_size_must_match_header(tmp_path, ramp12):
+    _needs("jpeg2000")
+    path = _edit(write_dicom(tmp_path / "j2k.dcm", ramp12, bits_stored=12, compression="jpeg2000"), Rows=64)
+    with pytest.raises(ImageReadError, match="JPEG 2000 codestream is 32 x 48 but Rows x Columns is 64 x 48"):
+        read_dicom(path)
+
+
+def test_read_dicom_install_hint_only_without_decoder(tmp_path, monkeypatch):
+    _needs("jpegls")
+    from pydicom.encaps import encapsulate, generate_frames
+
+    arr = np.tile(np.linspace(0, 4095, 40).astype(np.uint16), (32, 1))
+    path = write_dicom(tmp_path / "ls.dcm", arr, bits_stored=12, compression="jpegls")
+    ds = pydicom.dcmread(path)
+    frag = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frag[:17] + b"\x02" + frag[18:]])  # non-conformant scan header: 2 components
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="cannot decode pixel data") as err:
+        read_dicom(path)
+    assert "A decoder is installed" in str(err.value) and "pip install" not in str(err.value)
+
+    class _Missing:
+        is_available, available_plugins = False, ()
+        missing_dependencies = ["pylibjpeg - requires pylibjpeg>=2.0"]
+
+    monkeypatch.setattr("pydicom.pixels.get_decoder", lambda ts: _Missing())
+    with pytest.raises(ImageReadError, match="No decoder for this transfer syntax is installed: pip install"):
+        read_dicom(path)

@@ -71,3 +71,52 @@ def test_read_image_unknown_suffix(tmp_path):
     path.write_text("hello " * 50)
     with pytest.raises(ImageReadError, match="not a supported raster"):
         read_image(path)
+
+
+# ------------------------------------------------------------ hostile files (issue 10): refused cleanly
+def test_read_raster_decompression_bomb_refused(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # 60,000 pixels: Pillow only warns below 2x this
+    with pytest.raises(ImageReadError, match=r"bomb\.png: refused as a decompression bomb"):
+        read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # over 2x: Pillow's own DecompressionBombError
+    with pytest.raises(ImageReadError, match="refused as a decompression bomb"):
+        read_raster(path)
+
+
+def test_read_raster_pixel_budget_checked_before_load(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("L", (40, 30)).save(path)
+    loads = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(1))
+    with pytest.raises(ImageReadError, match="30 x 40 = 1,200 pixels exceeds the pixel budget of 1,000"):
+        read_image(path, max_pixels=1000)
+    monkeypatch.setenv("MAMMOLENS_MAX_PIXELS", "1000")
+    with pytest.raises(ImageReadError, match="budget of 1,000"):
+        read_raster(path)
+    assert loads == []
+
+
+def test_read_raster_float_nan_refused(tmp_path):
+    arr = np.linspace(0, 1, 20 * 10, dtype=np.float32).reshape(20, 10)
+    arr[3, 4] = np.nan
+    path = tmp_path / "nan.tif"
+    Image.fromarray(arr, mode="F").save(path)
+    with pytest.raises(ImageReadError, match="NaN/Inf"):
+        read_image(path)
+
+
+def test_read_raster_decoder_base_exception_becomes_image_read_error(tmp_path, monkeypatch):
+    class FakePanic(BaseException):
+        pass
+
+    path = tmp_path / "x.png"
+    Image.new("L", (4, 4)).save(path)
+
+    def panic(self):
+        raise FakePanic("decoder panicked")
+
+    monkeypatch.setattr(Image.Image, "load", panic)
+    with pytest.raises(ImageReadError, match=r"x\.png: .*FakePanic: decoder panicked"):
+        read_image(path)

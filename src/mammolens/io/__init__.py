@@ -9,7 +9,16 @@ from __future__ import annotations
 from os import PathLike
 from pathlib import Path
 
-from mammolens.io._types import META_KEYS, ImageReadError, MammoImage, empty_meta
+from mammolens.io._types import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    META_KEYS,
+    ImageReadError,
+    MammoImage,
+    empty_meta,
+    image_read_guard,
+    max_pixels_limit,
+)
 
 RASTER_SUFFIXES = (".png", ".pgm", ".pnm", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -33,24 +42,27 @@ def read_image(path: str | PathLike, **kw) -> MammoImage:
 
     Args:
         path: the file.
-        **kw: passed to ``read_dicom`` (``dbt``, ``slab``, ``frame``, ``apply_voi``, ...); ignored
-            for rasters.
+        **kw: passed to ``read_dicom`` (``dbt``, ``slab``, ``frame``, ``apply_voi``, ``max_pixels``, ...);
+            rasters take only ``max_pixels``.
 
     Raises:
         FileNotFoundError: no such file.
-        ImageReadError: neither a readable DICOM nor a supported raster.
+        ImageReadError: neither a readable DICOM nor a supported raster, or any failure reading it
+            (corrupt data, a header that disagrees with the data, over the pixel budget, a decoder panic).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    if is_dicom(path):
+    with image_read_guard(path):
+        dicom = is_dicom(path)
+    if dicom:
         from mammolens.io.dicom import read_dicom
 
         return read_dicom(path, **kw)
     if path.suffix.lower() in RASTER_SUFFIXES:
         from mammolens.io.images import read_raster
 
-        return read_raster(path)
+        return read_raster(path, max_pixels=kw.get("max_pixels"))
     raise ImageReadError(
         path,
         f"not a DICOM file and suffix {path.suffix!r} is not a supported raster "
@@ -58,4 +70,5 @@ def read_image(path: str | PathLike, **kw) -> MammoImage:
     )
 
 
-__all__ = ["META_KEYS", "ImageReadError", "MammoImage", "empty_meta", "is_dicom", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "META_KEYS", "ImageReadError", "MammoImage", "empty_meta",
+           "image_read_guard", "is_dicom", "max_pixels_limit", "read_image"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
 
@@ -42,6 +44,60 @@ class ImageReadError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+DEFAULT_MAX_PIXELS = 1_200_000_000
+"""Most pixels one read may decode (Rows x Columns x frames decoded): a DBT stack of ~140 frames of
+3328 x 2560 fits, a 65535 x 65535 image (4.3e9) does not. ``MAMMOLENS_MAX_PIXELS`` overrides it."""
+
+MAX_PIXELS_ENV = "MAMMOLENS_MAX_PIXELS"
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The pixel budget: ``max_pixels`` when given, else ``$MAMMOLENS_MAX_PIXELS``, else ``DEFAULT_MAX_PIXELS``."""
+    if max_pixels is not None:
+        value, source = max_pixels, "max_pixels"
+    elif os.environ.get(MAX_PIXELS_ENV, "").strip():
+        value, source = os.environ[MAX_PIXELS_ENV].strip(), MAX_PIXELS_ENV
+    else:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(value))
+    except (TypeError, ValueError):
+        limit = 0
+    if limit <= 0:
+        raise ValueError(f"{source} must be a positive number of pixels (e.g. 1.2e9), got {value!r}")
+    return limit
+
+
+def check_pixel_budget(path: str | PathLike, rows: int, columns: int, frames: int, max_pixels: int | None) -> None:
+    """Refuse, before anything is decoded, an image whose declared size exceeds the pixel budget."""
+    limit = max_pixels_limit(max_pixels)
+    n = rows * columns * frames
+    if n > limit:
+        raise ImageReadError(
+            path, f"declared size {rows} x {columns}{f' x {frames} frames' if frames > 1 else ''} = {n:,} pixels "
+            f"exceeds the pixel budget of {limit:,} (max_pixels= or ${MAX_PIXELS_ENV} raise it); not decoded")
+
+
+@contextmanager
+def image_read_guard(path: str | PathLike):
+    """Turn every failure while reading ``path`` into ``ImageReadError`` (``FileNotFoundError`` stays).
+
+    Decoders written in Rust raise pyo3's ``PanicException``, a ``BaseException`` that ``except
+    Exception`` misses; it, ``MemoryError`` and any other error become ``ImageReadError`` here, so one
+    bad file never ends a batch. Only ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass.
+    """
+    try:
+        yield
+    except (ImageReadError, FileNotFoundError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except MemoryError as exc:
+        raise ImageReadError(path, f"out of memory while reading ({exc or 'MemoryError'}); the header probably "
+                             "declares far more pixels than the file holds") from exc
+    except BaseException as exc:  # noqa: BLE001 - decoder panics derive from BaseException
+        raise ImageReadError(path, f"the reader failed on this file ({type(exc).__name__}: {exc}); the file is "
+                             "corrupt or not conformant") from exc
 
 
 @dataclass

@@ -64,6 +64,7 @@ normalised (``"HOLOGIC, Inc."`` -> ``"Hologic"``, ``"GE MEDICAL SYSTEMS"`` -> ``
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 from os import PathLike
 from pathlib import Path
@@ -71,7 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from mammolens.constants import VIEWS
-from mammolens.io._types import ImageReadError, MammoImage, empty_meta
+from mammolens.io._types import ImageReadError, MammoImage, check_pixel_budget, empty_meta, image_read_guard
 
 READER_VERSION = "1.2"
 """Bumped whenever the conversion of stored values to pixels changes (caches record it)."""
@@ -125,7 +126,7 @@ def _looks_like_headerless_dicom(path: str | PathLike) -> bool:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=None)
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, defer_size=1 << 20)
         return any(k in ds for k in ("SOPClassUID", "Modality", "StudyInstanceUID", "Rows", "PatientID"))
     except Exception:  # anything pydicom chokes on is not DICOM
         return False
@@ -426,12 +427,26 @@ def _modality_params(ds, frame: int | None):
     """(slope, intercept, modality LUT item or None, where found)."""
     if ds.get("ModalityLUTSequence"):
         return 1.0, 0.0, ds.ModalityLUTSequence[0], "ModalityLUTSequence"
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0), None, "Rescale"
-    item = _fg_item(ds, "PixelValueTransformationSequence", frame)
-    if item is not None:
-        return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0), None, "PixelValueTransformationSequence"
+    for src, where in ((ds, "Rescale"), (_fg_item(ds, "PixelValueTransformationSequence", frame), "PixelValueTransformationSequence")):
+        if src is not None and ("RescaleSlope" in src or "RescaleIntercept" in src):
+            slope, intercept = src.get("RescaleSlope", 1), src.get("RescaleIntercept", 0)
+            slope = 1.0 if slope is None or slope == "" else _number(slope, "RescaleSlope")
+            intercept = 0.0 if intercept is None or intercept == "" else _number(intercept, "RescaleIntercept")
+            if slope == 0:
+                raise ValueError("RescaleSlope 0 maps every pixel to one value")
+            return slope, intercept, None, where
     return 1.0, 0.0, None, "none"
+
+
+def _number(value, keyword: str) -> float:
+    """A header number as a finite float; ``ValueError`` naming the attribute otherwise (NaN, Inf, text)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} {str(value)[:40]!r} is not a number") from None
+    if not np.isfinite(x) or abs(x) > 1e30:
+        raise ValueError(f"{keyword} {str(value)[:40]!r} is not a finite number of sensible size")
+    return x
 
 
 def _voi_params(ds, frame: int | None):
@@ -446,8 +461,10 @@ def _voi_params(ds, frame: int | None):
     window = None
     if src.get("WindowCenter") is not None and src.get("WindowWidth") is not None:
         c, w = _first(src.WindowCenter), _first(src.WindowWidth)
-        if c is not None and w is not None and float(w) > 0:
-            window = (float(c), float(w))
+        if c is not None and w is not None:
+            window = (_number(c, "WindowCenter"), _number(w, "WindowWidth"))
+            if window[1] <= 0:  # an invalid width: no usable window (the percentile window is used)
+                window = None
     function = str(src.get("VOILUTFunction", "LINEAR") or "LINEAR").upper().strip()
     return lut_item, window, function
 
@@ -460,16 +477,31 @@ def _load(path: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # values over 1 MiB stay on disk until used: a corrupt length field must not make pydicom
+            # read (allocate) gigabytes; they are checked against the file size below
             try:
-                return pydicom.dcmread(path)
+                ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
             except InvalidDicomError:
                 if not _looks_like_headerless_dicom(path):
                     raise
-                return pydicom.dcmread(path, force=True)
+                ds = pydicom.dcmread(path, force=True, defer_size=_DEFER_SIZE)
+            if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+                return pydicom.dcmread(path, force=True)  # deflated: offsets are in the inflated stream
     except InvalidDicomError:
         raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble and no parseable DICOM header)") from None
     except Exception as exc:  # pydicom raises assorted errors on truncated headers
         raise ImageReadError(path, f"unreadable or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
+    size = path.stat().st_size
+    for tag in ds.keys():  # top-level elements as stored: their lengths, deferred values left unread
+        elem = ds.get_item(tag, keep_deferred=True)
+        length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+        if length is not None and tell is not None and length != 0xFFFFFFFF and tell + length > size:
+            raise ImageReadError(path, f"truncated: element {elem.tag} declares {length:,} bytes, the file holds "
+                                 f"{max(size - tell, 0):,} after it")
+    return ds
+
+
+_DEFER_SIZE = 1 << 20
 
 
 def _check_image(path: Path, ds) -> None:
@@ -490,6 +522,126 @@ def _check_image(path: Path, ds) -> None:
     for kw in ("Rows", "Columns", "BitsAllocated"):
         if kw not in ds:
             raise ImageReadError(path, f"image attribute {kw} is missing")
+    _check_geometry(path, ds)
+
+
+def _header_int(path: Path, ds, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
+    value = default if value is None or value == "" else value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, f"{keyword} {str(value)[:40]!r} is not an integer") from None
+
+
+def _check_geometry(path: Path, ds) -> None:
+    """The declared geometry is one a greyscale image can have (header only; pixel data not touched)."""
+    rows, cols = _header_int(path, ds, "Rows"), _header_int(path, ds, "Columns")
+    frames = _header_int(path, ds, "NumberOfFrames", 1)
+    alloc = _header_int(path, ds, "BitsAllocated")
+    stored = _header_int(path, ds, "BitsStored", alloc)
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError(path, f"Rows x Columns is {rows} x {cols}: an image needs at least one row and column")
+    if frames < 1:
+        raise ImageReadError(path, f"NumberOfFrames is {frames}: an image needs at least one frame")
+    if alloc not in (1, 8, 16, 32):
+        raise ImageReadError(path, f"BitsAllocated {alloc} is not 1, 8, 16 or 32")
+    if not 1 <= stored <= alloc:
+        raise ImageReadError(path, f"BitsStored {stored} is not between 1 and BitsAllocated ({alloc})")
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_CODESTREAM = {  # transfer syntax -> the codestream its fragments must hold
+    "1.2.840.10008.1.2.4.50": "JPEG", "1.2.840.10008.1.2.4.51": "JPEG", "1.2.840.10008.1.2.4.57": "JPEG",
+    "1.2.840.10008.1.2.4.70": "JPEG", "1.2.840.10008.1.2.4.80": "JPEG-LS", "1.2.840.10008.1.2.4.81": "JPEG-LS",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000", "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "JPEG 2000", "1.2.840.10008.1.2.4.202": "JPEG 2000",
+    "1.2.840.10008.1.2.4.203": "JPEG 2000", "1.2.840.10008.1.2.5": "RLE",
+}
+
+
+def _codestream(frag: bytes) -> tuple[str, int, int]:
+    """(kind, rows, columns) of the codestream a fragment starts with; rows/columns 0 when not stated."""
+    if frag[:4] == b"\xff\x4f\xff\x51" or frag[4:8] == b"jP  ":  # J2K codestream, or a JP2 file (boxes)
+        siz = frag.find(b"\xff\x4f\xff\x51")
+        if siz < 0 or len(frag) < siz + 24:
+            return "JPEG 2000", 0, 0
+        x, y, x0, y0 = (int.from_bytes(frag[siz + i : siz + i + 4], "big") for i in (8, 12, 16, 20))
+        return "JPEG 2000", y - y0, x - x0
+    if frag[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(frag) and frag[i] == 0xFF:
+            marker = frag[i + 1]
+            if marker == 0xF7 or marker in _JPEG_SOF:
+                rows, cols = int.from_bytes(frag[i + 5 : i + 7], "big"), int.from_bytes(frag[i + 7 : i + 9], "big")
+                return ("JPEG-LS" if marker == 0xF7 else "JPEG"), rows, cols
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker == 0xDA:  # start of scan before any frame header
+                break
+            i += 2 + int.from_bytes(frag[i + 2 : i + 4], "big")
+        return "JPEG", 0, 0
+    return "unknown", 0, 0
+
+
+def _check_pixel_data(path: Path, ds, frames: int, max_pixels: int | None, decoded_frames: int) -> None:
+    """Refuse, before decoding, pixel data that cannot hold the declared geometry or exceeds the budget.
+
+    Native data must be exactly Rows x Columns x Frames x BitsAllocated / 8 bytes (plus one pad byte);
+    encapsulated data must hold at least one fragment per frame (exactly one for RLE) and the codestream
+    of its transfer syntax, with the header's Rows and Columns.
+    """
+    from pydicom.encaps import generate_fragments, parse_basic_offsets, parse_fragments
+
+    rows, cols, alloc = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    check_pixel_budget(path, rows, cols, decoded_frames, max_pixels)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    data = ds.PixelData
+    if not isinstance(data, (bytes, bytearray)):
+        return
+    if ts is None or not ts.is_encapsulated:
+        need = (rows * cols * frames * alloc + 7) // 8
+        if len(data) < need:
+            raise ImageReadError(
+                path, f"pixel data hold {len(data):,} bytes but Rows x Columns x Frames x BitsAllocated "
+                f"({rows} x {cols} x {frames} x {alloc}) needs {need:,}: truncated, or the header is wrong")
+        if len(data) > need + 1:
+            raise ImageReadError(
+                path, f"pixel data hold {len(data):,} bytes, {len(data) - need:,} more than Rows x Columns x Frames "
+                f"x BitsAllocated ({rows} x {cols} x {frames} x {alloc}) declares: the header does not describe the data")
+        return
+    expected = _CODESTREAM.get(str(ts))
+    try:
+        parse_basic_offsets(data)  # validates the Basic Offset Table item
+        rest = bytes(data[8 + int.from_bytes(bytes(data[4:8]), "little") :])
+        n_fragments, _ = parse_fragments(rest)
+        first = next(generate_fragments(rest), b"")
+    except (ValueError, EOFError, struct.error) as exc:
+        raise ImageReadError(path, f"encapsulated pixel data are malformed ({exc})") from None
+    if n_fragments < frames or (expected == "RLE" and n_fragments != frames):
+        raise ImageReadError(path, f"{frames} frame(s) declared but the encapsulated pixel data hold {n_fragments} "
+                             f"fragment(s){' (RLE: one per frame)' if expected == 'RLE' else ''}")
+    if expected is None:
+        return
+    ts_name = getattr(ts, "name", str(ts))
+    if expected == "RLE":
+        n_seg = int.from_bytes(bytes(first[:4]), "little") if len(first) >= 64 else 0
+        need_seg = alloc // 8 if alloc >= 8 else 1
+        if n_seg != need_seg:
+            raise ImageReadError(path, f"RLE header declares {n_seg} segment(s); {alloc}-bit greyscale needs {need_seg}")
+        # PackBits stores at most 128 bytes in 2: data shorter than that bound cannot fill the declared size
+        least = frames * (64 + n_seg * 2 * -(-rows * cols // 128))
+        if len(data) < least:
+            raise ImageReadError(path, f"RLE data of {len(data):,} bytes cannot hold {frames} frame(s) of {rows} x {cols} "
+                                 f"(at least {least:,} bytes): the header is wrong or the data truncated")
+        return
+    kind, c_rows, c_cols = _codestream(bytes(first[:65536]))
+    if kind != expected:
+        raise ImageReadError(path, f"transfer syntax says {ts_name} but the pixel data hold "
+                             f"{'a ' + kind + ' codestream' if kind != 'unknown' else 'no recognisable codestream'}")
+    if (c_rows and c_rows != rows) or (c_cols and c_cols != cols):
+        raise ImageReadError(path, f"the {kind} codestream is {c_rows} x {c_cols} but Rows x Columns is {rows} x {cols}")
 
 
 def _frames(path: Path, ds, indices: list[int], n_frames: int):
@@ -511,12 +663,25 @@ def _frames(path: Path, ds, indices: list[int], n_frames: int):
         raise
     except Exception as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        ts_name = getattr(ts, "name", str(ts))
         raise ImageReadError(
-            path, f"cannot decode pixel data ({ts_name}): {type(exc).__name__}: {exc}. The file may be "
-            "truncated or corrupt, or a decoder plugin is missing (pip install pylibjpeg pylibjpeg-openjpeg "
-            "pylibjpeg-libjpeg pylibjpeg-rle pyjpegls)"
+            path, f"cannot decode pixel data ({getattr(ts, 'name', str(ts))}): {type(exc).__name__}: {exc}. "
+            + _decoder_advice(ts)
         ) from exc
+
+
+def _decoder_advice(ts) -> str:
+    """What to do about a decode failure: install a plugin only when pydicom has none for ``ts``."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except (NotImplementedError, ValueError):
+        return f"pydicom cannot decode transfer syntax {ts} at all; convert the file (e.g. dcmdjpeg / gdcmconv)"
+    if decoder.is_available:
+        return (f"A decoder is installed ({', '.join(decoder.available_plugins)}): the pixel data are corrupt, "
+                "truncated or not conformant")
+    return (f"No decoder for this transfer syntax is installed: pip install pylibjpeg pylibjpeg-openjpeg "
+            f"pylibjpeg-libjpeg pylibjpeg-rle pyjpegls ({'; '.join(decoder.missing_dependencies)})")
 
 
 _CHUNK = 1 << 18  # elements per block in the table passes: the index conversion stays in cache
@@ -569,6 +734,7 @@ def read_dicom(
     voi_prefer: str = "lut",
     percentiles: tuple[float, float] = (0.5, 99.5),
     log: bool = False,
+    max_pixels: int | None = None,
 ) -> MammoImage:
     """Read a mammography DICOM (DM, s2D or DBT) into a float32 [0, 1] image, bright = dense.
 
@@ -584,13 +750,15 @@ def read_dicom(
         voi_prefer: ``"lut"`` or ``"window"`` when a file carries both a VOI LUT and windows.
         percentiles: the robust window used without VOI (For Processing images).
         log: log-transform before the percentile window.
+        max_pixels: pixel budget, Rows x Columns x frames decoded (default ``$MAMMOLENS_MAX_PIXELS`` or
+            1.2e9); a larger declared size is refused before decoding.
 
     Raises:
         FileNotFoundError: no such file.
-        ImageReadError: not DICOM, not a greyscale image, or undecodable pixel data.
+        ImageReadError: not DICOM, not a greyscale image, a geometry the pixel data cannot hold or over the
+            budget, non-finite header numbers or results, undecodable pixel data, or any other failure
+            (decoder panics included).
     """
-    import pydicom
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DICOM file not found: {path}")
@@ -598,6 +766,13 @@ def read_dicom(
         raise ValueError(f"dbt must be one of {DBT_MODES}, got {dbt!r}")
     if voi_prefer not in ("lut", "window"):
         raise ValueError(f"voi_prefer must be 'lut' or 'window', got {voi_prefer!r}")
+    with image_read_guard(path):
+        return _read_dicom(path, dbt, slab, frame, apply_voi, voi_prefer, percentiles, log, max_pixels)
+
+
+def _read_dicom(path: Path, dbt, slab, frame, apply_voi, voi_prefer, percentiles, log, max_pixels) -> MammoImage:
+    import pydicom
+
     ds = _load(path)
     _check_image(path, ds)
     meta = dicom_meta(ds)
@@ -625,8 +800,18 @@ def read_dicom(
     else:
         indices, mode = list(range(n_frames)), dbt
 
+    # whole stack when most frames are needed (see _frames), else only those
+    decoded = n_frames if n_frames == 1 or len(indices) > n_frames // 2 else len(indices)
+    _check_pixel_data(path, ds, n_frames, max_pixels, decoded)
     ref_frame = indices[len(indices) // 2]
-    slope, intercept, mlut, mlut_src = _modality_params(ds, ref_frame)
+    try:
+        slope, intercept, mlut, mlut_src = _modality_params(ds, ref_frame)
+        voi_lut, window, function = _voi_params(ds, ref_frame)
+    except ValueError as exc:
+        raise ImageReadError(path, f"invalid header value: {exc}") from None
+    if mlut is None and max(abs(v * slope + intercept) for v in _stored_range(bits, signed)) > 1e38:
+        raise ImageReadError(path, f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} overflow float32 "
+                             f"for {bits}-bit values")
     # Presentation LUT Shape INVERSE (PS3.3 C.11.6) also means "invert for display". Conformant DX/MG files
     # pair it with MONOCHROME1 (one inversion described twice, applied once); some CR/DX writers put it on
     # MONOCHROME2 images, which then also need inverting.
@@ -665,7 +850,6 @@ def read_dicom(
 
     # VOI: which transform (decided from the header alone)
     processing = meta["presentation_intent"] == "FOR PROCESSING"
-    voi_lut, window, function = _voi_params(ds, ref_frame)
     if not apply_voi:
         voi_kind = "none"
     elif processing or (voi_lut is None and window is None):
@@ -753,6 +937,9 @@ def read_dicom(
     conversion["photometric"] = photometric
     conversion["presentation_lut_shape"] = plut_shape or None
     pixels = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(path, f"conversion produced NaN/Inf pixels (modality LUT {mlut_src}, VOI "
+                             f"{conversion.get('voi')}): the header's numbers do not fit the data")
     return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=str(path))
 
 

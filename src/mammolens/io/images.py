@@ -6,6 +6,10 @@ tissue keeps the same value across images: 8-bit (``L``) / 255, 16-bit (``I;16*`
 in [0, 1]. RGB(A) or palette images whose colour channels are identical are reduced to one channel;
 real colour is refused. Multi-page TIFFs give their first page. No header metadata exists, so
 laterality/view are None-equivalent ("") and the display convention is assumed MONOCHROME2.
+
+Refused before decoding: a declared size over the pixel budget (``max_pixels``, see
+``mammolens.io.max_pixels_limit``) or over Pillow's decompression-bomb threshold
+(``PIL.Image.MAX_IMAGE_PIXELS``, 89 M pixels by default). Refused after: NaN/Inf values.
 """
 
 from __future__ import annotations
@@ -15,27 +19,48 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.io._types import ImageReadError, MammoImage, empty_meta
+from mammolens.io._types import ImageReadError, MammoImage, check_pixel_budget, empty_meta, image_read_guard
 
 READER_VERSION = "1.0"
 
 
-def read_raster(path: str | PathLike) -> MammoImage:
+def read_raster(path: str | PathLike, *, max_pixels: int | None = None) -> MammoImage:
     """Read a greyscale raster into a float32 ``[H, W]`` image in [0, 1].
+
+    Args:
+        path: the file.
+        max_pixels: pixel budget (default ``$MAMMOLENS_MAX_PIXELS`` or 1.2e9).
 
     Raises:
         FileNotFoundError: no such file.
-        ImageReadError: unreadable, or a colour image (not a greyscale mammogram).
+        ImageReadError: unreadable, a colour image (not a greyscale mammogram), over the pixel budget
+            or Pillow's decompression-bomb limit, NaN/Inf values, or any other failure reading it.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
+    with image_read_guard(path):
+        return _read_raster(path, max_pixels)
+
+
+def _read_raster(path: Path, max_pixels: int | None) -> MammoImage:
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a mammogram is far below it
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            check_pixel_budget(path, img.size[1], img.size[0], 1, max_pixels)
+            img.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"refused as a decompression bomb ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                             "if the image is genuine") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
         raise ImageReadError(path, f"not a readable PNG/PGM/TIFF/JPEG image ({exc})") from exc
     fmt = img.format or path.suffix.lstrip(".").upper()
     mode = img.mode
@@ -67,6 +92,8 @@ def read_raster(path: str | PathLike) -> MammoImage:
             raise ImageReadError(path, "32-bit integer image with values outside 0-65535: not a 16-bit greyscale mammogram")
     elif mode == "F":
         arr, bits, scale = np.asarray(img), 32, 1.0
+        if not np.isfinite(arr).all():
+            raise ImageReadError(path, "float image with NaN/Inf values")
         if arr.size and (float(np.nanmin(arr)) < 0 or float(np.nanmax(arr)) > 1):
             raise ImageReadError(path, "float image with values outside [0, 1]; convert it to 8/16-bit first")
     else:
