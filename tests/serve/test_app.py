@@ -401,7 +401,7 @@ def test_predict_png_declaring_huge_size_refused_from_header(fake):
     assert peak < 40 * 1024 * 1024  # decoding it would take 169 MB
 
 
-def test_predict_pixel_limit_counts_dicom_frames(fake, tmp_path):
+def test_predict_pixel_limit_counts_dicom_frames(fake, tmp_path, monkeypatch):
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -417,14 +417,16 @@ def test_predict_pixel_limit_counts_dicom_frames(fake, tmp_path):
     ds.PixelData = b"\0\0" * 16  # the header lies: decoding never starts
     path = tmp_path / "dbt.dcm"
     ds.save_as(path, enforce_file_format=True)
+    monkeypatch.setenv("MAMMOLENS_MAX_PIXELS", "100000000")  # the reader's whole-file budget
     client = TestClient(create_app(fake, max_pixels=100_000_000), base_url=BASE)
     r = client.post("/api/predict", files=[("files", ("dbt.dcm", path.read_bytes(), "application/dicom"))])
     assert r.status_code == 200, r.text
     assert r.json()["errors"][0]["file"] == "dbt.dcm"
-    assert "1500×2000×50 frames = 150 M pixels" in r.json()["errors"][0]["reason"]
+    assert "1500×2000×50 frames = 150 M pixels in all" in r.json()["errors"][0]["reason"]
     assert fake.calls == []
-    # the same file under a higher limit reaches the predictor
-    client = TestClient(create_app(fake, max_pixels=200_000_000), base_url=BASE)
+    # frames count against the reader's budget (default 1.2 G pixels), not the per-frame area limit
+    monkeypatch.delenv("MAMMOLENS_MAX_PIXELS")
+    client = TestClient(create_app(fake, max_pixels=100_000_000), base_url=BASE)
     client.post("/api/predict", files=[("files", ("dbt.dcm", path.read_bytes(), "application/dicom"))])
     assert [p.name for p in fake.calls[0]] == ["dbt.dcm"]
 

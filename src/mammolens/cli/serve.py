@@ -18,8 +18,8 @@ def serve_cli(
         MAX_PIXELS,
         "--max-pixels",
         min=1,
-        help="Largest image accepted, width × height × frames read from its header (default 100 M); larger files "
-        "are refused before decoding.",
+        help="Largest image accepted, width × height of one frame read from its header (default 100 M); larger "
+        "files are refused before decoding (multi-frame files also within the reader's MAMMOLENS_MAX_PIXELS budget).",
     ),
     allowed_host: list[str] = typer.Option(
         [],

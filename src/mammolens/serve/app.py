@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mammolens.constants import DENSITY_CLASSES, DENSITY_DESCRIPTIONS
+from mammolens.io import max_pixels_limit
 from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
 from mammolens.serve.upload import (
     BadUpload,
@@ -64,7 +65,7 @@ _IMAGE_KEYS = ("file", "laterality", "view", "modality", "probs", "pred", "dense
 _BREAST_KEYS = ("study", "laterality", "probs", "pred", "dense")
 _EXAM_KEYS = ("study", "probs", "pred", "dense")
 _BODY_SLACK = 64 * 1024  # multipart framing on top of the files' bytes
-MAX_PIXELS = 100_000_000  # per image, every frame counted: 5× a full-field mammogram, ~0.4 GB as float32
+MAX_PIXELS = 100_000_000  # per frame (width × height): 12× a full-field mammogram, ~0.4 GB as float32
 
 
 class Predictor(Protocol):
@@ -181,8 +182,9 @@ def create_app(
         predictor: object with ``predict_files(paths) -> dict`` (see module docstring).
         max_upload_mb: total size limit of one upload request, counted while it streams in; larger
             requests get HTTP 413.
-        max_pixels: largest image (width × height × frames, from its header) passed to the predictor;
-            larger files are listed in ``errors`` and never decoded.
+        max_pixels: largest image area (width × height of one frame, from its header) passed to the
+            predictor; larger files are listed in ``errors`` and never decoded. A multi-frame (DBT) file is
+            also held to the reader's whole-file budget (``mammolens.io.max_pixels_limit()``).
         allowed_hosts: names the Host header may carry, ``host`` (any port) or ``host:port``; other
             requests get HTTP 400 (DNS rebinding). Uploads whose Origin is another site get 403.
         api_docs: serve ``/openapi.json``, ``/docs`` and ``/redoc`` (off: they describe the API to
@@ -234,13 +236,19 @@ def create_app(
         if geometry is None:
             return None  # unreadable header: the predictor's reader reports why
         w, h, frames = geometry
-        if w * h * frames <= max_pixels:
-            return None
         size = f"{w}×{h}" + (f"×{frames} frames" if frames > 1 else "")
-        return (
-            f"image too large: {size} = {w * h * frames / 1e6:.0f} M pixels, above this server's limit "
-            f"of {max_pixels / 1e6:g} M pixels per image (start the server with --max-pixels to raise it)"
-        )
+        if w * h > max_pixels:
+            return (
+                f"image too large: {size} = {w * h / 1e6:.0f} M pixels per frame, above this server's limit "
+                f"of {max_pixels / 1e6:g} M pixels (start the server with --max-pixels to raise it)"
+            )
+        budget = max_pixels_limit()
+        if w * h * frames > budget:
+            return (
+                f"image too large: {size} = {w * h * frames / 1e6:.0f} M pixels in all, above the reader's "
+                f"budget of {budget / 1e6:g} M pixels (set MAMMOLENS_MAX_PIXELS to raise it)"
+            )
+        return None
 
     @app.get("/", include_in_schema=False)
     def index():
