@@ -70,7 +70,7 @@ def fit_ood(emb: np.ndarray, rank: int = 32, shrinkage: float = 0.1, quantile: f
     """Fit the distribution of training embeddings ``[N, D]`` (N >= 2).
 
     Args:
-        rank: most principal components kept (also at most ``N - 1`` and ``D``).
+        rank: most principal components kept (also at most ``N // 10`` and ``D``).
         shrinkage: weight of the mean eigenvalue mixed into each eigenvalue.
         quantile: training-score quantile the threshold starts from.
         margin: factor on that quantile.
@@ -82,7 +82,7 @@ def fit_ood(emb: np.ndarray, rank: int = 32, shrinkage: float = 0.1, quantile: f
     mu = x.mean(0)
     c = x - mu
     _, s, vt = np.linalg.svd(c, full_matrices=False)
-    r = max(1, min(rank, len(x) - 1, x.shape[1]))
+    r = max(1, min(rank, len(x) // 10, x.shape[1]))  # >= 10 samples per component: fewer overfit the span
     lam = s[:r] ** 2 / max(len(x) - 1, 1)  # [R] variances
     lam = (1 - shrinkage) * lam + shrinkage * lam.mean()
     lam = np.maximum(lam, 1e-12)
