@@ -4,6 +4,7 @@ import io
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -20,17 +21,31 @@ def predictor(app_env):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
+def png_predictor(predictor):
+    """The run without its out-of-distribution model: PNGs drawn by ``render_breast`` (not through the
+    cohort's DICOM pipeline) lie outside the training distribution, and these tests are about other things."""
+    return Predictor(predictor.model, predictor.task, predictor.preprocess, device="cpu", workers=0, batch_size=8)
+
+
+@pytest.fixture(scope="module")
 def study_result(predictor, app_env):  # noqa: F811
     return predictor.predict(app_env.study_dirs()[0])
 
 
-def _write_pngs(folder, n=3, shape=(80, 60), seed=0):
-    rng = np.random.default_rng(seed)
+def _breast(shape=(128, 104), seed=0) -> np.ndarray:
+    """A simulated mammogram as uint8 (noise would fail the quality gate)."""
+    from mammolens.data.synthetic import render_breast
+
+    img = render_breast(np.random.default_rng(seed), shape, "L", "CC", 0.4)[0]
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _write_pngs(folder, n=3, shape=(128, 104), seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
         p = folder / f"img{i}.png"
-        Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(p)
+        Image.fromarray(_breast(shape, seed + i)).save(p)
         out.append(p)
     return out
 
@@ -182,9 +197,9 @@ def test_predict_only_bad_files_gives_empty_frames(predictor, tmp_path):
     assert set(PROBS) <= set(res.images.columns)
 
 
-def test_predict_png_without_metadata(predictor, tmp_path):
+def test_predict_png_without_metadata(png_predictor, tmp_path):
     files = _write_pngs(tmp_path / "pngs", n=2)
-    res = predictor.predict(files)
+    res = png_predictor.predict(files)
     assert len(res.images) == 2 and res.n_failed == 0
     assert len(res.exams) == 1  # same folder → same fallback study key
     np.testing.assert_allclose(res.exams[PROBS].sum(axis=1), 1.0, atol=1e-5)
@@ -198,9 +213,10 @@ def test_predict_array_any_size(predictor):
     assert all(0 <= v <= 1 for v in probs.values())
 
 
-def test_predict_array_matches_file_prediction(predictor, tmp_path):
+def test_predict_array_matches_file_prediction(png_predictor, tmp_path):
+    predictor = png_predictor
     # the same pixels through a PNG file and as an array give the same probabilities
-    arr = (np.random.default_rng(1).random((90, 70)) * 255).astype(np.uint8)
+    arr = _breast(seed=1)
     Image.fromarray(arr).save(tmp_path / "a.png")
     from_file = predictor.predict(tmp_path / "a.png").images.iloc[0]
     from_arr = predictor.predict_array(arr.astype(np.float32) / 255.0)
@@ -237,9 +253,9 @@ def test_iter_batches_is_streaming(predictor, tmp_path, monkeypatch):
     started = {"n": 0}
     real = inf._load_one
 
-    def counting(path, cfg):
+    def counting(path, cfg, *rest):
         started["n"] += 1
-        return real(path, cfg)
+        return real(path, cfg, *rest)
 
     monkeypatch.setattr(inf, "_load_one", counting)
     p = Predictor(predictor.model, predictor.task, predictor.preprocess, device="cpu", batch_size=8, workers=0)
@@ -265,3 +281,100 @@ def test_predict_process_pool_matches_in_process(predictor, app_env):  # noqa: F
     b = pool.predict(files).images
     assert list(a["file"]) == list(b["file"])
     np.testing.assert_allclose(a[PROBS].to_numpy(), b[PROBS].to_numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- quality gate
+def _text_page_png(path, shape=(400, 320)):
+    from PIL import ImageDraw
+
+    img = Image.new("L", shape[::-1], 0)
+    d = ImageDraw.Draw(img)
+    for i in range(shape[0] // 20 - 1):
+        d.text((10, 10 + 20 * i), f"TEST PAGE line {i}: lorem ipsum dolor sit amet", fill=255)
+    img.save(path)
+    return path
+
+
+def test_predict_tiny_and_text_images_not_assessable(predictor, app_env, tmp_path):  # noqa: F811
+    study = tmp_path / "study"
+    shutil.copytree(app_env.study_dirs()[0], study)
+    Image.fromarray(np.array([[40, 220]], np.uint8)).save(study / "tiny.png")  # the issue's 1x2 image
+    _text_page_png(study / "page.png")
+    res = predictor.predict(study)
+    img = res.images.set_index("file")
+    assert len(res.images) == 6 and res.n_failed == 0
+    for name, why in [("tiny.png", "image too small (1x2 px"), ("page.png", "")]:
+        row = img.loc[name]
+        assert not row["assessable"] and row["quality_reason"].startswith("not assessable: ")
+        assert why in row["quality_reason"]
+        assert row[PROBS].isna().all() and pd.isna(row["pred"]) and pd.isna(row["dense"])
+    assert img["assessable"].sum() == 4 and (img.loc[img["assessable"].astype(bool), "quality_reason"] == "").all()
+    # the bad images change nothing in the aggregation: same breasts and exam as the study alone
+    alone = predictor.predict(app_env.study_dirs()[0])
+    assert len(res.exams) == 1 and len(res.breasts) == len(alone.breasts)
+    np.testing.assert_allclose(res.exams[PROBS].to_numpy(), alone.exams[PROBS].to_numpy(), atol=1e-6)
+
+
+def test_predict_only_not_assessable_gives_empty_aggregates(predictor, tmp_path):
+    Image.fromarray(np.array([[40, 220]], np.uint8)).save(tmp_path / "tiny.png")
+    res = predictor.predict(tmp_path)
+    assert list(res.images["assessable"]) == [False] and res.breasts.empty and res.exams.empty
+
+
+def test_predict_files_reports_not_assessable_without_density(png_predictor, tmp_path):
+    predictor = png_predictor
+    import json
+
+    Image.fromarray(np.array([[40, 220]], np.uint8)).save(tmp_path / "tiny.png")
+    good = _write_pngs(tmp_path / "ok", n=1)[0]
+    out = predictor.predict_files([tmp_path / "tiny.png", good])
+    by = {i["file"]: i for i in out["images"]}
+    assert by["tiny.png"]["assessable"] is False and by["tiny.png"]["probs"] is None
+    assert by["tiny.png"]["pred"] is None and "too small" in by["tiny.png"]["quality_reason"]
+    assert by["ok/img0.png"]["assessable"] is True and by["ok/img0.png"]["pred"] in CLASSES
+    json.dumps({**out, "images": [{k: v for k, v in i.items() if k != "overlay_png"} for i in out["images"]]},
+               allow_nan=False)  # valid JSON: no NaN anywhere
+
+
+def test_run_has_ood_model_and_scores_images(predictor, app_env):  # noqa: F811
+    import json
+
+    summary = json.loads((app_env.run / "summary.json").read_text())
+    assert (app_env.run / "ood.npz").is_file() and summary["ood"]["file"] == "ood.npz"
+    assert predictor.ood is not None and predictor.ood.threshold == pytest.approx(summary["ood"]["threshold"])
+    res = predictor.predict(app_env.study_dirs()[0])
+    assert np.isfinite(res.images["ood_score"]).all() and (res.images["ood_score"] > 0).all()
+
+
+def test_logits_and_embedding_match_forward(predictor):
+    import torch
+
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, emb = predictor.model.logits_and_embedding(x)
+        torch.testing.assert_close(logits, predictor.model(x))
+        torch.testing.assert_close(emb, predictor.model.encode_image(x))
+
+
+def test_predict_out_of_distribution_not_assessable(app_env):  # noqa: F811
+    from mammolens.models.ood import load_ood
+
+    ood = load_ood(app_env.run)
+    ood.threshold = 1e-6  # everything is far: every image must be reported, none predicted
+    p = Predictor.from_run(app_env.run, device="cpu", workers=0)
+    p.ood = ood
+    res = p.predict(app_env.study_dirs()[0], explain=True)
+    assert (~res.images["assessable"].astype(bool)).all() and res.exams.empty
+    assert res.images["quality_reason"].str.contains(r"out of distribution \(score .* > threshold 1e-06\)").all()
+    assert res.images[PROBS].isna().all().all()
+
+
+def test_run_without_ood_file_skips_the_check(app_env, tmp_path, caplog):  # noqa: F811
+    old = tmp_path / "old_run"
+    shutil.copytree(app_env.run, old)
+    (old / "ood.npz").unlink()
+    with caplog.at_level("INFO", logger="mammolens.inference"):
+        p = Predictor.from_run(old, device="cpu", workers=0)
+    assert p.ood is None and "has no ood.npz" in caplog.text
+    res = p.predict(app_env.study_dirs()[0])
+    assert res.images["assessable"].all() and res.images["ood_score"].isna().all()

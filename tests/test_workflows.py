@@ -195,3 +195,31 @@ def test_explain_run_class_and_errors(app_env, tmp_path):  # noqa: F811
         assert np.abs(a - b).mean() > 0
     with pytest.raises(ValueError, match="not one of this run's classes"):
         explain_run(app_env.run, [bad], tmp_path / "z", class_name="Z", device="cpu")
+
+
+def test_predict_to_dir_sr_skips_not_assessable_image(app_env, tmp_path):  # noqa: F811
+    """A constant image in a study: reported not assessable, absent from the SR; the others are referenced."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    study = tmp_path / "study"
+    shutil.copytree(app_env.study_dirs()[0], study)
+    src = next(p for p in sorted(study.iterdir()) if pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames", 1) in (1, "1"))
+    ds = pydicom.dcmread(src)
+    arr = ds.pixel_array
+    ds.PixelData = np.full_like(arr, int(arr.max()) // 2).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(study / "flat.dcm", enforce_file_format=True)
+    good = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in study.iterdir() if p.name != "flat.dcm"}
+    res = predict_to_dir(app_env.run, [study], tmp_path / "out", overlays=False, workers=0, progress=False)
+    assert res["n_sr"] == 1 and res["n_not_assessable"] == 1 and res["n_images"] == 5
+    images = pd.read_csv(tmp_path / "out" / "images.csv")
+    flat = images[images["file"] == "flat.dcm"].iloc[0]
+    assert not flat["assessable"] and "constant image" in flat["quality_reason"] and pd.isna(flat["pred"])
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    row = next(r for r in payload["images"] if r["file"] == "flat.dcm")
+    assert row["prob_A"] is None and row["pred"] is None and row["assessable"] is False
+    (sr_path,) = (tmp_path / "out" / "dicom").glob("*/density_sr.dcm")
+    refs = {e.value for e in pydicom.dcmread(sr_path).iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+    assert ds.SOPInstanceUID not in refs and good <= refs

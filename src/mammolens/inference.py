@@ -11,6 +11,12 @@ this one class::
     result.exams    # one row per study (BI-RADS: the denser breast)
     result.errors   # files that could not be read, with the reason
 
+Quality gate: every image passes ``transforms.quality.check_image`` (size, finite, not constant, breast
+area, grey levels) in the worker and, when the run has ``ood.npz``, the out-of-distribution score of its
+embedding (``models.ood``) after the forward pass. Images that fail keep their row in ``images`` with
+``assessable=False`` and ``quality_reason``, no probabilities/prediction, and are left out of the breast
+and exam aggregation (and of DICOM SR outputs).
+
 Images are read by ``mammolens.io.read_image`` and preprocessed by the run's own recipe
 (``PreprocessCfg`` saved in the checkpoint), so a prediction sees exactly what training saw.
 Reading and preprocessing run in a pool of worker processes while the model works on the previous
@@ -40,6 +46,7 @@ import torch
 
 from mammolens.data.cache import PreprocessCfg
 from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.transforms.quality import QualityCfg
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +116,23 @@ def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]
     return out
 
 
-def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
-    """Worker: read + preprocess one file; never raises (errors come back as records)."""
+_META_KEYS = ("laterality", "view", "modality", "manufacturer", "study_instance_uid", "sop_instance_uid", "patient_id")
+
+
+def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | None) -> dict[str, Any] | None:
+    """A "not assessable" record when the image fails the quality gate, else None."""
+    from mammolens.transforms.quality import check_image
+
+    q = check_image(pixels, QualityCfg.from_dict(quality))
+    if q.ok:
+        return None
+    return {"path": path, "pixels": None, "meta": {k: meta.get(k) for k in _META_KEYS}, "error": None,
+            "quality_reason": q.reason}
+
+
+def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[str, Any]:
+    """Worker: read, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file; never raises
+    (errors and "not assessable" images come back as records)."""
     from mammolens.io import read_image
     from mammolens.transforms.breast import preprocess_image
 
@@ -118,16 +140,19 @@ def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
     try:
         img = read_image(path, dbt=cfg.dbt)
         meta = img.meta or {}
+        bad = _quality_check(path, img.pixels, meta, quality)
+        if bad is not None:
+            return bad
         arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
         return {
             "path": path,
             "pixels": arr,
-            "meta": {k: meta.get(k) for k in ("laterality", "view", "modality", "manufacturer",
-                                              "study_instance_uid", "sop_instance_uid", "patient_id")},
+            "meta": {k: meta.get(k) for k in _META_KEYS},
             "flipped": bool(info.get("flipped")),
             "bbox": info.get("bbox"),
             "orig_shape": info.get("orig_shape"),
             "error": None,
+            "quality_reason": "",
         }
     except Exception as e:  # noqa: BLE001 — a bad file is reported, the rest continues
         return {"path": path, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
@@ -147,12 +172,15 @@ class Predictor:
         precision: ``"fp32"`` (default: the numbers the evaluation reported), ``"bf16"`` (autocast;
             1.5-2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, probabilities differ by ~1e-2)
             or ``"fp16"`` (CUDA only).
+        quality: the image quality gate's thresholds (default ``QualityCfg()``).
+        ood: the run's ``OODModel`` (``models.ood``); None skips the out-of-distribution check.
     """
 
     PRECISIONS = ("fp32", "bf16", "fp16")
 
     def __init__(self, model: torch.nn.Module, task, preprocess: PreprocessCfg, device: str = "auto",
-                 batch_size: int = 16, workers: int | None = None, name: str = "model", precision: str = "fp32"):
+                 batch_size: int = 16, workers: int | None = None, name: str = "model", precision: str = "fp32",
+                 quality: QualityCfg | None = None, ood=None):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if precision not in self.PRECISIONS:
@@ -170,6 +198,8 @@ class Predictor:
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
         self.name = name
         self._dense_idx = self._dense_indices()
+        self.quality = quality or QualityCfg()
+        self.ood = ood if self.quality.enabled and self.quality.ood else None
 
     @classmethod
     def from_run(cls, run_dir: str | PathLike, device: str = "auto", which: str = "best", **kw) -> "Predictor":
@@ -181,7 +211,7 @@ class Predictor:
             raise FileNotFoundError(f"run folder not found: {run_dir} (train one with `mammolens train`)")
         run = load_run(run_dir, device="cpu", which=which)
         pre = PreprocessCfg.from_dict(run.preprocess)
-        return cls(run.model, run.task, pre, device=device, name=run_dir.name, **kw)
+        return cls(run.model, run.task, pre, device=device, name=run_dir.name, ood=_run_ood(run_dir, which), **kw)
 
     # ------------------------------------------------------------------------------------- helpers
     def _dense_indices(self) -> list[int] | None:
@@ -229,7 +259,7 @@ class Predictor:
             while True:
                 while not exhausted and len(pending) < window:
                     try:
-                        pending.append(ex.submit(_load_one, next(it), cfg_dict))
+                        pending.append(ex.submit(_load_one, next(it), cfg_dict, self.quality.to_dict()))
                     except StopIteration:
                         exhausted = True
                 if not pending:
@@ -267,7 +297,7 @@ class Predictor:
         rows, errors, sources = [], [], []
         bar = _progress(len(paths), progress)
         for batch in self.iter_batches(paths):
-            ok = [r for r in batch if r["error"] is None]
+            ok = [r for r in batch if r["error"] is None and not r.get("quality_reason")]
             for r in batch:
                 if r["error"] is not None:
                     rel = _rel(r["path"], root)
@@ -275,30 +305,54 @@ class Predictor:
                     reason = r["error"].replace(str(Path(r["path"]).resolve()), rel).replace(r["path"], rel)
                     errors.append({"file": rel, "reason": reason})
                     log.warning("skipped %s: %s", rel, reason)
+            for r in batch:  # failed the image checks in the worker: a row without a density
+                if r["error"] is None and r.get("quality_reason"):
+                    rows.append(self._not_assessable_row(r, r["quality_reason"], root, include_ids))
+                    sources.append(r["path"])
             if ok:
                 x = torch.from_numpy(np.stack([r["pixels"] for r in ok]).astype(np.float32) / 65535.0)[:, None]
-                probs = self.predict_tensor(x)  # [B, K]
+                probs, scores = self._probs_and_ood(x)  # [B, K], [B]
+                passed = [i for i, sc in enumerate(scores) if not sc > self.ood.threshold] if self.ood else list(range(len(ok)))
+                for i in sorted(set(range(len(ok))) - set(passed)):
+                    reason = (f"not assessable: out of distribution (score {scores[i]:.3g} > threshold "
+                              f"{self.ood.threshold:.3g})")
+                    rows.append(self._not_assessable_row(ok[i], reason, root, include_ids, float(scores[i])))
+                    sources.append(ok[i]["path"])
+                x, ok, probs, scores = x[passed], [ok[i] for i in passed], probs[passed], scores[passed]
                 target = probs.argmax(1) if class_name is None else np.full(len(ok), self.class_names.index(class_name))
-                cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain else [None] * len(ok)
-                for r, p, cam in zip(ok, probs, cams):
-                    rows.append(self._image_row(r, p, cam, root, overlay_dir, include_ids))
+                cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain and ok else [None] * len(ok)
+                for r, p, cam, sc in zip(ok, probs, cams, scores):
+                    rows.append(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)))
                     sources.append(r["path"])
             bar.update(len(batch))
         bar.close()
         images = pd.DataFrame(rows)
         if images.empty:
             images = pd.DataFrame(columns=["file", "study_id", "laterality", "view", "modality",
-                                           *[f"prob_{c}" for c in self.class_names], "pred"])
-        images_for_agg = images.assign(laterality=images["laterality"].replace("", "unknown"))
-        breasts = aggregate_breast(images_for_agg, self.class_names) if len(images) else images.iloc[:0]
-        exams = aggregate_exam(images_for_agg, self.class_names) if len(images) else images.iloc[:0]
+                                           *[f"prob_{c}" for c in self.class_names], "pred", "assessable",
+                                           "quality_reason"])
+        images_for_agg = images[images["assessable"].astype(bool)] if len(images) else images
+        images_for_agg = images_for_agg.assign(laterality=images_for_agg["laterality"].replace("", "unknown"))
+        breasts = aggregate_breast(images_for_agg, self.class_names) if len(images_for_agg) else images.iloc[:0, :0]
+        exams = aggregate_exam(images_for_agg, self.class_names) if len(images_for_agg) else images.iloc[:0, :0]
         for df in (breasts, exams):
             if len(df) and self._dense_idx is not None:
                 df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(axis=1) >= 0.5
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
                                 self.class_names, sources)
 
-    def _image_row(self, r, p, cam, root, overlay_dir, include_ids) -> dict[str, Any]:
+    @torch.no_grad()
+    def _probs_and_ood(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``[B, K]`` and out-of-distribution scores ``[B]`` (NaN without an OOD model) from one
+        forward pass of the image tower."""
+        if self.ood is None or not hasattr(self.model, "logits_and_embedding"):
+            return self.predict_tensor(x), np.full(len(x), np.nan)
+        with autocast(self.device, self._dtype):
+            logits, emb = self.model.logits_and_embedding(x.to(self.device, non_blocking=True))  # [B, K], [B, D]
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return probs, self.ood.score(emb.float().cpu().numpy())
+
+    def _row_base(self, r, root, include_ids) -> dict[str, Any]:
         meta = r["meta"]
         rel = _rel(r["path"], root)
         if not include_ids:
@@ -311,14 +365,34 @@ class Predictor:
             "modality": meta.get("modality") or "",
             "manufacturer": meta.get("manufacturer") or "",
         }
+        if include_ids:
+            row["patient_id"] = meta.get("patient_id") or ""
+            row["study_instance_uid"] = meta.get("study_instance_uid") or ""
+        return row
+
+    def _not_assessable_row(self, r, reason: str, root, include_ids, score: float = float("nan")) -> dict[str, Any]:
+        """An ``images`` row for an image that failed the quality gate: the reason, no density."""
+        rel = _rel(r["path"], root)
+        log.warning("%s: %s", rel if include_ids else _mask_ids(rel, r["meta"]), reason)
+        row = self._row_base(r, root, include_ids)
+        row.update({f"prob_{c}": float("nan") for c in self.class_names})
+        row["pred"] = None
+        if self._dense_idx is not None:
+            row["dense"] = None
+        row.update(assessable=False, quality_reason=reason, ood_score=score)
+        return row
+
+    def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan")) -> dict[str, Any]:
+        rel = _rel(r["path"], root)
+        if not include_ids:
+            rel = _mask_ids(rel, r["meta"])
+        row = self._row_base(r, root, include_ids)
         for c, v in zip(self.class_names, p):
             row[f"prob_{c}"] = float(v)
         row["pred"] = self.class_names[int(np.argmax(p))]
         if self._dense_idx is not None:
             row["dense"] = bool(sum(p[i] for i in self._dense_idx) >= 0.5)
-        if include_ids:
-            row["patient_id"] = meta.get("patient_id") or ""
-            row["study_instance_uid"] = meta.get("study_instance_uid") or ""
+        row.update(assessable=True, quality_reason="", ood_score=score)
         if cam is not None:
             from mammolens.explain.overlay import overlay
 
@@ -341,8 +415,11 @@ class Predictor:
 
         images = [{
             "file": r["file"], "laterality": r["laterality"], "view": r["view"], "modality": r["modality"],
-            "probs": probs(r), "pred": r["pred"], "dense": bool(r.get("dense", False)),
-            "overlay_png": r.get("overlay_png"),
+            "assessable": bool(r["assessable"]), "quality_reason": r["quality_reason"],
+            # a not-assessable image has no density: null, never NaN (JSON) nor a made-up class
+            "probs": probs(r) if r["assessable"] else None, "pred": r["pred"] if r["assessable"] else None,
+            "dense": bool(r.get("dense", False)) if r["assessable"] else None,
+            "overlay_png": r.get("overlay_png") if isinstance(r.get("overlay_png"), bytes) else None,
         } for r in res.images.to_dict("records")]
         breasts = [{"study": r["study_id"], "laterality": r["laterality"], "probs": probs(r), "pred": r["pred"],
                     "dense": bool(r.get("dense", False))} for r in res.breasts.to_dict("records")]
@@ -354,6 +431,23 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------ utilities
+def _run_ood(run_dir: Path, which: str):
+    """The run's out-of-distribution model for checkpoint ``which``; None (logged once) when absent."""
+    from mammolens.models.ood import OOD_FILE, load_ood
+
+    ood = load_ood(run_dir)
+    if ood is None:
+        log.info("run %s has no %s (trained before the out-of-distribution check existed): "
+                 "that check is skipped; the image checks still run", run_dir.name, OOD_FILE)
+        return None
+    fitted_on = ood.info.get("checkpoint", "best")
+    if Path(which).stem != fitted_on:
+        log.info("%s was fitted on the %r checkpoint, not %r: out-of-distribution check skipped",
+                 OOD_FILE, fitted_on, which)
+        return None
+    return ood
+
+
 def class_probs(row, class_names: Sequence[str]) -> dict[str, float]:
     """``{class: probability}`` from a prediction row's ``prob_<class>`` fields."""
     return {c: float(row[f"prob_{c}"]) for c in class_names}

@@ -256,15 +256,18 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     res.breasts.to_csv(out / "breasts.csv", index=False)
     res.exams.to_csv(out / "exams.csv", index=False)
     res.errors.to_csv(out / "errors.csv", index=False)
-    payload = {"model": p.name, "classes": p.class_names,
-               "images": res.images.drop(columns=["overlay_png"], errors="ignore").to_dict("records"),
+    images = res.images.drop(columns=["overlay_png"], errors="ignore")
+    payload = {"model": p.name, "classes": p.class_names,  # not-assessable rows: null, not NaN, for a density
+               "images": images.astype(object).where(images.notna(), None).to_dict("records"),
                "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
                "errors": res.errors.to_dict("records")}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     n_sr = 0
     if dicom and len(res.images):
         n_sr = _write_dicom_outputs(p, res, out / "dicom", overlays)
-    return {"out_dir": str(out), "n_images": int(len(res.images)), "n_breasts": int(len(res.breasts)),
+    n_na = int((~res.images["assessable"].astype(bool)).sum()) if len(res.images) else 0
+    return {"out_dir": str(out), "n_images": int(len(res.images)), "n_not_assessable": n_na,
+            "n_breasts": int(len(res.breasts)),
             "n_exams": int(len(res.exams)), "n_failed": res.n_failed, "n_sr": n_sr,
             "errors": res.errors.to_dict("records")}
 
@@ -279,6 +282,7 @@ def _write_dicom_outputs(p, res, out: Path, overlays: bool) -> int:
     from mammolens.io.dicom_out import write_density_sr, write_overlay_sc
 
     images = res.images.assign(source_path=res.sources)
+    images = images[images["assessable"].astype(bool)]  # not-assessable images are no evidence for a density
     n_sr = 0
     for study, grp in images.groupby("study_id", sort=True):
         headers, srcs = [], []

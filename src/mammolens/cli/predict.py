@@ -32,6 +32,8 @@ def predict_cli(
                          precision=precision)
     typer.echo(f"{res['n_images']} images, {res['n_breasts']} breasts, {res['n_exams']} exams predicted; "
                f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
+    if res.get("n_not_assessable"):
+        typer.echo(f"{res['n_not_assessable']} images not assessable (no density): see quality_reason in images.csv")
     for e in res["errors"]:
         typer.echo(f"FAILED {e['file']}: {e['reason']}", err=True)
     raise typer.Exit(code=1 if res["n_failed"] else 0)

@@ -78,6 +78,14 @@ class RunModel(nn.Module):
             return self.head(self.clip.encode_image(x))  # [B, K]
         return self.clip(x, self.text_emb if text_emb is None else text_emb)  # [B, K]
 
+    def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``[B, K]`` and the normalised image embedding ``[B, D]`` from one image-tower pass
+        (the embedding feeds the out-of-distribution score, ``models.ood``)."""
+        emb = self.clip.encode_image(x)  # [B, D]
+        if self.head is not None:
+            return self.head(emb), emb
+        return self.logit_scale.exp().clamp(max=100.0) * emb @ self.text_emb.to(emb.dtype).t(), emb
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[B, K]`` (rows sum to 1)."""

@@ -71,6 +71,9 @@ class TrainCfg:
         probe_steps: full-batch optimisation steps of the linear probe.
         max_steps_per_epoch: cap on batches per epoch (0 = no cap), for smoke runs.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+        ood: at the end, fit the training-embedding distribution for the out-of-distribution check and
+            write it to ``out_dir/ood.npz`` (``models.ood``).
+        ood_max_images: at most this many training images (evenly spaced) are embedded for that fit.
     """
 
     data: DataCfg = field(default_factory=DataCfg)
@@ -103,6 +106,8 @@ class TrainCfg:
     probe_steps: int = 300
     max_steps_per_epoch: int = 0
     device: str = "auto"
+    ood: bool = True
+    ood_max_images: int = 2048
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):

@@ -451,6 +451,8 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
             summary = {"method": method, "best_metric": best_metric, "best_epoch": best_epoch,
                        "monitor": "val_macro_auc", "epochs": epochs_done, "stopped_early": stopped_early,
                        "n_train": int(len(train_rows)), "n_val": int(len(val_rows))}
+            if cfg.ood and len(train_rows) >= 2:
+                summary["ood"] = _write_ood(run_dir, clip, head, task, method, train_ds, cfg, device)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return run_dir
 
@@ -631,6 +633,32 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
             break
     return finish(best, best_epoch, epochs_done, stopped_early)
+
+
+def _write_ood(run_dir: Path, clip: nn.Module, head: nn.Module | None, task, method: str, train_ds, cfg: TrainCfg,
+               device) -> dict[str, Any]:
+    """Fit the out-of-distribution model on the best checkpoint's training embeddings; write ``ood.npz``.
+
+    At most ``cfg.ood_max_images`` training images (evenly spaced) are embedded: the fit needs the
+    distribution, not every image, and this keeps the step to seconds on large runs.
+    """
+    from mammolens.models.ood import fit_ood
+
+    t0 = time.perf_counter()
+    ck = load_checkpoint(run_dir, "best")  # the weights Predictor uses by default
+    clip.load_state_dict(ck["state_dict"])  # training is over: the live model may be replaced
+    if head is not None and ck.get("head_state_dict") is not None:
+        head.load_state_dict(ck["head_state_dict"])
+    n = len(train_ds)
+    sel = np.unique(np.linspace(0, n - 1, min(n, cfg.ood_max_images)).round().astype(int))
+    sub = torch.utils.data.Subset(train_ds, sel.tolist())
+    model = RunModel(clip, None, nn.Linear(1, 1), method)  # only encode_image is used
+    emb = _extract_features(model, sub, cfg, device, autocast_dtype(cfg.precision, device)).numpy()  # [N, D]
+    ood = fit_ood(emb, checkpoint="best", epoch=int(ck.get("epoch") or 0))
+    ood.save(run_dir)
+    info = {"file": "ood.npz", **ood.info, "seconds": round(time.perf_counter() - t0, 2)}
+    log.info("out-of-distribution model: %d training embeddings, threshold %.3g", ood.info["n"], ood.threshold)
+    return info
 
 
 @torch.no_grad()

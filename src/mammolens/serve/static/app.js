@@ -145,10 +145,12 @@
       const meta = el("div", "meta");
       meta.appendChild(el("div", "name", im.file));
       const tags = el("div", "tags");
-      tags.appendChild(pill(im.pred));
+      const assessable = im.assessable !== false;
+      tags.appendChild(assessable ? pill(im.pred) : el("span", "tag", "not assessable"));
       [im.laterality, im.view, im.modality].forEach((t) => { if (t) tags.appendChild(el("span", "tag", t)); });
       meta.appendChild(tags);
-      meta.appendChild(stackBar(im.probs));
+      if (assessable) meta.appendChild(stackBar(im.probs));
+      else meta.appendChild(el("div", "reason", "No density: " + (im.quality_reason || "image failed the quality gate")));
       card.appendChild(meta);
       cards.appendChild(card);
     });

@@ -1,0 +1,108 @@
+"""Out-of-distribution score: how far an image embedding lies from the training run's embeddings.
+
+Fitted at training time on the image embeddings of the training set (``fit_ood``) and saved in the run
+folder as ``ood.npz`` (plain arrays, no pickle). The score is a Mahalanobis distance in the span of the
+top principal components (eigenvalues shrunk towards their mean, so a few dozen training images give a
+usable covariance) plus the distance outside that span, scaled by its training mean::
+
+    score(x)^2 = sum_k z_k^2 / lambda_k + |r|^2 / mean_train(|r|^2),   z = V^T (x - mu),  r = x - mu - V z
+
+The threshold is the ``quantile`` of the training scores times ``margin`` (training images score lower
+than new images of the same kind: the components were fitted on them). Images above it are "not
+assessable: out of distribution".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OOD_FILE = "ood.npz"
+
+
+@dataclass
+class OODModel:
+    """A fitted training-embedding distribution.
+
+    Attributes:
+        mean: ``[D]`` mean embedding.
+        components: ``[D, R]`` principal directions.
+        eigvals: ``[R]`` shrunk variances along them.
+        resid_scale: mean squared residual outside the components on the training set.
+        threshold: scores above it are out of distribution.
+        info: plain metadata (n, rank, quantile, margin, checkpoint, training score quantiles).
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    eigvals: np.ndarray
+    resid_scale: float
+    threshold: float
+    info: dict[str, Any]
+
+    def score(self, emb: np.ndarray) -> np.ndarray:
+        """Scores ``[N]`` of embeddings ``[N, D]`` (same model, same normalisation as at fit time)."""
+        x = np.asarray(emb, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"embeddings must be [N, {self.mean.shape[0]}], got shape {x.shape}")
+        c = x - self.mean  # [N, D]
+        z = c @ self.components  # [N, R]
+        resid = np.maximum((c * c).sum(1) - (z * z).sum(1), 0.0)  # [N]
+        return np.sqrt((z * z / self.eigvals).sum(1) + resid / self.resid_scale)
+
+    def save(self, run_dir: str | PathLike) -> Path:
+        path = Path(run_dir) / OOD_FILE
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, mean=self.mean, components=self.components, eigvals=self.eigvals,
+                 resid_scale=np.float64(self.resid_scale), threshold=np.float64(self.threshold),
+                 info=np.array(json.dumps(self.info)))
+        tmp.replace(path)
+        return path
+
+
+def fit_ood(emb: np.ndarray, rank: int = 32, shrinkage: float = 0.1, quantile: float = 0.995,
+            margin: float = 1.25, **info: Any) -> OODModel:
+    """Fit the distribution of training embeddings ``[N, D]`` (N >= 2).
+
+    Args:
+        rank: most principal components kept (also at most ``N // 10`` and ``D``).
+        shrinkage: weight of the mean eigenvalue mixed into each eigenvalue.
+        quantile: training-score quantile the threshold starts from.
+        margin: factor on that quantile.
+        info: extra metadata stored with the model (e.g. ``checkpoint="best"``).
+    """
+    x = np.asarray(emb, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2 or not np.isfinite(x).all():
+        raise ValueError(f"fit_ood needs >= 2 finite embeddings [N, D], got shape {x.shape}")
+    mu = x.mean(0)
+    c = x - mu
+    _, s, vt = np.linalg.svd(c, full_matrices=False)
+    r = max(1, min(rank, len(x) // 10, x.shape[1]))  # >= 10 samples per component: fewer overfit the span
+    lam = s[:r] ** 2 / max(len(x) - 1, 1)  # [R] variances
+    lam = (1 - shrinkage) * lam + shrinkage * lam.mean()
+    lam = np.maximum(lam, 1e-12)
+    comps = vt[:r].T  # [D, R]
+    z = c @ comps
+    resid = np.maximum((c * c).sum(1) - (z * z).sum(1), 0.0)
+    model = OODModel(mu, comps, lam, max(float(resid.mean()), 1e-12), 0.0, {})
+    scores = model.score(x)
+    model.threshold = float(np.quantile(scores, quantile) * margin)
+    model.info = {"n": int(len(x)), "dim": int(x.shape[1]), "rank": int(r), "shrinkage": shrinkage,
+                  "quantile": quantile, "margin": margin, "threshold": model.threshold,
+                  "train_score_p50": float(np.median(scores)), "train_score_max": float(scores.max()), **info}
+    return model
+
+
+def load_ood(run_dir: str | PathLike) -> OODModel | None:
+    """The run's ``ood.npz``, or None when the run has none (runs trained before it existed)."""
+    path = Path(run_dir) / OOD_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return OODModel(z["mean"], z["components"], z["eigvals"], float(z["resid_scale"]), float(z["threshold"]),
+                        json.loads(str(z["info"])))
