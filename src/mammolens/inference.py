@@ -39,6 +39,8 @@ import pandas as pd
 import torch
 
 from mammolens.data.cache import PreprocessCfg
+from mammolens.io.gating import PROCESSING_DUPLICATE, processing_duplicates
+from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast, autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class PredictionResult:
     errors: pd.DataFrame
     class_names: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # source path of each ``images`` row (not exported)
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. rasters without study information
 
     @property
     def n_failed(self) -> int:
@@ -112,17 +115,21 @@ def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]
 def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
     """Worker: read + preprocess one file; never raises (errors come back as records)."""
     from mammolens.io import read_image
+    from mammolens.io.gating import mammography_gate
     from mammolens.transforms.breast import preprocess_image
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
     try:
         img = read_image(path, dbt=cfg.dbt)
         meta = img.meta or {}
+        gate_ok, gate_reason = mammography_gate(meta)
+        if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
+            return {"path": path, "error": gate_reason}
         arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
         return {
             "path": path,
             "pixels": arr,
-            "meta": {k: meta.get(k) for k in ("laterality", "view", "modality", "manufacturer",
+            "meta": {k: meta.get(k) for k in ("laterality", "view", "modality", "manufacturer", "presentation_intent",
                                               "study_instance_uid", "sop_instance_uid", "patient_id")},
             "flipped": bool(info.get("flipped")),
             "bbox": info.get("bbox"),
@@ -244,7 +251,7 @@ class Predictor:
     # ---------------------------------------------------------------------------------- prediction
     def predict(self, inputs, *, explain: bool = False, overlay_dir: str | PathLike | None = None,
                 include_ids: bool = False, progress: bool = False, root: str | PathLike | None = None,
-                class_name: str | None = None) -> PredictionResult:
+                class_name: str | None = None, sidecar: str | PathLike | None = None) -> PredictionResult:
         """Predict files/folders; aggregate per breast and exam; collect errors.
 
         Args:
@@ -256,18 +263,27 @@ class Predictor:
             progress: show a progress bar.
             root: paths in the output are shown relative to this folder (default: common parent).
             class_name: explain this class instead of each image's predicted class.
+            sidecar: a CSV (``path, patient, study, laterality, view``; ``io.naming.read_sidecar``) that
+                groups files into exams and names their side and view; its values win over headers.
+
+        Images whose header says they are not mammograms are listed in ``errors`` ("not a mammogram:
+        ..."), and so is a For Processing image whose view also came For Presentation; neither gets a
+        density. Without a StudyInstanceUID or a sidecar study, each file is its own exam (one warning).
         """
         from mammolens.evaluation.aggregate import aggregate_breast, aggregate_exam
 
         paths = find_images(inputs)
+        hints = read_sidecar(sidecar) if sidecar is not None else {}
         if class_name is not None and class_name not in self.class_names:
             raise ValueError(f"class {class_name!r} is not one of this run's classes {self.class_names}")
         if root is None and paths:
             root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
-        rows, errors, sources = [], [], []
+        rows, errors, sources, intents = [], [], [], []
+        no_study = 0
         bar = _progress(len(paths), progress)
         for batch in self.iter_batches(paths):
             ok = [r for r in batch if r["error"] is None]
+            no_study += sum(_apply_grouping(r, hints) for r in ok)
             for r in batch:
                 if r["error"] is not None:
                     rel = _rel(r["path"], root)
@@ -283,8 +299,16 @@ class Predictor:
                 for r, p, cam in zip(ok, probs, cams):
                     rows.append(self._image_row(r, p, cam, root, overlay_dir, include_ids))
                     sources.append(r["path"])
+                    intents.append(r["meta"].get("presentation_intent") or "")
             bar.update(len(batch))
         bar.close()
+        rows, sources, skipped = _drop_processing_duplicates(rows, sources, intents)
+        errors += skipped
+        warnings = []
+        if no_study:
+            warnings.append(f"{no_study} image file(s) without study information: each treated as its own exam; "
+                            "give --sidecar to group them")
+            log.warning(warnings[-1])
         images = pd.DataFrame(rows)
         if images.empty:
             images = pd.DataFrame(columns=["file", "study_id", "laterality", "view", "modality",
@@ -296,7 +320,7 @@ class Predictor:
             if len(df) and self._dense_idx is not None:
                 df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(axis=1) >= 0.5
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
-                                self.class_names, sources)
+                                self.class_names, sources, warnings)
 
     def _image_row(self, r, p, cam, root, overlay_dir, include_ids) -> dict[str, Any]:
         meta = r["meta"]
@@ -305,7 +329,7 @@ class Predictor:
             rel = _mask_ids(rel, meta)
         row: dict[str, Any] = {
             "file": rel,
-            "study_id": study_key(meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
+            "study_id": study_key(r.get("group") or meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
             "laterality": meta.get("laterality") or "",
             "view": meta.get("view") or "",
             "modality": meta.get("modality") or "",
@@ -350,7 +374,40 @@ class Predictor:
                  for r in res.exams.to_dict("records")]
         errors = [{"file": Path(e["file"]).name, "reason": e["reason"]} for e in res.errors.to_dict("records")]
         return {"images": images, "breasts": breasts, "exams": exams, "errors": errors, "classes": self.class_names,
-                "model": self.name}
+                "model": self.name, "warnings": list(res.warnings)}
+
+
+# ------------------------------------------------------------------------------------------ grouping
+def _apply_grouping(r: dict[str, Any], hints: dict[Path, dict[str, str]]) -> bool:
+    """Fill a loaded record's study group, laterality and view from the sidecar, else the file name.
+
+    Sets ``r["group"]``, the basis of the study key: the sidecar's patient+study, else the
+    StudyInstanceUID, else the file itself. Returns True in the last case (the file is its own exam,
+    never pooled with its folder).
+    """
+    meta = r["meta"]
+    hint = hints.get(Path(r["path"]).resolve(), {})
+    for k in ("laterality", "view"):
+        meta[k] = hint.get(k) or meta.get(k) or ""
+    if not (meta["laterality"] and meta["view"]):
+        lat, view = parse_view_name(r["path"])
+        meta["laterality"], meta["view"] = meta["laterality"] or lat, meta["view"] or view
+    if hint.get("study") or hint.get("patient"):  # the user's grouping wins over the header's
+        r["group"] = f"sidecar:{hint.get('patient', '')}|{hint.get('study', '')}"
+        return False
+    r["group"] = meta.get("study_instance_uid") or f"file:{Path(r['path']).resolve()}"
+    return not meta.get("study_instance_uid")
+
+
+def _drop_processing_duplicates(rows: list[dict], sources: list[str], intents: list[str]):
+    """Rows and sources without For Processing images whose view came For Presentation too, and error rows for them."""
+    recs = [{"study": r["study_id"], "laterality": r["laterality"], "view": r["view"], "modality": r["modality"],
+             "presentation_intent": pi} for r, pi in zip(rows, intents)]
+    dupes = processing_duplicates(recs)
+    errors = [{"file": rows[i]["file"], "reason": f"{PROCESSING_DUPLICATE} ({rows[j]['file']})"}
+              for i, j in dupes.items()]
+    keep = [i for i in range(len(rows)) if i not in dupes]
+    return [rows[i] for i in keep], [sources[i] for i in keep], errors
 
 
 # ------------------------------------------------------------------------------------------ utilities
