@@ -230,7 +230,8 @@ def test_predict_sidecar_groups_files_into_exams(predictor, tmp_path):
 
 @pytest.mark.parametrize("body, match", [
     ("path,patient,study,laterality,view\nimg0.png,P1,S1,X,CC\n", "row 1, column laterality: 'X'"),
-    ("path,patient,study,laterality,view\nimg0.png,P1,S1,L,CC\nnope.png,P1,S1,L,CC\n", "row 2, column path: no such file"),
+    ("path,patient,study,laterality,view\nimg0.png,P1,S1,L,CC\nnope.png,P1,S1,L,CC\n",
+     "row 2, column path: no such file"),
     ("path,patient,study,laterality,view\nimg0.png,P1,S1,L,TOP\n", "row 1, column view: 'TOP'"),
     ("file,patient\nimg0.png,P1\n", "columns must be path, patient, study, laterality, view"),
 ])

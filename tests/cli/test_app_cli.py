@@ -71,7 +71,8 @@ def test_predict_cli_sidecar_groups_pngs_and_dx_is_not_predicted(app_env, tmp_pa
     warned = [m for m in caplog.messages if "without study information" in m]  # the terminal's WARNING line
     assert len(warned) == 1 and warned[0].startswith("1 image file(s)")  # scan2.png: its own exam
     errors = pd.read_csv(out / "errors.csv")
-    assert list(errors["file"]) == ["abdomen.dcm"] and list(errors["reason"]) == ["not a mammogram: DX image of ABDOMEN"]
+    assert list(errors["file"]) == ["abdomen.dcm"]
+    assert list(errors["reason"]) == ["not a mammogram: DX image of ABDOMEN"]
     assert json.loads((out / "results.json").read_text())["warnings"][0].startswith("1 image file(s)")
 
 

@@ -22,11 +22,13 @@ DX = "1.2.840.10008.5.1.4.1.1.1.1"
     # a view read from free text (SeriesDescription) is not evidence enough, nor is OTHER
     ({"Modality": "DX"}, "CC", "SeriesDescription", (False, "not a mammogram: DX image without a breast body "
                                                             "part or a mammography view")),
-    ({"Modality": "DX", "BodyPartExamined": "CHEST"}, "OTHER", "ViewPosition", (False, "not a mammogram: DX image of CHEST")),
+    ({"Modality": "DX", "BodyPartExamined": "CHEST"}, "OTHER", "ViewPosition",
+     (False, "not a mammogram: DX image of CHEST")),
     ({"SOPClassUID": DX, "BodyPartExamined": "ABDOMEN"}, "", "", (False, "not a mammogram: DX image of ABDOMEN")),
     ({"Modality": "MG", "ImageType": "ORIGINAL\\PRIMARY\\FLAT_FIELD"}, "CC", "ViewPosition",
      (False, "not a mammogram: quality-control image (ImageType says FLAT_FIELD)")),
-    ({"Modality": "MG", "ProtocolName": "daily qc"}, "", "", (False, "not a mammogram: quality-control image (ProtocolName says QC)")),
+    ({"Modality": "MG", "ProtocolName": "daily qc"}, "", "",
+     (False, "not a mammogram: quality-control image (ProtocolName says QC)")),
     ({"Modality": "MG", "SeriesDescription": "ACR Phantom"}, "", "",
      (False, "not a mammogram: quality-control image (SeriesDescription says PHANTOM)")),
     ({"Modality": "MG", "SeriesDescription": "Calibration"}, "", "",

@@ -190,11 +190,11 @@ def ingest(
     results.sort(key=lambda r: r[0])
     rows, errors, row_paths = [], [], []
     for path, meta, reason in results:
-        gate_ok, gate_reason = mammography_gate(meta) if meta is not None else (False, reason)
+        gate_ok, gate_reason = mammography_gate(meta) if meta is not None else (True, "")
+        if not gate_ok:  # "not a mammogram: ..." (io.gating): listed, never in the manifest
+            meta, reason = None, gate_reason
         if meta is None:
             errors.append({"path": path, "reason": reason})
-        elif not gate_ok:
-            errors.append({"path": path, "reason": gate_reason})
         elif not (meta.get("patient_id") or meta.get("study_instance_uid")):
             errors.append({"path": path, "reason": "no PatientID and no StudyInstanceUID: cannot group by patient"})
         else:

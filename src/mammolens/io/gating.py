@@ -22,7 +22,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["GATE_KEYWORDS", "NOT_A_MAMMOGRAM", "PROCESSING_DUPLICATE", "MAMMOGRAPHY_SOP_CLASSES", "gate_header", "mammography_gate", "processing_duplicates"]
+__all__ = [
+    "GATE_KEYWORDS", "MAMMOGRAPHY_SOP_CLASSES", "NOT_A_MAMMOGRAM", "PROCESSING_DUPLICATE", "gate_header",
+    "mammography_gate", "processing_duplicates",
+]
 
 MAMMOGRAPHY_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.2": "digital mammography (For Presentation)",
