@@ -35,6 +35,20 @@ class AppEnv:
     def study_files(self, i: int = 0) -> list[Path]:
         return sorted(p for p in self.study_dirs()[i].iterdir() if p.is_file())
 
+    def mammogram_png(self, i: int = 0) -> bytes:
+        """The cohort's i-th DICOM read as a mammogram and saved as an 8-bit PNG (no header: a raster input)."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from mammolens.io import read_image
+
+        path = self.cohort / self.df["image_path"].iloc[i]
+        buf = io.BytesIO()
+        Image.fromarray(np.round(read_image(path).pixels * 255).astype(np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
 
 def _train_cfg(cache: Path, out_dir: Path, **kw):
     from mammolens.train.config import TrainCfg

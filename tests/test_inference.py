@@ -201,8 +201,100 @@ def test_predict_png_without_metadata(png_predictor, tmp_path):
     files = _write_pngs(tmp_path / "pngs", n=2)
     res = png_predictor.predict(files)
     assert len(res.images) == 2 and res.n_failed == 0
-    assert len(res.exams) == 1  # same folder → same fallback study key
     np.testing.assert_allclose(res.exams[PROBS].sum(axis=1), 1.0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- gating + grouping
+def test_predict_loose_pngs_are_one_exam_each_with_one_warning(predictor, tmp_path, caplog):
+    files = _write_pngs(tmp_path / "pngs", n=3)
+    with caplog.at_level("WARNING", logger="mammolens.inference"):
+        res = predictor.predict(files)
+    assert len(res.images) == 3 and len(res.exams) == 3 and res.images["study_id"].nunique() == 3
+    assert res.warnings == ["3 image file(s) without study information: each treated as its own exam; "
+                            "give --sidecar to group them"]
+    assert sum("without study information" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_predict_file_names_give_laterality_and_view(predictor, tmp_path):
+    folder = tmp_path / "web"
+    folder.mkdir()
+    for name in ("demo_L_CC.png", "demo_R_CC.png", "CLOSE.png"):
+        shutil.copy(_write_pngs(tmp_path / "src", n=1)[0], folder / name)
+    res = predictor.predict(folder)
+    got = dict(zip(res.images["file"], zip(res.images["laterality"], res.images["view"])))
+    assert got == {"demo_L_CC.png": ("L", "CC"), "demo_R_CC.png": ("R", "CC"), "CLOSE.png": ("", "")}
+    assert sorted(res.breasts["laterality"]) == ["L", "R", "unknown"]
+    web = predictor.predict_files(sorted(folder.iterdir())[1:])  # the two demo files, as the web page sends them
+    assert sorted(b["laterality"] for b in web["breasts"]) == ["L", "R"]
+    assert web["warnings"] and "2 image file(s)" in web["warnings"][0]
+
+
+def test_predict_sidecar_groups_files_into_exams(predictor, tmp_path):
+    files = _write_pngs(tmp_path / "pngs", n=4)
+    (tmp_path / "pngs" / "sidecar.csv").write_text(
+        "path,patient,study,laterality,view\n"
+        "img0.png,P1,S1,L,CC\nimg1.png,P1,S1,R,CC\nimg2.png,P1,S1,left,mlo\n"
+        f"{files[3]},P2,S1,R,MLO\n")  # absolute path; same study name, other patient: another exam
+    res = predictor.predict(files, sidecar=tmp_path / "pngs" / "sidecar.csv")
+    assert res.warnings == []
+    assert list(res.images["laterality"]) == ["L", "R", "L", "R"]
+    assert list(res.images["view"]) == ["CC", "CC", "MLO", "MLO"]
+    assert len(res.exams) == 2 and sorted(res.exams["n_images"]) == [1, 3]
+    assert len(res.breasts) == 3
+
+
+@pytest.mark.parametrize("body, match", [
+    ("path,patient,study,laterality,view\nimg0.png,P1,S1,X,CC\n", "row 1, column laterality: 'X'"),
+    ("path,patient,study,laterality,view\nimg0.png,P1,S1,L,CC\nnope.png,P1,S1,L,CC\n",
+     "row 2, column path: no such file"),
+    ("path,patient,study,laterality,view\nimg0.png,P1,S1,L,TOP\n", "row 1, column view: 'TOP'"),
+    ("file,patient\nimg0.png,P1\n", "columns must be path, patient, study, laterality, view"),
+])
+def test_predict_sidecar_errors_name_row_and_column(predictor, tmp_path, body, match):
+    files = _write_pngs(tmp_path, n=1)
+    (tmp_path / "sidecar.csv").write_text(body)
+    with pytest.raises(ValueError, match=match):
+        predictor.predict(files, sidecar=tmp_path / "sidecar.csv")
+
+
+def test_predict_non_mammograms_get_no_density(predictor, app_env, tmp_path):  # noqa: F811
+    from mammolens.data.synthetic import write_non_mammogram
+
+    study = tmp_path / "study"
+    shutil.copytree(app_env.study_dirs()[0], study)
+    for kind in ("dx-abdomen", "cr-test-pattern", "mg-flatfield"):
+        write_non_mammogram(study / f"{kind}.dcm", kind)
+    res = predictor.predict(study)
+    assert len(res.images) == 4 and not any(f.endswith(("abdomen.dcm", "pattern.dcm", "flatfield.dcm"))
+                                            for f in res.images["file"])
+    reasons = dict(zip(res.errors["file"], res.errors["reason"]))
+    assert reasons == {
+        "cr-test-pattern.dcm": "not a mammogram: quality-control image (SeriesDescription says TEST PATTERN)",
+        "dx-abdomen.dcm": "not a mammogram: DX image of ABDOMEN",
+        "mg-flatfield.dcm": "not a mammogram: quality-control image (ImageType says FLATFIELD)",
+    }
+    assert list(res.exams["n_images"]) == [4]
+
+
+def test_predict_processing_copy_of_a_presented_view_counts_once(predictor, app_env, tmp_path):  # noqa: F811
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    study = tmp_path / "study"
+    shutil.copytree(app_env.study_dirs()[0], study)
+    src = sorted(study.iterdir())[0]
+    ds = pydicom.dcmread(src)
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.save_as(src)
+    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(study / "zz_processing.dcm")
+    res = predictor.predict(study)
+    assert len(res.images) == 4 and "zz_processing.dcm" not in set(res.images["file"])
+    assert list(res.errors["file"]) == ["zz_processing.dcm"]
+    assert res.errors["reason"][0] == ("For Processing duplicate of a For Presentation image; not counted "
+                                       f"({src.name})")
+    assert list(res.exams["n_images"]) == [4]
 
 
 def test_predict_array_any_size(predictor):

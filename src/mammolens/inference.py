@@ -45,6 +45,8 @@ import pandas as pd
 import torch
 
 from mammolens.data.cache import PreprocessCfg
+from mammolens.io.gating import PROCESSING_DUPLICATE, processing_duplicates
+from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast, autocast_dtype
 from mammolens.transforms.quality import QualityCfg
 
@@ -63,6 +65,7 @@ class PredictionResult:
     errors: pd.DataFrame
     class_names: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # source path of each ``images`` row (not exported)
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. rasters without study information
 
     @property
     def n_failed(self) -> int:
@@ -116,7 +119,8 @@ def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]
     return out
 
 
-_META_KEYS = ("laterality", "view", "modality", "manufacturer", "study_instance_uid", "sop_instance_uid", "patient_id")
+_META_KEYS = ("laterality", "view", "modality", "manufacturer", "presentation_intent", "study_instance_uid",
+              "sop_instance_uid", "patient_id")
 
 
 def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | None) -> dict[str, Any] | None:
@@ -134,12 +138,16 @@ def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[st
     """Worker: read, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file; never raises
     (errors and "not assessable" images come back as records)."""
     from mammolens.io import read_image
+    from mammolens.io.gating import mammography_gate
     from mammolens.transforms.breast import preprocess_image
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
     try:
         img = read_image(path, dbt=cfg.dbt)
         meta = img.meta or {}
+        gate_ok, gate_reason = mammography_gate(meta)
+        if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
+            return {"path": path, "error": gate_reason}
         bad = _quality_check(path, img.pixels, meta, quality)
         if bad is not None:
             return bad
@@ -274,7 +282,7 @@ class Predictor:
     # ---------------------------------------------------------------------------------- prediction
     def predict(self, inputs, *, explain: bool = False, overlay_dir: str | PathLike | None = None,
                 include_ids: bool = False, progress: bool = False, root: str | PathLike | None = None,
-                class_name: str | None = None) -> PredictionResult:
+                class_name: str | None = None, sidecar: str | PathLike | None = None) -> PredictionResult:
         """Predict files/folders; aggregate per breast and exam; collect errors.
 
         Args:
@@ -286,18 +294,33 @@ class Predictor:
             progress: show a progress bar.
             root: paths in the output are shown relative to this folder (default: common parent).
             class_name: explain this class instead of each image's predicted class.
+            sidecar: a CSV (``path, patient, study, laterality, view``; ``io.naming.read_sidecar``) that
+                groups files into exams and names their side and view; its values win over headers.
+
+        Images whose header says they are not mammograms are listed in ``errors`` ("not a mammogram:
+        ..."), and so is a For Processing image whose view also came For Presentation; neither gets a
+        density. Without a StudyInstanceUID or a sidecar study, each file is its own exam (one warning).
         """
         from mammolens.evaluation.aggregate import aggregate_breast, aggregate_exam
 
         paths = find_images(inputs)
+        hints = read_sidecar(sidecar) if sidecar is not None else {}
         if class_name is not None and class_name not in self.class_names:
             raise ValueError(f"class {class_name!r} is not one of this run's classes {self.class_names}")
         if root is None and paths:
             root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
-        rows, errors, sources = [], [], []
+        rows, errors, sources, intents = [], [], [], []
+        no_study = 0
+
+        def add(row: dict[str, Any], r: dict[str, Any]) -> None:  # an images row, its source file and its intent
+            rows.append(row)
+            sources.append(r["path"])
+            intents.append(r["meta"].get("presentation_intent") or "")
+
         bar = _progress(len(paths), progress)
         for batch in self.iter_batches(paths):
             ok = [r for r in batch if r["error"] is None and not r.get("quality_reason")]
+            no_study += sum(_apply_grouping(r, hints) for r in batch if r["error"] is None)
             for r in batch:
                 if r["error"] is not None:
                     rel = _rel(r["path"], root)
@@ -307,8 +330,7 @@ class Predictor:
                     log.warning("skipped %s: %s", rel, reason)
             for r in batch:  # failed the image checks in the worker: a row without a density
                 if r["error"] is None and r.get("quality_reason"):
-                    rows.append(self._not_assessable_row(r, r["quality_reason"], root, include_ids))
-                    sources.append(r["path"])
+                    add(self._not_assessable_row(r, r["quality_reason"], root, include_ids), r)
             if ok:
                 x = torch.from_numpy(np.stack([r["pixels"] for r in ok]).astype(np.float32) / 65535.0)[:, None]
                 probs, scores = self._probs_and_ood(x)  # [B, K], [B]
@@ -316,16 +338,21 @@ class Predictor:
                 for i in sorted(set(range(len(ok))) - set(passed)):
                     reason = (f"not assessable: out of distribution (score {scores[i]:.3g} > threshold "
                               f"{self.ood.threshold:.3g})")
-                    rows.append(self._not_assessable_row(ok[i], reason, root, include_ids, float(scores[i])))
-                    sources.append(ok[i]["path"])
+                    add(self._not_assessable_row(ok[i], reason, root, include_ids, float(scores[i])), ok[i])
                 x, ok, probs, scores = x[passed], [ok[i] for i in passed], probs[passed], scores[passed]
                 target = probs.argmax(1) if class_name is None else np.full(len(ok), self.class_names.index(class_name))
                 cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain and ok else [None] * len(ok)
                 for r, p, cam, sc in zip(ok, probs, cams, scores):
-                    rows.append(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)))
-                    sources.append(r["path"])
+                    add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)), r)
             bar.update(len(batch))
         bar.close()
+        rows, sources, skipped = _drop_processing_duplicates(rows, sources, intents)
+        errors += skipped
+        warnings = []
+        if no_study:
+            warnings.append(f"{no_study} image file(s) without study information: each treated as its own exam; "
+                            "give --sidecar to group them")
+            log.warning(warnings[-1])
         images = pd.DataFrame(rows)
         if images.empty:
             images = pd.DataFrame(columns=["file", "study_id", "laterality", "view", "modality",
@@ -339,7 +366,7 @@ class Predictor:
             if len(df) and self._dense_idx is not None:
                 df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(axis=1) >= 0.5
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
-                                self.class_names, sources)
+                                self.class_names, sources, warnings)
 
     @torch.no_grad()
     def _probs_and_ood(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +386,7 @@ class Predictor:
             rel = _mask_ids(rel, meta)
         row: dict[str, Any] = {
             "file": rel,
-            "study_id": study_key(meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
+            "study_id": study_key(r.get("group") or meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
             "laterality": meta.get("laterality") or "",
             "view": meta.get("view") or "",
             "modality": meta.get("modality") or "",
@@ -427,7 +454,40 @@ class Predictor:
                  for r in res.exams.to_dict("records")]
         errors = [{"file": Path(e["file"]).name, "reason": e["reason"]} for e in res.errors.to_dict("records")]
         return {"images": images, "breasts": breasts, "exams": exams, "errors": errors, "classes": self.class_names,
-                "model": self.name}
+                "model": self.name, "warnings": list(res.warnings)}
+
+
+# ------------------------------------------------------------------------------------------ grouping
+def _apply_grouping(r: dict[str, Any], hints: dict[Path, dict[str, str]]) -> bool:
+    """Fill a loaded record's study group, laterality and view from the sidecar, else the file name.
+
+    Sets ``r["group"]``, the basis of the study key: the sidecar's patient+study, else the
+    StudyInstanceUID, else the file itself. Returns True in the last case (the file is its own exam,
+    never pooled with its folder).
+    """
+    meta = r["meta"]
+    hint = hints.get(Path(r["path"]).resolve(), {})
+    for k in ("laterality", "view"):
+        meta[k] = hint.get(k) or meta.get(k) or ""
+    if not (meta["laterality"] and meta["view"]):
+        lat, view = parse_view_name(r["path"])
+        meta["laterality"], meta["view"] = meta["laterality"] or lat, meta["view"] or view
+    if hint.get("study") or hint.get("patient"):  # the user's grouping wins over the header's
+        r["group"] = f"sidecar:{hint.get('patient', '')}|{hint.get('study', '')}"
+        return False
+    r["group"] = meta.get("study_instance_uid") or f"file:{Path(r['path']).resolve()}"
+    return not meta.get("study_instance_uid")
+
+
+def _drop_processing_duplicates(rows: list[dict], sources: list[str], intents: list[str]):
+    """Rows and sources without For Processing images whose view came For Presentation too, and error rows for them."""
+    recs = [{"study": r["study_id"], "laterality": r["laterality"], "view": r["view"], "modality": r["modality"],
+             "presentation_intent": pi} for r, pi in zip(rows, intents)]
+    dupes = processing_duplicates(recs)
+    errors = [{"file": rows[i]["file"], "reason": f"{PROCESSING_DUPLICATE} ({rows[j]['file']})"}
+              for i, j in dupes.items()]
+    keep = [i for i in range(len(rows)) if i not in dupes]
+    return [rows[i] for i in keep], [sources[i] for i in keep], errors
 
 
 # ------------------------------------------------------------------------------------------ utilities

@@ -235,7 +235,8 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
 def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: str | PathLike, *,
                    overlays: bool = True, dicom: bool = True, include_ids: bool = False,
                    batch_size: int = 16, workers: int | None = None, device: str = "auto",
-                   progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
+                   progress: bool = True, precision: str = "fp32",
+                   sidecar: str | PathLike | None = None) -> dict[str, Any]:
     """Predict files/folders/archives with a run and write every output a user or a PACS needs.
 
     Writes into ``out``: ``images.csv``, ``breasts.csv``, ``exams.csv`` (+ one ``results.json`` with
@@ -251,7 +252,7 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     out.mkdir(parents=True, exist_ok=True)
     p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers, precision=precision)
     res = p.predict(inputs, explain=overlays, overlay_dir=out / "overlays" if overlays else None,
-                    include_ids=include_ids, progress=progress)
+                    include_ids=include_ids, progress=progress, sidecar=sidecar)
     res.images.to_csv(out / "images.csv", index=False)
     res.breasts.to_csv(out / "breasts.csv", index=False)
     res.exams.to_csv(out / "exams.csv", index=False)
@@ -260,7 +261,7 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     payload = {"model": p.name, "classes": p.class_names,  # not-assessable rows: null, not NaN, for a density
                "images": images.astype(object).where(images.notna(), None).to_dict("records"),
                "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
-               "errors": res.errors.to_dict("records")}
+               "errors": res.errors.to_dict("records"), "warnings": res.warnings}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     n_sr = 0
     if dicom and len(res.images):
@@ -269,7 +270,7 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     return {"out_dir": str(out), "n_images": int(len(res.images)), "n_not_assessable": n_na,
             "n_breasts": int(len(res.breasts)),
             "n_exams": int(len(res.exams)), "n_failed": res.n_failed, "n_sr": n_sr,
-            "errors": res.errors.to_dict("records")}
+            "errors": res.errors.to_dict("records"), "warnings": res.warnings}
 
 
 def _write_dicom_outputs(p, res, out: Path, overlays: bool) -> int:

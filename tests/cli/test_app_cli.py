@@ -54,6 +54,28 @@ def test_predict_cli_corrupt_file_exit_1(app_env, tmp_path):  # noqa: F811
     assert not (out / "overlays").exists() and not (out / "dicom").exists()
 
 
+def test_predict_cli_sidecar_groups_pngs_and_dx_is_not_predicted(app_env, tmp_path, caplog):  # noqa: F811
+    from mammolens.data.synthetic import write_non_mammogram
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"scan{i}.png").write_bytes(app_env.mammogram_png(i))
+    write_non_mammogram(folder / "abdomen.dcm", "dx-abdomen")
+    (tmp_path / "side.csv").write_text("path,patient,study,laterality,view\n"
+                                       "pngs/scan0.png,P1,S1,L,CC\npngs/scan1.png,P1,S1,R,CC\n")
+    out = tmp_path / "out"
+    r = _invoke("predict", app_env.run, folder, "--out", out, "--workers", 0, "--device", "cpu",
+                "--no-overlays", "--no-dicom", "--sidecar", tmp_path / "side.csv")
+    assert "3 images, 3 breasts, 2 exams predicted" in r.output, r.output
+    warned = [m for m in caplog.messages if "without study information" in m]  # the terminal's WARNING line
+    assert len(warned) == 1 and warned[0].startswith("1 image file(s)")  # scan2.png: its own exam
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors["file"]) == ["abdomen.dcm"]
+    assert list(errors["reason"]) == ["not a mammogram: DX image of ABDOMEN"]
+    assert json.loads((out / "results.json").read_text())["warnings"][0].startswith("1 image file(s)")
+
+
 def test_predict_cli_missing_run_fails(tmp_path):
     r = _invoke("predict", tmp_path / "norun", tmp_path, "--out", tmp_path / "o", "--workers", 0)
     assert r.exit_code != 0

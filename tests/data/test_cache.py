@@ -241,3 +241,14 @@ def test_build_cache_mini_mias_real_images(mini_mias, tmp_path):
     for i in range(4):
         img = c.get(i)
         assert img[:, :8].mean() > img[:, -8:].mean()  # chest wall on the left after orientation
+
+
+def test_build_cache_refuses_rows_whose_header_is_not_a_mammogram(png_manifest, tmp_path):
+    from mammolens.data.synthetic import write_non_mammogram
+
+    df = png_manifest.iloc[:2].copy()
+    df.loc[1, "image_path"] = str(write_non_mammogram(tmp_path / "dx.dcm", "dx-abdomen"))
+    out = build_cache(df, tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False)  # the real reader
+    index = open_cache(out, allow_incomplete=True).index
+    assert list(index["status"]) == ["done", "failed"]
+    assert index["error"][1] == "ValueError: not a mammogram: DX image of ABDOMEN"

@@ -104,3 +104,37 @@ def test_ingest_then_build_cache_end_to_end(archive, tmp_path):
     assert c.images.reshape(3, -1).max(axis=1).min() > 0
     conv = c.meta["conversion_summary"]
     assert conv  # the reader's conversion records are summarised
+
+
+def test_ingest_keeps_non_mammograms_out_of_the_manifest(tmp_path):
+    from mammolens.data.synthetic import write_non_mammogram
+
+    root = tmp_path / "archive"
+    write_mg_dicom(root / "mg.dcm", "P1", "1.1", "L", "CC")
+    for kind in ("dx-abdomen", "cr-test-pattern", "mg-flatfield"):
+        write_non_mammogram(root / f"{kind}.dcm", kind)
+    manifest, errors = ingest(root, tmp_path / "out", workers=0, progress=False)
+    assert list(manifest["image_path"]) == ["../archive/mg.dcm"] and list(manifest["modality"]) == ["DM"]
+    reasons = {Path_(p): r for p, r in zip(errors["path"], errors["reason"])}
+    assert reasons == {
+        "cr-test-pattern.dcm": "not a mammogram: quality-control image (SeriesDescription says TEST PATTERN)",
+        "dx-abdomen.dcm": "not a mammogram: DX image of ABDOMEN",
+        "mg-flatfield.dcm": "not a mammogram: quality-control image (ImageType says FLATFIELD)",
+    }
+
+
+def test_ingest_counts_a_processing_copy_once(tmp_path):
+    import pydicom
+
+    root = tmp_path / "archive"
+    pres = write_mg_dicom(root / "pres.dcm", "P1", "1.1", "L", "CC")
+    proc = write_mg_dicom(root / "proc.dcm", "P1", "1.1", "L", "CC", seed=1)
+    other = write_mg_dicom(root / "proc_other_view.dcm", "P1", "1.1", "L", "MLO", seed=2)
+    for path, intent in ((pres, "FOR PRESENTATION"), (proc, "FOR PROCESSING"), (other, "FOR PROCESSING")):
+        ds = pydicom.dcmread(path)
+        ds.PresentationIntentType = intent
+        ds.save_as(path)
+    manifest, errors = ingest(root, tmp_path / "out", workers=0, progress=False)
+    assert sorted(Path_(p) for p in manifest["image_path"]) == ["pres.dcm", "proc_other_view.dcm"]
+    assert [Path_(p) for p in errors["path"]] == ["proc.dcm"]
+    assert errors["reason"][0] == "For Processing duplicate of a For Presentation image; not counted (pres.dcm)"

@@ -53,3 +53,15 @@ def test_real_predictor_bad_upload_listed(client, app_env):  # noqa: F811
     body = r.json()
     assert len(body["images"]) == 1 and len(body["exams"]) == 1
     assert [e["file"] for e in body["errors"]] == ["x.dcm"]
+
+
+def test_real_predictor_png_names_give_two_breasts_and_a_warning(client, app_env):  # noqa: F811
+    files = [("files", (name, app_env.mammogram_png(0), "image/png")) for name in ("demo_L_CC.png", "demo_R_CC.png")]
+    r = client.post("/api/predict", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(i["file"], i["laterality"], i["view"]) for i in body["images"]] == [
+        ("demo_L_CC.png", "L", "CC"), ("demo_R_CC.png", "R", "CC")]
+    assert sorted(b["laterality"] for b in body["breasts"]) == ["L", "R"]
+    assert body["warnings"] == ["2 image file(s) without study information: each treated as its own exam; "
+                                "give --sidecar to group them"]

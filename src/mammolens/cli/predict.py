@@ -19,6 +19,8 @@ def predict_cli(
     workers: int = typer.Option(None, help="Reading/preprocessing processes (default: all cores)."),
     device: str = typer.Option("auto"),
     precision: str = typer.Option("fp32", help="fp32 (default), bf16 (faster on recent CPUs/GPUs) or fp16 (CUDA)."),
+    sidecar: Path = typer.Option(None, "--sidecar", help="CSV with columns path, patient, study, laterality, view "
+                                 "that groups image files into exams (paths relative to the CSV)."),
 ) -> None:
     """Density per image, breast and exam (any number of views), with probabilities and dense flag.
 
@@ -29,7 +31,7 @@ def predict_cli(
 
     res = predict_to_dir(run, inputs, out, overlays=overlays, dicom=dicom, include_ids=include_ids,
                          batch_size=batch_size, workers=workers, device=device,
-                         precision=precision)
+                         precision=precision, sidecar=sidecar)
     typer.echo(f"{res['n_images']} images, {res['n_breasts']} breasts, {res['n_exams']} exams predicted; "
                f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
     if res.get("n_not_assessable"):

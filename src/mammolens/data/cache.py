@@ -188,6 +188,7 @@ def _conversion_json(conv: Any) -> str:
 
 def _process_row(task: tuple[int, str, str, Any]) -> dict[str, Any]:
     """Read, preprocess and write one row; never raises (failures come back as records)."""
+    from mammolens.io.gating import mammography_gate
     from mammolens.transforms.breast import preprocess_image
 
     row, path, laterality, frame = task
@@ -197,6 +198,9 @@ def _process_row(task: tuple[int, str, str, Any]) -> dict[str, Any]:
     try:
         fr = _parse_frame(frame)
         img = reader(path, frame=fr) if fr is not None else reader(path, dbt=cfg.dbt)
+        gate_ok, gate_reason = mammography_gate(getattr(img, "meta", None) or {})
+        if not gate_ok:  # a DX abdomen in a hand-made manifest must not be trained on as DM
+            raise ValueError(gate_reason)
         pixels = np.asarray(getattr(img, "pixels", img))
         if fr is not None and pixels.ndim == 3:  # a reader that returned the whole stack
             if not 0 <= fr < pixels.shape[0]:

@@ -3,8 +3,11 @@
 Every file under ``root`` is looked at; DICOM is recognised by content (files without a suffix
 included). Each readable mammography image becomes one manifest row (a multi-frame DBT file is one row,
 ``frame`` empty); anything else — non-DICOM files, DICOM without pixel data (SR, DICOMDIR), colour
-images, truncated files — becomes one row of ``errors.csv`` with the reason. Nothing is logged per
-file, so patient identifiers never reach the logs.
+images, truncated files — becomes one row of ``errors.csv`` with the reason. Images whose header says
+they are not mammograms (DX/CR of another body part, flat-field/QC/phantom images; rules in
+``mammolens.io.gating``) go to ``errors.csv`` as "not a mammogram: ...", and a For Processing image
+whose view also exists For Presentation as "For Processing duplicate ...; not counted". Nothing is
+logged per file, so patient identifiers never reach the logs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
+from mammolens.io.gating import PROCESSING_DUPLICATE, mammography_gate, processing_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +188,24 @@ def ingest(
                     results.append(r)
                     bar.update(1)
     results.sort(key=lambda r: r[0])
-    rows, errors = [], []
+    rows, errors, row_paths = [], [], []
     for path, meta, reason in results:
+        gate_ok, gate_reason = mammography_gate(meta) if meta is not None else (True, "")
+        if not gate_ok:  # "not a mammogram: ..." (io.gating): listed, never in the manifest
+            meta, reason = None, gate_reason
         if meta is None:
             errors.append({"path": path, "reason": reason})
         elif not (meta.get("patient_id") or meta.get("study_instance_uid")):
             errors.append({"path": path, "reason": "no PatientID and no StudyInstanceUID: cannot group by patient"})
         else:
             rows.append(_row(path, meta, base))
+            row_paths.append(path)
+    # one view stored For Presentation and For Processing counts once (training and evaluation alike)
+    dupes = processing_duplicates([{**r, "study": r["study_id"]} for r in rows])
+    for i, twin in dupes.items():
+        errors.append({"path": row_paths[i], "reason": f"{PROCESSING_DUPLICATE} ({Path(row_paths[twin]).name})"})
+    rows = [r for i, r in enumerate(rows) if i not in dupes]
+    errors.sort(key=lambda e: e["path"])
     cols = list(MANIFEST_REQUIRED) + list(EXTRA_COLUMNS)
     manifest = pd.DataFrame(rows, columns=cols)
     manifest["frame"] = manifest["frame"].astype("Int64")

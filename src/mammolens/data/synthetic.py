@@ -281,6 +281,25 @@ def write_dicom(path: str | PathLike, pixels: np.ndarray | None, spec: DicomSpec
     return path
 
 
+NON_MAMMOGRAMS = {
+    "dx-abdomen": {"sop_class": "dx", "view": "AP", "series_description": "ABDOMEN AP",
+                   "extra": {"Modality": "DX", "BodyPartExamined": "ABDOMEN"}},
+    "cr-test-pattern": {"sop_class": "1.2.840.10008.5.1.4.1.1.1", "view_tag": "none", "laterality_tag": "none",
+                        "series_description": "TEST PATTERN", "extra": {"Modality": "CR", "BodyPartExamined": ""}},
+    "mg-flatfield": {"image_type": ("ORIGINAL", "PRIMARY", "FLATFIELD"), "series_description": "FLAT FIELD"},
+}
+"""``DicomSpec`` overrides of the images that must never get a density (``io.gating`` rejects them)."""
+
+
+def write_non_mammogram(path: str | PathLike, kind: str, size: tuple[int, int] = (64, 48), **overrides) -> Path:
+    """Write a DX abdomen, a CR test pattern or a flat-field MG (``NON_MAMMOGRAMS`` keys) with plausible pixels."""
+    if kind not in NON_MAMMOGRAMS:
+        raise ValueError(f"kind must be one of {sorted(NON_MAMMOGRAMS)}, got {kind!r}")
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    pixels = (((xx // 8 + yy // 8) % 2) * 3000 + 500).astype(np.uint16)  # a checkerboard, 12-bit
+    return write_dicom(path, pixels, bits_stored=12, **{**NON_MAMMOGRAMS[kind], **overrides})
+
+
 def _jpeg_baseline(ds, arr: np.ndarray) -> None:
     """Encode 8-bit greyscale frames with Pillow as JPEG baseline (lossy) and encapsulate them."""
     import io
@@ -577,5 +596,5 @@ def make_cohort(
 
 __all__ = [
     "COMPRESSIONS", "DEFAULT_DENSITY_PROBS", "DENSE_FRACTION", "SOP_CLASSES", "VENDORS", "DicomSpec",
-    "available_compressions", "make_cohort", "render_breast", "write_dicom",
+    "NON_MAMMOGRAMS", "available_compressions", "make_cohort", "render_breast", "write_dicom", "write_non_mammogram",
 ]

@@ -58,7 +58,8 @@ enhanced ``FrameLaterality``, then text (``SeriesDescription``, ``ProtocolName``
 normalised (``"HOLOGIC, Inc."`` -> ``"Hologic"``, ``"GE MEDICAL SYSTEMS"`` -> ``"GE"``...);
 ``pixel_spacing`` from ``PixelSpacing``, then ``ImagerPixelSpacing``, then the enhanced
 ``PixelMeasuresSequence`` (source in ``meta["pixel_spacing_source"]``); ``age`` in years from
-``PatientAge``.
+``PatientAge``; ``gate_ok``/``gate_reason``: whether the header says mammogram (``io.gating``; the
+reader reads any greyscale image, ingest and ``Predictor`` act on the gate).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ import numpy as np
 
 from mammolens.constants import VIEWS
 from mammolens.io._types import ImageReadError, MammoImage, check_pixel_budget, empty_meta, image_read_guard
+from mammolens.io.gating import GATE_KEYWORDS, gate_header
 
 READER_VERSION = "1.2"
 """Bumped whenever the conversion of stored values to pixels changes (caches record it)."""
@@ -285,6 +287,7 @@ def dicom_meta(ds) -> dict:
     if view and view not in VIEWS:  # e.g. LMO, CV: kept as OTHER so the manifest vocabulary holds
         view = "OTHER"
     spacing, spacing_src = _pixel_spacing(ds)
+    gate_ok, gate_reason = gate_header({kw: _text(ds, kw) for kw in GATE_KEYWORDS}, view, view_src)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     bits = ds.get("BitsStored")
     meta.update(
@@ -309,6 +312,8 @@ def dicom_meta(ds) -> dict:
         laterality_source=lat_src,
         view_source=view_src,
         pixel_spacing_source=spacing_src,
+        gate_ok=gate_ok,  # io.gating: only mammograms get a density
+        gate_reason=gate_reason,
     )
     return meta
 

@@ -153,6 +153,7 @@ def _to_response(raw: Mapping[str, Any]) -> dict:
         "breasts": [_clean(b, _BREAST_KEYS, alias) for b in raw.get("breasts", [])],
         "exams": [_clean(x, _EXAM_KEYS, alias) for x in raw.get("exams", [])],
         "errors": errors,
+        "warnings": [str(w) for w in raw.get("warnings", [])],  # e.g. files without study information
     }
 
 

@@ -184,7 +184,7 @@
       }
       render(data);
       const n = (data.images || []).length;
-      setStatus("Done: " + n + " image" + (n === 1 ? "" : "s") + " in " + (data.elapsed_s || 0).toFixed(1) + " s" + ((data.errors || []).length ? " · " + data.errors.length + " file(s) not used" : ""));
+      setStatus("Done: " + n + " image" + (n === 1 ? "" : "s") + " in " + (data.elapsed_s || 0).toFixed(1) + " s" + ((data.errors || []).length ? " · " + data.errors.length + " file(s) not used" : "") + (data.warnings || []).map((w) => " · " + w).join(""));
       document.body.dataset.state = "done";
     } catch (err) {
       setStatus("Prediction failed: " + err.message, "error");
