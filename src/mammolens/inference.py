@@ -16,15 +16,14 @@ Images are read by ``mammolens.io.read_image`` and preprocessed by the run's own
 Reading and preprocessing run in a pool of worker processes while the model works on the previous
 batch; at most a few batches are in flight, so memory stays flat on any number of files.
 
-Privacy: outputs carry a pseudonymous ``study`` key (a hash of the StudyInstanceUID) instead of
-identifiers, and folder/file names in the ``file`` column that contain the image's PatientID or
-StudyInstanceUID are pseudonymised too; ``include_ids=True`` keeps them and adds ``patient_id`` and
-``study_instance_uid``.
+Privacy: outputs carry a pseudonymous ``study`` key (a keyed hash of the StudyInstanceUID, see
+``mammolens.privacy``) instead of identifiers, and folder/file names in the ``file`` column and in
+error rows that contain a PatientID or a Study/Series/SOP Instance UID are pseudonymised too;
+``include_ids=True`` keeps them and adds ``patient_id`` and ``study_instance_uid``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ import torch
 
 from mammolens.data.cache import PreprocessCfg
 from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.privacy import ids_of, pseudonym, relative_path, scrub_path, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +63,8 @@ class PredictionResult:
 
 
 def study_key(uid: str, fallback: str) -> str:
-    """A short pseudonymous key for a study (no identifier leaves the machine unless asked)."""
-    basis = uid or fallback
-    return "study-" + hashlib.sha1(basis.encode()).hexdigest()[:10]
-
-
-def _mask_ids(rel: str, meta: dict[str, Any]) -> str:
-    """``rel`` with path components that hold the image's PatientID or StudyInstanceUID pseudonymised.
-
-    Archives are often foldered by patient ID (``1234567/study1/L_CC.dcm``); without this the ``file``
-    column of the tables would leak it.
-    """
-    pid = str(meta.get("patient_id") or "").strip()
-    uid = str(meta.get("study_instance_uid") or "").strip()
-    alias = "patient-" + hashlib.sha1(pid.encode()).hexdigest()[:8]
-    parts = []
-    for part in rel.split("/"):
-        if pid and (part == pid or (len(pid) >= 4 and pid in part)):  # short IDs only as a whole name
-            part = part.replace(pid, alias)
-        if uid and uid in part:
-            part = part.replace(uid, study_key(uid, ""))
-        parts.append(part)
-    return "/".join(parts)
+    """A pseudonymous key for a study (no identifier leaves the machine unless asked)."""
+    return pseudonym(uid or fallback, "study")
 
 
 def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]:
@@ -264,17 +244,19 @@ class Predictor:
             raise ValueError(f"class {class_name!r} is not one of this run's classes {self.class_names}")
         if root is None and paths:
             root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
-        rows, errors, sources = [], [], []
+        rows, failed, sources = [], [], []
+        seen_ids: set[tuple[str, str]] = set()  # identifiers of the images read: scrubbed from error rows too
         bar = _progress(len(paths), progress)
         for batch in self.iter_batches(paths):
             ok = [r for r in batch if r["error"] is None]
             for r in batch:
                 if r["error"] is not None:
-                    rel = _rel(r["path"], root)
+                    rel = relative_path(r["path"], root)
                     # the reason names the file as the tables do (no absolute path into the archive)
                     reason = r["error"].replace(str(Path(r["path"]).resolve()), rel).replace(r["path"], rel)
-                    errors.append({"file": rel, "reason": reason})
-                    log.warning("skipped %s: %s", rel, reason)
+                    failed.append((r["path"], rel, reason))
+                else:
+                    seen_ids.update((k, str(v)) for k, v in ids_of(r["meta"] or {}))
             if ok:
                 x = torch.from_numpy(np.stack([r["pixels"] for r in ok]).astype(np.float32) / 65535.0)[:, None]
                 probs = self.predict_tensor(x)  # [B, K]
@@ -285,6 +267,9 @@ class Predictor:
                     sources.append(r["path"])
             bar.update(len(batch))
         bar.close()
+        errors = [_error_row(path, rel, reason, seen_ids, include_ids) for path, rel, reason in failed]
+        for e in errors:
+            log.warning("skipped %s: %s", e["file"], e["reason"])
         images = pd.DataFrame(rows)
         if images.empty:
             images = pd.DataFrame(columns=["file", "study_id", "laterality", "view", "modality",
@@ -300,9 +285,7 @@ class Predictor:
 
     def _image_row(self, r, p, cam, root, overlay_dir, include_ids) -> dict[str, Any]:
         meta = r["meta"]
-        rel = _rel(r["path"], root)
-        if not include_ids:
-            rel = _mask_ids(rel, meta)
+        rel = relative_path(r["path"], root) if include_ids else scrub_path(r["path"], ids_of(meta), root)
         row: dict[str, Any] = {
             "file": rel,
             "study_id": study_key(meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
@@ -368,11 +351,29 @@ def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndar
     return maps.detach().cpu().numpy()
 
 
-def _rel(path: str, root) -> str:
+def _error_row(path: str, rel: str, reason: str, seen_ids: set, include_ids: bool) -> dict[str, str]:
+    """An ``errors`` row; without ``include_ids``, the identifiers of the file's own header (when it has
+    one) and of every image read in this call are pseudonymised in its path and reason, so a file that
+    failed inside a PatientID/StudyUID folder does not leak the folder names."""
+    if include_ids:
+        return {"file": rel, "reason": reason}
+    ids = [*seen_ids, *_header_ids(path)]
+    return {"file": scrub_path(rel, ids), "reason": scrub_text(reason, ids)}
+
+
+def _header_ids(path: str) -> list[tuple[str, object]]:
+    """Identifiers in a DICOM header that may be readable although its pixels are not (else none)."""
+    import pydicom
+
     try:
-        return Path(path).resolve().relative_to(Path(root)).as_posix() if root else Path(path).name
-    except ValueError:
-        return Path(path).name
+        ds = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+    except Exception:  # noqa: BLE001 — not DICOM or broken: only the IDs seen elsewhere are scrubbed
+        return []
+    return ids_of({"patient_id": str(ds.get("PatientID", "") or ""),
+                   "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+                   "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+                   "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or "")})
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
