@@ -58,7 +58,8 @@ def test_scrub_path_pseudonymises_id_components(key_file):
     assert scrub_path("/elsewhere/x.dcm", ids, root="/archive") == "x.dcm"  # outside the root: the name only
     # a short ID only as a whole component; longer ones also inside names
     assert scrub_path("7/L_CC_7.dcm", {"patient": "7"}) == f"{pseudonym('7', 'patient')}/L_CC_7.dcm"
-    assert scrub_path(f"{pid}_scan/a.dcm", ids) == f"{pseudonym(pid, 'patient')}_scan/a.dcm"
+    assert scrub_path(f"{pid}/{pid}_LCC.dcm", ids) == f"{pseudonym(pid, 'patient')}/{pseudonym(pid, 'patient')}_LCC.dcm"
+    assert scrub_path("x/a.dcm", {}) == "x/a.dcm"
 
 
 def test_scrub_text_and_ids_of(key_file):

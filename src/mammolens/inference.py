@@ -365,15 +365,13 @@ def _header_ids(path: str) -> list[tuple[str, object]]:
     """Identifiers in a DICOM header that may be readable although its pixels are not (else none)."""
     import pydicom
 
+    tags = {"PatientID": "patient_id", "StudyInstanceUID": "study_instance_uid",
+            "SeriesInstanceUID": "series_instance_uid", "SOPInstanceUID": "sop_instance_uid"}
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True,
-                             specific_tags=["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags))
     except Exception:  # noqa: BLE001 — not DICOM or broken: only the IDs seen elsewhere are scrubbed
         return []
-    return ids_of({"patient_id": str(ds.get("PatientID", "") or ""),
-                   "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
-                   "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
-                   "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or "")})
+    return ids_of({col: str(ds.get(tag, "") or "") for tag, col in tags.items()})
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
