@@ -13,6 +13,18 @@ def _shared_data_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _pseudonym_key(tmp_path_factory):
+    """Tests pseudonymise with a throw-away key file, never the user's per-installation key."""
+    old = {k: os.environ.pop(k, None) for k in ("MAMMOLENS_SECRET", "MAMMOLENS_SECRET_FILE")}
+    os.environ["MAMMOLENS_SECRET_FILE"] = str(tmp_path_factory.mktemp("key") / "secret")
+    yield
+    for k, v in old.items():
+        os.environ.pop(k, None)
+        if v is not None:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real mammograms (../shared/data, or $MAMMOLENS_SHARED_DATA); skips if absent."""

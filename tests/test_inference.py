@@ -1,5 +1,6 @@
 """Tests for mammolens.inference (Predictor, find_images, PredictionResult) on a tiny trained run."""
 
+import hashlib
 import io
 import shutil
 
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from _app_fixtures import app_env  # noqa: F401 — session fixture
-from mammolens.inference import PredictionResult, Predictor, _mask_ids, find_images, study_key
+from mammolens.inference import PredictionResult, Predictor, find_images, study_key
+from mammolens.privacy import pseudonym
 
 CLASSES = ["A", "B", "C", "D"]
 PROBS = [f"prob_{c}" for c in CLASSES]
@@ -66,22 +68,12 @@ def test_find_images_missing_input_raises(tmp_path):
         find_images(tmp_path / "nope")
 
 
-def test_study_key_is_stable_pseudonym():
+def test_study_key_is_stable_keyed_pseudonym():
     k = study_key("1.2.3.4", "fallback")
     assert k == study_key("1.2.3.4", "other") and k.startswith("study-") and "1.2.3.4" not in k
     assert study_key("", "dirA") != study_key("", "dirB")
-
-
-def test_mask_ids_pseudonymises_id_folders():
-    meta = {"patient_id": "SYN0001", "study_instance_uid": "1.2.840.99"}
-    out = _mask_ids("SYN0001/1.2.840.99/SYN0001_LCC.dcm", meta)
-    assert "SYN0001" not in out and "1.2.840.99" not in out and out.endswith("_LCC.dcm")
-    parts = out.split("/")
-    assert parts[0].startswith("patient-") and parts[2] == parts[0] + "_LCC.dcm"
-    assert parts[1] == study_key("1.2.840.99", "")
-    # a short ID is only replaced as a whole folder name, never inside other names
-    assert _mask_ids("7/study7/a.dcm", {"patient_id": "7"}).split("/")[1:] == ["study7", "a.dcm"]
-    assert _mask_ids("x/a.dcm", {}) == "x/a.dcm"
+    # keyed (HMAC), not an unsalted hash anyone can recompute from a guessed UID
+    assert k == pseudonym("1.2.3.4", "study") and k[6:16] != hashlib.sha1(b"1.2.3.4").hexdigest()[:10]
 
 
 # ---------------------------------------------------------------------------------------- predict

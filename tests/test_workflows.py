@@ -2,7 +2,9 @@
 
 import base64
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pytest
 from PIL import Image
 
 from _app_fixtures import app_env, zeroshot_run  # noqa: F401 — session fixtures
+from mammolens.privacy import pseudonym
 from mammolens.workflows import evaluate_run, explain_run, predict_to_dir
 
 CLASSES = ["A", "B", "C", "D"]
@@ -123,9 +126,33 @@ def test_evaluate_run_predictions_pseudonymised(evaluated, app_env):  # noqa: F8
     assert not set(preds["patient_id"]) & set(app_env.df["patient_id"])
     assert not set(preds["study_id"]) & set(app_env.df["study_id"])
     assert preds["patient_id"].nunique() == 12  # grouping survives the hashing
-    # labels follow the manifest's density
-    truth = app_env.df.set_index("sop_instance_uid")["density"]
+    # labels follow the manifest's density (rows matched through the keyed SOP UID pseudonym)
+    truth = {pseudonym(u, "sop"): d for u, d in zip(app_env.df["sop_instance_uid"], app_env.df["density"])}
     assert (preds["label"] == [CLASSES.index(truth[u]) for u in preds["sop_instance_uid"]]).all()
+
+
+def test_evaluate_run_writes_no_identifiers_or_absolute_paths(evaluated, app_env):  # noqa: F811
+    _, out = evaluated
+    preds = pd.read_parquet(out / "predictions.parquet")
+    texts = {"predictions.parquet": preds.to_csv(index=False), "metrics.json": (out / "metrics.json").read_text(),
+             "report.html": re.sub(r"base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text())}  # no images
+    uids = set(app_env.df["study_id"]) | set(app_env.df["sop_instance_uid"])
+    for name, text in texts.items():
+        assert "SYN" not in text, name  # the cohort's PatientIDs (and their folder names)
+        assert not any(u in text for u in uids), name
+        assert str(app_env.root) not in text and str(out) not in text and "/tmp/" not in text, name
+    assert not any(p.is_absolute() for p in map(Path, preds["image_path"]))
+    assert preds["image_path"].str.endswith(".dcm").all() and preds["image_path"].nunique() == 48
+    # the cache built from the manifest (it holds the manifest) does not stay in the output folder
+    assert {p.name for p in out.iterdir()} == {"predictions.parquet", "metrics.json", "report.html", "gradcam"}
+
+
+def test_evaluate_run_include_ids_keeps_them(app_env, tmp_path):  # noqa: F811
+    evaluate_run(app_env.run, app_env.cache, out=tmp_path, n_boot=10, gallery_per_class=0, workers=0,
+                 device="cpu", progress=False, include_ids=True)
+    preds = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert set(preds["patient_id"]) == set(app_env.df["patient_id"])
+    assert set(preds["sop_instance_uid"]) == set(app_env.df["sop_instance_uid"])
     np.testing.assert_allclose(preds[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
 
 

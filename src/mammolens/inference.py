@@ -22,15 +22,14 @@ Images are read by ``mammolens.io.read_image`` and preprocessed by the run's own
 Reading and preprocessing run in a pool of worker processes while the model works on the previous
 batch; at most a few batches are in flight, so memory stays flat on any number of files.
 
-Privacy: outputs carry a pseudonymous ``study`` key (a hash of the StudyInstanceUID) instead of
-identifiers, and folder/file names in the ``file`` column that contain the image's PatientID or
-StudyInstanceUID are pseudonymised too; ``include_ids=True`` keeps them and adds ``patient_id`` and
-``study_instance_uid``.
+Privacy: outputs carry a pseudonymous ``study`` key (a keyed hash of the StudyInstanceUID, see
+``mammolens.privacy``) instead of identifiers, and folder/file names in the ``file`` column and in
+error rows that contain a PatientID or a Study/Series/SOP Instance UID are pseudonymised too;
+``include_ids=True`` keeps them and adds ``patient_id`` and ``study_instance_uid``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,6 +47,7 @@ from mammolens.data.cache import PreprocessCfg
 from mammolens.io.gating import PROCESSING_DUPLICATE, processing_duplicates
 from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.privacy import ids_of, pseudonym, relative_path, scrub_path, scrub_text
 from mammolens.transforms.quality import QualityCfg
 
 log = logging.getLogger(__name__)
@@ -73,28 +73,8 @@ class PredictionResult:
 
 
 def study_key(uid: str, fallback: str) -> str:
-    """A short pseudonymous key for a study (no identifier leaves the machine unless asked)."""
-    basis = uid or fallback
-    return "study-" + hashlib.sha1(basis.encode()).hexdigest()[:10]
-
-
-def _mask_ids(rel: str, meta: dict[str, Any]) -> str:
-    """``rel`` with path components that hold the image's PatientID or StudyInstanceUID pseudonymised.
-
-    Archives are often foldered by patient ID (``1234567/study1/L_CC.dcm``); without this the ``file``
-    column of the tables would leak it.
-    """
-    pid = str(meta.get("patient_id") or "").strip()
-    uid = str(meta.get("study_instance_uid") or "").strip()
-    alias = "patient-" + hashlib.sha1(pid.encode()).hexdigest()[:8]
-    parts = []
-    for part in rel.split("/"):
-        if pid and (part == pid or (len(pid) >= 4 and pid in part)):  # short IDs only as a whole name
-            part = part.replace(pid, alias)
-        if uid and uid in part:
-            part = part.replace(uid, study_key(uid, ""))
-        parts.append(part)
-    return "/".join(parts)
+    """A pseudonymous key for a study (no identifier leaves the machine unless asked)."""
+    return pseudonym(uid or fallback, "study")
 
 
 def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]:
@@ -309,7 +289,8 @@ class Predictor:
             raise ValueError(f"class {class_name!r} is not one of this run's classes {self.class_names}")
         if root is None and paths:
             root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
-        rows, errors, sources, intents = [], [], [], []
+        rows, failed, sources, intents = [], [], [], []
+        seen_ids: set[tuple[str, str]] = set()  # identifiers of the images read: scrubbed from error rows too
         no_study = 0
 
         def add(row: dict[str, Any], r: dict[str, Any]) -> None:  # an images row, its source file and its intent
@@ -323,11 +304,12 @@ class Predictor:
             no_study += sum(_apply_grouping(r, hints) for r in batch if r["error"] is None)
             for r in batch:
                 if r["error"] is not None:
-                    rel = _rel(r["path"], root)
+                    rel = relative_path(r["path"], root)
                     # the reason names the file as the tables do (no absolute path into the archive)
                     reason = r["error"].replace(str(Path(r["path"]).resolve()), rel).replace(r["path"], rel)
-                    errors.append({"file": rel, "reason": reason})
-                    log.warning("skipped %s: %s", rel, reason)
+                    failed.append((r["path"], rel, reason))
+                else:
+                    seen_ids.update((k, str(v)) for k, v in ids_of(r["meta"] or {}))
             for r in batch:  # failed the image checks in the worker: a row without a density
                 if r["error"] is None and r.get("quality_reason"):
                     add(self._not_assessable_row(r, r["quality_reason"], root, include_ids), r)
@@ -346,7 +328,10 @@ class Predictor:
                     add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)), r)
             bar.update(len(batch))
         bar.close()
-        rows, sources, skipped = _drop_processing_duplicates(rows, sources, intents)
+        errors = [_error_row(path, rel, reason, seen_ids, include_ids) for path, rel, reason in failed]
+        for e in errors:
+            log.warning("skipped %s: %s", e["file"], e["reason"])
+        rows, sources, skipped = _drop_processing_duplicates(rows, sources, intents)  # files already scrubbed
         errors += skipped
         warnings = []
         if no_study:
@@ -381,9 +366,7 @@ class Predictor:
 
     def _row_base(self, r, root, include_ids) -> dict[str, Any]:
         meta = r["meta"]
-        rel = _rel(r["path"], root)
-        if not include_ids:
-            rel = _mask_ids(rel, meta)
+        rel = relative_path(r["path"], root) if include_ids else scrub_path(r["path"], ids_of(meta), root)
         row: dict[str, Any] = {
             "file": rel,
             "study_id": study_key(r.get("group") or meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
@@ -399,9 +382,8 @@ class Predictor:
 
     def _not_assessable_row(self, r, reason: str, root, include_ids, score: float = float("nan")) -> dict[str, Any]:
         """An ``images`` row for an image that failed the quality gate: the reason, no density."""
-        rel = _rel(r["path"], root)
-        log.warning("%s: %s", rel if include_ids else _mask_ids(rel, r["meta"]), reason)
         row = self._row_base(r, root, include_ids)
+        log.warning("%s: %s", row["file"], reason)
         row.update({f"prob_{c}": float("nan") for c in self.class_names})
         row["pred"] = None
         if self._dense_idx is not None:
@@ -410,10 +392,8 @@ class Predictor:
         return row
 
     def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan")) -> dict[str, Any]:
-        rel = _rel(r["path"], root)
-        if not include_ids:
-            rel = _mask_ids(rel, r["meta"])
         row = self._row_base(r, root, include_ids)
+        rel = row["file"]
         for c, v in zip(self.class_names, p):
             row[f"prob_{c}"] = float(v)
         row["pred"] = self.class_names[int(np.argmax(p))]
@@ -522,11 +502,27 @@ def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndar
     return maps.detach().cpu().numpy()
 
 
-def _rel(path: str, root) -> str:
+def _error_row(path: str, rel: str, reason: str, seen_ids: set, include_ids: bool) -> dict[str, str]:
+    """An ``errors`` row; without ``include_ids``, the identifiers of the file's own header (when it has
+    one) and of every image read in this call are pseudonymised in its path and reason, so a file that
+    failed inside a PatientID/StudyUID folder does not leak the folder names."""
+    if include_ids:
+        return {"file": rel, "reason": reason}
+    ids = [*seen_ids, *_header_ids(path)]
+    return {"file": scrub_path(rel, ids), "reason": scrub_text(reason, ids)}
+
+
+def _header_ids(path: str) -> list[tuple[str, object]]:
+    """Identifiers in a DICOM header that may be readable although its pixels are not (else none)."""
+    import pydicom
+
+    tags = {"PatientID": "patient_id", "StudyInstanceUID": "study_instance_uid",
+            "SeriesInstanceUID": "series_instance_uid", "SOPInstanceUID": "sop_instance_uid"}
     try:
-        return Path(path).resolve().relative_to(Path(root)).as_posix() if root else Path(path).name
-    except ValueError:
-        return Path(path).name
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags))
+    except Exception:  # noqa: BLE001 — not DICOM or broken: only the IDs seen elsewhere are scrubbed
+        return []
+    return ids_of({col: str(ds.get(tag, "") or "") for tag, col in tags.items()})
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:

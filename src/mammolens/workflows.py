@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from os import PathLike
 from pathlib import Path
@@ -96,11 +98,17 @@ def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class
 def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathLike | None = None,
                  compare: str | PathLike | None = None, n_boot: int = 1000, seed: int = 0,
                  gallery_per_class: int = 2, batch_size: int = 32, workers: int | None = None,
-                 device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                 device: str = "auto", progress: bool = True, include_ids: bool = False) -> dict[str, Any]:
     """Predict ``data`` with a run and write ``predictions.parquet``, ``metrics.json``, ``report.html``.
 
     External validation is the same call with another dataset's manifest. With ``compare``, a second
     run is evaluated on the same images and the two are compared (DeLong per class, McNemar).
+
+    No identifier or absolute path is written: identifier columns of ``predictions.parquet`` hold keyed
+    pseudonyms (``mammolens.privacy``), ``image_path`` is relative to the images' common folder with
+    identifier components pseudonymised, and runs and data are named by their folder/file names. The
+    preprocessed cache of a manifest (which holds the manifest) is built in a temporary folder inside
+    ``out`` and deleted at the end.
 
     Args:
         run_dir: a run folder from ``mammolens train``.
@@ -109,6 +117,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         compare: a second run folder.
         n_boot: bootstrap replicates (patients resampled) for the 95% CIs.
         gallery_per_class: GradCAM examples per class in the report.
+        include_ids: keep identifiers and absolute image paths in ``predictions.parquet``.
     """
     import torch
 
@@ -121,45 +130,56 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     out_dir = Path(out) if out else Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cache_dir = _cache_for(run, data, out_dir, workers, progress)
-    preds = _predict_cache(run, cache_dir, batch_size, device)
-    cmp_preds = None
-    if compare is not None:
-        run_b = load_run(compare)
-        if list(run_b.task.class_names) != list(run.task.class_names):
-            raise ValueError(f"cannot compare runs with different classes: {run.task.class_names} vs {run_b.task.class_names}")
-        cache_b = _cache_for(run_b, data if run_b.preprocess != run.preprocess else cache_dir,
-                             out_dir / "compare", workers, progress)
-        cmp_preds = _predict_cache(run_b, cache_b, batch_size, device)
-    names = list(run.task.class_names)
-    dense = ("C", "D") if set(names) >= {"C", "D"} else None
-    result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
-                                  dense_classes=dense)
-    gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
-    _pseudonymise(preds).to_parquet(out_dir / "predictions.parquet", index=False)
+    work = Path(tempfile.mkdtemp(prefix=".cache-", dir=out_dir))  # the caches hold the manifest: deleted below
+    try:
+        cache_dir = _cache_for(run, data, work, workers, progress)
+        preds = _predict_cache(run, cache_dir, batch_size, device)
+        cmp_preds = None
+        if compare is not None:
+            run_b = load_run(compare)
+            if list(run_b.task.class_names) != list(run.task.class_names):
+                raise ValueError(f"cannot compare runs with different classes: {run.task.class_names} vs {run_b.task.class_names}")
+            cache_b = _cache_for(run_b, data if run_b.preprocess != run.preprocess else cache_dir,
+                                 work / "compare", workers, progress)
+            cmp_preds = _predict_cache(run_b, cache_b, batch_size, device)
+        names = list(run.task.class_names)
+        dense = ("C", "D") if set(names) >= {"C", "D"} else None
+        result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
+                                      dense_classes=dense)
+        gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (preds if include_ids else _pseudonymise(preds)).to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
     metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
-    provenance = {"run": str(Path(run_dir).resolve()), "data": str(Path(data).resolve()),
+    # names, not absolute paths: a path can hold user names or PatientID folders
+    provenance = {"run": Path(run_dir).resolve().name, "data": f"{Path(data).resolve().parent.name}/{Path(data).name}",
                   "model": run.cfg.get("model", ""), "method": run.method,
-                  "compare": str(Path(compare).resolve()) if compare else "",
+                  "compare": Path(compare).resolve().name if compare else "",
                   "preprocess": run.preprocess, "n_boot": n_boot, "seed": seed}
     metrics["provenance"] = provenance
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     report = write_report(out_dir, preds, names, result, gallery=gallery,
-                          title=f"mammolens evaluation: {Path(run_dir).name} on {Path(data).parent.name}/{Path(data).name}",
+                          title=f"mammolens evaluation: {provenance['run']} on {provenance['data']}",
                           provenance=provenance)
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _pseudonymise(df: pd.DataFrame) -> pd.DataFrame:
-    """Replace identifiers by stable hashes (grouping still works; no ID leaves in a report file)."""
-    import hashlib
+    """Identifier columns replaced by keyed pseudonyms (grouping still works) and ``image_path`` made
+    relative to the images' common folder with identifier components pseudonymised."""
+    import os
+
+    from mammolens.privacy import ID_COLUMNS, ids_of, pseudonym, scrub_path
 
     out = df.copy()
-    for col in ("patient_id", "study_id", "patient_name", "accession_number"):
+    if "image_path" in out and len(out):
+        root = os.path.commonpath([str(Path(p).resolve().parent) for p in out["image_path"]])
+        out["image_path"] = [scrub_path(r["image_path"], ids_of(r), root) for r in df.to_dict("records")]
+    for col, kind in ID_COLUMNS.items():
         if col in out:
-            out[col] = [hashlib.sha1(str(v).encode()).hexdigest()[:12] for v in out[col]]
+            out[col] = [pseudonym(v, kind) for v in out[col]]
     return out
 
 

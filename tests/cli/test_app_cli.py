@@ -76,6 +76,46 @@ def test_predict_cli_sidecar_groups_pngs_and_dx_is_not_predicted(app_env, tmp_pa
     assert json.loads((out / "results.json").read_text())["warnings"][0].startswith("1 image file(s)")
 
 
+def _pacs_archive(app_env, root: Path) -> tuple[Path, list[str]]:  # noqa: F811
+    """A PACS-like export: ``PatientID/StudyInstanceUID/SOPInstanceUID.dcm``; study 0 readable plus a
+    garbage file in its folder, study 1 a single file with a readable header and truncated pixel data."""
+    import pydicom
+
+    ids = []
+    for src in app_env.study_files(0):
+        ds = pydicom.dcmread(src)
+        folder = root / ds.PatientID / ds.StudyInstanceUID
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm")
+        ids += [ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID]
+    (folder / "broken.dcm").write_bytes(b"garbage" * 30)
+    ds = pydicom.dcmread(app_env.study_files(1)[0])
+    ds.PixelData = ds.PixelData[:100]
+    folder = root / ds.PatientID / ds.StudyInstanceUID
+    folder.mkdir(parents=True)
+    ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm")
+    return root, [*ids, ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID]
+
+
+def test_predict_cli_pacs_archive_leaks_no_ids(app_env, tmp_path):  # noqa: F811
+    archive, ids = _pacs_archive(app_env, tmp_path / "export")
+    out = tmp_path / "out"
+    r = _invoke("predict", app_env.run, archive, "--out", out, "--workers", 0, "--device", "cpu", "--no-dicom")
+    assert r.exit_code == 1, r.output
+    assert r.output.count("FAILED") == 2 and "4 images" in r.output
+    errors = pd.read_csv(out / "errors.csv")
+    assert len(errors) == 2 and errors["file"].str.startswith("patient-").all()
+    assert not any(i in r.output for i in ids) and str(archive) not in r.output
+    for name in ("images.csv", "exams.csv", "errors.csv", "results.json"):
+        text = (out / name).read_text()
+        assert not any(i in text for i in ids) and "SYN" not in text and str(archive) not in text, name
+    assert not any(any(i in p.name for i in ids) for p in (out / "overlays").iterdir())
+    # --include-ids: the user asked for them
+    r = _invoke("predict", app_env.run, archive, "--out", tmp_path / "ids", "--workers", 0, "--device", "cpu",
+                "--no-dicom", "--no-overlays", "--include-ids")
+    assert ids[0] in (tmp_path / "ids" / "errors.csv").read_text() and ids[-3] in r.output
+
+
 def test_predict_cli_missing_run_fails(tmp_path):
     r = _invoke("predict", tmp_path / "norun", tmp_path, "--out", tmp_path / "o", "--workers", 0)
     assert r.exit_code != 0

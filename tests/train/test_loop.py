@@ -84,3 +84,27 @@ def test_load_run_predicts_probabilities(cache_dir, tmp_path):
     probs = predict_cache(model, task, MammoDataset(str(cache_dir), task, rows=np.arange(10)), batch_size=4)
     assert probs.shape == (10, 4)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["contrastive", "linear-probe"])
+def test_train_checkpoints_are_plain_data(cache_dir, tmp_path, method):
+    """Checkpoints load with plain ``torch.load(weights_only=True)`` (no allow-list): RNG states as lists/tensors."""
+    run = train(_cfg(cache_dir, tmp_path / "run", epochs=1, method=method))
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert isinstance(ck["rng"]["numpy"][1], list) and len(ck["rng"]["numpy"][1]) == 624
+        assert isinstance(ck["rng"]["torch"], torch.Tensor)
+
+
+def test_train_resume_refuses_a_checkpoint_that_runs_code(cache_dir, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class WritesMarker:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "payload": WritesMarker()}, tmp_path / "run" / "checkpoints" / "last.pt")
+    with pytest.raises(ValueError, match="last.pt holds objects other than tensors and plain data"):
+        train(_cfg(cache_dir, tmp_path / "run", epochs=1, resume=True))
+    assert not marker.exists()

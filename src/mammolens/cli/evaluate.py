@@ -19,6 +19,8 @@ def evaluate_cli(
     batch_size: int = typer.Option(32),
     workers: int = typer.Option(None, help="Preprocessing processes (default: all cores)."),
     device: str = typer.Option("auto"),
+    include_ids: bool = typer.Option(False, "--include-ids",
+                                     help="Keep patient/study/image IDs and absolute paths in predictions.parquet."),
 ) -> None:
     """Metrics with CIs, subgroups, calibration and GradCAM gallery -> predictions.parquet, metrics.json, report.html.
 
@@ -30,7 +32,7 @@ def evaluate_cli(
     from mammolens.workflows import evaluate_run
 
     res = evaluate_run(run, data, out=out, compare=compare, n_boot=n_boot, seed=seed, gallery_per_class=gallery,
-                       batch_size=batch_size, workers=workers, device=device)
+                       batch_size=batch_size, workers=workers, device=device, include_ids=include_ids)
     console = Console()
     table = Table(title=f"{run.name} on {data.name} ({res['n_images']} images)")
     table.add_column("metric")

@@ -15,6 +15,7 @@ Predictor, GradCAM and evaluation only ever call ``RunModel.forward(x) -> logits
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,44 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str
         p = run_dir / "checkpoints" / "last.pt"
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: {run_dir} is not a finished mammolens run (train one first)")
-    return torch.load(p, map_location=device, weights_only=False)
+    return read_checkpoint(p, map_location=device)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file loaded as plain data only (``torch.load(weights_only=True)``): a run folder
+    cannot run code.
+
+    Checkpoints of earlier mammolens versions hold the NumPy RNG state as an array; NumPy's array
+    reconstruction is allowed for them (it builds arrays and scalars, nothing callable).
+
+    Raises:
+        ValueError: the file holds other objects (a pickle that could run code is never executed).
+    """
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (found {found.group(1)})" if found else ""
+        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data{what}; refusing to "
+                         "load it (it could run code). Only load checkpoints written by mammolens from a source "
+                         "you trust") from None
+
+
+def _numpy_globals() -> list:
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray  # NumPy >= 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core import multiarray
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64)),
+            multiarray._reconstruct, multiarray.scalar,
+            # the names NumPy 1.x wrote into the pickles
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (multiarray.scalar, "numpy.core.multiarray.scalar")]
 
 
 def build_run_model(clip: nn.Module, task, method: str, head_state: dict | None = None) -> RunModel:

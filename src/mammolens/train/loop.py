@@ -27,7 +27,8 @@ from torch import nn
 
 from mammolens.constants import MODALITIES
 from mammolens.models.precision import autocast, autocast_dtype, cuda_math
-from mammolens.models.run import HEAD_METHODS, RunModel, build_run_model, load_checkpoint, resolve_task, zeroshot_head  # noqa: F401
+from mammolens.models.run import (  # noqa: F401
+    HEAD_METHODS, RunModel, build_run_model, load_checkpoint, read_checkpoint, resolve_task, zeroshot_head)
 from mammolens.models.run import load_run as _load_run
 from mammolens.train.baselines import fit_linear_probe
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
@@ -62,15 +63,20 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as plain data (ints, lists, tensors), so that checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [str(name), keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]  # a list, or the array of older checkpoints
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(Exception):
@@ -522,7 +528,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
 
     start_epoch, step, best, best_epoch, bad = 0, 0, None, 0, 0
     if resume_path is not None:
-        ck = torch.load(resume_path, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(resume_path)
         clip.load_state_dict(ck["state_dict"])
         if head is not None and ck.get("head_state_dict") is not None:
             head.load_state_dict(ck["head_state_dict"])

@@ -1,0 +1,142 @@
+"""Keyed pseudonyms and path scrubbing: no patient identity in mammolens' own tables and reports.
+
+A pseudonym is ``<kind>-<16 hex>``: the first 64 bits of HMAC-SHA256(secret key, ``kind:value``). Without
+the key an alias cannot be reversed by hashing guessed IDs (an unsalted hash of a short PatientID can); with
+the same key the same ID always gets the same alias, so rows of one patient or study still group, across
+runs and across ``evaluate`` and ``predict``.
+
+The key (first found wins):
+
+1. ``MAMMOLENS_SECRET``: the key itself (e.g. from a secrets manager);
+2. ``MAMMOLENS_SECRET_FILE``: a key file, e.g. one per project; created if absent;
+3. ``$XDG_CONFIG_HOME/mammolens/secret`` (default ``~/.config/mammolens/secret``): one per installation,
+   created on first use with mode 0600.
+
+Losing the key breaks linkage with earlier outputs (new aliases); never commit or share it.
+This module is low level (no torch) and is used by ``inference`` and ``workflows``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ALIAS_HEX = 16  # 64 bits: no collisions in any archive, and nothing to brute-force without the key
+_KEYS: dict[tuple[str, str], bytes] = {}
+
+# identifier columns of a manifest / keys of ``MammoImage.meta`` -> the kind of their pseudonym
+ID_COLUMNS = {"patient_id": "patient", "patient_name": "name", "accession_number": "accession",
+              "study_id": "study", "study_instance_uid": "study", "series_instance_uid": "series",
+              "sop_instance_uid": "sop"}
+
+
+def key_path() -> Path:
+    """Where the key file is (``MAMMOLENS_SECRET_FILE``, else the per-installation file)."""
+    env = os.environ.get("MAMMOLENS_SECRET_FILE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mammolens" / "secret"
+
+
+def secret_key() -> bytes:
+    """The pseudonymisation key (see the module docstring); the key file is created once, mode 0600."""
+    env = os.environ.get("MAMMOLENS_SECRET", "")
+    path = key_path()
+    cache_key = (env, str(path))
+    if cache_key in _KEYS:
+        return _KEYS[cache_key]
+    if env:
+        key = env.encode()
+    else:
+        key = _read_or_create(path)
+    _KEYS[cache_key] = key
+    return key
+
+
+def _read_or_create(path: Path) -> bytes:
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:  # O_EXCL: two processes starting at once must not write two different keys
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            log.info("created the pseudonymisation key %s (keep it; never commit it)", path)
+    if path.stat().st_mode & 0o077:
+        log.warning("pseudonymisation key %s is readable by other users; chmod 600 it", path)
+    key = path.read_text().strip().encode()
+    if not key:
+        raise ValueError(f"pseudonymisation key file {path} is empty; delete it to create a new key "
+                         "(aliases will change) or restore the old one")
+    return key
+
+
+def pseudonym(value: object, kind: str = "study", key: bytes | None = None) -> str:
+    """``<kind>-<16 hex>``: a keyed alias of ``value`` (stable for one key; differs across kinds).
+
+    Args:
+        value: the identifier (PatientID, a UID, a folder name...).
+        kind: what it is (``patient``, ``study``, ``series``, ``sop``...); part of the alias and the hash.
+        key: the secret; default :func:`secret_key`.
+    """
+    mac = hmac.new(key if key is not None else secret_key(), f"{kind}:{value}".encode(), hashlib.sha256)
+    return f"{kind}-{mac.hexdigest()[:ALIAS_HEX]}"
+
+
+def relative_path(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """``path`` relative to ``root`` (POSIX); only the file name when there is no root or it is outside."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix() if root else Path(path).name
+    except ValueError:
+        return Path(path).name
+
+
+Ids = Mapping[str, object] | Iterable[tuple[str, object]]
+
+
+def ids_of(record: Mapping[str, object]) -> list[tuple[str, object]]:
+    """``(kind, value)`` of the identifiers in a manifest row or an image's ``meta`` (see ``ID_COLUMNS``)."""
+    return [(kind, record[col]) for col, kind in ID_COLUMNS.items() if record.get(col) not in (None, "")]
+
+
+def _pairs(ids: Ids) -> list[tuple[str, str]]:
+    """``(value, kind)`` pairs, longest value first (a series UID may extend its study UID)."""
+    items = ids.items() if isinstance(ids, Mapping) else ids
+    pairs = {(str(v).strip(), k) for k, v in items if v is not None and v == v and str(v).strip()}  # v == v: no NaN
+    return sorted(pairs, key=lambda t: (-len(t[0]), t))
+
+
+def _replace(text: str, pairs: list[tuple[str, str]], whole: bool) -> str:
+    for value, kind in pairs:
+        if (whole and text == value) or (len(value) >= 4 and value in text):
+            text = text.replace(value, pseudonym(value, kind))
+    return text
+
+
+def scrub_path(path: str | os.PathLike, ids: Ids, root: str | os.PathLike | None = None) -> str:
+    """A path without identifiers: relative to ``root`` (see :func:`relative_path`) when given, and every
+    component that holds one of ``ids`` (``{kind: value}`` or ``(kind, value)`` pairs, e.g.
+    ``{"patient": "12345"}``) pseudonymised.
+
+    Archives are foldered by PatientID and StudyInstanceUID and files are often named by SOPInstanceUID;
+    IDs shorter than 4 characters are replaced only where they are a whole component (``"7"`` must not
+    rewrite ``L_CC_7.dcm``).
+    """
+    text = relative_path(path, root) if root is not None else Path(path).as_posix()
+    pairs = _pairs(ids)
+    return "/".join(_replace(part, pairs, whole=True) for part in text.split("/"))
+
+
+def scrub_text(text: str, ids: Ids) -> str:
+    """``text`` (e.g. an error message) with every identifier of 4+ characters in ``ids`` pseudonymised."""
+    return _replace(text, _pairs(ids), whole=False)
