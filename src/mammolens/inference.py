@@ -28,7 +28,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 from mammolens.data.cache import PreprocessCfg
 from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.parallel import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +110,28 @@ def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]
 
 
 def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
-    """Worker: read + preprocess one file; never raises (errors come back as records)."""
+    """Worker: read + preprocess one file; raises on a bad file (``run_tasks`` records the reason)."""
     from mammolens.io import read_image
     from mammolens.transforms.breast import preprocess_image
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
-    try:
-        img = read_image(path, dbt=cfg.dbt)
-        meta = img.meta or {}
-        arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
-        return {
-            "path": path,
-            "pixels": arr,
-            "meta": {k: meta.get(k) for k in ("laterality", "view", "modality", "manufacturer",
-                                              "study_instance_uid", "sop_instance_uid", "patient_id")},
-            "flipped": bool(info.get("flipped")),
-            "bbox": info.get("bbox"),
-            "orig_shape": info.get("orig_shape"),
-            "error": None,
-        }
-    except Exception as e:  # noqa: BLE001 — a bad file is reported, the rest continues
-        return {"path": path, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
+    img = read_image(path, dbt=cfg.dbt)
+    meta = img.meta or {}
+    arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
+    return {
+        "path": path,
+        "pixels": arr,
+        "meta": {k: meta.get(k) for k in ("laterality", "view", "modality", "manufacturer",
+                                          "study_instance_uid", "sop_instance_uid", "patient_id")},
+        "flipped": bool(info.get("flipped")),
+        "bbox": info.get("bbox"),
+        "orig_shape": info.get("orig_shape"),
+        "error": None,
+    }
+
+
+def _load_item(item: tuple[str, dict]) -> dict[str, Any]:
+    return _load_one(*item)  # looked up at call time, so tests can swap _load_one
 
 
 class Predictor:
@@ -144,6 +145,8 @@ class Predictor:
         batch_size: images per forward pass.
         workers: processes reading/preprocessing files (default: all cores; 0 = in this process).
         name: a label for reports (the run folder's name).
+        timeout: seconds per file before its reading worker is killed and replaced (default
+            ``MAMMOLENS_FILE_TIMEOUT`` or 120; ``workers > 1`` only).
         precision: ``"fp32"`` (default: the numbers the evaluation reported), ``"bf16"`` (autocast;
             1.5-2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, probabilities differ by ~1e-2)
             or ``"fp16"`` (CUDA only).
@@ -152,7 +155,8 @@ class Predictor:
     PRECISIONS = ("fp32", "bf16", "fp16")
 
     def __init__(self, model: torch.nn.Module, task, preprocess: PreprocessCfg, device: str = "auto",
-                 batch_size: int = 16, workers: int | None = None, name: str = "model", precision: str = "fp32"):
+                 batch_size: int = 16, workers: int | None = None, name: str = "model", precision: str = "fp32",
+                 timeout: float | None = None):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if precision not in self.PRECISIONS:
@@ -168,6 +172,7 @@ class Predictor:
         self.preprocess = preprocess
         self.batch_size = int(batch_size)
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        self.timeout = timeout
         self.name = name
         self._dense_idx = self._dense_indices()
 
@@ -208,38 +213,26 @@ class Predictor:
         probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
 
-    def _executor(self) -> Executor:
-        if self.workers and self.workers > 1:
+    def iter_batches(self, paths: Sequence[str | PathLike]) -> Iterator[list[dict[str, Any]]]:
+        """Loaded records (``{"path", "error": None, "pixels", ...}`` or ``{"path", "error": reason}``)
+        in batches, in input order; at most ``2 * workers + batch`` files are in memory at once. A file
+        whose worker crashes or runs past ``self.timeout`` is a record with its reason."""
+        paths = [str(p) for p in paths]
+        if self.workers > 1:
             from mammolens.data.cache import preload_worker_modules
 
             preload_worker_modules()  # forked workers inherit the reader instead of importing it
-            return ProcessPoolExecutor(max_workers=self.workers)
-        return ThreadPoolExecutor(max_workers=1)
-
-    def iter_batches(self, paths: Sequence[str | PathLike]) -> Iterator[list[dict[str, Any]]]:
-        """Loaded records in batches; at most ``2 * workers + batch`` files are in memory at once."""
         cfg_dict = self.preprocess.to_dict()
-        paths = [str(p) for p in paths]
         window = max(2 * max(self.workers, 1), self.batch_size) + self.batch_size
-        with self._executor() as ex:
-            pending: list = []
-            it = iter(paths)
-            batch: list[dict[str, Any]] = []
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < window:
-                    try:
-                        pending.append(ex.submit(_load_one, next(it), cfg_dict))
-                    except StopIteration:
-                        exhausted = True
-                if not pending:
-                    break
-                batch.append(pending.pop(0).result())
-                if len(batch) == self.batch_size:
-                    yield batch
-                    batch = []
-            if batch:
+        batch: list[dict[str, Any]] = []
+        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict) for p in paths), self.workers, timeout=self.timeout, ordered=True,
+                                     max_in_flight=window):
+            batch.append(rec if err is None else {"path": paths[i], "error": err})
+            if len(batch) == self.batch_size:
                 yield batch
+                batch = []
+        if batch:
+            yield batch
 
     # ---------------------------------------------------------------------------------- prediction
     def predict(self, inputs, *, explain: bool = False, overlay_dir: str | PathLike | None = None,
@@ -274,7 +267,7 @@ class Predictor:
                     # the reason names the file as the tables do (no absolute path into the archive)
                     reason = r["error"].replace(str(Path(r["path"]).resolve()), rel).replace(r["path"], rel)
                     errors.append({"file": rel, "reason": reason})
-                    log.warning("skipped %s: %s", rel, reason)
+                    log.debug("skipped %s: %s", rel, reason)  # the caller reports errors (CLI: a short list)
             if ok:
                 x = torch.from_numpy(np.stack([r["pixels"] for r in ok]).astype(np.float32) / 65535.0)[:, None]
                 probs = self.predict_tensor(x)  # [B, K]

@@ -94,7 +94,7 @@ def test_build_cache_writes_images_index_errors(png_manifest, tmp_path):
 
 def test_build_cache_parallel_equals_serial(png_manifest, tmp_path):
     a = build_cache(png_manifest, tmp_path / "a", PreprocessCfg(size=SIZE), workers=0, progress=False, reader=png_reader)
-    b = build_cache(png_manifest, tmp_path / "b", PreprocessCfg(size=SIZE), workers=2, chunksize=1,
+    b = build_cache(png_manifest, tmp_path / "b", PreprocessCfg(size=SIZE), workers=2,
                     progress=False, reader=png_reader)
     assert (a / "images.u16").read_bytes() == (b / "images.u16").read_bytes()
     assert open_cache(b).index["status"].tolist() == open_cache(a).index["status"].tolist()
