@@ -1,27 +1,16 @@
 """The robust pool: crashes, hangs and BaseExceptions become per-item errors; the job finishes."""
 
-import ctypes
 import os
 import time
 
 import pytest
 
+from _faults import misbehave
 from mammolens.parallel import describe_error, file_timeout, run_tasks
 
 
-class FakePanic(BaseException):
-    """Stands in for pyo3's PanicException (a BaseException subclass)."""
-
-
 def _task(x):
-    if x == "hang":
-        time.sleep(600)
-    if x == "exit":
-        os._exit(1)
-    if x == "segv":
-        ctypes.string_at(0)
-    if x == "panic":
-        raise FakePanic("decoder panicked")
+    misbehave(x)
     if x == "value":
         raise ValueError("bad value")
     return x * 2
@@ -33,7 +22,7 @@ def _collect(items, workers, **kw):
 
 @pytest.mark.timeout(60)
 def test_run_tasks_survives_crash_hang_and_panic():
-    items = [1, "hang", 2, "exit", 3, "segv", 4, "panic", 5, "value"] + list(range(6, 30))
+    items = [1, "hang", 2, "crash", 3, "segv", 4, "panic", 5, "value"] + list(range(6, 30))
     t0 = time.monotonic()
     out = _collect(items, 3, timeout=2)
     assert time.monotonic() - t0 < 30

@@ -241,3 +241,31 @@ def test_build_cache_mini_mias_real_images(mini_mias, tmp_path):
     for i in range(4):
         img = c.get(i)
         assert img[:, :8].mean() > img[:, -8:].mean()  # chest wall on the left after orientation
+
+
+def faulty_png_reader(path, **kw):
+    from _faults import misbehave
+
+    misbehave(path)
+    return png_reader(path, **kw)
+
+
+@pytest.mark.timeout(120)
+def test_build_cache_survives_hanging_crashing_and_panicking_rows(png_manifest, tmp_path, monkeypatch):
+    from _faults import REASONS, copies
+
+    bad = copies(png_manifest["image_path"].iat[0], tmp_path / "bad", ".png")
+    rows = [png_manifest.iloc[0].to_dict() | {"image_path": str(p)} for p in bad]
+    df = pd.concat([png_manifest, pd.DataFrame(rows)], ignore_index=True)
+    monkeypatch.setenv("MAMMOLENS_FILE_TIMEOUT", "3")
+    out = build_cache(df, tmp_path / "c", PreprocessCfg(size=SIZE), workers=2, progress=False, reader=faulty_png_reader)
+    c = open_cache(out)
+    assert c.index["status"].tolist() == ["done"] * 8 + ["failed"] * 5
+    assert c.index["error"].iloc[9:].tolist() == list(REASONS.values())
+    ref = build_cache(png_manifest, tmp_path / "ref", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                      reader=png_reader)
+    assert np.array_equal(c.images[:8], open_cache(ref).images[:8])  # every good row written
+    # resumable: a rerun with retry_failed redoes only the failed rows (here with a well-behaved reader)
+    build_cache(df, out, PreprocessCfg(size=SIZE), workers=2, progress=False, reader=png_reader, retry_failed=True)
+    c = open_cache(out)
+    assert c.meta["last_run"]["processed"] == 5 and c.index["status"].tolist() == ["done"] * 8 + ["failed"] + ["done"] * 4
