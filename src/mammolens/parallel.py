@@ -30,11 +30,15 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["DEFAULT_FILE_TIMEOUT", "file_timeout", "run_tasks", "describe_error"]
+__all__ = ["DEFAULT_FILE_TIMEOUT", "NothingReadError", "file_timeout", "run_tasks", "describe_error"]
 
 DEFAULT_FILE_TIMEOUT = 120.0
 TIMEOUT_ENV = "MAMMOLENS_FILE_TIMEOUT"
 _QUIET_LOGGERS = ("pydicom",)  # libraries that print to the terminal on their own
+
+
+class NothingReadError(ValueError):
+    """A job found no input it could read at all (empty folder, no file matched, every file failed)."""
 
 
 def file_timeout(timeout: float | None = None) -> float | None:

@@ -51,6 +51,11 @@ def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.Dat
     cache = open_cache(cache_dir, allow_incomplete=True)
     index = cache.index
     ok = np.flatnonzero((index["status"] == "done").to_numpy()) if "status" in index else np.arange(len(index))
+    if not len(ok):
+        from mammolens.parallel import NothingReadError
+
+        raise NothingReadError(f"none of the {len(index)} image(s) of {cache_dir} could be read "
+                               f"(reasons in {cache_dir / 'errors.csv'})")
     ds = MammoDataset(cache, run.task, rows=ok)
     probs = np.asarray(predict_cache(run.model, run.task, ds, batch_size=batch_size, device=device))  # [N, K]
     df = index.iloc[ok].reset_index(drop=True).copy()
@@ -123,6 +128,9 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     t0 = time.perf_counter()
     cache_dir = _cache_for(run, data, out_dir, workers, progress)
     preds = _predict_cache(run, cache_dir, batch_size, device)
+    from mammolens.data.cache import open_cache
+
+    n_failed = int((open_cache(cache_dir, allow_incomplete=True).index["status"] == "failed").sum())
     cmp_preds = None
     if compare is not None:
         run_b = load_run(compare)
@@ -148,7 +156,8 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     report = write_report(out_dir, preds, names, result, gallery=gallery,
                           title=f"mammolens evaluation: {Path(run_dir).name} on {Path(data).parent.name}/{Path(data).name}",
                           provenance=provenance)
-    return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)),
+    return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": n_failed,
+            "errors": str(cache_dir / "errors.csv"),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
