@@ -269,3 +269,30 @@ def test_build_cache_survives_hanging_crashing_and_panicking_rows(png_manifest, 
     build_cache(df, out, PreprocessCfg(size=SIZE), workers=2, progress=False, reader=png_reader, retry_failed=True)
     c = open_cache(out)
     assert c.meta["last_run"]["processed"] == 5 and c.index["status"].tolist() == ["done"] * 8 + ["failed"] + ["done"] * 4
+
+
+def test_build_cache_keeps_pydicom_warnings_off_the_terminal(tmp_path):
+    import subprocess
+    import sys
+    import warnings
+
+    import pydicom
+
+    from test_ingest import write_mg_dicom
+
+    p = write_mg_dicom(tmp_path / "a.dcm")
+    ds = pydicom.dcmread(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.SeriesInstanceUID = "1.2.abc_not_a_uid"  # pydicom warns (and logs) when it reads this value
+        ds.save_as(p)
+    pd.DataFrame([dict(image_path=str(p), patient_id="P", study_id="S", laterality="L", view="CC", modality="DM",
+                       manufacturer="X", density="A")]).to_parquet(tmp_path / "m.parquet")
+    # a fresh interpreter: pytest's own warning capture would hide what a user's terminal shows
+    code = ("import logging, sys; logging.basicConfig(); from mammolens.data.cache import build_cache, PreprocessCfg; "
+            "build_cache(sys.argv[1], sys.argv[2], PreprocessCfg(size=16), workers=0, progress=False)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.parquet"), str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Invalid value" not in proc.stderr + proc.stdout
+    assert open_cache(tmp_path / "c").index["status"].tolist() == ["done"]
