@@ -103,3 +103,29 @@ def test_describe_error_drops_the_path():
 
     e = ImageReadError("/a/b.dcm", "truncated\nfile")
     assert describe_error(e) == "ImageReadError: truncated file"
+
+
+def test_run_tasks_ctrl_c_stops_the_job_and_its_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import multiprocessing as mp, time\n"
+        "from mammolens.parallel import run_tasks\n"
+        "def hang(x):\n"
+        "    time.sleep(600)\n"
+        "try:\n"
+        "    print('started', flush=True)\n"
+        "    list(run_tasks(hang, range(8), 2, timeout=0))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted, workers left:', len(mp.active_children()), flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.5)  # the workers are running (hung)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert out.strip() == "interrupted, workers left: 0" and time.monotonic() - t0 < 10

@@ -218,14 +218,15 @@ class Predictor:
         in batches, in input order; at most ``2 * workers + batch`` files are in memory at once. A file
         whose worker crashes or runs past ``self.timeout`` is a record with its reason."""
         paths = [str(p) for p in paths]
-        if self.workers > 1:
+        if min(self.workers, len(paths)) > 1:
             from mammolens.data.cache import preload_worker_modules
 
             preload_worker_modules()  # forked workers inherit the reader instead of importing it
         cfg_dict = self.preprocess.to_dict()
         window = max(2 * max(self.workers, 1), self.batch_size) + self.batch_size
         batch: list[dict[str, Any]] = []
-        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict) for p in paths), self.workers, timeout=self.timeout, ordered=True,
+        workers = min(self.workers, len(paths))  # no idle processes for a handful of files
+        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict) for p in paths), workers, timeout=self.timeout, ordered=True,
                                      max_in_flight=window):
             batch.append(rec if err is None else {"path": paths[i], "error": err})
             if len(batch) == self.batch_size:
