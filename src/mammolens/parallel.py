@@ -199,15 +199,13 @@ def run_tasks(
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     pool = [_Worker(ctx, fn, initializer, initargs) for _ in range(workers)]
     source = enumerate(items)
-    held: dict[int, Any] = {}  # items handed out, by index (an item is needed only until it is done)
+    held: set[int] = set()  # indices of the items the workers hold
     done: dict[int, tuple[Any, str | None]] = {}  # finished, not yet yielded (ordered mode)
     next_out, exhausted = 0, False
 
-    def replace(w: _Worker, kill: bool) -> _Worker:
-        w.stop(kill=kill)
-        new = _Worker(ctx, fn, initializer, initargs)
-        pool[pool.index(w)] = new
-        return new
+    def replace(w: _Worker) -> None:
+        w.stop(kill=True)
+        pool[pool.index(w)] = _Worker(ctx, fn, initializer, initargs)
 
     try:
         while True:
@@ -218,7 +216,7 @@ def run_tasks(
                     except StopIteration:
                         exhausted = True
                         break
-                    held[i] = item
+                    held.add(i)
                     w.task, w.deadline = i, time.monotonic() + (limit or float("inf"))
                     try:
                         w.conn.send((i, item))
@@ -242,19 +240,19 @@ def run_tasks(
                             if i < 0:
                                 raise RuntimeError(f"a worker process could not start: {err}")
                             finished.append((i, res, err))
-                            held.pop(i, None)
+                            held.discard(i)
                             w.task = None
                             continue
                     if w.proc.sentinel in ready or not w.proc.is_alive():
                         w.proc.join()
                         if w.task is not None:
                             finished.append((w.task, None, _death_reason(w.proc.exitcode)))
-                            held.pop(w.task, None)
-                        replace(w, kill=True)
+                            held.discard(w.task)
+                        replace(w)
                     elif w.task is not None and time.monotonic() > w.deadline:
                         finished.append((w.task, None, f"timed out after {limit:g} s (worker stopped and replaced)"))
-                        held.pop(w.task, None)
-                        replace(w, kill=True)
+                        held.discard(w.task)
+                        replace(w)
             if not ordered:
                 yield from finished
                 continue
