@@ -462,3 +462,30 @@ def test_run_without_ood_file_skips_the_check(app_env, tmp_path, caplog):  # noq
     assert p.ood is None and "has no ood.npz" in caplog.text
     res = p.predict(app_env.study_dirs()[0])
     assert res.images["assessable"].all() and res.images["ood_score"].isna().all()
+
+
+def _faulty_load_one(path, cfg):  # module level: picklable for any process pool
+    import mammolens.inference as inf
+    from _faults import misbehave
+
+    misbehave(path)
+    return inf._REAL_LOAD_ONE(path, cfg)
+
+
+@pytest.mark.timeout(120)
+def test_predict_survives_hanging_crashing_and_panicking_files(predictor, tmp_path, monkeypatch):
+    import mammolens.inference as inf
+    from _faults import REASONS, copies
+
+    good = _write_pngs(tmp_path / "in", n=6, shape=(40, 30))
+    copies(good[0], tmp_path / "in", ".png")
+    monkeypatch.setattr(inf, "_REAL_LOAD_ONE", inf._load_one, raising=False)
+    monkeypatch.setattr(inf, "_load_one", _faulty_load_one)  # forked workers inherit the patch
+    monkeypatch.setenv("MAMMOLENS_FILE_TIMEOUT", "3")
+    p = Predictor(predictor.model, predictor.task, predictor.preprocess, device="cpu", batch_size=4, workers=2)
+    res = p.predict(tmp_path / "in")
+    assert sorted(res.images["file"]) == [f"img{i}.png" for i in range(6)]
+    assert dict(zip(res.errors["file"], res.errors["reason"])) == {f"{k}.png": v for k, v in REASONS.items()}
+    ref = predictor.predict(good)  # in-process, no faults
+    np.testing.assert_allclose(res.images.sort_values("file")[PROBS].to_numpy(),
+                               ref.images.sort_values("file")[PROBS].to_numpy(), atol=1e-5)

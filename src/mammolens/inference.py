@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -49,6 +48,7 @@ from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast, autocast_dtype
 from mammolens.privacy import ids_of, pseudonym, relative_path, scrub_path, scrub_text
 from mammolens.transforms.quality import QualityCfg
+from mammolens.parallel import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | No
 def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[str, Any]:
     """Worker: read, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file; never raises
     (errors and "not assessable" images come back as records)."""
+def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
+    """Worker: read + preprocess one file; raises on a bad file (``run_tasks`` records the reason)."""
     from mammolens.io import read_image
     from mammolens.io.gating import mammography_gate
     from mammolens.transforms.breast import preprocess_image
@@ -157,6 +159,8 @@ class Predictor:
         batch_size: images per forward pass.
         workers: processes reading/preprocessing files (default: all cores; 0 = in this process).
         name: a label for reports (the run folder's name).
+        timeout: seconds per file before its reading worker is killed and replaced (default
+            ``MAMMOLENS_FILE_TIMEOUT`` or 120; ``workers > 1`` only).
         precision: ``"fp32"`` (default: the numbers the evaluation reported), ``"bf16"`` (autocast;
             1.5-2x faster on CPUs with AVX-512 BF16/AMX and on GPUs, probabilities differ by ~1e-2)
             or ``"fp16"`` (CUDA only).
@@ -168,7 +172,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, task, preprocess: PreprocessCfg, device: str = "auto",
                  batch_size: int = 16, workers: int | None = None, name: str = "model", precision: str = "fp32",
-                 quality: QualityCfg | None = None, ood=None):
+                 quality: QualityCfg | None = None, ood=None, timeout: float | None = None):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if precision not in self.PRECISIONS:
@@ -184,6 +188,7 @@ class Predictor:
         self.preprocess = preprocess
         self.batch_size = int(batch_size)
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        self.timeout = timeout
         self.name = name
         self._dense_idx = self._dense_indices()
         self.quality = quality or QualityCfg()
@@ -226,38 +231,27 @@ class Predictor:
         probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
 
-    def _executor(self) -> Executor:
-        if self.workers and self.workers > 1:
+    def iter_batches(self, paths: Sequence[str | PathLike]) -> Iterator[list[dict[str, Any]]]:
+        """Loaded records (``{"path", "error": None, "pixels", ...}`` or ``{"path", "error": reason}``)
+        in batches, in input order; at most ``2 * workers + batch`` files are in memory at once. A file
+        whose worker crashes or runs past ``self.timeout`` is a record with its reason."""
+        paths = [str(p) for p in paths]
+        if min(self.workers, len(paths)) > 1:
             from mammolens.data.cache import preload_worker_modules
 
             preload_worker_modules()  # forked workers inherit the reader instead of importing it
-            return ProcessPoolExecutor(max_workers=self.workers)
-        return ThreadPoolExecutor(max_workers=1)
-
-    def iter_batches(self, paths: Sequence[str | PathLike]) -> Iterator[list[dict[str, Any]]]:
-        """Loaded records in batches; at most ``2 * workers + batch`` files are in memory at once."""
-        cfg_dict = self.preprocess.to_dict()
-        paths = [str(p) for p in paths]
+        cfg_dict, quality = self.preprocess.to_dict(), self.quality.to_dict()
         window = max(2 * max(self.workers, 1), self.batch_size) + self.batch_size
-        with self._executor() as ex:
-            pending: list = []
-            it = iter(paths)
-            batch: list[dict[str, Any]] = []
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < window:
-                    try:
-                        pending.append(ex.submit(_load_one, next(it), cfg_dict, self.quality.to_dict()))
-                    except StopIteration:
-                        exhausted = True
-                if not pending:
-                    break
-                batch.append(pending.pop(0).result())
-                if len(batch) == self.batch_size:
-                    yield batch
-                    batch = []
-            if batch:
+        batch: list[dict[str, Any]] = []
+        workers = min(self.workers, len(paths))  # no idle processes for a handful of files
+        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict, quality) for p in paths), workers, timeout=self.timeout, ordered=True,
+                                     max_in_flight=window):
+            batch.append(rec if err is None else {"path": paths[i], "error": err})
+            if len(batch) == self.batch_size:
                 yield batch
+                batch = []
+        if batch:
+            yield batch
 
     # ---------------------------------------------------------------------------------- prediction
     def predict(self, inputs, *, explain: bool = False, overlay_dir: str | PathLike | None = None,
@@ -330,7 +324,7 @@ class Predictor:
         bar.close()
         errors = [_error_row(path, rel, reason, seen_ids, include_ids) for path, rel, reason in failed]
         for e in errors:
-            log.warning("skipped %s: %s", e["file"], e["reason"])
+            log.debug("skipped %s: %s", e["file"], e["reason"])
         rows, sources, skipped = _drop_processing_duplicates(rows, sources, intents)  # files already scrubbed
         errors += skipped
         warnings = []

@@ -53,6 +53,11 @@ def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.Dat
     cache = open_cache(cache_dir, allow_incomplete=True)
     index = cache.index
     ok = np.flatnonzero((index["status"] == "done").to_numpy()) if "status" in index else np.arange(len(index))
+    if not len(ok):
+        from mammolens.parallel import NothingReadError
+
+        raise NothingReadError(f"none of the {len(index)} image(s) of {cache_dir} could be read "
+                               f"(reasons in {cache_dir / 'errors.csv'})")
     ds = MammoDataset(cache, run.task, rows=ok)
     probs = np.asarray(predict_cache(run.model, run.task, ds, batch_size=batch_size, device=device))  # [N, K]
     df = index.iloc[ok].reset_index(drop=True).copy()
@@ -134,6 +139,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     try:
         cache_dir = _cache_for(run, data, work, workers, progress)
         preds = _predict_cache(run, cache_dir, batch_size, device)
+        failures = _failures(cache_dir, out_dir / "errors.csv")
         cmp_preds = None
         if compare is not None:
             run_b = load_run(compare)
@@ -162,8 +168,21 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     report = write_report(out_dir, preds, names, result, gallery=gallery,
                           title=f"mammolens evaluation: {provenance['run']} on {provenance['data']}",
                           provenance=provenance)
-    return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)),
+    return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": failures,
+            "errors": str(out_dir / "errors.csv"),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _failures(cache_dir: Path, errors_csv: Path) -> int:
+    """Rows of the (temporary) evaluation cache that could not be read, written to ``errors_csv`` with the
+    image paths scrubbed as in ``predictions.parquet``; returns their number."""
+    from mammolens.data.cache import open_cache
+
+    index = open_cache(cache_dir, allow_incomplete=True).index
+    failed = index[index["status"] == "failed"]
+    paths = _pseudonymise(index)["image_path"][failed.index] if len(failed) else []
+    pd.DataFrame({"image_path": list(paths), "reason": list(failed["error"])}).to_csv(errors_csv, index=False)
+    return int(len(failed))
 
 
 def _pseudonymise(df: pd.DataFrame) -> pd.DataFrame:

@@ -116,6 +116,47 @@ def test_predict_cli_pacs_archive_leaks_no_ids(app_env, tmp_path):  # noqa: F811
     assert ids[0] in (tmp_path / "ids" / "errors.csv").read_text() and ids[-3] in r.output
 
 
+def test_predict_cli_nothing_read_exits_3(app_env, tmp_path):  # noqa: F811
+    bad = tmp_path / "in"
+    bad.mkdir()
+    for i in range(12):
+        (bad / f"x{i:02d}.dcm").write_bytes(b"garbage" * 30)
+    r = _invoke("predict", app_env.run, bad, "--out", tmp_path / "out", "--workers", 0, "--device", "cpu")
+    assert r.exit_code == 3, r.output
+    assert "nothing was read: none of the 12 file(s) could be read" in " ".join(r.output.split())
+    assert r.output.count("FAILED ") == 10 and "... and 2 more, see " in r.output
+    assert len(pd.read_csv(tmp_path / "out" / "errors.csv")) == 12
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _invoke("predict", app_env.run, empty, "--out", tmp_path / "o2", "--workers", 0, "--device", "cpu")
+    assert r.exit_code == 3 and "no image file found in" in r.output
+
+
+def test_explain_cli_nothing_read_exits_3(app_env, tmp_path):  # noqa: F811
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(b"garbage" * 30)
+    r = _invoke("explain", app_env.run, bad, "--out", tmp_path / "e", "--device", "cpu")
+    assert r.exit_code == 3 and "FAILED x.dcm" in r.output
+
+
+def test_evaluate_every_image_unreadable_exits_3(app_env, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import sys
+
+    import pytest
+
+    from mammolens.cli import main
+
+    m = pd.read_parquet(app_env.manifest).iloc[:3].assign(image_path=[str(tmp_path / f"gone{i}.dcm") for i in range(3)])
+    m.to_parquet(tmp_path / "m.parquet")
+    monkeypatch.setattr(sys, "argv", ["mammolens", "evaluate", str(app_env.run), "--data", str(tmp_path / "m.parquet"),
+                                      "--out", str(tmp_path / "ev"), "--workers", "0", "--device", "cpu"])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    assert ex.value.code == 3
+    err = capsys.readouterr().err
+    assert "\nerror: none of the 3 image(s)" in err and "errors.csv" in err and "Traceback" not in err
+
+
 def test_predict_cli_missing_run_fails(tmp_path):
     r = _invoke("predict", tmp_path / "norun", tmp_path, "--out", tmp_path / "o", "--workers", 0)
     assert r.exit_code != 0

@@ -23,7 +23,8 @@ def test_ingest_cli_counts_and_errors(archive, tmp_path):
     dicom, truth = archive
     out = tmp_path / "data"
     res = runner.invoke(app, ["ingest", str(dicom), "--out", str(out), "--workers", "2", "--no-progress"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # some files failed
+    assert "FAILED " in res.output and "broken.dcm" in res.output and "notes.txt" in res.output
     assert f"ingested {len(truth)} image(s); 2 file(s) skipped" in res.output
     assert str(out / "manifest.parquet") in res.output and str(out / "errors.csv") in res.output
     assert "SYN000" not in res.output  # no patient ids printed
@@ -41,3 +42,31 @@ def test_ingest_cli_counts_and_errors(archive, tmp_path):
 def test_ingest_cli_missing_folder_exits_2(tmp_path):
     res = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_ingest_cli_exit_0_when_every_file_is_read(archive, tmp_path):
+    dicom, truth = archive
+    res = runner.invoke(app, ["ingest", str(dicom), "--out", str(tmp_path / "o"), "--pattern", "*.dcm",
+                              "--workers", "0", "--no-progress"])  # broken.dcm is read: exit 1 by design
+    assert res.exit_code == 1 and "broken.dcm" in res.output and "notes.txt" not in res.output
+    good = tmp_path / "good"
+    good.mkdir()
+    src = dicom.parent / truth["image_path"].iloc[0]
+    (good / "a.dcm").write_bytes(src.read_bytes())
+    res = runner.invoke(app, ["ingest", str(good), "--out", str(tmp_path / "g"), "--workers", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "FAILED" not in res.output
+
+
+def test_ingest_cli_nothing_read_exits_3_and_says_why(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["ingest", str(empty), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert res.exit_code == 3
+    assert "nothing was read" in res.output and "matched --pattern *" in res.output
+    for i in range(14):
+        (empty / f"n{i:02d}.txt").write_text("not an image")
+    res = runner.invoke(app, ["ingest", str(empty), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"])
+    assert res.exit_code == 3
+    assert "none of the 14 file(s)" in res.output and "readable mammography DICOM" in res.output
+    assert res.output.count("FAILED ") == 10 and "... and 4 more, see " in res.output  # short terminal list

@@ -35,3 +35,19 @@ def test_import_cli_missing_label_file_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "breast-level_annotations.csv" in result.output
     assert not (tmp_path / "o" / "manifest.parquet").exists()
+
+
+def test_import_cli_cbis_without_images_exits_3_naming_the_folder(tmp_path):
+    src = tmp_path / "cbis"
+    src.mkdir()
+    pd.DataFrame({"patient_id": ["P_00001"], "breast_density": ["3"], "left or right breast": ["LEFT"],
+                  "image view": ["CC"], "abnormality type": ["mass"], "pathology": ["BENIGN"],
+                  "image file path": ["Mass-Training_P_00001_LEFT_CC/1.3/1.4/000000.dcm"]}
+                 ).to_csv(src / "mass_case_description_train_set.csv", index=False)
+    result = CliRunner().invoke(app, _args("cbis-ddsm", str(src), "--out", str(tmp_path / "o")))
+    assert result.exit_code == 3, result.output
+    out = " ".join(result.output.split())
+    assert "nothing was read" in out and str(src) in out
+    assert "SRC/CBIS-DDSM" in out and "download the image folders" in out and "--no-check-files" in out
+    result = CliRunner().invoke(app, _args("cbis-ddsm", str(src), "--out", str(tmp_path / "o"), "--no-check-files"))
+    assert result.exit_code == 0, result.output

@@ -94,7 +94,7 @@ def test_build_cache_writes_images_index_errors(png_manifest, tmp_path):
 
 def test_build_cache_parallel_equals_serial(png_manifest, tmp_path):
     a = build_cache(png_manifest, tmp_path / "a", PreprocessCfg(size=SIZE), workers=0, progress=False, reader=png_reader)
-    b = build_cache(png_manifest, tmp_path / "b", PreprocessCfg(size=SIZE), workers=2, chunksize=1,
+    b = build_cache(png_manifest, tmp_path / "b", PreprocessCfg(size=SIZE), workers=2,
                     progress=False, reader=png_reader)
     assert (a / "images.u16").read_bytes() == (b / "images.u16").read_bytes()
     assert open_cache(b).index["status"].tolist() == open_cache(a).index["status"].tolist()
@@ -252,3 +252,58 @@ def test_build_cache_refuses_rows_whose_header_is_not_a_mammogram(png_manifest, 
     index = open_cache(out, allow_incomplete=True).index
     assert list(index["status"]) == ["done", "failed"]
     assert index["error"][1] == "ValueError: not a mammogram: DX image of ABDOMEN"
+
+
+def faulty_png_reader(path, **kw):
+    from _faults import misbehave
+
+    misbehave(path)
+    return png_reader(path, **kw)
+
+
+@pytest.mark.timeout(120)
+def test_build_cache_survives_hanging_crashing_and_panicking_rows(png_manifest, tmp_path, monkeypatch):
+    from _faults import REASONS, copies
+
+    bad = copies(png_manifest["image_path"].iat[0], tmp_path / "bad", ".png")
+    rows = [png_manifest.iloc[0].to_dict() | {"image_path": str(p)} for p in bad]
+    df = pd.concat([png_manifest, pd.DataFrame(rows)], ignore_index=True)
+    monkeypatch.setenv("MAMMOLENS_FILE_TIMEOUT", "3")
+    out = build_cache(df, tmp_path / "c", PreprocessCfg(size=SIZE), workers=2, progress=False, reader=faulty_png_reader)
+    c = open_cache(out)
+    assert c.index["status"].tolist() == ["done"] * 8 + ["failed"] * 5
+    assert c.index["error"].iloc[9:].tolist() == list(REASONS.values())
+    ref = build_cache(png_manifest, tmp_path / "ref", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                      reader=png_reader)
+    assert np.array_equal(c.images[:8], open_cache(ref).images[:8])  # every good row written
+    # resumable: a rerun with retry_failed redoes only the failed rows (here with a well-behaved reader)
+    build_cache(df, out, PreprocessCfg(size=SIZE), workers=2, progress=False, reader=png_reader, retry_failed=True)
+    c = open_cache(out)
+    assert c.meta["last_run"]["processed"] == 5 and c.index["status"].tolist() == ["done"] * 8 + ["failed"] + ["done"] * 4
+
+
+def test_build_cache_keeps_pydicom_warnings_off_the_terminal(tmp_path):
+    import subprocess
+    import sys
+    import warnings
+
+    import pydicom
+
+    from test_ingest import write_mg_dicom
+
+    p = write_mg_dicom(tmp_path / "a.dcm")
+    ds = pydicom.dcmread(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.SeriesInstanceUID = "1.2.abc_not_a_uid"  # pydicom warns (and logs) when it reads this value
+        ds.save_as(p)
+    pd.DataFrame([dict(image_path=str(p), patient_id="P", study_id="S", laterality="L", view="CC", modality="DM",
+                       manufacturer="X", density="A")]).to_parquet(tmp_path / "m.parquet")
+    # a fresh interpreter: pytest's own warning capture would hide what a user's terminal shows
+    code = ("import logging, sys; logging.basicConfig(); from mammolens.data.cache import build_cache, PreprocessCfg; "
+            "build_cache(sys.argv[1], sys.argv[2], PreprocessCfg(size=16), workers=0, progress=False)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.parquet"), str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Invalid value" not in proc.stderr + proc.stdout
+    assert open_cache(tmp_path / "c").index["status"].tolist() == ["done"]

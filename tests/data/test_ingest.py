@@ -138,3 +138,24 @@ def test_ingest_counts_a_processing_copy_once(tmp_path):
     assert sorted(Path_(p) for p in manifest["image_path"]) == ["pres.dcm", "proc_other_view.dcm"]
     assert [Path_(p) for p in errors["path"]] == ["proc.dcm"]
     assert errors["reason"][0] == "For Processing duplicate of a For Presentation image; not counted (pres.dcm)"
+
+
+@pytest.mark.timeout(120)
+def test_ingest_survives_hanging_crashing_and_panicking_files(archive, tmp_path, monkeypatch):
+    import mammolens.data.ingest as ing
+    from _faults import REASONS, copies, misbehave
+
+    copies(archive / "p1" / "a.dcm", archive / "bad", ".dcm")
+    real = ing.read_header
+
+    def faulty(path):
+        misbehave(path)
+        return real(path)
+
+    monkeypatch.setattr(ing, "read_header", faulty)  # forked workers inherit the patch
+    monkeypatch.setenv("MAMMOLENS_FILE_TIMEOUT", "3")
+    m, e = ingest(archive, tmp_path / "out", workers=2, progress=False)
+    assert sorted(p.rsplit("/", 1)[-1] for p in m["image_path"]) == ["IMG0002", "a.dcm", "dbt.dcm"]
+    reasons = {p.rsplit("/", 1)[-1]: r for p, r in zip(e["path"], e["reason"])}
+    assert {f"{k}.dcm": v for k, v in REASONS.items()}.items() <= reasons.items()
+    assert set(reasons) == {"hang.dcm", "crash.dcm", "segv.dcm", "panic.dcm", "trunc.dcm", "notes.txt"}

@@ -11,9 +11,13 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.
 
 
 def main() -> None:
-    """Entry point: user errors (missing file, bad value, unreadable image) print one line, exit code 2."""
+    """Entry point: user errors (missing file, bad value) print one line, exit code 2; a job that read
+    nothing at all (``NothingReadError``) exits 3 (see ``cli._app`` for every code)."""
     import os
     import sys
+
+    from mammolens.cli._app import EXIT_NOTHING_READ, EXIT_USAGE
+    from mammolens.parallel import NothingReadError
 
     try:
         app(standalone_mode=True)
@@ -21,7 +25,7 @@ def main() -> None:
         if os.environ.get("MAMMOLENS_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_NOTHING_READ if isinstance(e, NothingReadError) else EXIT_USAGE)
 
 
 __all__ = ["app", "main"]

@@ -19,3 +19,31 @@ def _root(
     import logging
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# Exit codes of every command that processes files (documented in README "Exit codes").
+EXIT_OK = 0  # every file done
+EXIT_SOME_FAILED = 1  # some files failed: listed in errors.csv and summarised on the terminal
+EXIT_USAGE = 2  # bad flag, missing path, bad value
+EXIT_NOTHING_READ = 3  # nothing was read at all: empty folder, no file matched, every file failed
+
+MAX_FAILED_SHOWN = 10
+
+
+def report_failures(failures, errors_file, limit: int = MAX_FAILED_SHOWN) -> None:
+    """One short ``FAILED file: reason`` line per failure (stderr), at most ``limit``, then a count."""
+    failures = list(failures)
+    for name, reason in failures[:limit]:
+        reason = " ".join(str(reason).split())
+        typer.echo(f"FAILED {name}: {reason[:157] + '...' if len(reason) > 160 else reason}", err=True)
+    if len(failures) > limit:
+        typer.echo(f"... and {len(failures) - limit} more, see {errors_file}", err=True)
+
+
+def finish(n_done: int, n_failed: int, nothing_read: str) -> None:
+    """Exit with the code for ``n_done`` files done and ``n_failed`` failed; when nothing was read,
+    print ``nothing_read`` (which folder or flag is missing) first."""
+    if n_done == 0:
+        typer.secho(f"error: nothing was read: {nothing_read}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_NOTHING_READ)
+    raise typer.Exit(EXIT_SOME_FAILED if n_failed else EXIT_OK)

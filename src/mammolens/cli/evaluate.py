@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import app
+from mammolens.cli._app import app, finish
 
 
 @app.command("evaluate")
@@ -43,3 +43,6 @@ def evaluate_cli(
             table.add_row(k, f"{v:.3f}")
     console.print(table)
     console.print(f"report: {res['report']}")
+    if res.get("n_failed"):
+        console.print(f"{res['n_failed']} image(s) could not be read and are not evaluated: see {res['errors']}")
+    finish(res["n_images"], res.get("n_failed", 0), "")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import app
+from mammolens.cli._app import app, finish, report_failures
 
 
 @app.command("explain")
@@ -19,11 +19,10 @@ def explain_cli(
     from mammolens.workflows import explain_run
 
     recs = explain_run(run, images, out, class_name=class_name, device=device)
-    failed = 0
+    failed = [(r["file"], r["error"]) for r in recs if "error" in r]
     for r in recs:
-        if "error" in r:
-            failed += 1
-            typer.echo(f"FAILED {r['file']}: {r['error']}", err=True)
-        else:
+        if "error" not in r:
             typer.echo(f"{r['file']}: predicted {r['pred']} -> {r['overlay']}")
-    raise typer.Exit(code=1 if failed else 0)
+    report_failures(failed, "the list above", limit=len(failed))  # explain writes no errors.csv: all shown
+    finish(len(recs) - len(failed), len(failed), "no image file found in " + " ".join(map(str, images)) if not failed
+           else f"none of the {len(failed)} file(s) could be read")

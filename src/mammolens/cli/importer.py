@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import app
+from mammolens.cli._app import EXIT_USAGE, app, finish
 
 _DATASETS = "mias, cbis-ddsm, vindr, rsna, embed, inbreast"
 
@@ -29,11 +29,18 @@ def import_cli(
         df = import_dataset(adapter.name, src, out=out, **kw)
     except (ValueError, FileNotFoundError, ImportError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+        raise typer.Exit(code=EXIT_USAGE) from e
     errors = df.attrs.get("errors", [])
+    skipped = [e for e in errors if e.skipped]
+    if not len(df):
+        reasons = sorted({e.reason for e in skipped}) or ["the label files list no image"]
+        finish(0, len(skipped), f"{adapter.title}: 0 of {len(skipped)} row(s) imported from {src}: "
+               f"{'; '.join(reasons[:3])}. The adapter expects {adapter.expects}"
+               + ("; check the image folder, or pass --no-check-files to keep the listed paths unchecked"
+                  if adapter.name not in ("mias", "inbreast") else ""))
     typer.echo(f"{adapter.title}: wrote {out / 'manifest.parquet'}")
     for section, counts in summarize(df, adapter.label_columns).items():
         typer.echo(f"  {section:<13} " + "  ".join(f"{k}: {v}" for k, v in counts.items()))
     if errors:
-        skipped = sum(e.skipped for e in errors)
-        typer.echo(f"  {len(errors)} row issue(s), {skipped} row(s) skipped: see {out / 'errors.csv'}")
+        typer.echo(f"  {len(errors)} row issue(s), {len(skipped)} row(s) skipped: see {out / 'errors.csv'}")
+    finish(len(df), len(skipped), "")

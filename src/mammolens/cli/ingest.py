@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import app
+from mammolens.cli._app import EXIT_USAGE, app, finish, report_failures
 
 
 @app.command("ingest")
@@ -22,7 +22,7 @@ def ingest_cli(
         manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern))
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+        raise typer.Exit(code=EXIT_USAGE) from e
     typer.echo(f"ingested {len(manifest)} image(s); {len(errors)} file(s) skipped")
     if len(manifest):
         for col in ("modality", "manufacturer", "laterality", "view"):
@@ -31,3 +31,6 @@ def ingest_cli(
         typer.echo(f"  patients      {manifest['patient_id'].nunique()}  studies {manifest['study_id'].nunique()}")
     typer.echo(f"manifest: {out / 'manifest.parquet'}")
     typer.echo(f"errors:   {out / 'errors.csv'}")
+    report_failures(zip(errors["path"], errors["reason"]), out / "errors.csv")
+    finish(len(manifest), len(errors), f"no file under {root} matched --pattern {' '.join(pattern)}" if not len(errors)
+           else f"none of the {len(errors)} file(s) under {root} is a readable mammography DICOM (reasons in {out / 'errors.csv'})")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import app
+from mammolens.cli._app import app, finish, report_failures
 
 
 @app.command("predict")
@@ -25,7 +25,7 @@ def predict_cli(
     """Density per image, breast and exam (any number of views), with probabilities and dense flag.
 
     Writes images.csv, breasts.csv, exams.csv, results.json, errors.csv, overlays/ and dicom/.
-    Exit code 0 when every file was predicted, 1 when some failed (listed in errors.csv).
+    Exit code 0 when every file was predicted, 1 when some failed (listed in errors.csv), 3 when none was.
     """
     from mammolens.workflows import predict_to_dir
 
@@ -36,6 +36,6 @@ def predict_cli(
                f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
     if res.get("n_not_assessable"):
         typer.echo(f"{res['n_not_assessable']} images not assessable (no density): see quality_reason in images.csv")
-    for e in res["errors"]:
-        typer.echo(f"FAILED {e['file']}: {e['reason']}", err=True)
-    raise typer.Exit(code=1 if res["n_failed"] else 0)
+    report_failures(((e["file"], e["reason"]) for e in res["errors"]), Path(res["out_dir"]) / "errors.csv")
+    finish(res["n_images"], res["n_failed"], "no image file found in " + " ".join(map(str, inputs)) if not res["n_failed"]
+           else f"none of the {res['n_failed']} file(s) could be read (reasons in {Path(res['out_dir']) / 'errors.csv'})")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import app
+from mammolens.cli._app import EXIT_USAGE, app, finish, report_failures
 
 
 @app.command("preprocess")
@@ -40,7 +40,7 @@ def preprocess_cli(
         cache = open_cache(path, allow_incomplete=True)
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+        raise typer.Exit(code=EXIT_USAGE) from e
     m = cache.meta
     c, run = m["counts"], m.get("last_run", {})
     speed = f" ({run['images_per_s']} img/s)" if run.get("images_per_s") else ""
@@ -49,5 +49,9 @@ def preprocess_cli(
                f"{len(cache)} x {cfg.size} x {cfg.size} uint16")
     if c["failed"]:
         typer.echo(f"errors: {path / 'errors.csv'}")
+        failed = cache.index[cache.index["status"] == "failed"]
+        report_failures(zip(failed["image_path"], failed["error"]), path / "errors.csv")
     if c["pending"]:
         typer.echo("incomplete: run the same command again to continue")
+    finish(c["done"] + c["pending"], c["failed"], f"the manifest {manifest} lists no image" if not len(cache)
+           else f"none of the {len(cache)} image(s) could be read (reasons in {path / 'errors.csv'})")

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
+from mammolens.parallel import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -187,41 +188,37 @@ def _conversion_json(conv: Any) -> str:
 
 
 def _process_row(task: tuple[int, str, str, Any]) -> dict[str, Any]:
-    """Read, preprocess and write one row; never raises (failures come back as records)."""
+    """Read, preprocess and write one row; raises on a bad file (``run_tasks`` records the reason)."""
     from mammolens.io.gating import mammography_gate
     from mammolens.transforms.breast import preprocess_image
 
     row, path, laterality, frame = task
     cfg: PreprocessCfg = _W["cfg"]
     reader = _W["reader"] or _default_reader
-    rec: dict[str, Any] = {"row": row}
-    try:
-        fr = _parse_frame(frame)
-        img = reader(path, frame=fr) if fr is not None else reader(path, dbt=cfg.dbt)
-        gate_ok, gate_reason = mammography_gate(getattr(img, "meta", None) or {})
-        if not gate_ok:  # a DX abdomen in a hand-made manifest must not be trained on as DM
-            raise ValueError(gate_reason)
-        pixels = np.asarray(getattr(img, "pixels", img))
-        if fr is not None and pixels.ndim == 3:  # a reader that returned the whole stack
-            if not 0 <= fr < pixels.shape[0]:
-                raise ValueError(f"frame {fr} out of range: the file has {pixels.shape[0]} frames")
-            pixels = pixels[fr]
-        out, info = preprocess_image(pixels, cfg, laterality=laterality)
-        buf = np.ascontiguousarray(out, dtype="<u2").tobytes()
-        assert len(buf) == _W["row_bytes"]
-        os.pwrite(_W["fd"], buf, row * _W["row_bytes"])  # written before the row is reported done
-        rec.update(
-            status="done",
-            error="",
-            conversion=_conversion_json(getattr(img, "conversion", None)),
-            flipped=info["flipped"],
-            bbox=",".join(str(b) for b in info["bbox"]),
-            orig_h=info["orig_shape"][0],
-            orig_w=info["orig_shape"][1],
-        )
-    except Exception as e:  # noqa: BLE001 — one bad file must not stop an archive; the reason is recorded
-        rec.update(status="failed", error=f"{type(e).__name__}: {e}".replace("\n", " "))
-    return rec
+    fr = _parse_frame(frame)
+    img = reader(path, frame=fr) if fr is not None else reader(path, dbt=cfg.dbt)
+    gate_ok, gate_reason = mammography_gate(getattr(img, "meta", None) or {})
+    if not gate_ok:  # a DX abdomen in a hand-made manifest must not be trained on as DM
+        raise ValueError(gate_reason)
+    pixels = np.asarray(getattr(img, "pixels", img))
+    if fr is not None and pixels.ndim == 3:  # a reader that returned the whole stack
+        if not 0 <= fr < pixels.shape[0]:
+            raise ValueError(f"frame {fr} out of range: the file has {pixels.shape[0]} frames")
+        pixels = pixels[fr]
+    out, info = preprocess_image(pixels, cfg, laterality=laterality)
+    buf = np.ascontiguousarray(out, dtype="<u2").tobytes()
+    assert len(buf) == _W["row_bytes"]
+    os.pwrite(_W["fd"], buf, row * _W["row_bytes"])  # written before the row is reported done
+    return {
+        "row": row,
+        "status": "done",
+        "error": "",
+        "conversion": _conversion_json(getattr(img, "conversion", None)),
+        "flipped": info["flipped"],
+        "bbox": ",".join(str(b) for b in info["bbox"]),
+        "orig_h": info["orig_shape"][0],
+        "orig_w": info["orig_shape"][1],
+    }
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -277,12 +274,12 @@ def build_cache(
     cfg: PreprocessCfg | dict | None = None,
     workers: int | None = None,
     progress: bool = True,
-    chunksize: int = 4,
     overwrite: bool = False,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
     retry_failed: bool = False,
     reader: Callable | None = None,
+    timeout: float | None = None,
 ) -> Path:
     """Preprocess every manifest image into a memory-mapped cache (see the module docstring).
 
@@ -292,7 +289,6 @@ def build_cache(
         cfg: ``PreprocessCfg`` (or its dict); default ``PreprocessCfg()``.
         workers: processes; default all cores; 0 or 1 runs in this process.
         progress: show a progress bar.
-        chunksize: rows handed to a worker at a time.
         overwrite: delete an existing cache built from another manifest or cfg instead of raising.
         limit: process at most this many pending rows, then stop (the rest on the next call).
         shard: ``(k, n)``: build only the k-th of n contiguous blocks of the manifest (merge with
@@ -301,6 +297,8 @@ def build_cache(
         reader: ``f(path, dbt=...)`` / ``f(path, frame=...)`` (rows with a ``frame``) returning a
             ``MammoImage`` or an array; default ``mammolens.io.read_image`` (must be picklable when
             ``workers > 1``).
+        timeout: seconds per row before its worker is killed and replaced and the row marked failed
+            (default ``MAMMOLENS_FILE_TIMEOUT`` or 120; see ``mammolens.parallel``).
 
     Returns:
         ``out_dir``.
@@ -389,24 +387,17 @@ def build_cache(
             plog.flush()
             bar.update(1)
 
-        if tasks and workers <= 1:
-            _worker_init(*init_args)
-            try:
-                for t in tasks:
-                    record(_process_row(t))
-            finally:
-                os.close(_W.pop("fd"))
-                _W.clear()
-        elif tasks:
-            import multiprocessing as mp
-
+        # the pool's initializer opens images.u16 per worker (here too when workers <= 1: closed below)
+        if workers > 1:
             preload_worker_modules()  # forked workers then start with them imported (~0.1 s each saved)
-
-            with mp.get_context().Pool(workers, initializer=_worker_init, initargs=init_args) as pool:
-                # small jobs: smaller chunks, so that no worker idles while another holds several rows
-                chunk = max(1, min(int(chunksize), len(tasks) // (4 * workers)))
-                for rec in pool.imap_unordered(_process_row, tasks, chunksize=chunk):
-                    record(rec)
+        try:
+            for k, rec, err in run_tasks(_process_row, tasks, workers, initializer=_worker_init,
+                                         initargs=init_args, timeout=timeout):
+                record(rec if err is None else {"row": tasks[k][0], "status": "failed", "error": err})
+        finally:
+            if "fd" in _W:
+                os.close(_W.pop("fd"))
+            _W.clear()
     bar.close()
     elapsed = time.perf_counter() - t0
     _write_outputs(out, df, records, meta, processed=len(tasks), seconds=elapsed)

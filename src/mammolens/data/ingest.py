@@ -23,6 +23,7 @@ import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
 from mammolens.io.gating import PROCESSING_DUPLICATE, mammography_gate, processing_duplicates
+from mammolens.parallel import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,6 @@ def read_header(path: str | PathLike) -> dict[str, Any]:
     return dcm.dicom_meta(ds)
 
 
-def _header_task(path: str) -> tuple[str, dict | None, str]:
-    try:
-        return path, read_header(path), ""
-    except Exception as exc:  # noqa: BLE001 — recorded in errors.csv, the scan goes on
-        msg = str(exc)
-        if hasattr(exc, "path"):  # ImageReadError's message starts with the path; errors.csv has it already
-            msg = msg.replace(f"{exc.path}: ", "")
-        return path, None, f"{type(exc).__name__}: {msg}".replace("\n", " ")
-
-
 def _rel(path: str, base: Path) -> str:
     p = Path(path).resolve()
     try:
@@ -144,7 +135,7 @@ def ingest(
     workers: int | None = None,
     progress: bool = True,
     patterns: Sequence[str] = ("*",),
-    chunksize: int = 16,
+    timeout: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan ``root`` and write ``out_dir/manifest.parquet`` and ``out_dir/errors.csv``.
 
@@ -155,7 +146,8 @@ def ingest(
         workers: header-reading processes (default all cores; 0/1 in this process).
         progress: show a progress bar.
         patterns: file-name globs to consider (default every file; DICOM is detected by content).
-        chunksize: files per worker task.
+        timeout: seconds per file before its worker is killed and replaced (default
+            ``MAMMOLENS_FILE_TIMEOUT`` or 120; see ``mammolens.parallel``).
 
     Returns:
         ``(manifest, errors)``: the manifest as written (paths as written) and the errors
@@ -176,17 +168,9 @@ def ingest(
     log.info("ingest: %d files under %s, %d workers", len(files), root, workers)
     results: list[tuple[str, dict | None, str]] = []
     with tqdm(total=len(files), desc="ingest", unit="file", disable=not progress or not files) as bar:
-        if workers <= 1:
-            for f in files:
-                results.append(_header_task(f))
-                bar.update(1)
-        else:
-            import multiprocessing as mp
-
-            with mp.get_context().Pool(workers) as pool:
-                for r in pool.imap_unordered(_header_task, files, chunksize=max(1, chunksize)):
-                    results.append(r)
-                    bar.update(1)
+        for i, meta, err in run_tasks(read_header, files, workers, timeout=timeout):
+            results.append((files[i], meta, err or ""))
+            bar.update(1)
     results.sort(key=lambda r: r[0])
     rows, errors, row_paths = [], [], []
     for path, meta, reason in results:

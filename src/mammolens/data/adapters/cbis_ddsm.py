@@ -74,6 +74,10 @@ def _resolve(src: Path, rel: str) -> Path | None:
     return None
 
 
+_NOT_FOUND = ("image file not found under SRC or SRC/CBIS-DDSM: download the image folders "
+              "(e.g. Mass-Training_P_00001_LEFT_CC/) from TCIA next to the CSVs")
+
+
 def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Map the CBIS-DDSM case description CSVs to a manifest (one row per image).
 
@@ -127,7 +131,7 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
             if check_files:
                 path = _resolve(src, r[c_path])
                 if path is None:
-                    errors.append(RowError(NAME, csv.name, i, "image file not found under SRC"))
+                    errors.append(RowError(NAME, csv.name, i, _NOT_FOUND))
                     continue
                 path_s = str(path)
             else:

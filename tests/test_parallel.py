@@ -1,0 +1,131 @@
+"""The robust pool: crashes, hangs and BaseExceptions become per-item errors; the job finishes."""
+
+import os
+import time
+
+import pytest
+
+from _faults import misbehave
+from mammolens.parallel import describe_error, file_timeout, run_tasks
+
+
+def _task(x):
+    misbehave(x)
+    if x == "value":
+        raise ValueError("bad value")
+    return x * 2
+
+
+def _collect(items, workers, **kw):
+    return {i: (res, err) for i, res, err in run_tasks(_task, items, workers, **kw)}
+
+
+@pytest.mark.timeout(60)
+def test_run_tasks_survives_crash_hang_and_panic():
+    items = [1, "hang", 2, "crash", 3, "segv", 4, "panic", 5, "value"] + list(range(6, 30))
+    t0 = time.monotonic()
+    out = _collect(items, 3, timeout=2)
+    assert time.monotonic() - t0 < 30
+    assert sorted(out) == list(range(len(items)))
+    good = {i: r for i, (r, e) in out.items() if e is None}
+    assert good == {i: x * 2 for i, x in enumerate(items) if isinstance(x, int)}
+    assert out[1][1] == "timed out after 2 s (worker stopped and replaced)"
+    assert out[3][1] == "worker crashed (exit code 1) while reading this file"
+    assert out[5][1].startswith("worker crashed (exit code -11, SIGSEGV)")
+    assert out[7][1] == "FakePanic: decoder panicked"
+    assert out[9][1] == "ValueError: bad value"
+
+
+@pytest.mark.timeout(60)
+def test_run_tasks_ordered_with_bounded_window():
+    items = list(range(40))
+    got = [(i, r) for i, r, e in run_tasks(_task, items, 2, ordered=True, max_in_flight=3)]
+    assert got == [(i, 2 * i) for i in items]
+
+
+def test_run_tasks_in_process_turns_base_exceptions_into_errors():
+    out = _collect([1, "panic", "value", 2], 0)
+    assert out == {0: (2, None), 1: (None, "FakePanic: decoder panicked"), 2: (None, "ValueError: bad value"), 3: (4, None)}
+
+
+def _init_ok(v):
+    os.environ["POOL_TEST_INIT"] = v
+
+
+def _read_env(_):
+    return os.environ.get("POOL_TEST_INIT")
+
+
+def _init_fail():
+    raise ValueError("no disk")
+
+
+@pytest.mark.timeout(60)
+def test_run_tasks_initializer_runs_in_workers_and_failure_stops_job(monkeypatch):
+    monkeypatch.delenv("POOL_TEST_INIT", raising=False)
+    assert {r for _, r, _ in run_tasks(_read_env, range(6), 2, initializer=_init_ok, initargs=("x",))} == {"x"}
+    assert "POOL_TEST_INIT" not in os.environ  # ran in the workers, not here
+    with pytest.raises(RuntimeError, match="no disk"):
+        list(run_tasks(_read_env, range(6), 2, initializer=_init_fail))
+
+
+def _warn_and_fail(x):
+    import logging
+    import warnings
+
+    logging.getLogger("pydicom").warning("Invalid value for VR UI: 'x'")
+    warnings.warn("pixel data ends early")
+    if x:
+        raise ValueError("broken")
+    return "ok"
+
+
+def test_run_tasks_keeps_pydicom_noise_off_the_terminal(capfd):
+    out = {i: (r, e) for i, r, e in run_tasks(_warn_and_fail, [0, 1], 0)}
+    cap = capfd.readouterr()
+    assert "Invalid value" not in cap.err + cap.out and "ends early" not in cap.err + cap.out
+    assert out[0] == ("ok", None)
+    assert out[1][1] == "ValueError: broken [pydicom: Invalid value for VR UI: 'x'; UserWarning: pixel data ends early]"
+
+
+def test_file_timeout_env(monkeypatch):
+    monkeypatch.delenv("MAMMOLENS_FILE_TIMEOUT", raising=False)
+    assert file_timeout() == 120.0 and file_timeout(5) == 5.0 and file_timeout(0) is None
+    monkeypatch.setenv("MAMMOLENS_FILE_TIMEOUT", "7.5")
+    assert file_timeout() == 7.5
+    monkeypatch.setenv("MAMMOLENS_FILE_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MAMMOLENS_FILE_TIMEOUT"):
+        file_timeout()
+
+
+def test_describe_error_drops_the_path():
+    from mammolens.io import ImageReadError
+
+    e = ImageReadError("/a/b.dcm", "truncated\nfile")
+    assert describe_error(e) == "ImageReadError: truncated file"
+
+
+def test_run_tasks_ctrl_c_stops_the_job_and_its_workers(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import multiprocessing as mp, time\n"
+        "from mammolens.parallel import run_tasks\n"
+        "def hang(x):\n"
+        "    time.sleep(600)\n"
+        "try:\n"
+        "    print('started', flush=True)\n"
+        "    list(run_tasks(hang, range(8), 2, timeout=0))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted, workers left:', len(mp.active_children()), flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.5)  # the workers are running (hung)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert out.strip() == "interrupted, workers left: 0" and time.monotonic() - t0 < 10
