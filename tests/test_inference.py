@@ -464,20 +464,21 @@ def test_run_without_ood_file_skips_the_check(app_env, tmp_path, caplog):  # noq
     assert res.images["assessable"].all() and res.images["ood_score"].isna().all()
 
 
-def _faulty_load_one(path, cfg):  # module level: picklable for any process pool
+def _faulty_load_one(path, cfg, quality=None):  # module level: picklable for any process pool
     import mammolens.inference as inf
     from _faults import misbehave
 
     misbehave(path)
-    return inf._REAL_LOAD_ONE(path, cfg)
+    return inf._REAL_LOAD_ONE(path, cfg, quality)
 
 
 @pytest.mark.timeout(120)
-def test_predict_survives_hanging_crashing_and_panicking_files(predictor, tmp_path, monkeypatch):
+def test_predict_survives_hanging_crashing_and_panicking_files(png_predictor, tmp_path, monkeypatch):
     import mammolens.inference as inf
     from _faults import REASONS, copies
 
-    good = _write_pngs(tmp_path / "in", n=6, shape=(40, 30))
+    predictor = png_predictor
+    good = _write_pngs(tmp_path / "in", n=6)
     copies(good[0], tmp_path / "in", ".png")
     monkeypatch.setattr(inf, "_REAL_LOAD_ONE", inf._load_one, raising=False)
     monkeypatch.setattr(inf, "_load_one", _faulty_load_one)  # forked workers inherit the patch

@@ -135,7 +135,8 @@ def test_evaluate_run_writes_no_identifiers_or_absolute_paths(evaluated, app_env
     _, out = evaluated
     preds = pd.read_parquet(out / "predictions.parquet")
     texts = {"predictions.parquet": preds.to_csv(index=False), "metrics.json": (out / "metrics.json").read_text(),
-             "report.html": re.sub(r"base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text())}  # no images
+             "report.html": re.sub(r"base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text()),  # no images
+             "errors.csv": (out / "errors.csv").read_text()}
     uids = set(app_env.df["study_id"]) | set(app_env.df["sop_instance_uid"])
     for name, text in texts.items():
         assert "SYN" not in text, name  # the cohort's PatientIDs (and their folder names)
@@ -144,7 +145,8 @@ def test_evaluate_run_writes_no_identifiers_or_absolute_paths(evaluated, app_env
     assert not any(p.is_absolute() for p in map(Path, preds["image_path"]))
     assert preds["image_path"].str.endswith(".dcm").all() and preds["image_path"].nunique() == 48
     # the cache built from the manifest (it holds the manifest) does not stay in the output folder
-    assert {p.name for p in out.iterdir()} == {"predictions.parquet", "metrics.json", "report.html", "gradcam"}
+    assert {p.name for p in out.iterdir()} == {"predictions.parquet", "metrics.json", "report.html", "gradcam",
+                                               "errors.csv"}
 
 
 def test_evaluate_run_include_ids_keeps_them(app_env, tmp_path):  # noqa: F811

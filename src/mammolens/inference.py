@@ -115,37 +115,37 @@ def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | No
 
 
 def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[str, Any]:
-    """Worker: read, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file; never raises
-    (errors and "not assessable" images come back as records)."""
-def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
-    """Worker: read + preprocess one file; raises on a bad file (``run_tasks`` records the reason)."""
+    """Worker: read, gate, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file. A file
+    that is not a mammogram or fails the quality gate comes back as a record with its reason; a file that
+    cannot be read raises (``run_tasks`` records the reason)."""
     from mammolens.io import read_image
     from mammolens.io.gating import mammography_gate
     from mammolens.transforms.breast import preprocess_image
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
-    try:
-        img = read_image(path, dbt=cfg.dbt)
-        meta = img.meta or {}
-        gate_ok, gate_reason = mammography_gate(meta)
-        if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
-            return {"path": path, "error": gate_reason}
-        bad = _quality_check(path, img.pixels, meta, quality)
-        if bad is not None:
-            return bad
-        arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
-        return {
-            "path": path,
-            "pixels": arr,
-            "meta": {k: meta.get(k) for k in _META_KEYS},
-            "flipped": bool(info.get("flipped")),
-            "bbox": info.get("bbox"),
-            "orig_shape": info.get("orig_shape"),
-            "error": None,
-            "quality_reason": "",
-        }
-    except Exception as e:  # noqa: BLE001 — a bad file is reported, the rest continues
-        return {"path": path, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
+    img = read_image(path, dbt=cfg.dbt)
+    meta = img.meta or {}
+    gate_ok, gate_reason = mammography_gate(meta)
+    if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
+        return {"path": path, "error": gate_reason}
+    bad = _quality_check(path, img.pixels, meta, quality)
+    if bad is not None:
+        return bad
+    arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
+    return {
+        "path": path,
+        "pixels": arr,
+        "meta": {k: meta.get(k) for k in _META_KEYS},
+        "flipped": bool(info.get("flipped")),
+        "bbox": info.get("bbox"),
+        "orig_shape": info.get("orig_shape"),
+        "error": None,
+        "quality_reason": "",
+    }
+
+
+def _load_item(item: tuple[str, dict, dict]) -> dict[str, Any]:
+    return _load_one(*item)  # looked up at call time, so tests can swap _load_one
 
 
 class Predictor:

@@ -120,3 +120,17 @@ def test_read_raster_decoder_base_exception_becomes_image_read_error(tmp_path, m
     monkeypatch.setattr(Image.Image, "load", panic)
     with pytest.raises(ImageReadError, match=r"x\.png: .*FakePanic: decoder panicked"):
         read_image(path)
+
+
+def test_read_raster_png_cut_before_iend_refused_even_when_rows_decode(tmp_path):
+    flat = tmp_path / "flat.png"
+    Image.new("L", (40, 48), 90).save(flat)  # compresses to a few bytes: a cut near the end still decodes
+    data = flat.read_bytes()
+    iend = data.rfind(b"IEND") - 4
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: iend - 2])  # inside the IDAT chunk's CRC
+    with pytest.raises(ImageReadError, match="truncated PNG"):
+        read_raster(cut)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(data + b"\x00" * 100)  # junk after IEND: still a whole image
+    assert read_raster(junk).pixels.shape == (48, 40)

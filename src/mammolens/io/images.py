@@ -9,7 +9,8 @@ laterality/view are None-equivalent ("") and the display convention is assumed M
 
 Refused before decoding: a declared size over the pixel budget (``max_pixels``, see
 ``mammolens.io.max_pixels_limit``) or over Pillow's decompression-bomb threshold
-(``PIL.Image.MAX_IMAGE_PIXELS``, 89 M pixels by default). Refused after: NaN/Inf values.
+(``PIL.Image.MAX_IMAGE_PIXELS``, 89 M pixels by default). Refused after: NaN/Inf values, and a PNG that
+ends before its IEND chunk (truncated, even when the rows before the cut happened to decode).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def read_raster(path: str | PathLike, *, max_pixels: int | None = None) -> Mammo
         return _read_raster(path, max_pixels)
 
 
+def _png_complete(path: Path) -> bool:
+    """True when the PNG holds its closing IEND chunk (junk after it is tolerated)."""
+    import mmap
+
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return mm.rfind(b"IEND") >= 0
+
+
 def _read_raster(path: Path, max_pixels: int | None) -> MammoImage:
     import warnings
 
@@ -63,6 +72,8 @@ def _read_raster(path: Path, max_pixels: int | None) -> MammoImage:
             raise
         raise ImageReadError(path, f"not a readable PNG/PGM/TIFF/JPEG image ({exc})") from exc
     fmt = img.format or path.suffix.lstrip(".").upper()
+    if fmt == "PNG" and not _png_complete(path):  # zlib may yield every row before the cut: still a broken file
+        raise ImageReadError(path, "truncated PNG: the file ends before its IEND chunk")
     mode = img.mode
     n_pages = int(getattr(img, "n_frames", 1) or 1)
     reduced = False
