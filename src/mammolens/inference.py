@@ -322,7 +322,8 @@ class Predictor:
                     add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)), r)
             bar.update(len(batch))
         bar.close()
-        errors = [_error_row(path, rel, reason, seen_ids, include_ids) for path, rel, reason in failed]
+        own = [[]] * len(failed) if include_ids else self._header_ids([path for path, _, _ in failed])
+        errors = [_error_row(rel, reason, [*seen_ids, *ids], include_ids) for (_, rel, reason), ids in zip(failed, own)]
         for e in errors:
             log.debug("skipped %s: %s", e["file"], e["reason"])
         rows, sources, skipped = _drop_processing_duplicates(rows, sources, intents)  # files already scrubbed
@@ -346,6 +347,14 @@ class Predictor:
                 df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(axis=1) >= 0.5
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
                                 self.class_names, sources, warnings)
+
+    def _header_ids(self, paths: list[str]) -> list[list[tuple[str, object]]]:
+        """The header identifiers of files that failed, read in the worker pool (a hostile header can crash
+        or hang a parser: not in this process); a file whose header cannot be read gives none."""
+        out: list[list[tuple[str, object]]] = [[] for _ in paths]
+        for i, ids, err in run_tasks(_header_ids, paths, min(self.workers, len(paths)), timeout=self.timeout):
+            out[i] = ids if err is None else []
+        return out
 
     @torch.no_grad()
     def _probs_and_ood(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -377,7 +386,7 @@ class Predictor:
     def _not_assessable_row(self, r, reason: str, root, include_ids, score: float = float("nan")) -> dict[str, Any]:
         """An ``images`` row for an image that failed the quality gate: the reason, no density."""
         row = self._row_base(r, root, include_ids)
-        log.warning("%s: %s", row["file"], reason)
+        log.debug("%s: %s", row["file"], reason)  # the caller summarises (CLI: one line; images.csv)
         row.update({f"prob_{c}": float("nan") for c in self.class_names})
         row["pred"] = None
         if self._dense_idx is not None:
@@ -496,13 +505,12 @@ def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndar
     return maps.detach().cpu().numpy()
 
 
-def _error_row(path: str, rel: str, reason: str, seen_ids: set, include_ids: bool) -> dict[str, str]:
-    """An ``errors`` row; without ``include_ids``, the identifiers of the file's own header (when it has
-    one) and of every image read in this call are pseudonymised in its path and reason, so a file that
+def _error_row(rel: str, reason: str, ids: list, include_ids: bool) -> dict[str, str]:
+    """An ``errors`` row; without ``include_ids``, ``ids`` (the identifiers of the file's own header, when it
+    has one, and of every image read in this call) are pseudonymised in its path and reason, so a file that
     failed inside a PatientID/StudyUID folder does not leak the folder names."""
     if include_ids:
         return {"file": rel, "reason": reason}
-    ids = [*seen_ids, *_header_ids(path)]
     return {"file": scrub_path(rel, ids), "reason": scrub_text(reason, ids)}
 
 
@@ -512,11 +520,11 @@ def _header_ids(path: str) -> list[tuple[str, object]]:
 
     tags = {"PatientID": "patient_id", "StudyInstanceUID": "study_instance_uid",
             "SeriesInstanceUID": "series_instance_uid", "SOPInstanceUID": "sop_instance_uid"}
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags))
+    try:  # values are parsed lazily: every access stays inside the guard
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags), defer_size=4096)
+        return ids_of({col: str(ds.get(tag, "") or "") for tag, col in tags.items()})
     except Exception:  # noqa: BLE001 — not DICOM or broken: only the IDs seen elsewhere are scrubbed
         return []
-    return ids_of({col: str(ds.get(tag, "") or "") for tag, col in tags.items()})
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
