@@ -129,3 +129,14 @@ def test_run_tasks_ctrl_c_stops_the_job_and_its_workers(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert out.strip() == "interrupted, workers left: 0" and time.monotonic() - t0 < 10
+
+
+def _writes_fd2_then_panics(x):
+    os.write(2, b"thread '<unnamed>' panicked at src/lib.rs:487:24:\n  stack frame detail\n")
+    raise RuntimeError("decoder failed")
+
+
+def test_run_tasks_worker_fd2_goes_to_the_reason_not_the_terminal(capfd):
+    out = {i: err for i, _, err in run_tasks(_writes_fd2_then_panics, [1, 2], 2, timeout=30)}
+    assert out[0] == "RuntimeError: decoder failed [thread '<unnamed>' panicked at src/lib.rs:487:24:]"
+    assert "panicked" not in capfd.readouterr().err  # what a Rust decoder prints never reaches the terminal

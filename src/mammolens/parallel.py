@@ -23,6 +23,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -95,20 +96,41 @@ def _quiet(sink: list[str]) -> Iterator[None]:
         sink.extend(f"{w.category.__name__}: {w.message}" for w in caught)
 
 
+_STDERR: Any = None  # in a worker: the file its fd 2 goes to (decoder panics print there, not on the terminal)
+
+
+def _stderr_lines(start: int) -> list[str]:
+    """Lines written to the worker's captured fd 2 since ``start`` (a Rust panic's message, say)."""
+    if _STDERR is None:
+        return []
+    _STDERR.seek(start)
+    text = _STDERR.read(8192).decode("utf-8", "replace")
+    _STDERR.seek(0, os.SEEK_END)
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(" ")][:2]
+
+
 def _call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str | None]:
     notes: list[str] = []
+    start = _STDERR.seek(0, os.SEEK_END) if _STDERR is not None else 0
     try:
         with _quiet(notes):
             return fn(item), None
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 — Rust panics derive from BaseException; recorded, job goes on
-        return None, describe_error(exc, notes)
+        return None, describe_error(exc, notes + _stderr_lines(start))
+    finally:
+        if _STDERR is not None and _STDERR.tell() > 1 << 20:  # keep the capture file small
+            _STDERR.truncate(0)
+            _STDERR.seek(0)
 
 
 def _worker_main(conn, fn, initializer, initargs) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills the workers
     faulthandler.disable()  # a crash is reported as one error row, not a stack dump on the terminal
+    global _STDERR
+    _STDERR = tempfile.TemporaryFile()  # decoders (Rust panics, C libraries) write to fd 2 directly
+    os.dup2(_STDERR.fileno(), 2)
     if initializer is not None:
         try:
             initializer(*initargs)
