@@ -198,7 +198,7 @@ def machine_info() -> dict[str, Any]:
     for mod in ("open_clip", "pydicom", "numpy", "PIL"):
         with contextlib.suppress(Exception):
             info[mod] = __import__(mod).__version__
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     info["mammolens"] = __version__
     if torch.cuda.is_available():

@@ -354,7 +354,7 @@ def build_cache(
         "complete": False,
     }
     if not meta_path.exists():
-        from mammolens import __version__
+        from mammolens._version import __version__
 
         meta.update(mammolens_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         with open(images_path, "wb") as f:
@@ -553,7 +553,7 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
     pd.DataFrame({"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}).to_csv(
         out / ERRORS_FILE, index=False
     )
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     manifest_cols = [c for c in index.columns if c not in ("cache_row", "status", "error", "conversion", "flipped", "bbox", "orig_h", "orig_w")]
     counts = index["status"].value_counts().to_dict()
