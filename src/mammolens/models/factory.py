@@ -45,6 +45,7 @@ from mammolens.models.registry import (
     register_model,
     registered_models,
     unknown_model_error,
+    unregister_model,
 )
 
 __all__ = [
@@ -317,6 +318,8 @@ def _rescan_model_configs() -> None:
                 f"model config {f} is named {tag!r}, which a code builder already registers; rename the file"
             )
         register_model(tag, replace=True)(functools.partial(_build_from_config, tag))
+    for tag in set(_MODEL_CONFIGS) - set(found):  # its file or folder left the config paths
+        unregister_model(tag)
     _MODEL_CONFIGS.clear()
     _MODEL_CONFIGS.update(found)
 

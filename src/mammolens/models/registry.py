@@ -6,7 +6,14 @@ import difflib
 import fnmatch
 from collections.abc import Callable
 
-__all__ = ["register_model", "registered_models", "get_model_builder", "is_registered", "unknown_model_error"]
+__all__ = [
+    "register_model",
+    "registered_models",
+    "get_model_builder",
+    "is_registered",
+    "unknown_model_error",
+    "unregister_model",
+]
 
 _REGISTRY: dict[str, Callable] = {}
 
@@ -28,6 +35,11 @@ def register_model(name: str | Callable | None = None, *, replace: bool = False)
     if callable(name):
         return wrap(name)
     return lambda fn: wrap(fn, name)
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` (no error when absent); used when a JSON config disappears from the config paths."""
+    _REGISTRY.pop(name, None)
 
 
 def registered_models(pattern: str | None = None) -> list[str]:
