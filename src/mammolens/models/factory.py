@@ -543,9 +543,9 @@ def _from_config(config: dict, pretrained: str | None, image_size=None, load_wei
         return _from_local_dir(value, image_size, load_weights)
     if kind == "tag":
         raise FileNotFoundError(
-                f"pretrained={pretrained!r} for {name!r} is not 'hf-hub:ORG/REPO', 'local-dir:PATH' or an "
-                f"existing weights file"
-            )
+            f"pretrained={pretrained!r} for {name!r} is not 'hf-hub:ORG/REPO', 'local-dir:PATH' or an "
+            f"existing weights file"
+        )
     model_cfg = config["model_cfg"]
     clip = _build_clip(model_cfg, image_size)
     if kind == "file" and load_weights:
