@@ -1,8 +1,7 @@
 """mammolens: vision-language foundation models for mammography."""
 
-__version__ = "0.1.0"
-
-from mammolens.constants import DENSITY_CLASSES, MODALITIES  # noqa: E402
+from mammolens._version import __version__
+from mammolens.constants import DENSITY_CLASSES, MODALITIES
 
 
 def __getattr__(name):  # lazy: `import mammolens` stays light (no torch until needed)

@@ -198,7 +198,7 @@ def machine_info() -> dict[str, Any]:
     for mod in ("open_clip", "pydicom", "numpy", "PIL"):
         with contextlib.suppress(Exception):
             info[mod] = __import__(mod).__version__
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     info["mammolens"] = __version__
     if torch.cuda.is_available():
@@ -640,7 +640,7 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
     """Training img/s and MFU of the contrastive method.
 
     Args:
-        mode: ``"step"``: the train loop's step (``_ContrastiveStep`` + ``WeightedContrastiveLoss`` + GPU
+        mode: ``"step"``: the train loop's step (``ContrastiveStep`` + ``WeightedContrastiveLoss`` + GPU
             augmentation + fused AdamW, channels_last, autocast) on random images already on the GPU;
             ``"train"``: ``mammolens.train.train`` end to end (data loader over a synthetic cache, logging,
             checkpoints) and its own ``images_per_s`` from ``metrics.jsonl``.
@@ -690,14 +690,14 @@ def _train_parts(model_name, task, image_size, dev):
 
     from mammolens.losses import WeightedContrastiveLoss
     from mammolens.models import create_model
-    from mammolens.train.loop import _ContrastiveStep
+    from mammolens.train.loop import ContrastiveStep
 
     clip = create_model(model_name, pretrained=None, image_size=image_size).to(dev)
     if dev.type == "cuda":
         clip = clip.to(memory_format=torch.channels_last)
     t = _task(task)
     k = len(t.class_names)
-    step = _ContrastiveStep(clip, t).train()
+    step = ContrastiveStep(clip, t).train()
     loss_fn = WeightedContrastiveLoss(class_weights=torch.ones(k, device=dev))
     return step, loss_fn, k
 

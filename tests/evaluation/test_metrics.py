@@ -204,3 +204,29 @@ def test_compute_metrics_rejects_bad_labels():
         M.compute_metrics([0, -1], np.full((2, 2), 0.5), ["A", "B"])
     with pytest.raises(ValueError, match="class names"):
         M.compute_metrics([0, 1], np.full((2, 2), 0.5), ["A", "B", "C"])
+
+
+def test_rankdata_ranks_each_row_of_a_2d_array():
+    """DeLong ranks [M, n] score rows with the same function (stats has no rank helper of its own)."""
+    from scipy.stats import rankdata
+
+    from mammolens.evaluation import stats
+
+    x = np.random.default_rng(1).integers(0, 4, (3, 20)).astype(float)  # ties on purpose
+    np.testing.assert_allclose(M.rankdata(x), rankdata(x, axis=-1))
+    assert not hasattr(stats, "_midrank")
+
+
+def test_check_labels_and_probs_are_public_and_name_the_problem():
+    np.testing.assert_array_equal(M.check_labels([0.0, 2.0]), [0, 2])
+    assert M.check_labels([0.0, 2.0]).dtype == np.int64
+    with pytest.raises(ValueError, match="integer class indices"):
+        M.check_labels([0.5, 1.0])
+    with pytest.raises(ValueError, match="1-D"):
+        M.check_labels([[0, 1]])
+    y = M.check_labels([0, 1, -1])
+    with pytest.raises(ValueError, match="drop unlabelled rows"):
+        M.check_probs(y, np.full((3, 2), 0.5))
+    with pytest.raises(ValueError, match=r"\[N, K\]"):
+        M.check_probs(y, np.full((2, 2), 0.5))
+    assert M.dense_indices(["A", "B", "C", "D"], ["C", "D"]) == [2, 3]

@@ -11,21 +11,9 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.
 
 
 def main() -> None:
-    """Entry point: user errors (missing file, bad value) print one line, exit code 2; a job that read
-    nothing at all (``NothingReadError``) exits 3 (see ``cli._app`` for every code)."""
-    import os
-    import sys
-
-    from mammolens.cli._app import EXIT_NOTHING_READ, EXIT_USAGE
-    from mammolens.parallel import NothingReadError
-
-    try:
-        app(standalone_mode=True)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        if os.environ.get("MAMMOLENS_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_NOTHING_READ if isinstance(e, NothingReadError) else EXIT_USAGE)
+    """Entry point. User errors are shown by each command's one handler (``cli._app.user_errors``): one
+    ``error:`` line, exit code 2, or 3 when nothing at all was read (see ``cli._app`` for every code)."""
+    app(standalone_mode=True)
 
 
 __all__ = ["app", "main"]

@@ -1,8 +1,53 @@
-"""The typer application every command module registers on."""
+"""The typer application every command module registers on, and the one place user errors are shown.
+
+Every command registered with ``@app.command`` runs inside :func:`user_errors`: the library's user errors
+(missing file, bad value, unreadable image, bad manifest, missing extra) print one ``error:`` line and exit
+2 (3 when nothing at all was read); ``MAMMOLENS_DEBUG=1`` re-raises them with their traceback. Commands
+therefore only parse and print; none catches these errors itself.
+"""
+
+import functools
+import os
+from collections.abc import Callable
 
 import typer
 
-app = typer.Typer(
+from mammolens.parallel import NothingReadError
+
+# ValueError covers ImageReadError, ManifestError, CacheError and NothingReadError; ImportError a missing extra.
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, ImportError)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Wrap a command: a user error becomes one ``error:`` line on stderr and its exit code."""
+
+    @functools.wraps(fn)  # typer reads the options from the wrapped signature
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            if os.environ.get("MAMMOLENS_DEBUG"):
+                raise
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(EXIT_NOTHING_READ if isinstance(e, NothingReadError) else EXIT_USAGE) from None
+
+    return run
+
+
+class _App(typer.Typer):
+    """A typer app whose commands all report user errors through :func:`user_errors`."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable) -> Callable:
+            register(user_errors(fn))
+            return fn
+
+        return decorator
+
+
+app = _App(
     name="mammolens",
     help="Vision-language foundation models for mammography: ingest, preprocess, train, evaluate, explain, predict.",
     no_args_is_help=True,

@@ -49,12 +49,11 @@ def bench_cli(
     kw.update(only=tuple(only or ()), workers=workers, workdir=str(workdir) if workdir else None,
               train_batch=train_batch, train_steps=train_steps, train_precision=train_precision,
               train_compile=train_compile, train_mode=train_mode)
+    cfg = BenchCfg.small_mode(**kw) if small else BenchCfg(**kw)
     try:
-        cfg = BenchCfg.small_mode(**kw) if small else BenchCfg(**kw)
         report = run_benchmarks(cfg, log=lambda s: console.print(f"[dim]{s}[/dim]"))
-    except (ValueError, RuntimeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+    except RuntimeError as e:  # e.g. --only train-gpu without a GPU: the user's setup, shown by cli._app
+        raise ValueError(str(e)) from e
     typer.echo(format_results(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

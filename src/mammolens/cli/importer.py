@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import EXIT_USAGE, app, finish
+from mammolens.cli._app import app, finish
 
 _DATASETS = "mias, cbis-ddsm, vindr, rsna, embed, inbreast"
 
@@ -21,15 +21,11 @@ def import_cli(
     """Import a public dataset (its own label files) into DIR/manifest.parquet and print class counts."""
     from mammolens.data.adapters import get_adapter, import_dataset, summarize
 
-    try:
-        adapter = get_adapter(name)
-        kw = {} if check_files is None else {"check_files": check_files}
-        if kw and adapter.name in ("mias", "inbreast"):
-            kw = {}  # these adapters always need the image files to build the manifest
-        df = import_dataset(adapter.name, src, out=out, **kw)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=EXIT_USAGE) from e
+    adapter = get_adapter(name)
+    kw = {} if check_files is None else {"check_files": check_files}
+    if kw and adapter.name in ("mias", "inbreast"):
+        kw = {}  # these adapters always need the image files to build the manifest
+    df = import_dataset(adapter.name, src, out=out, **kw)
     errors = df.attrs.get("errors", [])
     skipped = [e for e in errors if e.skipped]
     if not len(df):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import EXIT_USAGE, app, finish, report_failures
+from mammolens.cli._app import app, finish, report_failures
 
 
 @app.command("ingest")
@@ -18,11 +18,7 @@ def ingest_cli(
     """Read every DICOM header under ROOT (no pixel decoding) and write OUT/manifest.parquet."""
     from mammolens.data.ingest import ingest
 
-    try:
-        manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern))
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=EXIT_USAGE) from e
+    manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern))
     typer.echo(f"ingested {len(manifest)} image(s); {len(errors)} file(s) skipped")
     if len(manifest):
         for col in ("modality", "manufacturer", "laterality", "view"):

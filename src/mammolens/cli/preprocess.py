@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from mammolens.cli._app import EXIT_USAGE, app, finish, report_failures
+from mammolens.cli._app import app, finish, report_failures
 
 
 @app.command("preprocess")
@@ -28,19 +28,15 @@ def preprocess_cli(
     """Crop, orient, resize and store every manifest image; resumable (rerun to continue)."""
     from mammolens.data.cache import PreprocessCfg, build_cache, open_cache
 
-    try:
-        shard_t = None
-        if shard:
-            k, n = (int(x) for x in shard.split("/"))
-            shard_t = (k, n)
-        cfg = PreprocessCfg(size=size, dbt=dbt, crop=crop, flip=flip, use_laterality=use_laterality,
-                            margin=margin, keep_aspect=keep_aspect)
-        path = build_cache(manifest, out, cfg, workers=workers, progress=progress, overwrite=overwrite,
-                           limit=limit, shard=shard_t, retry_failed=retry_failed)
-        cache = open_cache(path, allow_incomplete=True)
-    except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=EXIT_USAGE) from e
+    shard_t = None
+    if shard:
+        k, n = (int(x) for x in shard.split("/"))
+        shard_t = (k, n)
+    cfg = PreprocessCfg(size=size, dbt=dbt, crop=crop, flip=flip, use_laterality=use_laterality,
+                        margin=margin, keep_aspect=keep_aspect)
+    path = build_cache(manifest, out, cfg, workers=workers, progress=progress, overwrite=overwrite,
+                       limit=limit, shard=shard_t, retry_failed=retry_failed)
+    cache = open_cache(path, allow_incomplete=True)
     m = cache.meta
     c, run = m["counts"], m.get("last_run", {})
     speed = f" ({run['images_per_s']} img/s)" if run.get("images_per_s") else ""

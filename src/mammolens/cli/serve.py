@@ -35,8 +35,7 @@ def serve_cli(
     try:
         served_hosts(host, port, allowed_host)  # a malformed --allowed-host fails before the model loads
     except ValueError as e:
-        typer.secho(f"error: --allowed-host: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+        raise ValueError(f"--allowed-host: {e}") from e  # name the flag; shown by cli._app.user_errors
 
     if not is_loopback(host):
         typer.secho(
@@ -46,25 +45,17 @@ def serve_cli(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    try:
-        from mammolens.inference import Predictor
+    from mammolens.inference import Predictor
 
-        predictor = Predictor.from_run(run)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+    predictor = Predictor.from_run(run)
     typer.echo(f"mammolens: serving {run} at http://{host}:{port}  (Ctrl+C to stop)")
-    try:
-        serve(
-            predictor,
-            host=host,
-            port=port,
-            max_upload_mb=max_upload_mb,
-            warn_public=False,
-            max_pixels=max_pixels,
-            allowed_hosts=allowed_host,
-            api_docs=api_docs,
-        )
-    except ImportError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+    serve(
+        predictor,
+        host=host,
+        port=port,
+        max_upload_mb=max_upload_mb,
+        warn_public=False,
+        max_pixels=max_pixels,
+        allowed_hosts=allowed_host,
+        api_docs=api_docs,
+    )

@@ -22,12 +22,8 @@ def train_cli(
 
     from mammolens.train import load_cfg, train
 
-    try:
-        cfg = load_cfg(config, overrides)
-        run_dir = train(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+    cfg = load_cfg(config, overrides)
+    run_dir = train(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     typer.echo(f"run: {run_dir}")
     best = summary.get("best_metric")
@@ -44,12 +40,8 @@ def cv_cli(
     """Patient-level k-fold cross-validation: one run per fold under OUT_DIR/fold_i, pooled OOF metrics."""
     from mammolens.train import cross_validate, load_cfg
 
-    try:
-        cfg = load_cfg(config, overrides)
-        res = cross_validate(cfg, k=folds)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from e
+    cfg = load_cfg(config, overrides)
+    res = cross_validate(cfg, k=folds)
     typer.echo(f"{folds}-fold CV ({res['n_patients']} patients, {res['n_images']} images): "
                f"{Path(cfg.out_dir) / 'cv_metrics.json'}")
     for key in ("macro_auc", "balanced_accuracy", "accuracy"):

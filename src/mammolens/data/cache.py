@@ -17,7 +17,6 @@ Large archives can be built in shards (``shard=(k, n)``) on several machines and
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +24,6 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +33,7 @@ import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
 from mammolens.parallel import run_tasks
+from mammolens.transforms.config import PreprocessCfg  # re-exported: it lives below data and transforms
 
 log = logging.getLogger(__name__)
 
@@ -48,63 +47,9 @@ META_FILE = "cache.json"
 PROGRESS_FILE = "progress.jsonl"
 ERRORS_FILE = "errors.csv"
 
-_FLIPS = ("left", "none")
-
 
 class CacheError(ValueError):
     """A cache folder is missing, corrupt, incomplete or built from a different manifest/config."""
-
-
-@dataclass
-class PreprocessCfg:
-    """How images become cache rows (stored in every cache and every checkpoint).
-
-    Attributes:
-        size: output side S (images are ``[S, S]``).
-        keep_aspect: letterbox (True) or stretch (False) to the square.
-        crop: crop to the breast's bounding box.
-        mask_background: zero everything outside the breast mask (removes film labels and markers).
-        margin: crop margin as a fraction of the image's longest side.
-        flip: ``"left"`` puts the chest wall on the image left; ``"none"`` keeps the stored orientation.
-        use_laterality: orient by the header's laterality instead of the image itself (auto-detection
-            is the default because header laterality and display orientation disagree in some archives).
-        dbt: how the reader reduces multi-frame DBT to one image (``mammolens.io.read_image(dbt=...)``).
-        dtype: storage type; only ``"uint16"`` (pixels * 65535) is supported.
-    """
-
-    size: int = 224
-    keep_aspect: bool = True
-    crop: bool = True
-    mask_background: bool = True
-    margin: float = 0.0
-    flip: str = "left"
-    use_laterality: bool = False
-    dbt: str = "mip"
-    dtype: str = "uint16"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < 8:
-            raise ValueError(f"PreprocessCfg.size must be an integer >= 8, got {self.size!r}")
-        if self.flip not in _FLIPS:
-            raise ValueError(f"PreprocessCfg.flip must be one of {_FLIPS}, got {self.flip!r}")
-        if not 0.0 <= float(self.margin) < 0.5:
-            raise ValueError(f"PreprocessCfg.margin is a fraction of the longest side in [0, 0.5), got {self.margin!r}")
-        if self.dtype != "uint16":
-            raise ValueError(f"PreprocessCfg.dtype must be 'uint16', got {self.dtype!r}")
-        if not isinstance(self.dbt, str) or not self.dbt:
-            raise ValueError(f"PreprocessCfg.dbt must be a non-empty string such as 'mip', got {self.dbt!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "PreprocessCfg":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown PreprocessCfg field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------- hashing
@@ -354,7 +299,7 @@ def build_cache(
         "complete": False,
     }
     if not meta_path.exists():
-        from mammolens import __version__
+        from mammolens._version import __version__
 
         meta.update(mammolens_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         with open(images_path, "wb") as f:
@@ -553,7 +498,7 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
     pd.DataFrame({"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}).to_csv(
         out / ERRORS_FILE, index=False
     )
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     manifest_cols = [c for c in index.columns if c not in ("cache_row", "status", "error", "conversion", "flipped", "bbox", "orig_h", "orig_w")]
     counts = index["status"].value_counts().to_dict()

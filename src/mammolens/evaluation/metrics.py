@@ -24,9 +24,12 @@ __all__ = [
     "binary_auc",
     "binary_metrics",
     "brier_score",
+    "check_labels",
+    "check_probs",
     "cohen_kappa",
     "compute_metrics",
     "confusion_matrix",
+    "dense_indices",
     "expected_calibration_error",
     "flatten_metrics",
     "macro_auc",
@@ -40,7 +43,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _labels(y_true) -> np.ndarray:
+def check_labels(y_true) -> np.ndarray:
+    """Class indices as a 1-D int64 array; raises ``ValueError`` for any other shape or non-integer values."""
     y = np.asarray(y_true)
     if y.ndim != 1:
         raise ValueError(f"y_true must be 1-D class indices, got shape {y.shape}")
@@ -51,7 +55,11 @@ def _labels(y_true) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
-def _probs(y: np.ndarray, probs) -> np.ndarray:
+def check_probs(y: np.ndarray, probs) -> np.ndarray:
+    """Probabilities as float64 ``[N, K]`` matching the labels ``y`` from :func:`check_labels`.
+
+    Raises ``ValueError`` when the shape does not match or a label is not a class index (e.g. -1).
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != y.shape[0]:
         raise ValueError(f"probs must be [N, K] with N = len(y_true) = {y.shape[0]}, got shape {p.shape}")
@@ -68,8 +76,13 @@ def _safe_div(a: float, b: float) -> float:
 
 
 def rankdata(x) -> np.ndarray:
-    """Average ranks (1-based), ties sharing the mean of their ranks; like ``scipy.stats.rankdata``."""
+    """Average ranks (1-based), ties sharing the mean of their ranks; like ``scipy.stats.rankdata``.
+
+    A 2-D ``x`` (``[M, n]``) is ranked row by row (along the last axis), as DeLong needs.
+    """
     x = np.asarray(x)
+    if x.ndim > 1:
+        return np.stack([rankdata(row) for row in x.reshape(-1, x.shape[-1])]).reshape(x.shape)
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
     # boundaries of runs of equal values
@@ -86,7 +99,7 @@ def rankdata(x) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ accuracy
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
     """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (``[K, K]`` int64)."""
-    y, yp = _labels(y_true), _labels(y_pred)
+    y, yp = check_labels(y_true), check_labels(y_pred)
     if y.shape != yp.shape:
         raise ValueError(f"y_true and y_pred lengths differ: {y.shape[0]} vs {yp.shape[0]}")
     k = num_classes if num_classes is not None else int(max(y.max(initial=-1), yp.max(initial=-1)) + 1)
@@ -96,7 +109,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarr
 
 
 def accuracy(y_true, y_pred) -> float:
-    y, yp = _labels(y_true), _labels(y_pred)
+    y, yp = check_labels(y_true), check_labels(y_pred)
     return float(np.mean(y == yp)) if y.size else float("nan")
 
 
@@ -165,8 +178,8 @@ def binary_auc(y_true, y_score) -> float:
 
 def roc_auc_ovr(y_true, probs, class_names: Sequence[str] | None = None, warn: bool = True) -> np.ndarray:
     """One-vs-rest AUC per class (``[K]``); NaN with a warning for a class absent or present alone."""
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     out = np.full(p.shape[1], np.nan)
     undefined = []
     for k in range(p.shape[1]):
@@ -212,8 +225,8 @@ def expected_calibration_error(y_true, probs, n_bins: int = 15, classwise: bool 
     and acc whether the argmax is right (Guo et al. 2017). ``classwise=True``: the mean over classes of
     the ECE of ``p_k`` against the indicator ``y == k`` (Kull et al. 2019).
     """
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     if y.size == 0:
         return float("nan")
     if n_bins < 1:
@@ -232,8 +245,8 @@ def expected_calibration_error(y_true, probs, n_bins: int = 15, classwise: bool 
 
 def reliability_curve(y_true, probs, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Top-label reliability diagram data: per bin ``count``, mean ``confidence`` and ``accuracy``."""
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     conf, hit = p.max(1), (p.argmax(1) == y).astype(np.float64)
     b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     cnt = np.bincount(b, minlength=n_bins).astype(np.float64)
@@ -246,8 +259,8 @@ def reliability_curve(y_true, probs, n_bins: int = 15) -> dict[str, np.ndarray]:
 
 def brier_score(y_true, probs) -> float:
     """Multi-class Brier score: mean over samples of ``sum_k (p_k - 1[y = k])^2`` (range 0..2)."""
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     if y.size == 0:
         return float("nan")
     onehot = np.zeros_like(p)
@@ -262,8 +275,8 @@ def binary_metrics(y_true, probs, positive: Sequence[int], threshold: float = 0.
     Returns AUC of ``p(positive) = sum of those classes' probabilities``, and sensitivity,
     specificity, PPV, NPV, accuracy at ``p(positive) >= threshold`` plus the counts tp/fp/tn/fn.
     """
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     pos = np.asarray(list(positive), dtype=np.int64)
     if pos.size == 0 or pos.min() < 0 or pos.max() >= p.shape[1]:
         raise ValueError(f"positive classes must be indices in 0..{p.shape[1] - 1}, got {list(positive)}")
@@ -289,7 +302,8 @@ def binary_metrics(y_true, probs, positive: Sequence[int], threshold: float = 0.
 
 
 # ------------------------------------------------------------------------------------------- bundles
-def _dense_indices(class_names: Sequence[str], dense_classes: Sequence[str] | None) -> list[int] | None:
+def dense_indices(class_names: Sequence[str], dense_classes: Sequence[str] | None) -> list[int] | None:
+    """Indices of ``dense_classes`` in ``class_names``; None unless they split the classes into two non-empty sides."""
     if not dense_classes:
         return None
     idx = [i for i, c in enumerate(class_names) if c in set(dense_classes)]
@@ -305,8 +319,8 @@ def scalar_metrics(
     warn: bool = True,
 ) -> dict[str, float]:
     """The flat scalar metrics that get confidence intervals (keys like ``auc/A``, ``dense/sensitivity``)."""
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     k = p.shape[1]
     if len(class_names) != k:
         raise ValueError(f"{len(class_names)} class names for {k} probability columns")
@@ -331,7 +345,7 @@ def scalar_metrics(
         out[f"recall/{name}"] = float(prf["recall"][i])
         out[f"precision/{name}"] = float(prf["precision"][i])
         out[f"f1/{name}"] = float(prf["f1"][i])
-    dense = _dense_indices(class_names, dense_classes)
+    dense = dense_indices(class_names, dense_classes)
     if dense is not None:
         b = binary_metrics(y, p, dense)
         for key in ("auc", "sensitivity", "specificity", "ppv", "npv", "accuracy"):
@@ -354,8 +368,8 @@ def compute_metrics(
     ``brier``, ``dense`` (binary split on ``dense_classes`` when they are among the classes) and
     ``scalars`` (the flat dict from :func:`scalar_metrics`).
     """
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
     scal = scalar_metrics(y, p, class_names, dense_classes, n_bins)
     pred = p.argmax(1)
     prf = precision_recall_f1(y, pred, p.shape[1])
@@ -385,7 +399,7 @@ def compute_metrics(
         "brier": scal["brier"],
         "scalars": scal,
     }
-    dense = _dense_indices(class_names, dense_classes)
+    dense = dense_indices(class_names, dense_classes)
     if dense is not None:
         out["dense"] = {"classes": [class_names[i] for i in dense], "threshold": 0.5, **binary_metrics(y, p, dense)}
     return out

@@ -28,9 +28,9 @@ import pandas as pd
 
 from mammolens.constants import SUBGROUP_COLUMNS
 from mammolens.evaluation.metrics import (
-    _dense_indices,
     compute_metrics,
     confusion_matrix,
+    dense_indices,
     macro_auc,
     reliability_curve,
     roc_curve,
@@ -83,7 +83,7 @@ def _compare(
     pb = m[[f"{c}__b" for c in cols]].to_numpy(dtype=np.float64)
     rows = []
     targets = [(c, [i]) for i, c in enumerate(class_names)]
-    dense = _dense_indices(class_names, dense_classes)
+    dense = dense_indices(class_names, dense_classes)
     if dense is not None:
         targets.append(("dense (" + "+".join(class_names[i] for i in dense) + ")", dense))
     for name, idx in targets:
@@ -440,7 +440,7 @@ def _gallery_section(gallery: Sequence[tuple]) -> str:
 
 
 def _provenance_section(result: dict, provenance: dict | None) -> str:
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     info = {
         "mammolens version": __version__,
@@ -502,7 +502,7 @@ def write_report(
     subgroups = subgroups if subgroups is not None else result.get("subgroups")
     compare = compare if compare is not None else result.get("compare")
     _, y, p = _split(predictions, class_names)
-    dense = _dense_indices(class_names, m.get("dense", {}).get("classes"))
+    dense = dense_indices(class_names, m.get("dense", {}).get("classes"))
 
     sections = []
     sections.append(("summary", "Summary", _summary_section(m, ci, class_names, alpha)

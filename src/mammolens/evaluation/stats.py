@@ -19,7 +19,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from mammolens.evaluation.metrics import _labels, _probs, scalar_metrics
+from mammolens.evaluation.metrics import check_labels, check_probs, rankdata, scalar_metrics
 
 __all__ = [
     "bootstrap_ci",
@@ -149,8 +149,8 @@ def metrics_with_ci(
     Returns:
         ``{metric_key: {"estimate", "lo", "hi", "n_valid"}}`` (JSON-serialisable floats/ints).
     """
-    y = _labels(y_true)
-    p = _probs(y, probs)
+    y = check_labels(y_true)
+    p = check_probs(y, probs)
 
     def fn(yy, pp):
         return scalar_metrics(yy, pp, class_names, dense_classes, warn=False)
@@ -170,19 +170,6 @@ def metrics_with_ci(
 
 
 # --------------------------------------------------------------------------------------------- DeLong
-def _midrank(x: np.ndarray) -> np.ndarray:
-    """Midranks along the last axis (1-based, ties averaged); ``x`` is ``[M, n]``."""
-    out = np.empty(x.shape, dtype=np.float64)
-    for m in range(x.shape[0]):
-        order = np.argsort(x[m], kind="mergesort")
-        xs = x[m, order]
-        new = np.r_[True, xs[1:] != xs[:-1]]
-        starts = np.flatnonzero(new)
-        ends = np.r_[starts[1:], xs.size]
-        out[m, order] = ((starts + ends + 1) / 2.0)[np.cumsum(new) - 1]
-    return out
-
-
 def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     """AUCs and their DeLong covariance for ``M`` scores of the same samples (Sun & Xu 2014).
 
@@ -201,8 +188,8 @@ def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     if m < 2 or n < 2:
         raise ValueError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
     x, z = s[:, y], s[:, ~y]  # [M, m], [M, n]
-    tx, ty = _midrank(x), _midrank(z)
-    tz = _midrank(np.concatenate([x, z], axis=1))  # [M, m + n]
+    tx, ty = rankdata(x), rankdata(z)  # midranks per score row
+    tz = rankdata(np.concatenate([x, z], axis=1))  # [M, m + n]
     aucs = tz[:, :m].sum(1) / (m * n) - (m + 1.0) / (2.0 * n)
     v01 = (tz[:, :m] - tx) / n  # [M, m] structural components of positives
     v10 = 1.0 - (tz[:, m:] - ty) / m  # [M, n] structural components of negatives

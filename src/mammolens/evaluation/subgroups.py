@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mammolens.constants import SUBGROUP_COLUMNS
-from mammolens.evaluation.metrics import _labels, accuracy, cohen_kappa, roc_auc_ovr
+from mammolens.evaluation.metrics import accuracy, check_labels, cohen_kappa, roc_auc_ovr
 from mammolens.evaluation.stats import bootstrap_ci
 
 __all__ = ["AGE_BANDS", "age_band", "subgroup_metrics"]
@@ -100,7 +100,7 @@ def subgroup_metrics(
     for col, value, part in parts:
         if len(part) < min_size or len(part) == 0:
             continue
-        y = _labels(part[label_col].astype(int).to_numpy())
+        y = check_labels(part[label_col].astype(int).to_numpy())
         p = part[list(prob_cols)].to_numpy(dtype=np.float64)
         present = np.unique(y)
         if present.size < 2:

@@ -32,9 +32,9 @@ def is_dicom(path: str | PathLike) -> bool:
         return True
     if path.suffix.lower() in RASTER_SUFFIXES:
         return False
-    from mammolens.io.dicom import _looks_like_headerless_dicom
+    from mammolens.io.dicom import looks_like_headerless_dicom
 
-    return _looks_like_headerless_dicom(path)
+    return looks_like_headerless_dicom(path)
 
 
 def read_image(path: str | PathLike, **kw) -> MammoImage:

@@ -123,7 +123,7 @@ _VIEW_CODES = {  # SNOMED-RT (SRT) and SNOMED CT codes of CID 4014
 _KNOWN_VIEWS = ("XCCL", "XCCM", "MLO", "CC", "ML", "LM", "FB", "SIO", "AT", "LMO", "CV")
 
 
-def _looks_like_headerless_dicom(path: str | PathLike) -> bool:
+def looks_like_headerless_dicom(path: str | PathLike) -> bool:
     """True when pydicom parses a preamble-less file into a dataset with some standard attributes."""
     import pydicom
 
@@ -487,7 +487,7 @@ def _load(path: Path):
             try:
                 ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
             except InvalidDicomError:
-                if not _looks_like_headerless_dicom(path):
+                if not looks_like_headerless_dicom(path):
                     raise
                 ds = pydicom.dcmread(path, force=True, defer_size=_DEFER_SIZE)
             if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
@@ -948,5 +948,6 @@ def _read_dicom(path: Path, dbt, slab, frame, apply_voi, voi_prefer, percentiles
     return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=str(path))
 
 
-__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "image_laterality", "normalise_manufacturer",
+__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "image_laterality",
+           "looks_like_headerless_dicom", "normalise_manufacturer",
            "read_dicom"]

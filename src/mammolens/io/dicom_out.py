@@ -43,6 +43,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from mammolens._optional import optional_import
 from mammolens.constants import DENSITY_CLASSES
 from mammolens.io.dicom import image_laterality
 
@@ -93,17 +94,11 @@ _SOP_SC = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def _highdicom():
-    try:
-        import highdicom
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Writing DICOM SR/SC needs highdicom: pip install 'mammolens[dicom-out]'"
-        ) from e
-    return highdicom
+    return optional_import("highdicom", "dicom-out", "writing DICOM SR/SC")
 
 
 def _version() -> str:
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     return __version__
 

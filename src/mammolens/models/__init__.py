@@ -4,9 +4,11 @@ from mammolens.models.factory import (
     BIOMEDCLIP_HUB,
     HashedTokenizer,
     MammoCLIP,
+    add_model_config,
     create_model,
     list_models,
     load_model_config,
+    parse_model_source,
     save_local_dir,
 )
 from mammolens.models.heads import ImageClassifier, LinearProbe, MLPHead
@@ -19,9 +21,11 @@ __all__ = [
     "LinearProbe",
     "MLPHead",
     "MammoCLIP",
+    "add_model_config",
     "create_model",
     "list_models",
     "load_model_config",
+    "parse_model_source",
     "register_model",
     "registered_models",
     "save_local_dir",

@@ -15,18 +15,22 @@ Names: a registry tag (``biomedclip``, ``tiny-clip``), any open_clip architectur
 * a file path — weights (an open_clip state dict, or a mammolens checkpoint's ``state_dict``).
 * an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``) for open_clip names (online);
   ``timm`` for ``timm:`` names (timm's ImageNet weights for the image tower, online).
+
+Registry tags backed by a JSON file (``models/configs/<tag>.json``: ``{"model_cfg", "preprocess_cfg"}``,
+like open_clip's ``model_configs``) register themselves by file name: adding a file adds a model.
+:func:`add_model_config` adds a file or a folder of them at run time.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import json
 import logging
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +38,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mammolens._optional import optional_import
 from mammolens.models.registry import (
     get_model_builder,
     is_registered,
     register_model,
     registered_models,
     unknown_model_error,
+    unregister_model,
 )
 
 __all__ = [
     "MammoCLIP",
     "HashedTokenizer",
+    "add_model_config",
     "create_model",
     "list_models",
     "load_model_config",
+    "parse_model_source",
     "save_local_dir",
     "BIOMEDCLIP_HUB",
 ]
@@ -262,17 +270,86 @@ class MammoCLIP(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- builders
+def parse_model_source(pretrained: str | Path | None) -> tuple[str, str]:
+    """Split a model source into ``(kind, value)``; the one place that reads the source prefixes.
+
+    Kinds: ``"none"`` (random weights; value ``""``), ``"hf-hub"`` (value ``ORG/REPO``), ``"local-dir"``
+    (value a folder), ``"file"`` (an existing weights file) and ``"tag"`` (anything else: an open_clip
+    pretrained tag or ``"timm"``; the caller decides whether it accepts one).
+
+    Raises:
+        ValueError: A prefix with nothing after it (``"hf-hub:"``).
+    """
+    if pretrained is None:
+        return "none", ""
+    text = str(pretrained)
+    for kind in ("hf-hub", "local-dir"):
+        if text.startswith(kind + ":"):
+            value = text[len(kind) + 1:]
+            if not value.strip():
+                example = "ORG/REPO" if kind == "hf-hub" else "PATH"
+                raise ValueError(f"model source {text!r} names nothing after '{kind}:'; expected '{kind}:{example}'")
+            return kind, value
+    return ("file" if Path(text).is_file() else "tag"), text
+
+
+# Packaged JSON configs, scanned like open_clip's ``_rescan_model_configs``: file name = registry tag.
+_CONFIG_PATHS: list[Path] = [Path(__file__).parent / "configs"]
+_MODEL_CONFIGS: dict[str, Path] = {}  # tag -> JSON file
+
+
+def _build_from_config(tag: str, pretrained: str | None = None, image_size=None,
+                       load_weights: bool = True) -> MammoCLIP:
+    """Builder registered for every JSON config: the config's architecture + a ``pretrained`` source."""
+    kwargs = {"pretrained": pretrained, "image_size": image_size}
+    return _wrap(_from_config(load_model_config(tag), pretrained, image_size, load_weights, tag), tag, kwargs)
+
+
+def _rescan_model_configs() -> None:
+    """Register one model per ``*.json`` in the config paths (later paths override earlier ones)."""
+    found: dict[str, Path] = {}
+    for base in _CONFIG_PATHS:
+        files = [base] if base.is_file() else sorted(base.glob("*.json"))
+        for f in files:
+            found[f.stem] = f
+    for tag, f in found.items():
+        if tag not in _MODEL_CONFIGS and is_registered(tag):
+            raise ValueError(
+                f"model config {f} is named {tag!r}, which a code builder already registers; rename the file"
+            )
+        register_model(tag, replace=True)(functools.partial(_build_from_config, tag))
+    for tag in set(_MODEL_CONFIGS) - set(found):  # its file or folder left the config paths
+        unregister_model(tag)
+    _MODEL_CONFIGS.clear()
+    _MODEL_CONFIGS.update(found)
+
+
+def add_model_config(path: str | Path) -> None:
+    """Register the JSON config ``path`` (or every ``*.json`` in a folder) as models named by file name.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model config {path} does not exist; pass a .json file or a folder of them")
+    _CONFIG_PATHS.append(path)
+    _rescan_model_configs()
+
+
 def load_model_config(name: str) -> dict:
-    """The packaged ``{"model_cfg", "preprocess_cfg"}`` of a registry tag (``models/configs/<name>.json``)."""
-    path = resources.files("mammolens.models") / "configs" / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no packaged model config {name}.json in mammolens/models/configs")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The ``{"model_cfg", "preprocess_cfg"}`` of a config-backed registry tag (``configs/<name>.json``)."""
+    if name not in _MODEL_CONFIGS:
+        raise FileNotFoundError(
+            f"no model config {name}.json; known configs: {sorted(_MODEL_CONFIGS)} "
+            "(add one with add_model_config(path) or a file in mammolens/models/configs)"
+        )
+    return json.loads(_MODEL_CONFIGS[name].read_text(encoding="utf-8"))
 
 
 def _hf_config(text_cfg: dict, local_dir: Path | None = None):
     """The transformers config of a Hugging Face text tower, offline where possible."""
-    import transformers
+    transformers = optional_import("transformers", "text", "a Hugging Face text tower (BiomedCLIP)")
 
     if local_dir is not None and (local_dir / "config.json").is_file():
         return transformers.AutoConfig.from_pretrained(str(local_dir))
@@ -292,7 +369,7 @@ def _hf_config(text_cfg: dict, local_dir: Path | None = None):
 
 def _hf_text_tower(text_cfg: dict, embed_dim: int, local_dir: Path | None = None) -> nn.Module:
     """open_clip's HFTextEncoder built from a config (no download), without BERT's unused pooler."""
-    import transformers
+    transformers = optional_import("transformers", "text", "a Hugging Face text tower (BiomedCLIP)")
     from open_clip.hf_model import HFTextEncoder
 
     config = _hf_config(text_cfg, local_dir)
@@ -375,6 +452,7 @@ def _tokenizer_for(text_cfg: dict, local_dir: Path | None = None):
     ctx = int(text_cfg.get("context_length", 77))
     if text_cfg.get("hf_tokenizer_name"):
         if local_dir is not None:
+            optional_import("transformers", "text", "a Hugging Face tokenizer")
             from open_clip.tokenizer import HFTokenizer
 
             return HFTokenizer(str(local_dir), context_length=ctx, **(text_cfg.get("tokenizer_kwargs") or {}))
@@ -458,21 +536,20 @@ def _from_hf_hub(repo: str, image_size=None, load_weights: bool = True):
 def _from_config(config: dict, pretrained: str | None, image_size=None, load_weights: bool = True,
                  name: str = "model"):
     """(clip, tokenizer, mean, std) for a packaged/open_clip config and a pretrained source."""
-    if pretrained is not None:
-        pretrained = str(pretrained)
-        if pretrained.startswith("hf-hub:"):
-            return _from_hf_hub(pretrained[len("hf-hub:"):], image_size, load_weights)
-        if pretrained.startswith("local-dir:"):
-            return _from_local_dir(pretrained[len("local-dir:"):], image_size, load_weights)
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(
-                f"pretrained={pretrained!r} for {name!r} is not 'hf-hub:ORG/REPO', 'local-dir:PATH' or an "
-                f"existing weights file"
-            )
+    kind, value = parse_model_source(pretrained)
+    if kind == "hf-hub":
+        return _from_hf_hub(value, image_size, load_weights)
+    if kind == "local-dir":
+        return _from_local_dir(value, image_size, load_weights)
+    if kind == "tag":
+        raise FileNotFoundError(
+            f"pretrained={pretrained!r} for {name!r} is not 'hf-hub:ORG/REPO', 'local-dir:PATH' or an "
+            f"existing weights file"
+        )
     model_cfg = config["model_cfg"]
     clip = _build_clip(model_cfg, image_size)
-    if pretrained is not None and load_weights:
-        _load_weights(clip, pretrained)
+    if kind == "file" and load_weights:
+        _load_weights(clip, value)
     _set_timm_size(clip, image_size)
     mean, std = _native_mean_std(config.get("preprocess_cfg", {}))
     return clip, _tokenizer_for(model_cfg["text_cfg"]), mean, std
@@ -494,26 +571,6 @@ def _embed_dim(clip: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------ registry entries
-@register_model("biomedclip")
-def biomedclip(pretrained: str | None = None, image_size=None, load_weights: bool = True) -> MammoCLIP:
-    """BiomedCLIP (ViT-B/16 via timm + BiomedBERT, 512-d, context 256; Zhang et al. 2023).
-
-    ``pretrained``: None (random, offline, hashed tokenizer), ``hf-hub:`` + the BiomedCLIP hub repo
-    (online), ``local-dir:PATH`` (offline copy of that repo) or a weights file.
-    """
-    kwargs = {"pretrained": pretrained, "image_size": image_size}
-    parts = _from_config(load_model_config("biomedclip"), pretrained, image_size, load_weights, "biomedclip")
-    return _wrap(parts, "biomedclip", kwargs)
-
-
-@register_model("tiny-clip")
-def tiny_clip(pretrained: str | None = None, image_size=None, load_weights: bool = True) -> MammoCLIP:
-    """A ~4M-parameter CLIP (ViT 2×64, text 2×64, 64-d) with open_clip's bundled tokenizer, for CPU runs."""
-    kwargs = {"pretrained": pretrained, "image_size": image_size}
-    parts = _from_config(load_model_config("tiny-clip"), pretrained, image_size, load_weights, "tiny-clip")
-    return _wrap(parts, "tiny-clip", kwargs)
-
-
 def _timm_clip(timm_name: str, pretrained: str | None = None, image_size=None, load_weights: bool = True,
                embed_dim: int = 256) -> MammoCLIP:
     import timm
@@ -544,8 +601,7 @@ def _open_clip_arch(name: str, pretrained: str | None = None, image_size=None, l
     import open_clip
 
     kwargs = {"pretrained": pretrained, "image_size": image_size}
-    is_source = pretrained is None or any(str(pretrained).startswith(p) for p in ("hf-hub:", "local-dir:"))
-    if is_source or Path(str(pretrained)).is_file():
+    if parse_model_source(pretrained)[0] != "tag":
         config = {"model_cfg": open_clip.get_model_config(name)}
         tags = open_clip.list_pretrained_tags_by_model(name)
         if tags and pretrained is None:
@@ -590,16 +646,15 @@ def create_model(name: str, pretrained: str | None = None, image_size: int | tup
         return get_model_builder(name)(pretrained=pretrained, image_size=image_size, **kw)
     if name.startswith("timm:"):
         return _timm_clip(name[len("timm:"):], pretrained=pretrained, image_size=image_size, **kw)
-    if name.startswith("local-dir:") or name.startswith("hf-hub:"):
+    kind, value = parse_model_source(name)
+    if kind in ("hf-hub", "local-dir"):
         if pretrained is not None:
             warnings.warn(f"pretrained={pretrained!r} is ignored: {name!r} names its own weights", stacklevel=2)
         load_weights = kw.pop("load_weights", True)
         if kw:
             raise TypeError(f"unexpected options for {name!r}: {sorted(kw)}")
-        if name.startswith("local-dir:"):
-            parts = _from_local_dir(name[len("local-dir:"):], image_size, load_weights)
-        else:
-            parts = _from_hf_hub(name[len("hf-hub:"):], image_size, load_weights)
+        loader = _from_local_dir if kind == "local-dir" else _from_hf_hub
+        parts = loader(value, image_size, load_weights)
         return _wrap(parts, name, {"pretrained": None, "image_size": image_size})
     import open_clip
 
@@ -628,3 +683,6 @@ def save_local_dir(model: MammoCLIP, folder: str | Path, model_cfg: dict | None 
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     torch.save(model.clip.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
+
+
+_rescan_model_configs()

@@ -6,20 +6,28 @@ import difflib
 import fnmatch
 from collections.abc import Callable
 
-__all__ = ["register_model", "registered_models", "get_model_builder", "is_registered", "unknown_model_error"]
+__all__ = [
+    "register_model",
+    "registered_models",
+    "get_model_builder",
+    "is_registered",
+    "unknown_model_error",
+    "unregister_model",
+]
 
 _REGISTRY: dict[str, Callable] = {}
 
 
-def register_model(name: str | Callable | None = None):
+def register_model(name: str | Callable | None = None, *, replace: bool = False):
     """Register a builder ``fn(pretrained=None, image_size=None, **kw) -> MammoCLIP``.
 
-    Use as ``@register_model`` (the function name with ``_`` → ``-``) or ``@register_model("tag")``.
+    Use as ``@register_model`` (the function name with ``_`` → ``-``) or ``@register_model("tag")``;
+    ``replace=True`` lets a rescan of the JSON configs re-register their tags.
     """
 
     def wrap(fn: Callable, tag: str | None = None) -> Callable:
         key = tag or fn.__name__.replace("_", "-")
-        if key in _REGISTRY and _REGISTRY[key] is not fn:
+        if key in _REGISTRY and _REGISTRY[key] is not fn and not replace:
             raise ValueError(f"model {key!r} is already registered")
         _REGISTRY[key] = fn
         return fn
@@ -27,6 +35,11 @@ def register_model(name: str | Callable | None = None):
     if callable(name):
         return wrap(name)
     return lambda fn: wrap(fn, name)
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` (no error when absent); used when a JSON config disappears from the config paths."""
+    _REGISTRY.pop(name, None)
 
 
 def registered_models(pattern: str | None = None) -> list[str]:

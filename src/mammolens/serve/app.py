@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from mammolens._optional import optional_import
 from mammolens.constants import DENSITY_CLASSES, DENSITY_DESCRIPTIONS
 from mammolens.io import max_pixels_limit
 from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
@@ -60,7 +61,7 @@ __all__ = [
 log = logging.getLogger("mammolens.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-_SERVE_EXTRA = 'the web app needs FastAPI and uvicorn: pip install "mammolens[serve]"'
+_SERVE_PURPOSE = "the web app"
 _IMAGE_KEYS = ("file", "laterality", "view", "modality", "probs", "pred", "dense", "assessable", "quality_reason")
 _BREAST_KEYS = ("study", "laterality", "probs", "pred", "dense")
 _EXAM_KEYS = ("study", "probs", "pred", "dense")
@@ -75,15 +76,9 @@ class Predictor(Protocol):
 
 
 def _import_fastapi():
-    try:
-        import fastapi  # noqa: F401
-
-        try:  # python-multipart (needed for uploads); module renamed in 0.0.13
-            import python_multipart  # noqa: F401
-        except ImportError:
-            import multipart  # noqa: F401
-    except ImportError as e:
-        raise ImportError(_SERVE_EXTRA) from e
+    fastapi = optional_import("fastapi", "serve", _SERVE_PURPOSE)
+    # python-multipart (needed for uploads); its module was renamed in 0.0.13
+    optional_import(("python_multipart", "multipart"), "serve", _SERVE_PURPOSE)
     return fastapi
 
 
@@ -200,7 +195,7 @@ def create_app(
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
 
-    from mammolens import __version__
+    from mammolens._version import __version__
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
@@ -363,10 +358,7 @@ def serve(
 
     ``allowed_hosts`` are added to the loopback names and the bound address (see :func:`served_hosts`).
     """
-    try:
-        import uvicorn
-    except ImportError as e:
-        raise ImportError(_SERVE_EXTRA) from e
+    uvicorn = optional_import("uvicorn", "serve", _SERVE_PURPOSE)
     if warn_public and not is_loopback(host):
         log.warning(
             "binding to %s makes the server reachable from other machines; it has no "

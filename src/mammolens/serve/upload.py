@@ -7,11 +7,14 @@ from each file's header (PNG IHDR, JPEG SOF, TIFF IFD, PGM header, DICOM Rows ×
 before anything decodes it: a few hundred kilobytes of PNG can declare gigabytes of pixels.
 """
 
+import importlib
 import re
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from mammolens._optional import optional_import
 
 __all__ = [
     "BadUpload",
@@ -115,13 +118,11 @@ def declared_geometry(path: Path, kind: str | None) -> tuple[int, int, int] | No
 
 
 def _multipart():
-    try:
-        from python_multipart.exceptions import FormParserError
-        from python_multipart.multipart import MultipartParser, parse_options_header
-    except ImportError:  # python-multipart < 0.0.13 named its module "multipart"
-        from multipart.exceptions import FormParserError
-        from multipart.multipart import MultipartParser, parse_options_header
-    return MultipartParser, parse_options_header, FormParserError
+    # python-multipart < 0.0.13 named its module "multipart"
+    pkg = optional_import(("python_multipart", "multipart"), "serve", "uploads to the web app").__name__
+    parser = importlib.import_module(f"{pkg}.multipart")
+    errors = importlib.import_module(f"{pkg}.exceptions")
+    return parser.MultipartParser, parser.parse_options_header, errors.FormParserError
 
 
 class _FileWriter:

@@ -49,7 +49,7 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     """
     from mammolens.data.dataset import MammoDataset
     from mammolens.data.splits import patient_kfold
-    from mammolens.train.loop import _val_metrics, load_run, open_run_cache, predict_cache, resolve_task, split_rows
+    from mammolens.train.loop import load_run, open_run_cache, predict_cache, resolve_task, split_rows, val_metrics
     from mammolens.train.loop import train as train_run
 
     if isinstance(cfg, (str, os.PathLike)):
@@ -87,12 +87,12 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
         probs = predict_cache(model, task, MammoDataset(cache, task, rows=val_rows), batch_size=cfg.batch_size,
                               workers=0)
         oof[val_rows] = probs
-        m = _val_metrics(labels[val_rows], probs, task.class_names)
+        m = val_metrics(labels[val_rows], probs, task.class_names)
         per_fold.append({"fold": i, "run_dir": str(run_dir), "n_val": int(len(val_rows)),
                          **{kk.removeprefix("val_"): v for kk, v in m.items()}})
 
     done = usable
-    pooled = {kk.removeprefix("val_"): v for kk, v in _val_metrics(labels[done], oof[done], task.class_names).items()}
+    pooled = {kk.removeprefix("val_"): v for kk, v in val_metrics(labels[done], oof[done], task.class_names).items()}
     keys = [kk for kk in per_fold[0] if kk not in ("fold", "run_dir", "n_val")]
     result = {
         "k": k,

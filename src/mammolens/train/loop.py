@@ -201,7 +201,7 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float):
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def _val_metrics(labels: np.ndarray, probs: np.ndarray, class_names) -> dict[str, float]:
+def val_metrics(labels: np.ndarray, probs: np.ndarray, class_names) -> dict[str, float]:
     from mammolens.evaluation.metrics import balanced_accuracy, macro_auc, precision_recall_f1
 
     if len(labels) == 0:
@@ -288,7 +288,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best
 
 
 # ---------------------------------------------------------------------------------------- step modules
-class _ContrastiveStep(nn.Module):
+class ContrastiveStep(nn.Module):
     """What DDP wraps for the contrastive method: images → (image emb [B, D], class emb [K, D], scale)."""
 
     def __init__(self, clip: nn.Module, task):
@@ -424,7 +424,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
             return {}
         probs = predict_cache(run_model(), task, val_ds, batch_size=cfg.batch_size, device=device,
                               workers=min(cfg.workers, 2), precision=cfg.precision)
-        return _val_metrics(val_labels, probs, task.class_names)
+        return val_metrics(val_labels, probs, task.class_names)
 
     base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
         "model_name": getattr(clip, "model_name", "") or cfg.model,
@@ -494,7 +494,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     # ---- contrastive / finetune-ce
     cw_dev, mw_dev = cw.to(device), mw.to(device)  # once: a per-step copy from host memory would synchronise
     if method == "contrastive":
-        step_module: nn.Module = _ContrastiveStep(clip, task)
+        step_module: nn.Module = ContrastiveStep(clip, task)
         loss_fn = WeightedContrastiveLoss(class_weights=cw_dev, modality_weights=mw_dev,
                                           gather_pad_to=cfg.batch_size)
     else:

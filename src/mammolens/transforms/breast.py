@@ -6,13 +6,12 @@ arrays; nothing is modified in place. ``preprocess_image`` chains them into the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mammolens.data.cache import PreprocessCfg
+from mammolens.transforms.config import PreprocessCfg
 
 __all__ = [
     "block_mean",
@@ -272,7 +271,7 @@ def resize_pad(img: np.ndarray, size: int, keep_aspect: bool = True, pad_value: 
 
 
 def preprocess_image(
-    pixels: np.ndarray, cfg: "PreprocessCfg | None" = None, laterality: str | None = None
+    pixels: np.ndarray, cfg: PreprocessCfg | None = None, laterality: str | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The cache recipe: mask → zero outside the breast → crop → chest wall left → resize/pad → uint16.
 
@@ -286,8 +285,6 @@ def preprocess_image(
         ``flipped``, ``mask_fraction``, ``orig_shape``, ``side`` (detected chest-wall side).
     """
     if cfg is None:
-        from mammolens.data.cache import PreprocessCfg
-
         cfg = PreprocessCfg()
     img = np.asarray(pixels, dtype=np.float32)
     if img.ndim == 3:
