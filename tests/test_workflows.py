@@ -252,3 +252,19 @@ def test_predict_to_dir_sr_skips_not_assessable_image(app_env, tmp_path):  # noq
     (sr_path,) = (tmp_path / "out" / "dicom").glob("*/density_sr.dcm")
     refs = {e.value for e in pydicom.dcmread(sr_path).iterall() if e.keyword == "ReferencedSOPInstanceUID"}
     assert ds.SOPInstanceUID not in refs and good <= refs
+
+
+# ------------------------------------------------------------------------------------------ configs
+def test_every_config_loads_and_tiny_cpu_uses_the_demo_cache():
+    import inspect
+
+    from mammolens.train.config import load_cfg
+    from mammolens.workflows import run_demo
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    cfgs = {p.stem: load_cfg(p) for p in configs}
+    demo = inspect.signature(run_demo).parameters
+    tiny = cfgs["tiny_cpu"]
+    assert Path(tiny.data.cache) == Path(demo["out"].default) / "cache"  # where run_demo builds it
+    assert tiny.image_size == demo["size"].default and tiny.model == "tiny-clip"
