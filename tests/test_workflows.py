@@ -47,6 +47,13 @@ def test_predict_to_dir_counts_and_tables(predicted, app_env):  # noqa: F811
     assert {e["study_id"] for e in payload["exams"]} == set(exams["study_id"])
 
 
+def test_predict_to_dir_results_json_names_the_model(predicted, app_env):  # noqa: F811
+    _, out = predicted
+    model = json.loads((out / "results.json").read_text())["model"]
+    # the model that made the numbers, not only the folder they were trained into
+    assert model == {"name": "tiny-clip", "task": "density", "method": "contrastive", "run": app_env.run.name}
+
+
 def test_predict_to_dir_writes_no_identifiers(predicted, app_env):  # noqa: F811
     _, out = predicted
     for name in ("images.csv", "breasts.csv", "exams.csv", "errors.csv", "results.json"):
