@@ -126,6 +126,20 @@ def test_evaluate_run_outputs(evaluated, app_env):  # noqa: F811
     assert m["provenance"]["n_boot"] == 50 and m["provenance"]["preprocess"]["size"] == 64
 
 
+def test_evaluate_run_says_simulated_and_reports_exams(evaluated, app_env):  # noqa: F811
+    from mammolens.evaluation.report import SIMULATED_BANNER
+
+    _, out = evaluated
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["simulated"] is True  # the synthetic cohort's manifest marks its rows
+    assert m["exam"]["n_exams"] == app_env.df["study_id"].nunique() == 12
+    assert sum(b["count"] for b in m["reliability"]) == 48
+    assert SIMULATED_BANNER in (out / "report.html").read_text()
+    # 12 patients: subgroups of a few patients carry no statistic (null), never a 0-width interval
+    sub = [r for r in m["subgroups"] if r["n_patients"] < 10]
+    assert sub and all(r["accuracy"] is None and r["kappa_lo"] is None for r in sub)
+
+
 def test_evaluate_run_predictions_pseudonymised(evaluated, app_env):  # noqa: F811
     _, out = evaluated
     preds = pd.read_parquet(out / "predictions.parquet")
