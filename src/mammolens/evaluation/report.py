@@ -349,9 +349,9 @@ def _reliability_figure(bins: list[dict]) -> str:
     ax.bar(centers, acc, width=width, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([b["confidence"] for b in full], acc, "o", color="C3", ms=4, label="bin mean confidence")
     for x, a, b in zip(centers, acc, full):
-        ax.text(x, min(a + 0.02, 0.97), f"n={b['count']}", ha="center", va="bottom", fontsize=6, rotation=90)
+        ax.text(x, a + 0.03, f"n={b['count']}", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8, label="perfect calibration")
-    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.1),
+    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.15),
            title="reliability diagram (n = images per bin)")
     ax.legend(loc="upper left", fontsize=8)
     return _png_b64(fig)
@@ -596,7 +596,8 @@ def write_report(
                      + html.escape(str(result.get("resampling", "—"))) + "s with replacement.</p>"))
     sections.append(("roc", "ROC curves", _img(_roc_figure(y, p, class_names, dense), "ROC curves")))
     sections.append(("confusion", "Confusion matrix", _img(_confusion_figure(y, p, class_names), "confusion matrix")))
-    sections.append(("calibration", "Calibration (reliability diagram)", _img(_reliability_figure(reliability), "reliability diagram")))
+    sections.append(("calibration", "Calibration (reliability diagram)",
+                     _img(_reliability_figure(reliability), "reliability diagram")))
     if subgroups is not None and len(subgroups):
         sections.append(("subgroups", "Subgroups", _subgroup_section(subgroups, alpha)))
     if compare:
@@ -605,14 +606,13 @@ def write_report(
         sections.append(("gallery", "GradCAM gallery", _gallery_section(gallery)))
     sections.append(("provenance", "Provenance", _provenance_section(result, provenance)))
 
+    banner = f"<div class='banner' id='simulated' role='alert'>{html.escape(SIMULATED_BANNER)}</div>" if simulated else ""
     nav = " · ".join(f"<a href='#{sid}'>{html.escape(t)}</a>" for sid, t, _ in sections)
     body = "".join(f"<section id='{sid}'><h2>{html.escape(t)}</h2>{content}</section>" for sid, t, content in sections)
     doc = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>"
-        + (f"<div class='banner' id='simulated' role='alert'>{html.escape(SIMULATED_BANNER)}</div>" if simulated else "")
-        + f"<nav>{nav}</nav>{body}</body></html>"
+        f"<body><h1>{html.escape(title)}</h1>{banner}<nav>{nav}</nav>{body}</body></html>"
     )
     path = out_dir / filename
     path.write_text(doc, encoding="utf-8")
