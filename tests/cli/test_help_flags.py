@@ -42,3 +42,18 @@ def test_flags_patch_is_idempotent():
     before = getattr(typer.core.TyperOption, "display_type_rich", None)
     _flags_take_no_value()
     assert getattr(typer.core.TyperOption, "display_type_rich", None) is before
+
+
+def test_python_dash_m_mammolens_runs_the_cli():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mammolens
+
+    env = {**os.environ, "PYTHONPATH": str(Path(mammolens.__file__).parents[1]), "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "mammolens", "demo", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "--patients" in res.stdout and not VALUE_MARKERS.search(res.stdout)
