@@ -47,6 +47,13 @@ def test_predict_to_dir_counts_and_tables(predicted, app_env):  # noqa: F811
     assert {e["study_id"] for e in payload["exams"]} == set(exams["study_id"])
 
 
+def test_predict_to_dir_results_json_names_the_model(predicted, app_env):  # noqa: F811
+    _, out = predicted
+    model = json.loads((out / "results.json").read_text())["model"]
+    # the model that made the numbers, not only the folder they were trained into
+    assert model == {"name": "tiny-clip", "task": "density", "method": "contrastive", "run": app_env.run.name}
+
+
 def test_predict_to_dir_writes_no_identifiers(predicted, app_env):  # noqa: F811
     _, out = predicted
     for name in ("images.csv", "breasts.csv", "exams.csv", "errors.csv", "results.json"):
@@ -117,6 +124,20 @@ def test_evaluate_run_outputs(evaluated, app_env):  # noqa: F811
     ci = m["ci"]["accuracy"]
     assert ci["lo"] <= ci["estimate"] <= ci["hi"] and ci["estimate"] == pytest.approx(m["metrics"]["accuracy"])
     assert m["provenance"]["n_boot"] == 50 and m["provenance"]["preprocess"]["size"] == 64
+
+
+def test_evaluate_run_says_simulated_and_reports_exams(evaluated, app_env):  # noqa: F811
+    from mammolens.evaluation.report import SIMULATED_BANNER
+
+    _, out = evaluated
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["simulated"] is True  # the synthetic cohort's manifest marks its rows
+    assert m["exam"]["n_exams"] == app_env.df["study_id"].nunique() == 12
+    assert sum(b["count"] for b in m["reliability"]) == 48
+    assert SIMULATED_BANNER in (out / "report.html").read_text()
+    # 12 patients: subgroups of a few patients carry no statistic (null), never a 0-width interval
+    sub = [r for r in m["subgroups"] if r["n_patients"] < 10]
+    assert sub and all(r["accuracy"] is None and r["kappa_lo"] is None for r in sub)
 
 
 def test_evaluate_run_predictions_pseudonymised(evaluated, app_env):  # noqa: F811
@@ -252,3 +273,19 @@ def test_predict_to_dir_sr_skips_not_assessable_image(app_env, tmp_path):  # noq
     (sr_path,) = (tmp_path / "out" / "dicom").glob("*/density_sr.dcm")
     refs = {e.value for e in pydicom.dcmread(sr_path).iterall() if e.keyword == "ReferencedSOPInstanceUID"}
     assert ds.SOPInstanceUID not in refs and good <= refs
+
+
+# ------------------------------------------------------------------------------------------ configs
+def test_every_config_loads_and_tiny_cpu_uses_the_demo_cache():
+    import inspect
+
+    from mammolens.train.config import load_cfg
+    from mammolens.workflows import run_demo
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    cfgs = {p.stem: load_cfg(p) for p in configs}
+    demo = inspect.signature(run_demo).parameters
+    tiny = cfgs["tiny_cpu"]
+    assert Path(tiny.data.cache) == Path(demo["out"].default) / "cache"  # where run_demo builds it
+    assert tiny.image_size == demo["size"].default and tiny.model == "tiny-clip"

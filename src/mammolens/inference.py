@@ -190,6 +190,8 @@ class Predictor:
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
         self.timeout = timeout
         self.name = name
+        # what produced the predictions (filled from the run by from_run): model, task, method, run folder
+        self.model_info = {"name": name, "task": getattr(task, "name", ""), "method": "", "run": ""}
         self._dense_idx = self._dense_indices()
         self.quality = quality or QualityCfg()
         self.ood = ood if self.quality.enabled and self.quality.ood else None
@@ -204,7 +206,10 @@ class Predictor:
             raise FileNotFoundError(f"run folder not found: {run_dir} (train one with `mammolens train`)")
         run = load_run(run_dir, device="cpu", which=which)
         pre = PreprocessCfg.from_dict(run.preprocess)
-        return cls(run.model, run.task, pre, device=device, name=run_dir.name, ood=_run_ood(run_dir, which), **kw)
+        p = cls(run.model, run.task, pre, device=device, name=run_dir.name, ood=_run_ood(run_dir, which), **kw)
+        p.model_info = {"name": str(run.cfg.get("model", "")), "task": run.task.name, "method": run.method,
+                        "run": run_dir.name}
+        return p
 
     # ------------------------------------------------------------------------------------- helpers
     def _dense_indices(self) -> list[int] | None:

@@ -297,7 +297,7 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     res.exams.to_csv(out / "exams.csv", index=False)
     res.errors.to_csv(out / "errors.csv", index=False)
     images = res.images.drop(columns=["overlay_png"], errors="ignore")
-    payload = {"model": p.name, "classes": p.class_names,  # not-assessable rows: null, not NaN, for a density
+    payload = {"model": dict(p.model_info), "classes": p.class_names,  # not-assessable rows: null, not NaN
                "images": images.astype(object).where(images.notna(), None).to_dict("records"),
                "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
                "errors": res.errors.to_dict("records"), "warnings": res.warnings}

@@ -144,3 +144,67 @@ def base64_decode(s):
     import base64
 
     return base64.b64decode(s)
+
+
+def test_report_simulated_banner_only_for_simulated_rows(tmp_path):
+    from mammolens.evaluation.report import SIMULATED_BANNER
+
+    real = _preds(80)
+    sim = real.assign(simulated=True)
+    texts = {}
+    for name, df in (("real", real), ("sim", sim)):
+        res = evaluate_predictions(df, CLASSES, n_boot=10)
+        assert res["simulated"] is (name == "sim")
+        texts[name] = write_report(tmp_path / name, df, CLASSES, res).read_text()
+        assert json.loads(json.dumps(to_jsonable(res)))["simulated"] is (name == "sim")
+    assert SIMULATED_BANNER in texts["sim"] and "not clinical performance" in texts["sim"]
+    assert "Simulated data" not in texts["real"]
+    # the banner comes before any number
+    assert texts["sim"].index(SIMULATED_BANNER) < texts["sim"].index("id='summary'")
+
+
+def test_evaluate_predictions_exam_level_metrics(evaluated):
+    from mammolens.evaluation.aggregate import aggregate_exam
+
+    a, _, res = evaluated
+    exams = aggregate_exam(a[a.label >= 0], CLASSES)
+    ex = res["exam"]
+    assert ex["n_exams"] == len(exams) == a[a.label >= 0].study_id.nunique()
+    y, p = exams["label"].to_numpy(), exams[PROBS].to_numpy()
+    assert ex["metrics"]["n"] == len(exams)
+    assert ex["metrics"]["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y))
+    assert ex["metrics"]["auc_per_class"]["C"] == pytest.approx(roc_auc_score(y == 2, p[:, 2]))
+    c = ex["ci"]["accuracy"]
+    assert c["lo"] <= c["estimate"] <= c["hi"] and c["n_valid"] == 100
+
+
+def test_report_shows_exam_metrics_and_dash_for_too_small_subgroups(tmp_path):
+    a = _preds(240)
+    a["site"] = "main"
+    a.loc[a.index[4:24], "site"] = "tiny"  # 5 patients
+    a.loc[a.index[24:64], "site"] = "one-class"  # 10 patients, one class
+    a.loc[a.index[24:64], "label"] = 3
+    res = evaluate_predictions(a, CLASSES, n_boot=20)
+    text = write_report(tmp_path, a, CLASSES, res).read_text()
+    assert "per exam (95% CI)" in text and f"{res['exam']['n_exams']} exams" in text
+    rows = {r["value"]: r for r in to_jsonable(res["subgroups"]) if r["subgroup"] == "site"}
+    assert rows["tiny"]["accuracy"] is None and rows["tiny"]["kappa_hi"] is None  # null in JSON
+    assert rows["one-class"]["kappa"] is None and rows["one-class"]["accuracy"] is not None
+    sub = text[text.index("id='subgroups'"):text.index("</section>", text.index("id='subgroups'"))]
+    assert "0.000 (0.000–0.000)" not in sub
+    tiny = re.search(r"<tr><td>site</td><td>tiny</td>(.*?)</tr>", sub).group(1)
+    assert re.findall(r"<td>(.*?)</td>", tiny)[2:5] == ["–", "–", "–"]
+    one = re.search(r"<tr><td>site</td><td>one-class</td>(.*?)</tr>", sub).group(1)
+    assert re.findall(r"<td>(.*?)</td>", one)[3:5] == ["–", "–"]
+
+
+def test_reliability_bins_carry_counts(evaluated):
+    a, _, res = evaluated
+    lab = a[a.label >= 0]
+    bins = res["reliability"]
+    assert len(bins) == 15 and sum(b["count"] for b in bins) == len(lab)
+    conf = lab[PROBS].to_numpy().max(1)
+    b = next(b for b in bins if b["count"] > 0)
+    assert b["count"] == int(((conf > b["lo"]) & (conf <= b["hi"])).sum())
+    assert all(b["accuracy"] is None for b in bins if b["count"] == 0)  # empty bins are not zeros
+    assert json.loads(json.dumps(to_jsonable(res)))["reliability"][0]["lo"] == 0.0

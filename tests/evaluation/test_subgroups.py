@@ -81,3 +81,23 @@ def test_subgroup_missing_values_and_unlabelled_rows():
 def test_subgroup_metrics_rejects_missing_columns():
     with pytest.raises(ValueError, match="prob_D"):
         subgroup_metrics(_frame().drop(columns="prob_D"), PROBS, "label", CLASSES)
+
+
+def test_subgroup_too_small_or_one_class_has_no_statistic():
+    df = _frame()  # 2 images per patient
+    df["site"] = "big"
+    df.loc[df.index[:20], "site"] = "one-class"  # 10 patients, all class C
+    df.loc[df.index[:20], "label"] = 2
+    df.loc[df.index[20:38], "site"] = "small"  # 9 patients: below the minimum of 10
+    with pytest.warns(RuntimeWarning, match="site=one-class"):
+        out = subgroup_metrics(df, PROBS, "label", CLASSES, by=("site",), n_boot=20, include_overall=False)
+    one = out[out.value == "one-class"].iloc[0]
+    assert one.note == "one class only" and np.isfinite(one.accuracy)
+    # kappa would be exactly 0 with a 0-0 interval: reported as missing, not as a number
+    assert np.isnan([one.kappa, one.kappa_lo, one.kappa_hi, one.auc_macro, one.auc_macro_lo]).all()
+    small = out[out.value == "small"].iloc[0]
+    assert small.n_patients == 9 and small.note == "fewer than 10 patients"
+    assert np.isnan([small[f"{m}{s}"] for m in ("accuracy", "auc_macro", "kappa") for s in ("", "_lo", "_hi")]).all()
+    big = out[out.value == "big"].iloc[0]
+    assert big.note == "" and np.isfinite([big.accuracy, big.auc_macro, big.kappa]).all()
+    assert out.attrs["min_patients"] == 10

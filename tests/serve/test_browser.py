@@ -152,3 +152,32 @@ def test_page_screenshot_is_not_blank(server_url, tmp_path):
     out = os.environ.get("MAMMOLENS_SCREENSHOT_OUT")
     if out:
         shutil.copy(shot, out)
+
+
+def test_report_screenshot_shows_banner_and_figures(tmp_path):
+    """The evaluation report renders in Chromium: the simulated-data banner on top, figures below."""
+    import pandas as pd
+
+    from mammolens.evaluation.report import evaluate_predictions, write_report
+
+    rng = np.random.default_rng(0)
+    n, classes = 160, ["A", "B", "C", "D"]
+    y = rng.integers(0, 4, n)
+    logits = rng.normal(size=(n, 4))
+    logits[np.arange(n), y] += 1.5
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    df = pd.DataFrame(p, columns=[f"prob_{c}" for c in classes]).assign(
+        label=y, patient_id=[f"p{i // 4}" for i in range(n)], study_id=[f"s{i // 4}" for i in range(n)],
+        laterality=np.where(np.arange(n) % 2, "L", "R"), modality=rng.choice(["DM", "DBT"], n), simulated=True)
+    report = write_report(tmp_path / "eval", df, classes, evaluate_predictions(df, classes, n_boot=20))
+    shot = tmp_path / "report.png"
+    proc = _chromium(tmp_path, f"--screenshot={shot}", report.as_uri())
+    assert shot.is_file(), proc.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    assert img.shape[:2] == (900, 1200) and img.std() > 20  # not blank
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    banner = (r > 240) & (g > 230) & (g < 250) & (b > 190) & (b < 220)  # the banner's #fff3cd
+    assert banner[:300].sum() > 20_000, "no simulated-data banner near the top of the report"
+    out = os.environ.get("MAMMOLENS_REPORT_SCREENSHOT_OUT")
+    if out:
+        shutil.copy(shot, out)

@@ -168,6 +168,23 @@ def test_breast_mask_mini_mias_plausible_and_removes_label(mini_mias):
     assert mask[600, 300]  # breast tissue
 
 
+def test_breast_mask_mini_mias_removes_label_touching_the_breast(mini_mias):
+    # mdb005: an 'L ML' label at rows 0-90, cols 226-344 whose right edge touches the faint skin line and
+    # whose top is joined to the breast by a bright film edge: one component with the breast before
+    img = _mias(mini_mias, 5)
+    label = np.zeros(img.shape, bool)
+    label[:90, 226:345] = img[:90, 226:345] > 0.85
+    assert label.sum() > 4000
+    mask = breast_mask(img)
+    assert mask[label].mean() < 0.02
+    assert 0.5 < mask.mean() < 0.6 and mask[600, 600] and mask[700, 240]  # the breast, to its left edge
+    # the cached image carries no label: letterboxed crop (rows 0-1024, cols 220-844) at 1/4 scale
+    out, info = preprocess_image(img, PreprocessCfg(size=256, flip="none"))
+    assert info["bbox"] == (0, 1024, 220, 844)  # the breast's own extent (its lower bulge reaches col 220)
+    f = out.astype(np.float32) / 65535
+    assert f[1:20, 3:28].max() < 0.05  # where the label was (mean 0.9 before)
+
+
 @pytest.mark.parametrize("n,side", [(1, "R"), (2, "L"), (3, "R"), (10, "L"), (25, "R"), (100, "L")])
 def test_breast_side_mini_mias_matches_laterality(mini_mias, n, side):
     # mini-MIAS: odd numbers are right breasts, chest wall on the image right

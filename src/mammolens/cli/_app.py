@@ -34,6 +34,30 @@ def user_errors(fn: Callable) -> Callable:
     return run
 
 
+def _flags_take_no_value() -> None:
+    """``--help`` lists on/off flags without a value type.
+
+    Recent typer versions print ``<bool>`` after every flag (``--include-ids <bool>``, even ``--help``), so
+    a user types ``--include-ids true`` and gets "unexpected extra argument". A flag takes no value;
+    only options that take one keep their type.
+    """
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_mammolens_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._mammolens_flags = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
+
 class _App(typer.Typer):
     """A typer app whose commands all report user errors through :func:`user_errors`."""
 

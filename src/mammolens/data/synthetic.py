@@ -517,7 +517,8 @@ def make_cohort(
         sites: site names cycled over patients.
 
     Returns:
-        The manifest (``image_path`` relative to ``out_dir``), as written.
+        The manifest (``image_path`` relative to ``out_dir``), as written; every row has
+        ``simulated = True``, which ``mammolens evaluate`` turns into a "simulated data" banner.
     """
     from mammolens.data.manifest import write_manifest
     from mammolens.io.dicom import normalise_manufacturer
@@ -588,6 +589,7 @@ def make_cohort(
                     "lesion_r": lr, "age": age, "race": race, "site": site, "sop_instance_uid": sop_uid,
                     "presentation_intent": "FOR PROCESSING" if processing else "FOR PRESENTATION",
                     "compression": compression, "n_frames": max(1, n_frames), "dense_fraction": fraction,
+                    "simulated": True,  # evaluation reports say the numbers are not clinical performance
                 })
     df = pd.DataFrame(rows)
     write_manifest(df, out_dir / "manifest.parquet")

@@ -1,8 +1,11 @@
 """Evaluate a predictions frame and write a self-contained HTML report.
 
-``evaluate_predictions`` is the library function behind ``mammolens evaluate``: metrics, patient-level
-bootstrap CIs, the subgroup table and, when a second run's predictions are given, DeLong and McNemar
-comparisons on the images both runs predicted (matched on ``image_path``).
+``evaluate_predictions`` is the library function behind ``mammolens evaluate``: metrics per image and
+per exam (the denser-breast rule of :mod:`mammolens.evaluation.aggregate`), patient-level bootstrap
+CIs, the reliability-diagram bins with their counts, the subgroup table and, when a second run's
+predictions are given, DeLong and McNemar comparisons on the images both runs predicted (matched on
+``image_path``). Rows marked ``simulated`` (the synthetic cohort of :mod:`mammolens.data.synthetic`)
+make the result say ``simulated: true`` and the report open with a banner saying so.
 
 ``write_report`` writes ``report.html`` with every figure embedded as a base64 PNG (matplotlib Agg,
 no pyplot state) and no external CSS, JavaScript or fonts, so the file can be mailed or archived as
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mammolens.constants import SUBGROUP_COLUMNS
+from mammolens.evaluation.aggregate import aggregate_exam
 from mammolens.evaluation.metrics import (
     compute_metrics,
     confusion_matrix,
@@ -36,9 +40,19 @@ from mammolens.evaluation.metrics import (
     roc_curve,
 )
 from mammolens.evaluation.stats import bootstrap_ci, delong_test, mcnemar_test, metrics_with_ci
-from mammolens.evaluation.subgroups import subgroup_metrics
+from mammolens.evaluation.subgroups import MIN_PATIENTS, subgroup_metrics
 
-__all__ = ["evaluate_predictions", "to_jsonable", "write_report"]
+__all__ = ["SIMULATED_BANNER", "evaluate_predictions", "is_simulated", "to_jsonable", "write_report"]
+
+SIMULATED_BANNER = "Simulated data: these numbers show the pipeline works, not clinical performance"
+RELIABILITY_BINS = 15
+
+
+def is_simulated(predictions: pd.DataFrame) -> bool:
+    """True when any row is marked simulated (column ``simulated``: bool, or "true"/"1" from a CSV)."""
+    if "simulated" not in predictions.columns:
+        return False
+    return bool(predictions["simulated"].astype(str).str.strip().str.lower().isin(("true", "1", "yes")).any())
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -56,6 +70,41 @@ def _split(predictions: pd.DataFrame, class_names: Sequence[str]) -> tuple[pd.Da
     y = labelled["label"].astype(int).to_numpy()
     p = labelled[cols].to_numpy(dtype=np.float64)
     return labelled, y, p
+
+
+def _exam_level(labelled: pd.DataFrame, class_names: list[str], groups_col: str | None, n_boot: int,
+                alpha: float, seed: int, dense_classes) -> dict | None:
+    """Metrics and CIs per exam (None without ``study_id``/``laterality`` columns).
+
+    Exams follow :func:`~mammolens.evaluation.aggregate.aggregate_exam` (mean over a breast's views, the
+    denser breast per study); metrics use the exam probabilities, i.e. those of the denser breast.
+    """
+    if not {"study_id", "laterality"} <= set(labelled.columns):
+        return None
+    exams = aggregate_exam(labelled, class_names)
+    y = exams["label"].astype(int).to_numpy()
+    p = exams[[f"prob_{c}" for c in class_names]].to_numpy(dtype=np.float64)
+    groups = exams[groups_col].astype(str).to_numpy() if groups_col and groups_col in exams.columns else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        metrics = compute_metrics(y, p, class_names, dense_classes)
+    return {
+        "n_exams": int(len(exams)),
+        "rule": "exam = study; breast = mean of its views; exam = the denser breast",
+        "metrics": metrics,
+        "ci": metrics_with_ci(y, p, class_names, groups, n_boot, alpha, seed, dense_classes),
+    }
+
+
+def _reliability(y: np.ndarray, p: np.ndarray, n_bins: int = RELIABILITY_BINS) -> list[dict]:
+    """Reliability-diagram bins: edges, image count, mean confidence and accuracy (None when empty)."""
+    rc = reliability_curve(y, p, n_bins)
+    return [
+        {"lo": float(rc["edges"][i]), "hi": float(rc["edges"][i + 1]), "count": int(rc["count"][i]),
+         "confidence": float(rc["confidence"][i]) if rc["count"][i] else None,
+         "accuracy": float(rc["accuracy"][i]) if rc["count"][i] else None}
+        for i in range(n_bins)
+    ]
 
 
 def _compare(
@@ -121,8 +170,9 @@ def evaluate_predictions(
     dense_classes: Sequence[str] | None = ("C", "D"),
     subgroup_by: Sequence[str] = SUBGROUP_COLUMNS,
     subgroup_n_boot: int | None = None,
+    subgroup_min_patients: int = MIN_PATIENTS,
 ) -> dict:
-    """Metrics + bootstrap CIs + subgroup table (+ DeLong/McNemar against ``compare_predictions``).
+    """Metrics per image and per exam + bootstrap CIs + subgroups (+ DeLong/McNemar against a second run).
 
     Args:
         predictions: the predictions contract (``label``, ``prob_<class>``, manifest columns); rows
@@ -132,11 +182,15 @@ def evaluate_predictions(
         compare_predictions: a second run's predictions; matched on ``image_path``; run "a" is
             ``predictions``, run "b" the comparison.
         subgroup_n_boot: bootstrap replicates per subgroup (default ``min(n_boot, 200)``).
+        subgroup_min_patients: subgroups with fewer patients get no statistic (see
+            :mod:`~mammolens.evaluation.subgroups`).
 
     Returns:
-        dict with ``n_images, n_patients, n_unlabelled, class_names, seed, n_boot, alpha, resampling,
-        metrics`` (:func:`compute_metrics`), ``ci`` (:func:`metrics_with_ci`), ``subgroups``
-        (DataFrame) and ``compare`` (dict or None). :func:`to_jsonable` makes it JSON-ready.
+        dict with ``simulated`` (any row marked simulated), ``n_images, n_patients, n_unlabelled,
+        class_names, seed, n_boot, alpha, resampling, metrics`` (:func:`compute_metrics`), ``ci``
+        (:func:`metrics_with_ci`), ``exam`` (``n_exams, rule, metrics, ci`` per exam, or None),
+        ``reliability`` (bins with counts), ``subgroups`` (DataFrame) and ``compare`` (dict or None).
+        :func:`to_jsonable` makes it JSON-ready.
     """
     class_names = list(class_names)
     labelled, y, p = _split(predictions, class_names)
@@ -162,11 +216,13 @@ def evaluate_predictions(
             alpha=alpha,
             seed=seed,
             include_overall=False,
+            min_patients=subgroup_min_patients,
         )
     compare = None
     if compare_predictions is not None:
         compare = _compare(labelled, compare_predictions, class_names, dense_classes, gcol, n_boot, seed, alpha)
     return {
+        "simulated": is_simulated(predictions),
         "n_images": int(len(labelled)),
         "n_patients": int(labelled[gcol].nunique()) if gcol else None,
         "n_unlabelled": int(len(predictions) - len(labelled)),
@@ -177,6 +233,8 @@ def evaluate_predictions(
         "resampling": "patient" if gcol else "image",
         "metrics": metrics,
         "ci": ci,
+        "exam": _exam_level(labelled, class_names, gcol, n_boot, alpha, seed, dense_classes),
+        "reliability": _reliability(y, p),
         "subgroups": subgroups,
         "compare": compare,
     }
@@ -281,15 +339,20 @@ def _confusion_figure(y: np.ndarray, p: np.ndarray, class_names: Sequence[str]) 
     return _png_b64(fig)
 
 
-def _reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> str:
-    rc = reliability_curve(y, p, n_bins)
-    centers = (rc["edges"][:-1] + rc["edges"][1:]) / 2
+def _reliability_figure(bins: list[dict]) -> str:
+    """Bars only for bins holding images (an empty bin is not an accuracy of 0), each labelled n=count."""
+    full = [b for b in bins if b["count"] > 0]
     fig, (ax,) = _figure(5.2, 4.6)
-    ok = rc["count"] > 0
-    ax.bar(centers[ok], rc["accuracy"][ok], width=1.0 / n_bins, edgecolor="k", alpha=0.7, label="accuracy")
-    ax.plot(rc["confidence"][ok], rc["accuracy"][ok], "o", color="C3", ms=4, label="bin mean confidence")
+    centers = [(b["lo"] + b["hi"]) / 2 for b in full]
+    acc = [b["accuracy"] for b in full]
+    width = bins[0]["hi"] - bins[0]["lo"] if bins else 1.0
+    ax.bar(centers, acc, width=width, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([b["confidence"] for b in full], acc, "o", color="C3", ms=4, label="bin mean confidence")
+    for x, a, b in zip(centers, acc, full):
+        ax.text(x, a + 0.03, f"n={b['count']}", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8, label="perfect calibration")
-    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="reliability diagram")
+    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.15),
+           title="reliability diagram (n = images per bin)")
     ax.legend(loc="upper left", fontsize=8)
     return _png_b64(fig)
 
@@ -303,6 +366,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px sol
 th{background:#eef5f0}td:first-child,th:first-child{text-align:left}.note{color:#666;font-size:.85em}
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;max-width:260px}.gallery img{max-width:256px}
 figcaption{font-size:.8em;color:#444}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
+.banner{background:#fff3cd;border:2px solid #c90;color:#5a3e00;padding:.7em 1em;font-weight:600;margin:1em 0}
 """
 
 _SUMMARY_ORDER = (
@@ -347,19 +411,33 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _summary_section(metrics: dict, ci: dict | None, class_names: Sequence[str], alpha: float) -> str:
+def _estimate_cells(key: str, scal: dict, ci: dict | None) -> list[str]:
+    c = (ci or {}).get(key)
+    if c:
+        return [_ci_cell(c["estimate"], c["lo"], c["hi"]), _fmt(c["n_valid"])]
+    return [_fmt(scal.get(key)), "–"]
+
+
+def _summary_section(metrics: dict, ci: dict | None, class_names: Sequence[str], alpha: float,
+                     exam: dict | None = None) -> str:
     scal = metrics.get("scalars", {})
     keys = [k for k, _ in _SUMMARY_ORDER if k in scal] + [f"auc/{c}" for c in class_names if f"auc/{c}" in scal]
     names = dict(_SUMMARY_ORDER) | {f"auc/{c}": f"AUC, class {c} vs rest" for c in class_names}
+    pct = int(round(100 * (1 - alpha)))
+    header = ["metric", f"per image ({pct}% CI)", "valid bootstrap replicates"]
+    if exam:
+        header += [f"per exam ({pct}% CI)", "valid bootstrap replicates (exam)"]
     rows = []
     for k in keys:
-        c = (ci or {}).get(k)
-        if c:
-            rows.append([html.escape(names[k]), _ci_cell(c["estimate"], c["lo"], c["hi"]), _fmt(c["n_valid"])])
-        else:
-            rows.append([html.escape(names[k]), _fmt(scal[k]), "–"])
-    pct = int(round(100 * (1 - alpha)))
-    out = _table(["metric", f"estimate ({pct}% CI)", "valid bootstrap replicates"], rows)
+        row = [html.escape(names[k]), *_estimate_cells(k, scal, ci)]
+        if exam:
+            row += _estimate_cells(k, exam["metrics"].get("scalars", {}), exam.get("ci"))
+        rows.append(row)
+    out = _table(header, rows)
+    if exam:
+        out += (f"<p class='note'>{_fmt(metrics.get('n'))} images, {_fmt(exam['n_exams'])} exams. "
+                "Exam = one study; a breast's probabilities are the mean over its views and the exam takes "
+                "the denser breast, the rule of <code>mammolens predict</code>.</p>")
     per = metrics.get("per_class", {})
     if per:
         prow = [[html.escape(c), _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), _fmt(v["support"])] for c, v in per.items()]
@@ -368,6 +446,7 @@ def _summary_section(metrics: dict, ci: dict | None, class_names: Sequence[str],
 
 
 def _subgroup_section(sub: pd.DataFrame, alpha: float) -> str:
+    """One row per subgroup; a statistic the subgroup is too small for shows "–" (see ``note``)."""
     pct = int(round(100 * (1 - alpha)))
     rows = []
     for r in sub.itertuples(index=False):
@@ -381,13 +460,18 @@ def _subgroup_section(sub: pd.DataFrame, alpha: float) -> str:
                 _ci_cell(d["accuracy"], d["accuracy_lo"], d["accuracy_hi"]),
                 _ci_cell(d["auc_macro"], d["auc_macro_lo"], d["auc_macro_hi"]),
                 _ci_cell(d["kappa"], d["kappa_lo"], d["kappa_hi"]),
+                html.escape(str(d.get("note") or "")),
             ]
         )
     kw = sub.attrs.get("kappa_weights", "quadratic")
-    return _table(
-        ["subgroup", "value", "images", "patients", f"accuracy ({pct}% CI)", f"macro AUC ({pct}% CI)", f"kappa, {kw} ({pct}% CI)"],
+    table = _table(
+        ["subgroup", "value", "images", "patients", f"accuracy ({pct}% CI)", f"macro AUC ({pct}% CI)",
+         f"kappa, {kw} ({pct}% CI)", "note"],
         rows,
     )
+    n_min = sub.attrs.get("min_patients", MIN_PATIENTS)
+    return table + (f"<p class='note'>–: too small for the statistic (fewer than {n_min} patients: none; one "
+                    "class present: no AUC or kappa).</p>")
 
 
 def _compare_section(cmp: dict, alpha: float) -> str:
@@ -503,14 +587,17 @@ def write_report(
     compare = compare if compare is not None else result.get("compare")
     _, y, p = _split(predictions, class_names)
     dense = dense_indices(class_names, m.get("dense", {}).get("classes"))
+    simulated = bool(result.get("simulated")) or is_simulated(predictions)
+    reliability = result.get("reliability") or _reliability(y, p)
 
     sections = []
-    sections.append(("summary", "Summary", _summary_section(m, ci, class_names, alpha)
+    sections.append(("summary", "Summary", _summary_section(m, ci, class_names, alpha, result.get("exam"))
                      + "<p class='note'>Intervals: percentile bootstrap, resampling "
                      + html.escape(str(result.get("resampling", "—"))) + "s with replacement.</p>"))
     sections.append(("roc", "ROC curves", _img(_roc_figure(y, p, class_names, dense), "ROC curves")))
     sections.append(("confusion", "Confusion matrix", _img(_confusion_figure(y, p, class_names), "confusion matrix")))
-    sections.append(("calibration", "Calibration (reliability diagram)", _img(_reliability_figure(y, p), "reliability diagram")))
+    sections.append(("calibration", "Calibration (reliability diagram)",
+                     _img(_reliability_figure(reliability), "reliability diagram")))
     if subgroups is not None and len(subgroups):
         sections.append(("subgroups", "Subgroups", _subgroup_section(subgroups, alpha)))
     if compare:
@@ -519,12 +606,13 @@ def write_report(
         sections.append(("gallery", "GradCAM gallery", _gallery_section(gallery)))
     sections.append(("provenance", "Provenance", _provenance_section(result, provenance)))
 
+    banner = f"<div class='banner' id='simulated' role='alert'>{html.escape(SIMULATED_BANNER)}</div>" if simulated else ""
     nav = " · ".join(f"<a href='#{sid}'>{html.escape(t)}</a>" for sid, t, _ in sections)
     body = "".join(f"<section id='{sid}'><h2>{html.escape(t)}</h2>{content}</section>" for sid, t, content in sections)
     doc = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{body}</body></html>"
+        f"<body><h1>{html.escape(title)}</h1>{banner}<nav>{nav}</nav>{body}</body></html>"
     )
     path = out_dir / filename
     path.write_text(doc, encoding="utf-8")

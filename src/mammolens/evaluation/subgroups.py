@@ -4,6 +4,15 @@ Every subgroup gets its own patient-level bootstrap. A subgroup in which a class
 for that class's AUC (the macro AUC averages the defined ones); a subgroup with a single class has a
 NaN macro AUC and a warning naming the subgroup — never a crash. Missing values form their own
 ``"(missing)"`` subgroup so that no image silently disappears from the table.
+
+Too small for a statistic (NaN in the table, null in JSON, "–" in the report; ``note`` says why):
+
+- fewer than ``min_patients`` patients (default 10; images when there is no patient column): every
+  statistic. With so few patients the patient bootstrap draws from a handful of values and its
+  interval is noise.
+- one class present: the AUC and the kappa. Kappa is exactly 0 whatever the predictions when the
+  truth has one class (observed = expected agreement), so ``0.000 (0.000–0.000)`` would say nothing.
+  Accuracy stays: the fraction correct is still defined.
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ from mammolens.constants import SUBGROUP_COLUMNS
 from mammolens.evaluation.metrics import accuracy, check_labels, cohen_kappa, roc_auc_ovr
 from mammolens.evaluation.stats import bootstrap_ci
 
-__all__ = ["AGE_BANDS", "age_band", "subgroup_metrics"]
+__all__ = ["AGE_BANDS", "MIN_PATIENTS", "age_band", "subgroup_metrics"]
 
 AGE_BANDS = ("<40", "40-49", "50-59", "60-69", "70+")
 MISSING = "(missing)"
+MIN_PATIENTS = 10
+_METRICS = ("accuracy", "auc_macro", "kappa")
 
 
 def age_band(age) -> pd.Series:
@@ -57,6 +68,7 @@ def subgroup_metrics(
     kappa_weights: str | None = "quadratic",
     min_size: int = 1,
     include_overall: bool = True,
+    min_patients: int = MIN_PATIENTS,
 ) -> pd.DataFrame:
     """One row per (column, value): n images, n patients, accuracy, macro AUC, kappa, each with a CI.
 
@@ -68,10 +80,12 @@ def subgroup_metrics(
         groups: patient column for the patient-level bootstrap (None or absent: resample images).
         kappa_weights: weighting of the reported kappa (quadratic for ordinal density).
         min_size: subgroups with fewer images are left out.
+        min_patients: subgroups with fewer patients keep their counts but no statistic (NaN).
 
     Returns:
-        DataFrame with columns ``subgroup, value, n_images, n_patients`` and ``<metric>, <metric>_lo,
-        <metric>_hi`` for accuracy, auc_macro and kappa; ``kappa_weights`` is recorded in ``attrs``.
+        DataFrame with columns ``subgroup, value, n_images, n_patients``, ``<metric>, <metric>_lo,
+        <metric>_hi`` for accuracy, auc_macro and kappa, and ``note`` (why statistics are missing, or
+        ""); ``kappa_weights`` and ``min_patients`` are recorded in ``attrs``.
     """
     missing = [c for c in (*prob_cols, label_col) if c not in df.columns]
     if missing:
@@ -110,25 +124,35 @@ def subgroup_metrics(
                 RuntimeWarning,
                 stacklevel=2,
             )
-        g = part[group_col].astype(str).to_numpy() if group_col else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = bootstrap_ci(fn, y, p, g, n_boot=n_boot, alpha=alpha, seed=seed)
         row = {
             "subgroup": col,
             "value": value,
             "n_images": int(len(part)),
             "n_patients": int(part[group_col].nunique()) if group_col else np.nan,
         }
-        for key in ("accuracy", "auc_macro", "kappa"):
-            row[key] = res["estimate"][key]
-            row[f"{key}_lo"] = res["lo"][key]
-            row[f"{key}_hi"] = res["hi"][key]
+        n_units = row["n_patients"] if group_col else row["n_images"]
+        undefined: tuple[str, ...] = ()
+        note = ""
+        if n_units < min_patients:
+            undefined, note = _METRICS, f"fewer than {min_patients} {'patients' if group_col else 'images'}"
+        elif present.size < 2:
+            undefined, note = ("auc_macro", "kappa"), "one class only"
+        res = None
+        if len(undefined) < len(_METRICS):
+            g = part[group_col].astype(str).to_numpy() if group_col else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = bootstrap_ci(fn, y, p, g, n_boot=n_boot, alpha=alpha, seed=seed)
+        for key in _METRICS:
+            for suffix, part_key in (("", "estimate"), ("_lo", "lo"), ("_hi", "hi")):
+                row[f"{key}{suffix}"] = np.nan if key in undefined else res[part_key][key]
+        row["note"] = note
         rows.append(row)
     cols = ["subgroup", "value", "n_images", "n_patients"] + [
-        f"{k}{s}" for k in ("accuracy", "auc_macro", "kappa") for s in ("", "_lo", "_hi")
-    ]
+        f"{k}{s}" for k in _METRICS for s in ("", "_lo", "_hi")
+    ] + ["note"]
     out = pd.DataFrame(rows, columns=cols)
     out.attrs["kappa_weights"] = kappa_weights
+    out.attrs["min_patients"] = min_patients
     out.attrs["n_boot"] = n_boot
     return out

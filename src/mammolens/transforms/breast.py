@@ -122,6 +122,58 @@ def _fill_holes(fg: np.ndarray) -> np.ndarray:
     return ~outside[bg]
 
 
+_SQUARE = np.ones((3, 3), bool)
+_LABEL_MAX_FRACTION = 0.05  # a film label or marker covers at most this fraction of the foreground
+_LABEL_DARK_RING = 0.8  # ... and at least this fraction of the ring around it is background-dark
+_LABEL_GAP, _LABEL_RING = 1, 3  # ring: from 1 to 4 px (working copy) outside the blob, past its blurred edge
+
+
+def _largest_component(fg: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return fg
+    return labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+
+
+def _remove_labels(small: np.ndarray, fg: np.ndarray, threshold: float) -> np.ndarray:
+    """``fg`` without film labels and markers that touch the breast (mini-MIAS mdb005's "L ML" tag).
+
+    A label that touches the breast, or is joined to it by the smoothing or a bright film edge, survives
+    the largest-component rule. What tells it from tissue: it is bright (above Otsu's threshold of the
+    foreground), small, and sharp-edged, so a ring a few pixels outside it is almost all background
+    (below twice the background threshold), while bright tissue is surrounded by grey tissue. Its
+    bounding box (labels are rectangles; a dimmer border around the bright core goes with it) plus
+    the ring is cut out of the mask.
+    """
+    vals = small[fg]
+    if vals.size == 0:
+        return fg
+    bright = fg & (small > otsu_threshold(vals))
+    labels, n = ndimage.label(bright)
+    max_size = _LABEL_MAX_FRACTION * vals.size
+    pad = _LABEL_GAP + _LABEL_RING
+    h, w = fg.shape
+    out = fg
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        ys = slice(max(0, sl[0].start - pad - 1), min(h, sl[0].stop + pad + 1))
+        xs = slice(max(0, sl[1].start - pad - 1), min(w, sl[1].stop + pad + 1))
+        blob = ndimage.binary_fill_holes(labels[ys, xs] == k)  # letters are dark holes in a label
+        if not 8 <= int(blob.sum()) <= max_size:
+            continue
+        near = ndimage.binary_dilation(blob, _SQUARE, iterations=_LABEL_GAP)
+        ring = ndimage.binary_dilation(near, _SQUARE, iterations=_LABEL_RING) & ~near
+        rows = np.arange(ys.start, ys.stop)[:, None]
+        cols = np.arange(xs.start, xs.stop)[None, :]
+        ring &= (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)  # the image edge is no evidence
+        if ring.any() and float((small[ys, xs][ring] < 2 * threshold).mean()) >= _LABEL_DARK_RING:
+            y0, y1, x0, x1 = mask_bbox(blob, pad)
+            out = out.copy() if out is fg else out
+            out[ys.start + y0 : ys.start + y1, xs.start + x0 : xs.start + x1] = False
+    if out is fg:
+        return fg
+    return _largest_component(ndimage.binary_opening(out, structure=_SQUARE))
+
+
 def breast_mask(
     img: np.ndarray, threshold: float | None = None, max_side: int = _MASK_MAX_SIDE, fraction: float = 0.1
 ) -> np.ndarray:
@@ -129,7 +181,8 @@ def breast_mask(
 
     The automatic threshold (``background_threshold``) sits just above the background level, a small
     ``fraction`` of the way to Otsu's threshold. Keeping only the largest connected component removes
-    film labels, markers and scanner text, which are separate blobs.
+    film labels, markers and scanner text, which are separate blobs; labels touching the breast are cut
+    out by their sharp edges (``_remove_labels``).
 
     Args:
         img: ``[H, W]`` image, bright = tissue.
@@ -141,19 +194,18 @@ def breast_mask(
         bool ``[H, W]`` mask (all False for a blank image).
     """
     img = _check_2d(img)
-    small, f = _downsample(img, max_side)
-    small = ndimage.gaussian_filter(small, 1.0)  # suppress detector/film noise before thresholding
+    raw, f = _downsample(img, max_side)
+    small = ndimage.gaussian_filter(raw, 1.0)  # suppress detector/film noise before thresholding
     if threshold is None:
         if float(small.max()) - float(small.min()) < 1e-6:
             return np.zeros(img.shape, dtype=bool)
         threshold = background_threshold(small, fraction)
     fg = small > threshold
-    fg = ndimage.binary_opening(fg, structure=np.ones((3, 3), bool))
-    labels, n = ndimage.label(fg)
-    if n == 0:
+    fg = ndimage.binary_opening(fg, structure=_SQUARE)
+    if not fg.any():
         return np.zeros(img.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    fg = labels == (int(np.argmax(sizes)) + 1)
+    fg = _largest_component(fg)
+    fg = _remove_labels(raw, fg, threshold)  # unsmoothed: a label's edge is one step from background
     fg = _fill_holes(fg)
     if f == 1:
         return fg
