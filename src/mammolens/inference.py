@@ -114,38 +114,49 @@ def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | No
             "quality_reason": q.reason}
 
 
-def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[str, Any]:
-    """Worker: read, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file; never raises
-    (errors and "not assessable" images come back as records)."""
-def _load_one(path: str, cfg_dict: dict) -> dict[str, Any]:
-    """Worker: read + preprocess one file; raises on a bad file (``run_tasks`` records the reason)."""
+DISPLAY_MAX_SIDE = 2048  # heat maps are drawn on a copy of the original at most this long (memory stays flat)
+
+
+def _load_one(path: str, cfg_dict: dict, quality: dict | None = None, display: int = 0) -> dict[str, Any]:
+    """Worker: read, gate, quality-check and preprocess one file; raises on an unreadable file
+    (``run_tasks`` records the reason); gate and quality failures come back as records.
+
+    ``display > 0`` also returns ``display`` (a uint8 copy of the original image, longest side
+    ``<= display``, see ``transforms.breast.display_copy``) and ``geometry`` (``preprocess_image``'s info) so
+    that a heat map can be drawn on the original image rather than on the model's tile.
+    """
     from mammolens.io import read_image
     from mammolens.io.gating import mammography_gate
-    from mammolens.transforms.breast import preprocess_image
+    from mammolens.transforms.breast import display_copy, preprocess_image
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
-    try:
-        img = read_image(path, dbt=cfg.dbt)
-        meta = img.meta or {}
-        gate_ok, gate_reason = mammography_gate(meta)
-        if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
-            return {"path": path, "error": gate_reason}
-        bad = _quality_check(path, img.pixels, meta, quality)
-        if bad is not None:
-            return bad
-        arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
-        return {
-            "path": path,
-            "pixels": arr,
-            "meta": {k: meta.get(k) for k in _META_KEYS},
-            "flipped": bool(info.get("flipped")),
-            "bbox": info.get("bbox"),
-            "orig_shape": info.get("orig_shape"),
-            "error": None,
-            "quality_reason": "",
-        }
-    except Exception as e:  # noqa: BLE001 — a bad file is reported, the rest continues
-        return {"path": path, "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
+    img = read_image(path, dbt=cfg.dbt)
+    meta = img.meta or {}
+    gate_ok, gate_reason = mammography_gate(meta)
+    if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
+        return {"path": path, "error": gate_reason}
+    bad = _quality_check(path, img.pixels, meta, quality)
+    if bad is not None:
+        return bad
+    arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
+    rec = {
+        "path": path,
+        "pixels": arr,
+        "meta": {k: meta.get(k) for k in _META_KEYS},
+        "flipped": bool(info.get("flipped")),
+        "bbox": info.get("bbox"),
+        "orig_shape": info.get("orig_shape"),
+        "error": None,
+        "quality_reason": "",
+    }
+    if display > 0:
+        rec["display"], _ = display_copy(img.pixels, display)
+        rec["geometry"] = info
+    return rec
+
+
+def _load_item(item: tuple) -> dict[str, Any]:
+    return _load_one(*item)  # looked up at call time, so tests can swap _load_one
 
 
 class Predictor:
@@ -231,10 +242,11 @@ class Predictor:
         probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
 
-    def iter_batches(self, paths: Sequence[str | PathLike]) -> Iterator[list[dict[str, Any]]]:
+    def iter_batches(self, paths: Sequence[str | PathLike], display: int = 0) -> Iterator[list[dict[str, Any]]]:
         """Loaded records (``{"path", "error": None, "pixels", ...}`` or ``{"path", "error": reason}``)
         in batches, in input order; at most ``2 * workers + batch`` files are in memory at once. A file
-        whose worker crashes or runs past ``self.timeout`` is a record with its reason."""
+        whose worker crashes or runs past ``self.timeout`` is a record with its reason. ``display > 0``
+        adds the original image's display copy (see ``_load_one``)."""
         paths = [str(p) for p in paths]
         if min(self.workers, len(paths)) > 1:
             from mammolens.data.cache import preload_worker_modules
@@ -244,7 +256,7 @@ class Predictor:
         window = max(2 * max(self.workers, 1), self.batch_size) + self.batch_size
         batch: list[dict[str, Any]] = []
         workers = min(self.workers, len(paths))  # no idle processes for a handful of files
-        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict, quality) for p in paths), workers, timeout=self.timeout, ordered=True,
+        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict, quality, display) for p in paths), workers, timeout=self.timeout, ordered=True,
                                      max_in_flight=window):
             batch.append(rec if err is None else {"path": paths[i], "error": err})
             if len(batch) == self.batch_size:
@@ -293,7 +305,7 @@ class Predictor:
             intents.append(r["meta"].get("presentation_intent") or "")
 
         bar = _progress(len(paths), progress)
-        for batch in self.iter_batches(paths):
+        for batch in self.iter_batches(paths, display=DISPLAY_MAX_SIDE if explain else 0):
             ok = [r for r in batch if r["error"] is None and not r.get("quality_reason")]
             no_study += sum(_apply_grouping(r, hints) for r in batch if r["error"] is None)
             for r in batch:
@@ -318,8 +330,8 @@ class Predictor:
                 x, ok, probs, scores = x[passed], [ok[i] for i in passed], probs[passed], scores[passed]
                 target = probs.argmax(1) if class_name is None else np.full(len(ok), self.class_names.index(class_name))
                 cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain and ok else [None] * len(ok)
-                for r, p, cam, sc in zip(ok, probs, cams, scores):
-                    add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)), r)
+                for r, p, k, cam, sc in zip(ok, probs, target, cams, scores):
+                    add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc), int(k)), r)
             bar.update(len(batch))
         bar.close()
         errors = [_error_row(path, rel, reason, seen_ids, include_ids) for path, rel, reason in failed]
@@ -385,7 +397,8 @@ class Predictor:
         row.update(assessable=False, quality_reason=reason, ood_score=score)
         return row
 
-    def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan")) -> dict[str, Any]:
+    def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan"),
+                   explained: int | None = None) -> dict[str, Any]:
         row = self._row_base(r, root, include_ids)
         rel = row["file"]
         for c, v in zip(self.class_names, p):
@@ -395,9 +408,9 @@ class Predictor:
             row["dense"] = bool(sum(p[i] for i in self._dense_idx) >= 0.5)
         row.update(assessable=True, quality_reason="", ood_score=score)
         if cam is not None:
-            from mammolens.explain.overlay import overlay
-
-            rgb = overlay(r["pixels"].astype(np.float32) / 65535.0, cam)
+            c = self.class_names[int(np.argmax(p)) if explained is None else explained]
+            rgb = heatmap_on_original(r["display"], cam, r["geometry"], c, float(p[self.class_names.index(c)]))
+            row["gradcam_class"] = c
             if overlay_dir is not None:
                 out = Path(overlay_dir) / (Path(rel).with_suffix("").as_posix().replace("/", "__") + "_gradcam.png")
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -494,6 +507,22 @@ def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndar
     with torch.enable_grad(), GradCAM(model, forward_fn=model.forward) as cam:
         maps = cam.compute(x, OutputIndexTarget(torch.as_tensor(classes)))
     return maps.detach().cpu().numpy()
+
+
+def heatmap_on_original(display: np.ndarray, cam: np.ndarray, geometry: dict, class_name: str,
+                        prob: float | None = None) -> np.ndarray:
+    """A model-grid map drawn on the original image: RGB ``[h, w + panel, 3]`` (``explain.overlay.render_heatmap``).
+
+    Args:
+        display: uint8 ``[h, w]`` copy of the original image (``transforms.breast.display_copy``).
+        cam: ``[S, S]`` (or coarser) map on the model's tile.
+        geometry: ``preprocess_image``'s info for that image.
+        class_name, prob: the class the map explains and its probability (the colour bar's title).
+    """
+    from mammolens.explain.overlay import render_heatmap
+    from mammolens.transforms.breast import to_original
+
+    return render_heatmap(display, to_original(cam, geometry, out_shape=display.shape), class_name, prob)
 
 
 def _error_row(path: str, rel: str, reason: str, seen_ids: set, include_ids: bool) -> dict[str, str]:
