@@ -434,6 +434,7 @@ class Predictor:
             "probs": probs(r) if r["assessable"] else None, "pred": r["pred"] if r["assessable"] else None,
             "dense": bool(r.get("dense", False)) if r["assessable"] else None,
             "overlay_png": r.get("overlay_png") if isinstance(r.get("overlay_png"), bytes) else None,
+            "gradcam_class": r.get("gradcam_class") if isinstance(r.get("overlay_png"), bytes) else None,
         } for r in res.images.to_dict("records")]
         breasts = [{"study": r["study_id"], "laterality": r["laterality"], "probs": probs(r), "pred": r["pred"],
                     "dense": bool(r.get("dense", False))} for r in res.breasts.to_dict("records")]
