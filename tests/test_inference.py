@@ -152,10 +152,15 @@ def test_predict_outputs_pseudonyms_not_ids(study_result, predictor, app_env):  
 def test_predict_explain_gives_overlay_png_bytes(predictor, app_env):  # noqa: F811
     res = predictor.predict(app_env.study_files(0)[:2], explain=True)
     assert len(res.images) == 2
-    for png in res.images["overlay_png"]:
+    from mammolens.explain.overlay import heatmap_panel_width
+    from mammolens.io import read_image
+
+    for png, f, row in zip(res.images["overlay_png"], app_env.study_files(0)[:2], res.images.itertuples()):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         im = Image.open(io.BytesIO(png))
-        assert im.mode == "RGB" and im.size == (64, 64)
+        h, w = read_image(f).pixels.shape  # drawn on the original image, not on the 64-px model tile
+        assert im.mode == "RGB" and im.size == (w + heatmap_panel_width(h, row.pred, getattr(row, f"prob_{row.pred}")), h)
+    assert list(res.images["gradcam_class"]) == list(res.images["pred"])
 
 
 def test_predict_explain_to_dir_and_class(predictor, app_env, tmp_path):  # noqa: F811
@@ -163,6 +168,7 @@ def test_predict_explain_to_dir_and_class(predictor, app_env, tmp_path):  # noqa
     assert "overlay_png" not in res.images
     paths = list(map(str, res.images["overlay"]))
     assert len(paths) == 2 and all(p.endswith("_gradcam.png") for p in paths)
+    assert set(res.images["gradcam_class"]) == {"A"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.split("/")[-1] for p in paths)
     with pytest.raises(ValueError, match="not one of this run's classes"):
         predictor.predict(app_env.study_files(0)[:1], explain=True, class_name="Z")
@@ -464,12 +470,12 @@ def test_run_without_ood_file_skips_the_check(app_env, tmp_path, caplog):  # noq
     assert res.images["assessable"].all() and res.images["ood_score"].isna().all()
 
 
-def _faulty_load_one(path, cfg, quality=None):  # module level: picklable for any process pool
+def _faulty_load_one(path, cfg, *rest):  # module level: picklable for any process pool
     import mammolens.inference as inf
     from _faults import misbehave
 
     misbehave(path)
-    return inf._REAL_LOAD_ONE(path, cfg, quality)
+    return inf._REAL_LOAD_ONE(path, cfg, *rest)
 
 
 @pytest.mark.timeout(120)

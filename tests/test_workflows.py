@@ -1,6 +1,7 @@
 """Tests for mammolens.workflows (predict_to_dir, evaluate_run, explain_run) on a tiny trained run."""
 
 import base64
+import io
 import json
 import re
 import shutil
@@ -66,7 +67,8 @@ def test_predict_to_dir_overlays_and_dicom(predicted, app_env):  # noqa: F811
 
     _, out = predicted
     pngs = sorted((out / "overlays").glob("*.png"))
-    assert len(pngs) == 8 and Image.open(pngs[0]).size == (64, 64)
+    h0, w0 = _orig_shape(app_env.study_files(0)[0])  # the cohort's images are all one size
+    assert len(pngs) == 8 and all(Image.open(p).height == h0 and Image.open(p).width > w0 for p in pngs)
     exams = pd.read_csv(out / "exams.csv")
     src_uids = set(app_env.df["study_id"])
     for sid in exams["study_id"]:
@@ -75,7 +77,8 @@ def test_predict_to_dir_overlays_and_dicom(predicted, app_env):  # noqa: F811
         scs = sorted((out / "dicom" / sid).glob("overlay_*.dcm"))
         assert len(scs) == 4
         sc = pydicom.dcmread(scs[0])
-        assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.pixel_array.shape == (64, 64, 3)
+        assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.pixel_array.shape[0] == h0
+        assert sc.pixel_array.shape[1:] == (Image.open(pngs[0]).width, 3)
     # the SR is in the source study of its exam
     src = pydicom.dcmread(app_env.study_files(0)[0], stop_before_pixels=True)
     from mammolens.inference import study_key
@@ -102,6 +105,12 @@ def test_predict_to_dir_include_ids_and_no_extras(app_env, tmp_path):  # noqa: F
     images = pd.read_csv(tmp_path / "images.csv")
     assert set(images["patient_id"]) == {app_env.df["patient_id"].iloc[0]}
     assert not (tmp_path / "overlays").exists() and not (tmp_path / "dicom").exists()
+
+
+def _orig_shape(path) -> tuple[int, int]:
+    from mammolens.io import read_image
+
+    return read_image(path).pixels.shape
 
 
 # ------------------------------------------------------------------------------------- evaluate_run
@@ -179,16 +188,20 @@ def test_evaluate_run_include_ids_keeps_them(app_env, tmp_path):  # noqa: F811
     np.testing.assert_allclose(preds[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_evaluate_run_report_has_roc_and_gallery(evaluated):
+def test_evaluate_run_report_has_roc_and_gallery(evaluated, app_env):  # noqa: F811
     _, out = evaluated
     html = (out / "report.html").read_text()
     assert "ROC" in html
     gallery = sorted((out / "gradcam").glob("*.png"))
     assert 1 <= len(gallery) <= 4
+    h0, _ = _orig_shape(app_env.study_files(0)[0])
+    embedded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", html)]
     for png in gallery:
         cls = png.stem.split("_")[0]
-        assert f"class {cls}: p=" in html
-        assert base64.b64encode(png.read_bytes()).decode()[:200] in html or png.name in html
+        assert f"GradCAM for class {cls}: p=" in html
+        assert Image.open(png).height == h0  # drawn on the original image (re-read), not on the 64-px tile
+        # embedded (the report may add a tEXt chunk to the PNG, so compare pixels, not bytes)
+        assert any(np.array_equal(np.asarray(Image.open(png)), e) for e in embedded)
 
 
 def test_evaluate_run_compare_delong(evaluated, zeroshot_run):  # noqa: F811
@@ -227,7 +240,9 @@ def test_explain_run_png_per_image(app_env, tmp_path):  # noqa: F811
     assert len(recs) == 3 and all("error" not in r for r in recs)
     pngs = sorted((tmp_path / "out").glob("*.png"))
     assert len(pngs) == 3 and {r["overlay"] for r in recs} == {str(p) for p in pngs}
-    assert all(Image.open(p).size == (64, 64) for p in pngs)
+    h0, w0 = _orig_shape(files[0])
+    assert all(Image.open(p).height == h0 and Image.open(p).width > w0 for p in pngs)
+    assert [r["gradcam_class"] for r in recs] == [r["pred"] for r in recs]
 
 
 def test_explain_run_class_and_errors(app_env, tmp_path):  # noqa: F811

@@ -114,13 +114,20 @@ def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | No
             "quality_reason": q.reason}
 
 
-def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[str, Any]:
-    """Worker: read, gate, quality-check (``quality``: a ``QualityCfg`` dict) and preprocess one file. A file
-    that is not a mammogram or fails the quality gate comes back as a record with its reason; a file that
-    cannot be read raises (``run_tasks`` records the reason)."""
+DISPLAY_MAX_SIDE = 2048  # heat maps are drawn on a copy of the original at most this long (memory stays flat)
+
+
+def _load_one(path: str, cfg_dict: dict, quality: dict | None = None, display: int = 0) -> dict[str, Any]:
+    """Worker: read, gate, quality-check and preprocess one file; raises on an unreadable file
+    (``run_tasks`` records the reason); gate and quality failures come back as records.
+
+    ``display > 0`` also returns ``display`` (a uint8 copy of the original image, longest side
+    ``<= display``, see ``transforms.breast.display_copy``) and ``geometry`` (``preprocess_image``'s info) so
+    that a heat map can be drawn on the original image rather than on the model's tile.
+    """
     from mammolens.io import read_image
     from mammolens.io.gating import mammography_gate
-    from mammolens.transforms.breast import preprocess_image
+    from mammolens.transforms.breast import display_copy, preprocess_image
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
     img = read_image(path, dbt=cfg.dbt)
@@ -132,7 +139,7 @@ def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[st
     if bad is not None:
         return bad
     arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
-    return {
+    rec = {
         "path": path,
         "pixels": arr,
         "meta": {k: meta.get(k) for k in _META_KEYS},
@@ -142,9 +149,13 @@ def _load_one(path: str, cfg_dict: dict, quality: dict | None = None) -> dict[st
         "error": None,
         "quality_reason": "",
     }
+    if display > 0:
+        rec["display"], _ = display_copy(img.pixels, display)
+        rec["geometry"] = info
+    return rec
 
 
-def _load_item(item: tuple[str, dict, dict]) -> dict[str, Any]:
+def _load_item(item: tuple) -> dict[str, Any]:
     return _load_one(*item)  # looked up at call time, so tests can swap _load_one
 
 
@@ -236,10 +247,11 @@ class Predictor:
         probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
 
-    def iter_batches(self, paths: Sequence[str | PathLike]) -> Iterator[list[dict[str, Any]]]:
+    def iter_batches(self, paths: Sequence[str | PathLike], display: int = 0) -> Iterator[list[dict[str, Any]]]:
         """Loaded records (``{"path", "error": None, "pixels", ...}`` or ``{"path", "error": reason}``)
         in batches, in input order; at most ``2 * workers + batch`` files are in memory at once. A file
-        whose worker crashes or runs past ``self.timeout`` is a record with its reason."""
+        whose worker crashes or runs past ``self.timeout`` is a record with its reason. ``display > 0``
+        adds the original image's display copy (see ``_load_one``)."""
         paths = [str(p) for p in paths]
         if min(self.workers, len(paths)) > 1:
             from mammolens.data.cache import preload_worker_modules
@@ -249,7 +261,7 @@ class Predictor:
         window = max(2 * max(self.workers, 1), self.batch_size) + self.batch_size
         batch: list[dict[str, Any]] = []
         workers = min(self.workers, len(paths))  # no idle processes for a handful of files
-        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict, quality) for p in paths), workers, timeout=self.timeout, ordered=True,
+        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict, quality, display) for p in paths), workers, timeout=self.timeout, ordered=True,
                                      max_in_flight=window):
             batch.append(rec if err is None else {"path": paths[i], "error": err})
             if len(batch) == self.batch_size:
@@ -298,7 +310,7 @@ class Predictor:
             intents.append(r["meta"].get("presentation_intent") or "")
 
         bar = _progress(len(paths), progress)
-        for batch in self.iter_batches(paths):
+        for batch in self.iter_batches(paths, display=DISPLAY_MAX_SIDE if explain else 0):
             ok = [r for r in batch if r["error"] is None and not r.get("quality_reason")]
             no_study += sum(_apply_grouping(r, hints) for r in batch if r["error"] is None)
             for r in batch:
@@ -323,8 +335,8 @@ class Predictor:
                 x, ok, probs, scores = x[passed], [ok[i] for i in passed], probs[passed], scores[passed]
                 target = probs.argmax(1) if class_name is None else np.full(len(ok), self.class_names.index(class_name))
                 cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain and ok else [None] * len(ok)
-                for r, p, cam, sc in zip(ok, probs, cams, scores):
-                    add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc)), r)
+                for r, p, k, cam, sc in zip(ok, probs, target, cams, scores):
+                    add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc), int(k)), r)
             bar.update(len(batch))
         bar.close()
         own = [[]] * len(failed) if include_ids else self._header_ids([path for path, _, _ in failed])
@@ -399,7 +411,8 @@ class Predictor:
         row.update(assessable=False, quality_reason=reason, ood_score=score)
         return row
 
-    def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan")) -> dict[str, Any]:
+    def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan"),
+                   explained: int | None = None) -> dict[str, Any]:
         row = self._row_base(r, root, include_ids)
         rel = row["file"]
         for c, v in zip(self.class_names, p):
@@ -409,9 +422,9 @@ class Predictor:
             row["dense"] = bool(sum(p[i] for i in self._dense_idx) >= 0.5)
         row.update(assessable=True, quality_reason="", ood_score=score)
         if cam is not None:
-            from mammolens.explain.overlay import overlay
-
-            rgb = overlay(r["pixels"].astype(np.float32) / 65535.0, cam)
+            c = self.class_names[int(np.argmax(p)) if explained is None else explained]
+            rgb = heatmap_on_original(r["display"], cam, r["geometry"], c, float(p[self.class_names.index(c)]))
+            row["gradcam_class"] = c
             if overlay_dir is not None:
                 out = Path(overlay_dir) / (Path(rel).with_suffix("").as_posix().replace("/", "__") + "_gradcam.png")
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -435,6 +448,7 @@ class Predictor:
             "probs": probs(r) if r["assessable"] else None, "pred": r["pred"] if r["assessable"] else None,
             "dense": bool(r.get("dense", False)) if r["assessable"] else None,
             "overlay_png": r.get("overlay_png") if isinstance(r.get("overlay_png"), bytes) else None,
+            "gradcam_class": r.get("gradcam_class") if isinstance(r.get("overlay_png"), bytes) else None,
         } for r in res.images.to_dict("records")]
         breasts = [{"study": r["study_id"], "laterality": r["laterality"], "probs": probs(r), "pred": r["pred"],
                     "dense": bool(r.get("dense", False))} for r in res.breasts.to_dict("records")]
@@ -508,6 +522,22 @@ def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndar
     with torch.enable_grad(), GradCAM(model, forward_fn=model.forward) as cam:
         maps = cam.compute(x, OutputIndexTarget(torch.as_tensor(classes)))
     return maps.detach().cpu().numpy()
+
+
+def heatmap_on_original(display: np.ndarray, cam: np.ndarray, geometry: dict, class_name: str,
+                        prob: float | None = None) -> np.ndarray:
+    """A model-grid map drawn on the original image: RGB ``[h, w + panel, 3]`` (``explain.overlay.render_heatmap``).
+
+    Args:
+        display: uint8 ``[h, w]`` copy of the original image (``transforms.breast.display_copy``).
+        cam: ``[S, S]`` (or coarser) map on the model's tile.
+        geometry: ``preprocess_image``'s info for that image.
+        class_name, prob: the class the map explains and its probability (the colour bar's title).
+    """
+    from mammolens.explain.overlay import render_heatmap
+    from mammolens.transforms.breast import to_original
+
+    return render_heatmap(display, to_original(cam, geometry, out_shape=display.shape), class_name, prob)
 
 
 def _error_row(rel: str, reason: str, ids: list, include_ids: bool) -> dict[str, str]:

@@ -69,12 +69,42 @@ def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.Dat
     return df
 
 
+REPORT_MAX_SIDE = 1024  # gallery figures are embedded in report.html: big enough to read, small enough to mail
+
+
+def _gallery_figure(row, tile: np.ndarray, cam: np.ndarray, cfg, class_name: str, prob: float) -> np.ndarray:
+    """A gallery heat map drawn on the original image of a cache row (re-read; its geometry is recomputed
+    by the same ``preprocess_image``), else on the cache tile when the file cannot be read here.
+
+    Outside the breast mask the grey image is blanked, as in the cache: a research report must not show
+    film labels or burned-in text that the model never saw.
+    """
+    from mammolens.explain.overlay import render_heatmap
+    from mammolens.inference import heatmap_on_original
+    from mammolens.io import read_image
+    from mammolens.transforms.breast import breast_mask, display_copy, preprocess_image
+
+    try:
+        fr = getattr(row, "frame", None)  # a DBT frame as its own row
+        fr = None if fr is None or pd.isna(fr) or str(fr).strip() == "" else int(float(fr))
+        img = read_image(str(row.image_path), **({"frame": fr} if fr is not None else {"dbt": cfg.dbt}))
+        pixels = img.pixels if img.pixels.ndim == 2 or fr is None else img.pixels[fr]
+        _, info = preprocess_image(pixels, cfg, laterality=str(getattr(row, "laterality", "") or ""))
+        display, _ = display_copy(pixels, REPORT_MAX_SIDE)
+    except Exception as e:  # noqa: BLE001 — the cache is enough to explain; only the picture is smaller
+        log.info("gallery: original image not readable (%s), drawing on the cache tile", type(e).__name__)
+        return render_heatmap(tile, cam, class_name, prob)
+    if cfg.mask_background:
+        display = display * breast_mask(display.astype(np.float32) / 255.0)
+    return heatmap_on_original(display, cam, info, class_name, prob)
+
+
 def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class: int, device: str) -> list[tuple]:
-    """GradCAM overlays of the most confident correct predictions of each class."""
+    """GradCAM heat maps of the most confident correct predictions of each class, on their original images."""
     import torch
+    from PIL import Image
 
     from mammolens.data.cache import open_cache
-    from mammolens.explain.overlay import save_overlay
     from mammolens.inference import classifier_cams
 
     if per_class <= 0 or preds.empty:
@@ -94,8 +124,10 @@ def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class
         imgs = np.stack([cache.get(int(r)) for r in sel["cache_row"]])  # float32 [n, S, S]
         maps = classifier_cams(model, torch.from_numpy(imgs)[:, None].to(device), [k] * len(imgs))  # [n, S, S]
         for j, (row, img, m) in enumerate(zip(sel.itertuples(), imgs, maps)):
-            png = save_overlay(out_dir / f"{c}_{j}.png", img, m)
-            caption = f"class {c}: p={getattr(row, f'prob_{c}'):.2f}, {getattr(row, 'modality', '')} {getattr(row, 'view', '')}"
+            prob = float(getattr(row, f"prob_{c}"))
+            png = out_dir / f"{c}_{j}.png"
+            Image.fromarray(_gallery_figure(row, img, m, cache.cfg, c, prob)).save(png)
+            caption = f"GradCAM for class {c}: p={prob:.2f}, {getattr(row, 'modality', '')} {getattr(row, 'view', '')}"
             items.append((c, str(png), caption))
     return items
 

@@ -35,25 +35,35 @@ pytestmark = [
 ]
 
 
-def _heatmap_png(grey: np.ndarray) -> bytes:
-    """Grey image blended with a red-yellow blob: stands in for a GradCAM overlay."""
-    h, w = grey.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    heat = np.exp(-(((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 3) / (w / 4)) ** 2))
-    rgb = np.stack([grey] * 3, -1).astype(np.float32)
-    color = np.stack([255 * np.ones_like(heat), 255 * heat, np.zeros_like(heat)], -1)
-    a = (0.55 * heat)[..., None]
-    out = ((1 - a) * rgb + a * color).clip(0, 255).astype(np.uint8)
+UPSCALE = 4  # the fake "reads" each upload 4x larger: a 1024-px-tall original that the card must scale to fit
+
+
+def _real_heatmap_png(grey: np.ndarray, pred: str, prob: float) -> tuple[bytes, tuple[int, int]]:
+    """The real drawing path (``inference.heatmap_on_original``) on a GradCAM-like blob; returns the PNG and
+    the original image's (width, height)."""
+    from mammolens.data.cache import PreprocessCfg
+    from mammolens.inference import heatmap_on_original
+    from mammolens.transforms.breast import display_copy, preprocess_image
+
+    orig = np.kron(grey.astype(np.float32) / 255.0, np.ones((UPSCALE, UPSCALE), np.float32))  # [4H, 4W]
+    _, info = preprocess_image(orig, PreprocessCfg(size=64))
+    yy, xx = np.mgrid[0:64, 0:64]
+    cam = np.exp(-(((yy - 32) / 12.0) ** 2 + ((xx - 20) / 12.0) ** 2)).astype(np.float32)  # on the model tile
+    display, _ = display_copy(orig)
+    rgb = heatmap_on_original(display, cam, info, pred, prob)
     buf = io.BytesIO()
-    Image.fromarray(out).save(buf, format="PNG")
-    return buf.getvalue()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue(), (orig.shape[1], orig.shape[0])
 
 
 class FakePredictor:
-    """Predictor protocol with a brightness rule and heat-map overlays."""
+    """Predictor protocol with a brightness rule and heat-map overlays drawn by the real renderer."""
 
     model_name = "fake-clip"
     classes = ["A", "B", "C", "D"]
+
+    def __init__(self):
+        self.sizes: dict[str, tuple] = {}  # upload name -> ((w, h) of the original, class, probability)
 
     def predict_files(self, paths):
         images = []
@@ -62,6 +72,8 @@ class FakePredictor:
             lat = "R" if "_R" in Path(p).name else "L"
             probs = {"A": 0.05, "B": 0.15, "C": 0.6, "D": 0.2} if lat == "L" else {"A": 0.1, "B": 0.5, "C": 0.3, "D": 0.1}
             pred = max(probs, key=probs.get)
+            png, size = _real_heatmap_png(grey, pred, probs[pred])
+            self.sizes[Path(p).name] = (size, pred, probs[pred])
             images.append(
                 {
                     "file": str(p),
@@ -71,7 +83,8 @@ class FakePredictor:
                     "probs": probs,
                     "pred": pred,
                     "dense": pred in "CD",
-                    "overlay_png": _heatmap_png(grey),
+                    "overlay_png": png,
+                    "gradcam_class": pred,
                 }
             )
         breasts = [{k: i[k] for k in ("laterality", "probs", "pred", "dense")} | {"study": "s"} for i in images]
@@ -87,9 +100,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server_url():
+def fake():
+    return FakePredictor()
+
+
+@pytest.fixture(scope="module")
+def server_url(fake):
     port = _free_port()
-    config = uvicorn.Config(create_app(FakePredictor()), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(fake), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -181,3 +199,27 @@ def test_report_screenshot_shows_banner_and_figures(tmp_path):
     out = os.environ.get("MAMMOLENS_REPORT_SCREENSHOT_OUT")
     if out:
         shutil.copy(shot, out)
+
+
+def test_page_shows_heat_map_at_original_size_scaled_to_fit(server_url, fake, tmp_path):
+    """The overlay is the original image (1024 px tall) plus its colour bar, and the card scales it down."""
+    import re
+
+    from mammolens.explain.overlay import heatmap_panel_width
+
+    dom = _chromium(tmp_path, "--dump-dom", f"{server_url}/?demo=1").stdout
+    assert 'data-state="done"' in dom, dom[-3000:]
+    natural = re.findall(r'data-natural="(\d+)x(\d+)"', dom)
+    shown = re.findall(r'data-shown="(\d+)x(\d+)"', dom)
+    assert len(natural) == len(shown) == 2, dom[-3000:]
+    for name, (nw, nh), (sw, sh) in zip(("demo_L_CC.png", "demo_R_CC.png"), natural, shown):
+        (w0, h0), pred, prob = fake.sizes[name]
+        assert (int(nw), int(nh)) == (w0 + heatmap_panel_width(h0, pred, prob), h0) and h0 == 1024
+        assert 0 < int(sw) <= 400 and 0 < int(sh) <= 520  # scaled to fit its card, aspect kept
+        assert abs(int(sw) / int(sh) - int(nw) / int(nh)) < 0.03
+    assert dom.count("heat map: GradCAM for class ") == 2
+    shot = tmp_path / "heatmap_page.png"  # kept under the test's tmp dir for a look
+    _chromium(tmp_path, f"--screenshot={shot}", f"{server_url}/?demo=1")
+    img = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+    turbo_red = (img[..., 0] > 150) & (img[..., 1] < 90) & (img[..., 2] < 60)  # the map's hot centre and bar top
+    assert turbo_red.sum() > 200

@@ -34,11 +34,14 @@ def test_real_predictor_two_dicoms_of_one_study(client, app_env):  # noqa: F811
     assert sum(body["exams"][0]["probs"].values()) == pytest.approx(1.0, abs=1e-4)
     assert [b["laterality"] for b in body["breasts"]] == ["L"]
     assert body["errors"] == []
-    for img in body["images"]:
+    from mammolens.io import read_image
+
+    for img, f in zip(body["images"], (f1, f2)):
         assert img["laterality"] == "L" and img["view"] in {"CC", "MLO"} and img["modality"] == "DM"
         assert img["overlay"].startswith("data:image/png;base64,")
         png = Image.open(io.BytesIO(base64.b64decode(img["overlay"].split(",", 1)[1])))
-        assert png.size == (64, 64)
+        h0, w0 = read_image(f).pixels.shape  # the original image plus the colour-bar panel on its right
+        assert png.height == h0 and png.width > w0 and img["gradcam_class"] == img["pred"]
     # no identifiers in the response
     uid = app_env.df["study_id"].iloc[0]
     assert "SYN" not in r.text and uid not in r.text

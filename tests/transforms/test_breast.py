@@ -234,3 +234,94 @@ def test_preprocess_image_cleans_non_finite_and_out_of_range_input():
     ref, _ = preprocess_image(np.clip(np.nan_to_num(bad, nan=0.0), 0, 1), PreprocessCfg(size=160))
     assert out.dtype == np.uint16
     np.testing.assert_array_equal(out, ref)
+
+
+# ------------------------------------------------------------------------ inverse geometry (heat maps)
+def _rect_image(h, w, box, value=0.6):
+    """Black image with a flat bright rectangle ``box = (y0, y1, x0, x1)``: its crop is exactly the box."""
+    img = np.zeros((h, w), np.float32)
+    img[box[0] : box[1], box[2] : box[3]] = value
+    return img
+
+
+@pytest.mark.parametrize("lat", ["L", "R"])
+@pytest.mark.parametrize("box", [(40, 240, 0, 120), (60, 180, 0, 200)])  # tall crop (pad right) / wide (pad top+bottom)
+def test_to_original_quadrant_lands_on_bbox_quadrant(lat, box):
+    from mammolens.transforms.breast import to_original
+
+    img = _rect_image(300, 240, box)
+    cfg = PreprocessCfg(size=64, use_laterality=True)
+    _, info = preprocess_image(img, cfg, laterality=lat)
+    # the mask is found on a smoothed copy: its box is the rectangle grown by a few pixels
+    assert np.abs(np.subtract(info["bbox"], box)).max() <= 6 and info["flipped"] == (lat == "R")
+    box = info["bbox"]
+    top, nh, nw = info["letterbox"]
+    tile = np.zeros((64, 64), np.float32)
+    tile[top : top + nh // 2, : nw // 2] = 1.0  # the top-left quadrant of the breast on the tile
+    got = to_original(tile, info)
+    assert got.shape == (300, 240)
+    y0, y1, x0, x1 = box
+    ym, xm = (y0 + y1) // 2, (x0 + x1) // 2
+    want = np.zeros((300, 240), np.float32)
+    if lat == "L":
+        want[y0:ym, x0:xm] = 1.0
+    else:  # the tile was mirrored: its left is the original's right
+        want[y0:ym, xm:x1] = 1.0
+    edge = 5  # bilinear resampling blurs a few original pixels at the quadrant's border
+    far = np.ones_like(want, bool)
+    far[max(y0, ym - edge) : ym + edge] = False
+    far[:, xm - edge : xm + edge] = False
+    np.testing.assert_allclose(got[far], want[far], atol=1e-3)
+    outside = np.ones_like(want, bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.all(got[outside] == 0.0)
+
+
+@pytest.mark.parametrize("lat", ["L", "R"])
+def test_to_original_round_trips_preprocess_on_checkerboard(lat):
+    """Tile -> original reproduces the image inside the crop (block-mean working copy: scale 4)."""
+    from mammolens.transforms.breast import to_original
+
+    h, w, box = 1200, 960, (100, 1100, 0, 640)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = _rect_image(h, w, box) * (0.5 + 0.5 * (((yy // 100) + (xx // 80)) % 2))  # squares of 100x80 px
+    cfg = PreprocessCfg(size=128, use_laterality=True)
+    tile, info = preprocess_image(img, cfg, laterality=lat)
+    assert min(h, w) // (2 * cfg.size) == 3  # the working copy is block-mean reduced
+    back = to_original(tile.astype(np.float32) / 65535.0, info)
+    y0, y1, x0, x1 = box
+    diff = np.abs(back[y0:y1, x0:x1] - img[y0:y1, x0:x1])
+    assert np.median(diff) < 0.01 and np.mean(diff > 0.1) < 0.15  # only the squares' edges blur
+    # exact placement: moving the result by one tile pixel (~8 original pixels) either way is worse
+    for dy, dx in ((8, 0), (-8, 0), (0, 8), (0, -8)):
+        moved = np.roll(back, (dy, dx), axis=(0, 1))[y0:y1, x0:x1]
+        assert np.abs(moved - img[y0:y1, x0:x1]).mean() > diff.mean() + 0.005
+    b = info["bbox"]
+    assert np.all(back[: b[0]] == 0) and np.all(back[:, b[3] :] == 0) and b[3] < w
+    # the wrong flip would put dark squares on bright ones: the round trip must beat it by far
+    wrong = np.abs(back[y0:y1, x0:x1][:, ::-1] - img[y0:y1, x0:x1])
+    assert np.mean(wrong > 0.1) > 0.4
+
+
+def test_to_original_out_shape_scales_the_geometry():
+    from mammolens.transforms.breast import to_original
+
+    img = _rect_image(400, 320, (40, 360, 0, 200))
+    _, info = preprocess_image(img, PreprocessCfg(size=64))
+    tile = np.random.default_rng(0).random((14, 14)).astype(np.float32)  # a coarse ViT-like grid
+    full, half = to_original(tile, info), to_original(tile, info, out_shape=(200, 160))
+    assert half.shape == (200, 160) and full.shape == (400, 320)
+    np.testing.assert_allclose(half, full.reshape(200, 2, 160, 2).mean((1, 3)), atol=0.05)
+    with pytest.raises(ValueError, match="letterbox"):
+        to_original(tile, {k: v for k, v in info.items() if k != "letterbox"})
+
+
+def test_display_copy_bounds_the_longest_side():
+    from mammolens.transforms.breast import display_copy
+
+    img = np.linspace(0, 1, 5000 * 30, dtype=np.float32).reshape(5000, 30).repeat(2, 1)  # [5000, 60]
+    small, f = display_copy(img, 2048)
+    assert f == 3 and small.shape == (1666, 20) and small.dtype == np.uint8 and max(small.shape) <= 2048
+    assert small[0, 0] == 0 and small[-1, 0] >= 254
+    same, f1 = display_copy(img[:100], 2048)
+    assert f1 == 1 and same.shape == (100, 60)

@@ -1,4 +1,9 @@
-"""Heat-map overlays of class-activation maps on grey-scale mammograms."""
+"""Heat-map overlays of class-activation maps on grey-scale mammograms.
+
+``render_heatmap`` is what a person reads (predict, explain, the report, the web page): the image at its
+own geometry, the map coloured only where it is above a small threshold, and a colour bar titled with
+the class the map explains. ``overlay`` is the bare blend of two same-sized arrays.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["colorize", "overlay", "save_overlay"]
+__all__ = ["colorize", "overlay", "save_overlay", "render_heatmap", "heatmap_panel_width"]
 
 
 def _as_2d(name: str, a) -> np.ndarray:
@@ -61,3 +66,94 @@ def save_overlay(path, image, cam, alpha: float = 0.4, cmap: str = "jet") -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, cam, alpha=alpha, cmap=cmap)).save(path, format="PNG")
     return path
+
+
+_PANEL_BG = (13, 19, 26)  # the page's image background: the panel reads as part of the picture
+_BELOW = np.array([96, 96, 96], np.float32)  # colour-bar rows below the threshold: no colour on the image
+
+
+def _font_size(h: int) -> int:
+    return max(12, int(round(h / 40)))  # ~2.5 % of the height: readable when the figure is shown scaled to fit
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _title_lines(class_name: str, prob: float | None, method: str) -> list[str]:
+    return [method, f"class {class_name}", *([f"p={prob:.2f}"] if prob is not None else [])]
+
+
+def heatmap_panel_width(height: int, class_name: str, prob: float | None = None, method: str = "GradCAM") -> int:
+    """Width in pixels of the colour-bar panel ``render_heatmap`` adds right of an image ``height`` tall."""
+    from PIL import Image, ImageDraw
+
+    fs = _font_size(height)
+    font, draw = _font(fs), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text = max(draw.textlength(t, font=font) for t in _title_lines(class_name, prob, method))
+    bar = fs + fs // 3 + draw.textlength("0.5", font=font)
+    return int(np.ceil(max(text, bar))) + fs  # half a font of margin each side
+
+
+def render_heatmap(image, cam, class_name: str, prob: float | None = None, *, method: str = "GradCAM",
+                   alpha: float = 0.45, threshold: float = 0.15, cmap: str = "turbo") -> np.ndarray:
+    """The image in grey with the heat map blended where it is ``>= threshold``, and a titled colour bar.
+
+    Args:
+        image: ``[H, W]`` grey image in [0, 1] (float) or uint8, at the geometry to show (the original
+            image or its display copy; ``transforms.breast.to_original`` maps a model-grid map there).
+        cam: ``[H, W]`` map in [0, 1] on the same grid.
+        class_name: the class the map explains (in the colour bar's title).
+        prob: that class's probability, shown under the class when given.
+        method: the map's name in the title.
+        alpha: weight of the colour where the map is shown.
+        threshold: below it the image stays grey (low values would tint the whole breast); the colour
+            bar is grey there too.
+        cmap: matplotlib colormap name.
+
+    Returns:
+        uint8 RGB ``[H, W + P, 3]``: the image at its own size (rows and columns unchanged) and a panel
+        ``P = heatmap_panel_width(H, ...)`` wide with the colour bar from 0 (bottom) to 1 (top).
+    """
+    from PIL import Image, ImageDraw
+
+    img = np.asarray(image)
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
+    img, cam = _as_2d("image", img), _as_2d("cam", cam)
+    if img.shape != cam.shape:
+        raise ValueError(f"image {img.shape} and cam {cam.shape} must have the same [H, W]; map the CAM "
+                         "onto the image first (transforms.breast.to_original).")
+    if not 0.0 <= alpha <= 1.0 or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"alpha and threshold must be in [0, 1], got {alpha} and {threshold}.")
+    lut = colorize(np.linspace(0.0, 1.0, 256, dtype=np.float32), cmap)[..., :3] * 255.0  # [256, 3]
+    h, w = img.shape
+    grey = np.clip(img, 0.0, 1.0) * 255.0
+    cam = np.clip(cam, 0.0, 1.0)
+    shown = cam >= threshold  # [H, W]
+    rgb = np.repeat(grey[..., None], 3, axis=-1)  # [H, W, 3]
+    idx = np.rint(cam[shown] * 255.0).astype(np.intp)
+    rgb[shown] = (1.0 - alpha) * rgb[shown] + alpha * lut[idx]
+    fs = _font_size(h)
+    pw = heatmap_panel_width(h, class_name, prob, method)
+    fig = np.empty((h, w + pw, 3), np.uint8)
+    fig[:, :w] = np.rint(rgb).astype(np.uint8)
+    fig[:, w:] = _PANEL_BG
+    pil = Image.fromarray(fig)
+    draw, font = ImageDraw.Draw(pil), _font(fs)
+    m = fs // 2
+    y = m
+    for line in _title_lines(class_name, prob, method):
+        draw.text((w + m, y), line, fill=(255, 255, 255), font=font)
+        y += int(fs * 1.25)
+    top, bottom = y + m, h - m - fs // 2  # room for the "0" label centred on the bar's foot
+    if bottom - top >= 2:
+        v = np.linspace(1.0, 0.0, bottom - top, dtype=np.float32)  # top of the bar is 1
+        colours = np.where((v >= threshold)[:, None], lut[np.rint(v * 255).astype(np.intp)], _BELOW)
+        bar = np.repeat(np.rint(colours).astype(np.uint8)[:, None], fs, axis=1)  # [bar_h, fs, 3]
+        pil.paste(Image.fromarray(bar), (w + m, top))
+        for val, label in ((1.0, "1"), (0.5, "0.5"), (0.0, "0")):
+            ty = top + (1.0 - val) * (bottom - top - 1)
+            draw.text((w + m + fs + fs // 3, ty), label, fill=(255, 255, 255), font=font, anchor="lm")
+    return np.asarray(pil)

@@ -62,7 +62,8 @@ log = logging.getLogger("mammolens.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
 _SERVE_PURPOSE = "the web app"
-_IMAGE_KEYS = ("file", "laterality", "view", "modality", "probs", "pred", "dense", "assessable", "quality_reason")
+_IMAGE_KEYS = ("file", "laterality", "view", "modality", "probs", "pred", "dense", "assessable", "quality_reason",
+               "gradcam_class")
 _BREAST_KEYS = ("study", "laterality", "probs", "pred", "dense")
 _EXAM_KEYS = ("study", "probs", "pred", "dense")
 _BODY_SLACK = 64 * 1024  # multipart framing on top of the files' bytes

@@ -24,6 +24,9 @@ __all__ = [
     "flip_to_left",
     "resize_pad",
     "preprocess_image",
+    "letterbox",
+    "to_original",
+    "display_copy",
 ]
 
 _MASK_MAX_SIDE = 256  # the mask is computed on a downsampled copy: fast and insensitive to noise
@@ -291,6 +294,20 @@ def flip_to_left(
     return img, False
 
 
+def letterbox(h: int, w: int, size: int, keep_aspect: bool = True) -> tuple[int, int, int]:
+    """Where ``resize_pad`` puts an ``[h, w]`` image on its ``[size, size]`` tile: ``(top, nh, nw)``.
+
+    The image occupies rows ``top:top + nh`` and columns ``0:nw`` (flush left); the rest is padding.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive integer, got {size}")
+    if not keep_aspect:
+        return 0, size, size
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return (size - nh) // 2, nh, nw
+
+
 def resize_pad(img: np.ndarray, size: int, keep_aspect: bool = True, pad_value: float = 0.0) -> np.ndarray:
     """Resize to ``[size, size]`` with anti-aliasing (PIL, float32).
 
@@ -300,14 +317,8 @@ def resize_pad(img: np.ndarray, size: int, keep_aspect: bool = True, pad_value: 
     from PIL import Image
 
     img = _check_2d(img).astype(np.float32, copy=False)
-    if size < 1:
-        raise ValueError(f"size must be a positive integer, got {size}")
     h, w = img.shape
-    if keep_aspect:
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    else:
-        nh, nw = size, size
+    top, nh, nw = letterbox(h, w, size, keep_aspect)
     if (nh, nw) != (h, w):
         resample = Image.Resampling.BILINEAR if (nh <= h and nw <= w) else Image.Resampling.BICUBIC
         # PIL widens the filter support when reducing, i.e. it anti-aliases
@@ -317,7 +328,6 @@ def resize_pad(img: np.ndarray, size: int, keep_aspect: bool = True, pad_value: 
     if (nh, nw) == (size, size):
         return np.ascontiguousarray(out)
     canvas = np.full((size, size), pad_value, dtype=np.float32)
-    top = (size - nh) // 2
     canvas[top : top + nh, :nw] = out
     return canvas
 
@@ -334,7 +344,9 @@ def preprocess_image(
 
     Returns:
         ``(uint16 [S, S], info)`` with ``info`` keys ``bbox`` (y0, y1, x0, x1 in input pixels),
-        ``flipped``, ``mask_fraction``, ``orig_shape``, ``side`` (detected chest-wall side).
+        ``flipped``, ``mask_fraction``, ``orig_shape``, ``side`` (detected chest-wall side),
+        ``size`` (S) and ``letterbox`` (``(top, nh, nw)``: the crop fills rows ``top:top + nh`` and
+        columns ``0:nw`` of the tile). ``to_original`` maps a tile back with these.
     """
     if cfg is None:
         cfg = PreprocessCfg()
@@ -376,6 +388,83 @@ def preprocess_image(
     elif cfg.flip != "none":
         raise ValueError(f"PreprocessCfg.flip must be 'left' or 'none', got {cfg.flip!r}")
     info["flipped"] = bool(flipped)
+    info["size"] = int(cfg.size)
+    info["letterbox"] = letterbox(img.shape[0], img.shape[1], cfg.size, cfg.keep_aspect)
     out = resize_pad(img, cfg.size, keep_aspect=cfg.keep_aspect)
     out = np.clip(np.rint(out * 65535.0), 0, 65535).astype(np.uint16)
     return out, info
+
+
+def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear float32 resize (PIL) to ``[h, w]``."""
+    from PIL import Image
+
+    if a.shape == (h, w):
+        return a.astype(np.float32, copy=True)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+                      .resize((w, h), resample=Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def to_original(grid_map, info: dict[str, Any], out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Maps a map on the model's tile back onto the original image: the inverse of ``preprocess_image``.
+
+    Undo the letterbox (drop the padding, rescale to the crop's size), undo the flip, and place the
+    result into the crop's bounding box; outside the box the map is 0.
+
+    Args:
+        grid_map: ``[h, w]`` map on the tile (any grid: a ``[S, S]`` map, or a coarser one that is
+            first resized to ``[S, S]``).
+        info: the ``info`` dict of ``preprocess_image`` (``bbox``, ``flipped``, ``orig_shape``,
+            ``size``, ``letterbox``).
+        out_shape: ``[H, W]`` of the result; default the original ``orig_shape``. A smaller shape (a
+            display copy of the image) scales the geometry, so the full-resolution map is never made.
+
+    Returns:
+        float32 ``[H0, W0]`` (or ``out_shape``).
+    """
+    missing = [k for k in ("bbox", "flipped", "orig_shape", "size", "letterbox") if k not in info]
+    if missing:
+        raise ValueError(f"info lacks {missing}; pass the info dict returned by preprocess_image "
+                         "(a cache row's geometry can be rebuilt by running preprocess_image again).")
+    m = np.asarray(grid_map, dtype=np.float32)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    m = _check_2d(m, "grid_map")
+    size = int(info["size"])
+    m = _resize(m, size, size)  # [S, S]
+    top, nh, nw = (int(v) for v in info["letterbox"])
+    crop = m[top : top + nh, :nw]
+    if info["flipped"]:
+        crop = crop[:, ::-1]
+    h0, w0 = (int(v) for v in info["orig_shape"])
+    oh, ow = (h0, w0) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
+    sy, sx = oh / h0, ow / w0
+    y0, y1, x0, x1 = info["bbox"]
+    # the box in output pixels; rounding both edges keeps neighbouring boxes seamless
+    by0, by1 = int(round(y0 * sy)), int(round(y1 * sy))
+    bx0, bx1 = int(round(x0 * sx)), int(round(x1 * sx))
+    by1, bx1 = min(max(by1, by0 + 1), oh), min(max(bx1, bx0 + 1), ow)
+    out = np.zeros((oh, ow), dtype=np.float32)
+    if by1 > by0 and bx1 > bx0:
+        out[by0:by1, bx0:bx1] = _resize(crop, by1 - by0, bx1 - bx0)
+    return out
+
+
+def display_copy(pixels: np.ndarray, max_side: int = 2048) -> tuple[np.ndarray, int]:
+    """A uint8 grey copy of an image for drawing, block-mean reduced so its longest side is ``<= max_side``.
+
+    Heat maps are drawn on the original geometry; at most ``max_side`` keeps a batch of them (and their
+    PNGs) small however large the detector. ``[F, H, W]`` stacks are reduced by their maximum, as
+    ``preprocess_image`` does.
+
+    Returns:
+        ``(uint8 [h, w], factor)`` where ``factor`` is the integer reduction (1: full resolution).
+    """
+    img = np.asarray(pixels, dtype=np.float32)
+    if img.ndim == 3:
+        img = img.max(axis=0)
+    img = _check_2d(img, "pixels")
+    f = max(1, int(np.ceil(max(img.shape) / max_side)))
+    small = block_mean(img, f)
+    small = np.clip(np.nan_to_num(small, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return np.rint(small * 255.0).astype(np.uint8), f

@@ -137,6 +137,12 @@
         const img = el("img");
         img.src = im.overlay;
         img.alt = "heat map for " + (im.file || "image");
+        // the figure is the original image at full size: the card scales it to fit; record both sizes
+        img.addEventListener("load", () => {
+          img.dataset.natural = img.naturalWidth + "x" + img.naturalHeight;
+          const r = img.getBoundingClientRect();
+          img.dataset.shown = Math.round(r.width) + "x" + Math.round(r.height);
+        });
         thumb.appendChild(img);
       } else {
         thumb.appendChild(el("div", "none", "no heat map"));
@@ -144,6 +150,7 @@
       card.appendChild(thumb);
       const meta = el("div", "meta");
       meta.appendChild(el("div", "name", im.file));
+      if (im.overlay && im.gradcam_class) meta.appendChild(el("div", "caption", "heat map: GradCAM for class " + im.gradcam_class));
       const tags = el("div", "tags");
       const assessable = im.assessable !== false;
       tags.appendChild(assessable ? pill(im.pred) : el("span", "tag", "not assessable"));
