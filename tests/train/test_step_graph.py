@@ -7,7 +7,7 @@ import torch
 
 from mammolens import losses
 from mammolens.models import create_model
-from mammolens.train.loop import _ContrastiveStep
+from mammolens.train.methods.contrastive import ContrastiveStep
 
 
 @pytest.fixture(autouse=True)
@@ -29,13 +29,13 @@ def _breaks(fn, *args, **kwargs):
 
 
 def test_contrastive_step_traces_as_one_graph(tiny):
-    step = _ContrastiveStep(tiny, "density")
+    step = ContrastiveStep(tiny, "density")
     graphs, breaks, reasons = _breaks(step, torch.rand(2, 1, 64, 64))
     assert (graphs, breaks) == (1, 0), reasons
 
 
 def test_contrastive_step_does_not_tokenise_per_step(tiny, monkeypatch):
-    step = _ContrastiveStep(tiny, "density")
+    step = ContrastiveStep(tiny, "density")
     expected = tiny.class_embeddings("density")
 
     def no_tokenizer(*a, **k):
@@ -101,7 +101,7 @@ def test_training_step_never_waits_for_the_gpu():
 
     dev = torch.device("cuda")
     clip = create_model("tiny-clip", pretrained=None, image_size=64).to(dev).train()
-    step, aug = _ContrastiveStep(clip, "density"), GpuAugment().to(dev)
+    step, aug = ContrastiveStep(clip, "density"), GpuAugment().to(dev)
     loss_fn = losses.WeightedContrastiveLoss(class_weights=torch.ones(4, device=dev),
                                              modality_weights={"DBT": 2.0}).to(dev)
     opt = torch.optim.AdamW([p for p in step.parameters() if p.requires_grad], lr=1e-4, fused=True)
