@@ -1,5 +1,8 @@
 """The training loop: one readable function for every method, on one CPU/GPU or under torchrun (DDP).
 
+What differs between methods (the module to optimise, the loss of a batch, the classifier to validate)
+lives in ``train.methods``, one module per method; the loop only asks (``methods.base.TrainMethod``).
+
 ``train(cfg) -> run_dir`` writes ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
 ``checkpoints/{last,best}.pt`` and ``summary.json``. A run resumes exactly: per-epoch seeds (sampler
 order and augmentation) plus the saved optimizer/scheduler/scaler/RNG states make an interrupted and
@@ -387,9 +390,7 @@ class _Run:
         ctx = method.ctx
         clip, task = ctx.clip, ctx.task
         self.n_train, self.n_val = len(ctx.train_ds), len(val_ds)
-        model_kwargs = dict(cfg.model_kwargs)
-        if cfg.image_size is not None:
-            model_kwargs["image_size"] = cfg.image_size
+        model_kwargs = _model_kwargs(cfg)
         self.base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
             "model_name": getattr(clip, "model_name", "") or cfg.model,
             "model_kwargs": dict(getattr(clip, "model_kwargs", None) or {"pretrained": cfg.pretrained, **model_kwargs}),
@@ -457,6 +458,13 @@ class _Run:
         return self.dir
 
 
+def _model_kwargs(cfg: TrainCfg) -> dict[str, Any]:
+    kw = dict(cfg.model_kwargs)
+    if cfg.image_size is not None:
+        kw["image_size"] = cfg.image_size
+    return kw
+
+
 def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
     """Data, model and loss weights: ``(MethodContext, cache, val dataset, val labels)``."""
     from mammolens.data.dataset import MammoDataset
@@ -474,10 +482,7 @@ def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
     mod_names = cache.index["modality"].astype(str).to_numpy()
     train_mod = np.array([MODALITIES.index(m) if m in MODALITIES else 0 for m in mod_names[train_rows]])
 
-    model_kwargs = dict(cfg.model_kwargs)
-    if cfg.image_size is not None:
-        model_kwargs["image_size"] = cfg.image_size
-    clip = create_model(cfg.model, pretrained=cfg.pretrained, **model_kwargs).to(device)
+    clip = create_model(cfg.model, pretrained=cfg.pretrained, **_model_kwargs(cfg)).to(device)
     if cfg.grad_checkpointing:
         _set_grad_checkpointing(clip)
     if device.type == "cuda":
