@@ -200,11 +200,11 @@ def test_train_flops_split_image_and_text_towers():
     dev, task = torch.device("cpu"), get_task("density")
     per_image, per_step = _train_flops("tiny-clip", task, 64, dev, "fp32")
     assert per_image > 0 and per_step > 0
-    step, loss_fn, k = _train_parts("tiny-clip", task, 64, dev)
+    method, step, k = _train_parts("tiny-clip", task, 64, dev)
     counter = FlopCounterMode(display=False)
     with counter:
-        img, txt, scale = step(torch.rand(3, 1, 64, 64))
-        loss_fn(img, txt, torch.arange(3) % k, scale).backward()
+        batch = {"image": torch.rand(3, 1, 64, 64), "label": torch.arange(3) % k, "modality": torch.zeros(3, dtype=torch.long)}
+        method.training_forward(step, batch)["loss"].backward()
     assert counter.get_total_flops() == pytest.approx(3 * per_image + per_step, rel=1e-3)
     r = bench_train_gpu("tiny-clip", batch_size=4, steps=1, warmup=1, precision="fp32", device="cpu",
                         image_size=64, peak_tflops=1.0)

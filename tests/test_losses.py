@@ -162,3 +162,107 @@ def test_focal_loss_gamma_zero_is_ce_and_downweights_easy():
     p = torch.softmax(logits, 1)[:, 0]
     expected = (-(1 - p) ** 2 * p.log()).mean()
     assert FocalLoss(gamma=2.0)(logits, y).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+# --------------------------------------------------------------------------------- the family's contract
+# Every loss of mammolens.losses, called the same way: (rows [B, D] or [B, K], labels, modality, weights).
+# Like timm's test over its model registry: a new loss joins LOSS_FAMILY or test_every_loss_is_under_contract fails.
+K_FAM = 3
+
+
+def _contrastive(rows, labels, modality, cw, mw):
+    txt = F.normalize(torch.arange(K_FAM * rows.shape[1], dtype=torch.float32).reshape(K_FAM, -1).cos(), dim=-1)
+    return weighted_contrastive_loss(F.normalize(rows, dim=-1), txt, labels, torch.tensor(LOG2), modality=modality,
+                                     class_weights=cw, modality_weights=mw)
+
+
+def _contrastive_module(rows, labels, modality, cw, mw):
+    txt = F.normalize(torch.arange(K_FAM * rows.shape[1], dtype=torch.float32).reshape(K_FAM, -1).cos(), dim=-1)
+    fn = WeightedContrastiveLoss(class_weights=cw, modality_weights=mw)
+    return fn(F.normalize(rows, dim=-1), txt, labels, torch.tensor(LOG2), modality=modality)
+
+
+LOSS_FAMILY = {
+    "weighted_contrastive_loss": (_contrastive, 8),
+    "WeightedContrastiveLoss": (_contrastive_module, 8),
+    "weighted_cross_entropy": (lambda r, y, m, cw, mw: weighted_cross_entropy(r, y, cw, m, mw), K_FAM),
+    "WeightedCrossEntropyLoss": (lambda r, y, m, cw, mw: WeightedCrossEntropyLoss(cw, mw)(r, y, m), K_FAM),
+    "focal_loss": (lambda r, y, m, cw, mw: focal_loss(r, y, 2.0, cw, m, mw), K_FAM),
+    "FocalLoss": (lambda r, y, m, cw, mw: FocalLoss(2.0, cw, mw)(r, y, m), K_FAM),
+}
+LABELS_FAM = torch.tensor([0, 2, -1, 1, 2, -1, 0])
+MODALITY_FAM = torch.tensor([0, 1, 2, 2, 0, 1, 2])  # DM, s2D, DBT, ...
+CW_FAM = torch.tensor([0.5, 1.0, 1.5])
+
+
+def _rows(width, seed=0):
+    return torch.randn(len(LABELS_FAM), width, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+
+
+def test_every_loss_is_under_contract():
+    import mammolens.losses as losses_mod
+
+    public = {n for n in losses_mod.__all__ if n.lower().endswith("loss") or n == "weighted_cross_entropy"}
+    assert public == set(LOSS_FAMILY)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FAMILY))
+def test_loss_contract_unlabelled_rows_ignored(name):
+    fn, width = LOSS_FAMILY[name]
+    a = fn(_rows(width), LABELS_FAM, MODALITY_FAM, CW_FAM, {"DBT": 2.0})
+    rows = _rows(width).detach().clone()
+    rows[LABELS_FAM < 0] = 50.0 * torch.randn(2, width, generator=torch.Generator().manual_seed(1))
+    modality = MODALITY_FAM.clone()
+    modality[LABELS_FAM < 0] = 0
+    b = fn(rows, LABELS_FAM, modality, CW_FAM, {"DBT": 2.0})
+    assert torch.isfinite(a) and b.item() == pytest.approx(a.item(), abs=1e-6)
+    dropped = fn(_rows(width).detach()[LABELS_FAM >= 0], LABELS_FAM[LABELS_FAM >= 0], MODALITY_FAM[LABELS_FAM >= 0],
+                 CW_FAM, {"DBT": 2.0})
+    assert dropped.item() == pytest.approx(a.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FAMILY))
+def test_loss_contract_all_unlabelled_is_zero_with_graph(name):
+    fn, width = LOSS_FAMILY[name]
+    rows = _rows(width)
+    loss = fn(rows, torch.full_like(LABELS_FAM, -1), MODALITY_FAM, CW_FAM, {"DBT": 2.0})
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert rows.grad is not None and torch.equal(rows.grad, torch.zeros_like(rows))
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FAMILY))
+def test_loss_contract_dict_and_tensor_weights_agree(name):
+    fn, width = LOSS_FAMILY[name]
+    by_name = fn(_rows(width), LABELS_FAM, MODALITY_FAM, CW_FAM, {"DBT": 2.0, "s2D": 0.5})
+    by_index = fn(_rows(width), LABELS_FAM, MODALITY_FAM, CW_FAM, {2: 2.0, 1: 0.5})
+    by_tensor = fn(_rows(width), LABELS_FAM, MODALITY_FAM, CW_FAM, torch.tensor([1.0, 0.5, 2.0]))
+    unweighted = fn(_rows(width), LABELS_FAM, MODALITY_FAM, CW_FAM, None)
+    assert by_name.item() == pytest.approx(by_tensor.item(), abs=1e-6)
+    assert by_index.item() == pytest.approx(by_tensor.item(), abs=1e-6)
+    assert abs(by_name.item() - unweighted.item()) > 1e-4  # the weights do act
+    ones = fn(_rows(width), LABELS_FAM, MODALITY_FAM, CW_FAM, {})
+    assert ones.item() == pytest.approx(unweighted.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FAMILY))
+def test_loss_contract_finite_gradients(name):
+    fn, width = LOSS_FAMILY[name]
+    rows = (_rows(width).detach() * 100.0).requires_grad_(True)  # saturated softmax
+    labels = torch.tensor([0, 0, -1, 0, 1, -1, 1])  # class 2 absent from the batch
+    loss = fn(rows, labels, MODALITY_FAM, CW_FAM, {"DBT": 2.0})
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(rows.grad).all()
+    assert rows.grad[labels >= 0].abs().sum() > 0
+
+
+def test_sample_weights_values():
+    from mammolens.losses import sample_weights
+
+    w = sample_weights(LABELS_FAM, K_FAM, CW_FAM, MODALITY_FAM, {"DBT": 2.0})
+    assert w.tolist() == pytest.approx([0.5, 1.5, 0.0, 2.0, 1.5, 0.0, 1.0])
+    assert sample_weights(LABELS_FAM, K_FAM).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="no modality indices"):
+        sample_weights(LABELS_FAM, K_FAM, modality_weights={"DBT": 2.0})
+    with pytest.raises(ValueError, match="one per class"):
+        sample_weights(LABELS_FAM, K_FAM, class_weights=torch.ones(2))

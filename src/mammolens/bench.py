@@ -640,7 +640,7 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
     """Training img/s and MFU of the contrastive method.
 
     Args:
-        mode: ``"step"``: the train loop's step (``ContrastiveStep`` + ``WeightedContrastiveLoss`` + GPU
+        mode: ``"step"``: the train loop's step (the ``contrastive`` method's ``build`` + ``training_forward`` + GPU
             augmentation + fused AdamW, channels_last, autocast) on random images already on the GPU;
             ``"train"``: ``mammolens.train.train`` end to end (data loader over a synthetic cache, logging,
             checkpoints) and its own ``images_per_s`` from ``metrics.jsonl``.
@@ -686,20 +686,30 @@ def bench_train_gpu(model_name: str = "biomedclip", batch_size: int = 256, steps
 
 
 def _train_parts(model_name, task, image_size, dev):
+    """The contrastive method's real training step, as ``train`` builds it: ``(method, step module, K)``."""
     import torch
 
-    from mammolens.losses import WeightedContrastiveLoss
+    from mammolens.constants import MODALITIES
     from mammolens.models import create_model
-    from mammolens.train.loop import ContrastiveStep
+    from mammolens.train.config import TrainCfg
+    from mammolens.train.methods import MethodContext, get_method
 
     clip = create_model(model_name, pretrained=None, image_size=image_size).to(dev)
     if dev.type == "cuda":
         clip = clip.to(memory_format=torch.channels_last)
     t = _task(task)
     k = len(t.class_names)
-    step = ContrastiveStep(clip, t).train()
-    loss_fn = WeightedContrastiveLoss(class_weights=torch.ones(k, device=dev))
-    return step, loss_fn, k
+    ctx = MethodContext(cfg=TrainCfg(model=model_name, method="contrastive"), task=t, clip=clip, device=dev,
+                        class_weights=torch.ones(k, device=dev), modality_weights=torch.ones(len(MODALITIES), device=dev))
+    method = get_method("contrastive")(ctx)
+    return method, method.build().train(), k
+
+
+def _step_loss(method, step, x, labels):
+    """The method's loss of one batch (all images DM)."""
+    import torch
+
+    return method.training_forward(step, {"image": x, "label": labels, "modality": torch.zeros_like(labels)})["loss"]
 
 
 def _train_flops(model_name, task, image_size, dev, precision) -> tuple[float, float]:
@@ -712,7 +722,7 @@ def _train_flops(model_name, task, image_size, dev, precision) -> tuple[float, f
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    step, loss_fn, k = _train_parts(model_name, task, image_size, dev)
+    method, step, k = _train_parts(model_name, task, image_size, dev)
 
     def count(b: int) -> int:
         x = torch.rand(b, 1, image_size, image_size, device=dev)
@@ -720,8 +730,7 @@ def _train_flops(model_name, task, image_size, dev, precision) -> tuple[float, f
         counter = FlopCounterMode(display=False)
         with counter:
             with autocast(dev, autocast_dtype(precision, dev)):
-                img, txt, scale = step(x)
-                loss = loss_fn(img.float(), txt.float(), y, scale)
+                loss = _step_loss(method, step, x, y)
             loss.backward()
         step.zero_grad(set_to_none=True)
         return counter.get_total_flops()
@@ -734,7 +743,7 @@ def _train_flops(model_name, task, image_size, dev, precision) -> tuple[float, f
 def _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, precision, compile, dev) -> float:
     import torch
 
-    step, loss_fn, k = _train_parts(model_name, task, image_size, dev)
+    method, step, k = _train_parts(model_name, task, image_size, dev)
     try:
         from mammolens.transforms.augment import GpuAugment
 
@@ -756,8 +765,7 @@ def _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, pr
         if augment is not None:
             x = augment(x)
         with autocast(dev, dtype):
-            img, txt, scale = fwd(x)
-            loss = loss_fn(img.float(), txt.float(), labels, scale)
+            loss = _step_loss(method, fwd, x, labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -38,6 +38,7 @@ from mammolens.constants import MODALITIES
 __all__ = [
     "class_weights",
     "modality_weight_tensor",
+    "sample_weights",
     "weighted_contrastive_loss",
     "WeightedContrastiveLoss",
     "weighted_cross_entropy",
@@ -110,6 +111,47 @@ def modality_weight_tensor(modality_weights, device=None) -> Tensor | None:
     if (w < 0).any():
         raise ValueError(f"modality_weights must be non-negative, got {w.tolist()}")
     return w.to(device) if device is not None else w
+
+
+def _class_weight_vector(class_weights, num_classes: int, device) -> Tensor:
+    """Class weights as a float tensor ``[K]`` on ``device`` (all 1 when None)."""
+    if class_weights is None:
+        return torch.ones(num_classes, device=device)
+    cw = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+    if cw.shape != (num_classes,):
+        raise ValueError(f"class_weights has shape {tuple(cw.shape)}, expected [{num_classes}] (one per class)")
+    return cw
+
+
+def sample_weights(labels: Tensor, num_classes: int, class_weights=None, modality: Tensor | None = None,
+                   modality_weights=None) -> Tensor:
+    """Per-row loss weights ``[B]``: class weight × modality weight, 0 for unlabelled rows (label -1).
+
+    The one weighting path of every loss in this module (contrastive, cross-entropy, focal).
+
+    Args:
+        labels: ``[B]`` class indices, -1 for unlabelled.
+        num_classes: K.
+        class_weights: ``[K]`` (tensor, list) or None (all 1).
+        modality: ``[B]`` indices into ``constants.MODALITIES``; needed only with modality weights.
+        modality_weights: ``{"DBT": 2.0}`` (names or indices; missing ones weigh 1), ``[M]`` by index, or
+            None (all 1). A tensor is used as given (no value check: that would make the host wait).
+
+    Returns:
+        float32 ``[B]`` on the labels' device.
+    """
+    labels = labels.long().reshape(-1)
+    device = labels.device
+    # a mask, not indexing: no host-device synchronisation
+    w = _class_weight_vector(class_weights, num_classes, device)[labels.clamp_min(0)] * (labels >= 0)  # [B]
+    if modality_weights is None:
+        return w
+    if modality is None:
+        raise ValueError("modality_weights given but no modality indices passed to the loss; pass modality=[B] "
+                         "(indices into constants.MODALITIES) or drop the modality weights")
+    mw = (modality_weights.to(device=device, dtype=torch.float32) if isinstance(modality_weights, Tensor)
+          else modality_weight_tensor(modality_weights, device=device))  # [M]
+    return w * mw[modality.to(device).long().reshape(-1)]
 
 
 def _dist_active() -> bool:
@@ -199,7 +241,7 @@ def weighted_contrastive_loss(
         logit_scale: Log-space temperature (``MammoCLIP.logit_scale``); exponentiated and clamped at 100.
         modality: ``[B]`` indices into ``constants.MODALITIES`` (needed only with modality weights).
         class_weights: ``[K]`` or None (all 1).
-        modality_weights: ``[M]`` or None (all 1).
+        modality_weights: ``{"DBT": 2.0}``, ``[M]`` by index, or None (all 1); see :func:`sample_weights`.
         return_terms: Also return ``(loss_i2t, loss_t2i)``.
     """
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
@@ -216,16 +258,8 @@ def weighted_contrastive_loss(
     y = labels.clamp_min(0)  # [B]
     logits = _scale(logit_scale) * image_emb.float() @ text_emb.float().t()  # [B, K]
 
-    cw = (torch.ones(num_classes, device=logits.device) if class_weights is None
-          else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device))
-    if cw.shape != (num_classes,):
-        raise ValueError(f"class_weights has shape {tuple(cw.shape)}, expected [{num_classes}]")
-    w = cw[y] * keep  # [B], 0 for unlabelled rows
-    if modality_weights is not None:
-        if modality is None:
-            raise ValueError("modality_weights given but no modality indices passed to the loss")
-        mw = torch.as_tensor(modality_weights, dtype=torch.float32, device=logits.device)
-        w = w * mw[modality.to(logits.device).long().reshape(-1)]
+    cw = _class_weight_vector(class_weights, num_classes, logits.device)  # [K]
+    w = sample_weights(labels, num_classes, cw, modality, modality_weights)  # [B], 0 for unlabelled rows
 
     # image -> text: weighted CE over the K classes
     ce = torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)  # [B]
@@ -281,24 +315,11 @@ class WeightedContrastiveLoss(nn.Module):
         )
 
 
-def _sample_weights(labels, num_classes, class_weights, modality, modality_weights, device) -> Tensor:
-    w = (torch.ones(num_classes, device=device) if class_weights is None
-         else torch.as_tensor(class_weights, dtype=torch.float32, device=device))[labels]
-    if modality_weights is not None:
-        if modality is None:
-            raise ValueError("modality_weights given but no modality indices passed to the loss")
-        mw = (modality_weights.to(device=device, dtype=torch.float32) if isinstance(modality_weights, Tensor)
-              else modality_weight_tensor(modality_weights, device=device))  # a tensor is used as given (no check)
-        w = w * mw[modality.to(device).long().reshape(-1)]
-    return w
-
-
-def _labelled(logits: Tensor, labels: Tensor, modality: Tensor | None):
-    """``(keep mask [B], labels with -1 clamped to 0 [B], modality [B] or None)``; callers zero the weight of
-    unlabelled rows (a mask, not indexing: no host-device synchronisation)."""
+def _labelled(logits: Tensor, labels: Tensor) -> Tensor:
+    """Labels ``[B]`` on the logits' device, checked against K (-1 = unlabelled stays)."""
     labels = labels.to(logits.device).long().reshape(-1)
     _check_labels(labels, logits.shape[1])
-    return labels >= 0, labels.clamp_min(0), None if modality is None else modality.reshape(-1)
+    return labels
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, modality: Tensor | None = None,
@@ -313,9 +334,9 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, m
         logits: ``[B, K]``.
         labels: ``[B]``.
     """
-    keep, y, modality = _labelled(logits, labels, modality)
-    ce = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)  # [B]
-    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device) * keep
+    y = _labelled(logits, labels)
+    ce = F.cross_entropy(logits.float(), y.clamp_min(0), reduction="none", label_smoothing=label_smoothing)  # [B]
+    w = sample_weights(y, logits.shape[1], class_weights, modality, modality_weights)  # [B]
     return (w * ce).sum() / w.sum().clamp_min(1e-12)
 
 
@@ -323,10 +344,10 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, class_weights
                modality: Tensor | None = None, modality_weights=None) -> Tensor:
     """Multi-class focal loss (Lin et al. 2017): ``-(1 - p_y)^gamma log p_y``, weighted like
     :func:`weighted_cross_entropy` (class weights play the role of alpha); ``gamma=0`` gives weighted CE."""
-    keep, y, modality = _labelled(logits, labels, modality)
-    logp = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)  # [B]
+    y = _labelled(logits, labels)
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, y.clamp_min(0)[:, None]).squeeze(1)  # [B]
     loss = -((1.0 - logp.exp()).clamp_min(0.0) ** gamma) * logp
-    w = _sample_weights(y, logits.shape[1], class_weights, modality, modality_weights, logits.device) * keep
+    w = sample_weights(y, logits.shape[1], class_weights, modality, modality_weights)  # [B]
     return (w * loss).sum() / w.sum().clamp_min(1e-12)
 
 

@@ -280,7 +280,7 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
                    image_size=size, method="contrastive", class_weighting="inverse", epochs=epochs,
                    batch_size=16, lr=1e-3, weight_decay=0.01, warmup_steps=2, precision="fp32",
                    augment=True, workers=0, seed=seed, out_dir=str(out / "run"), overwrite=True)
-    run_dir = train(cfg)
+    run_dir = train(cfg, progress=progress)
     steps["train"] = time.perf_counter() - t0 - sum(steps.values())
     ev = evaluate_run(run_dir, out / "external" / "manifest.parquet", out=out / "run" / "eval-external",
                       n_boot=n_boot, workers=workers, progress=progress)

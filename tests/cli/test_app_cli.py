@@ -197,7 +197,8 @@ def test_explain_cli_png_per_image_and_class(app_env, tmp_path):  # noqa: F811
     assert r.exit_code == 0, r.output
     assert r.output.count("predicted") == 2
     pngs = sorted((tmp_path / "e").glob("*.png"))
-    assert len(pngs) == 2 and all(Image.open(p).size == (64, 64) for p in pngs)
+    # the heat map is drawn on the original image (128x104 here, not the 64 px model tile) beside its colour bar
+    assert len(pngs) == 2 and all(Image.open(p).size[1] == 128 and Image.open(p).size[0] > 104 for p in pngs)
     r = _invoke("explain", app_env.run, files[0], "--out", tmp_path / "d", "--class", "D", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "d").glob("*.png"))) == 1

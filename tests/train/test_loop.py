@@ -108,3 +108,81 @@ def test_train_resume_refuses_a_checkpoint_that_runs_code(cache_dir, tmp_path):
     with pytest.raises(ValueError, match="last.pt holds objects other than tensors and plain data"):
         train(_cfg(cache_dir, tmp_path / "run", epochs=1, resume=True))
     assert not marker.exists()
+
+
+def test_train_cli_prints_epoch_lines(cache_dir, tmp_path):
+    import re
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from mammolens.cli import app
+
+    cfg = _cfg(cache_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, ood=False)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "cfg.yaml")])
+    assert result.exit_code == 0, result.output
+    pattern = r"epoch {}/2  loss \d+\.\d{{4}}  val macro AUC (\d\.\d{{4}}|n/a)  elapsed \d+:\d\d:\d\d  ETA \d+:\d\d:\d\d"
+    for epoch in (1, 2):
+        assert re.search(pattern.format(epoch), result.output), result.output
+    assert "ETA 0:00:00" in result.output  # nothing left after the last epoch
+
+
+def test_train_progress_false_is_quiet(cache_dir, tmp_path, capsys):
+    train(_cfg(cache_dir, tmp_path / "run", epochs=1, max_steps_per_epoch=1, ood=False), progress=False)
+    captured = capsys.readouterr()
+    assert "epoch 1/1" not in captured.err + captured.out
+
+
+def test_failed_train_leaves_no_run_folder_bad_cache(tmp_path):
+    cfg = _cfg(tmp_path / "no-such-cache", tmp_path / "runs" / "run", epochs=1)
+    with pytest.raises(FileNotFoundError, match="not a cache folder"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists()  # nor the parent it made
+
+
+@pytest.mark.parametrize("failure", ["nan", "interrupt"])
+def test_failed_train_leaves_no_run_folder(cache_dir, tmp_path, monkeypatch, failure):
+    import mammolens.losses as losses
+
+    real = losses.weighted_contrastive_loss
+
+    def broken(*args, **kwargs):
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        return real(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(losses, "weighted_contrastive_loss", broken)
+    with pytest.raises(KeyboardInterrupt if failure == "interrupt" else ValueError,
+                       match=None if failure == "interrupt" else "diverged: the loss is nan in epoch 1"):
+        train(_cfg(cache_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, ood=False), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_train_keeps_folders_it_did_not_make_and_finished_epochs(cache_dir, tmp_path, monkeypatch):
+    import mammolens.losses as losses
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileNotFoundError):
+        train(_cfg(tmp_path / "no-such-cache", tmp_path / "mine", epochs=1), progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+    # interrupted in epoch 2: epoch 1's checkpoint stays, and resume=true finishes the run
+    real, calls = losses.weighted_contrastive_loss, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "weighted_contrastive_loss", interrupted_in_epoch_2)
+    cfg = _cfg(cache_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, ood=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    assert load_checkpoint(tmp_path / "run", "last")["epoch"] == 1
+    monkeypatch.setattr(losses, "weighted_contrastive_loss", real)
+    run = train(_cfg(cache_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, ood=False, resume=True),
+                progress=False)
+    assert [ln["epoch"] for ln in _lines(run)] == [1, 2]

@@ -7,7 +7,7 @@ import torch
 
 from mammolens import losses
 from mammolens.models import create_model
-from mammolens.train.loop import ContrastiveStep
+from mammolens.train.methods.contrastive import ContrastiveStep
 
 
 @pytest.fixture(autouse=True)

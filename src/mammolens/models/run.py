@@ -170,7 +170,7 @@ def build_run_model(clip: nn.Module, task, method: str, head_state: dict | None 
     with torch.no_grad():
         text = clip.class_embeddings(task).float()  # [K, D]
     head = None
-    if method in HEAD_METHODS:
+    if method in HEAD_METHODS or head_state is not None:  # a registered method may train a head too
         head = zeroshot_head(text, clip.logit_scale)
         if head_state is not None:
             head.load_state_dict(head_state)

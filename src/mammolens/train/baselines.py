@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mammolens.losses import weighted_cross_entropy
 from mammolens.models.run import HEAD_METHODS, RunModel, zeroshot_head  # noqa: F401  (re-exported)
 
 
@@ -20,30 +20,29 @@ def fit_linear_probe(
     labels: torch.Tensor,
     head: nn.Linear,
     class_weights: torch.Tensor | None = None,
-    sample_weights: torch.Tensor | None = None,
+    modality: torch.Tensor | None = None,
+    modality_weights=None,
     steps: int = 300,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
 ) -> list[float]:
-    """Fit ``head`` on frozen features by full-batch AdamW with class-weighted cross-entropy.
+    """Fit ``head`` on frozen features by full-batch AdamW with weighted cross-entropy
+    (``losses.weighted_cross_entropy``: class × modality weight per row).
 
     Args:
         feats: ``[N, D]`` image embeddings; labels ``[N]`` class indices.
-        class_weights: ``[K]`` (mean 1); sample_weights ``[N]`` (e.g. modality weights).
+        class_weights: ``[K]`` (mean 1).
+        modality: ``[N]`` modality indices, with ``modality_weights`` (``{"DBT": 2.0}`` or ``[M]``).
 
     Returns:
         the loss after each step.
     """
     feats, labels = feats.float(), labels.long()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    sw = torch.ones(len(labels)) if sample_weights is None else sample_weights.float()
-    if class_weights is not None:
-        sw = sw * class_weights.float()[labels]
-    sw = sw / sw.sum().clamp_min(1e-12)
     losses = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss = (F.cross_entropy(head(feats), labels, reduction="none") * sw).sum()
+        loss = weighted_cross_entropy(head(feats), labels, class_weights, modality, modality_weights)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))

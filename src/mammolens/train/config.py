@@ -14,7 +14,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-METHODS = ("contrastive", "zeroshot", "linear-probe", "finetune-ce")
+METHODS = ("contrastive", "zeroshot", "linear-probe", "finetune-ce")  # the built-in ones (train.methods)
 PRECISIONS = ("auto", "fp32", "bf16")
 CLASS_WEIGHTINGS = ("inverse", "effective", "none")
 
@@ -56,7 +56,8 @@ class TrainCfg:
         image_size: network input size; ``None`` keeps the model's; the cache is resized on the device.
         method: ``contrastive`` (weighted image-text contrastive fine-tuning), ``zeroshot`` (no
             training), ``linear-probe`` (frozen image tower + linear layer), ``finetune-ce`` (image tower
-            + linear head, weighted cross-entropy).
+            + linear head, weighted cross-entropy), or a method registered with
+            ``train.methods.register_method``.
         class_weighting: ``inverse`` | ``effective`` | ``none`` class weights from the training labels.
         warmup_steps: linear warm-up optimizer steps; when 0, ``warmup_frac`` of all steps.
         min_lr: the cosine schedule's floor.
@@ -112,7 +113,9 @@ class TrainCfg:
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             self.data = _from_dict(DataCfg, self.data, "data")
-        _check_choice("method", self.method, METHODS)
+        from mammolens.train.methods import list_methods
+
+        _check_choice("method", self.method, tuple(list_methods()))
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
         for name in ("epochs", "batch_size", "grad_accum"):

@@ -1,5 +1,8 @@
 """The training loop: one readable function for every method, on one CPU/GPU or under torchrun (DDP).
 
+What differs between methods (the module to optimise, the loss of a batch, the classifier to validate)
+lives in ``train.methods``, one module per method; the loop only asks (``methods.base.TrainMethod``).
+
 ``train(cfg) -> run_dir`` writes ``config.yaml``, ``metrics.jsonl`` (one line per epoch),
 ``checkpoints/{last,best}.pt`` and ``summary.json``. A run resumes exactly: per-epoch seeds (sampler
 order and augmentation) plus the saved optimizer/scheduler/scaler/RNG states make an interrupted and
@@ -27,11 +30,11 @@ from torch import nn
 
 from mammolens.constants import MODALITIES
 from mammolens.models.precision import autocast, autocast_dtype, cuda_math
-from mammolens.models.run import (  # noqa: F401
-    HEAD_METHODS, RunModel, build_run_model, load_checkpoint, read_checkpoint, resolve_task, zeroshot_head)
+from mammolens.models.run import RunModel, load_checkpoint, read_checkpoint, resolve_task  # noqa: F401
 from mammolens.models.run import load_run as _load_run
-from mammolens.train.baselines import fit_linear_probe
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
+from mammolens.train.methods import get_method
+from mammolens.train.methods.base import extract_features, to_input
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ def split_rows(index, labels: np.ndarray, cfg: TrainCfg) -> tuple[np.ndarray, np
         is_val = np.array([p in val_patients for p in patients], dtype=bool)
     train_rows = np.flatnonzero(keep & ~is_val)
     val_rows = np.flatnonzero(keep & is_val)
-    if len(train_rows) == 0 and cfg.method != "zeroshot":
+    if len(train_rows) == 0 and get_method(cfg.method).needs_training_rows:
         raise ValueError(
             "no labelled training rows left after the split/modality filter "
             f"(modalities={d.modalities or 'all'}, label column of the task empty?)"
@@ -178,16 +181,6 @@ def _make_loader(ds, cfg: TrainCfg, device: torch.device, rank: int, world: int,
         drop_last=False,
         persistent_workers=cfg.workers > 0 and train,
     )
-
-
-def _to_input(x: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
-    """Batch ``[B, 1, S, S]`` → device, resized to the network's input size."""
-    x = x.to(device, non_blocking=True)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def _lr_lambda(total: int, warmup: int, min_ratio: float):
@@ -245,7 +238,7 @@ def predict_cache(model: nn.Module, task, dataset, batch_size: int = 64, device:
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda"):
         x = batch["image"]
-        x = _to_input(x, size or x.shape[-1], device)
+        x = to_input(x, size or x.shape[-1], device)
         with autocast(device, dtype):
             logits = fn(x)  # [B, K]
         out.append(F.softmax(logits.float(), dim=-1).cpu())
@@ -287,30 +280,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best
     return run.model, run.task, cfg
 
 
-# ---------------------------------------------------------------------------------------- step modules
-class ContrastiveStep(nn.Module):
-    """What DDP wraps for the contrastive method: images → (image emb [B, D], class emb [K, D], scale)."""
-
-    def __init__(self, clip: nn.Module, task):
-        super().__init__()
-        self.clip, self.task = clip, task
-        # prompts tokenised once; a buffer so that .to(device) moves them (not saved in checkpoints)
-        self.register_buffer("tokens", clip.class_tokens(task), persistent=False)  # [K, T, L]
-
-    def forward(self, x):
-        # the text tower is trained too, so the class embeddings are recomputed every step
-        return self.clip.encode_image(x), self.clip.class_embeddings(tokens=self.tokens), self.clip.logit_scale
-
-
-class _HeadStep(nn.Module):
-    def __init__(self, clip: nn.Module, head: nn.Linear):
-        super().__init__()
-        self.clip, self.head = clip, head
-
-    def forward(self, x):
-        return self.head(self.clip.encode_image(x))  # [B, K]
-
-
 def _set_grad_checkpointing(clip: nn.Module) -> None:
     for obj in (clip, getattr(clip, "model", None), getattr(clip, "visual", None)):
         fn = getattr(obj, "set_grad_checkpointing", None)
@@ -320,23 +289,69 @@ def _set_grad_checkpointing(clip: nn.Module) -> None:
     log.warning("grad_checkpointing requested but %s has no set_grad_checkpointing(); ignored", type(clip).__name__)
 
 
-def _progress(it, rank: int, **kw):
+def _progress(it, show: bool, **kw):
     from tqdm.auto import tqdm
 
-    disable = rank != 0 or not sys.stderr.isatty() or bool(os.environ.get("CI"))
+    # a bar only on a terminal (redrawn lines make a mess of log files); the epoch lines show either way
+    disable = not show or not sys.stderr.isatty() or bool(os.environ.get("CI"))
     return tqdm(it, disable=disable, leave=False, **kw)
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _say(show: bool, rec: dict[str, Any], what: str, elapsed: float, eta: float | None = None) -> None:
+    """One progress line on stderr: ``epoch 3/10  loss 1.2345  val macro AUC 0.6789  elapsed 0:00:41  ETA 0:01:36``."""
+    if not show:
+        return
+    parts = [what]
+    if "train_loss" in rec:
+        parts.append(f"loss {rec['train_loss']:.4f}")
+    auc = rec.get("val_macro_auc")
+    parts.append("val macro AUC " + ("n/a" if auc is None or not math.isfinite(auc) else f"{auc:.4f}"))
+    parts.append(f"elapsed {_clock(elapsed)}")
+    if eta is not None:
+        parts.append(f"ETA {_clock(eta)}")
+    print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run would create), or None."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _discard_unfinished(created: Path, run_dir: Path) -> None:
+    """After a failed run: remove the folder it created, unless a finished epoch's checkpoint makes it
+    resumable (then say how to continue)."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        log.warning("training stopped; %s keeps the last finished epoch: continue with resume=true", run_dir)
+        return
+    shutil.rmtree(created, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ train
 def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, np.ndarray] | None = None,
-          stop_after: int | None = None) -> Path:
+          stop_after: int | None = None, progress: bool = True) -> Path:
     """Train (or, for ``zeroshot``, just package) a model as configured; return the run directory.
+
+    A run that fails (an error, a diverged loss, Ctrl-C) before its first checkpoint leaves no folder
+    behind; one that fails later keeps its last finished epoch for ``resume=true``. A folder that
+    existed before the call is never removed.
 
     Args:
         cfg: a ``TrainCfg``, its dict, or a YAML path.
         rows: explicit ``(train_rows, val_rows)`` positional rows of the cache index (cross-validation).
         stop_after: leave after this many epochs in this call, as if interrupted (time-limited jobs;
             continue with ``resume=True``).
+        progress: a bar per epoch (on a terminal) and a line per epoch (loss, validation macro AUC,
+            elapsed, ETA) on stderr.
     """
     if isinstance(cfg, (str, os.PathLike)):
         cfg = load_cfg(cfg)
@@ -344,39 +359,119 @@ def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, n
         cfg = cfg_from_dict(cfg)
     rank, world, local_rank = _dist_env()
     device = _resolve_device(cfg.device, local_rank)
+    created = _first_missing(Path(cfg.out_dir)) if rank == 0 else None
     own_pg = False
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
-        own_pg = True
     try:
+        if world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group(backend=backend)
+            own_pg = True
         with cuda_math(device, cfg.tf32):
-            return _train(cfg, rank, world, device, rows, stop_after)
+            return _train(cfg, rank, world, device, rows, stop_after, progress and rank == 0)
+    except BaseException:
+        if created is not None:
+            _discard_unfinished(created, Path(cfg.out_dir))
+        raise
     finally:
         if own_pg:
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, stop_after) -> Path:
+class _Run:
+    """The run folder's side of training: validation, ``metrics.jsonl``, checkpoints, ``summary.json``
+    (written by rank 0 only)."""
+
+    def __init__(self, cfg: TrainCfg, rank: int, method, cache, val_ds, val_labels: np.ndarray):
+        self.cfg, self.rank, self.method, self.val_ds, self.val_labels = cfg, rank, method, val_ds, val_labels
+        self.dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.dir / "checkpoints"
+        ctx = method.ctx
+        clip, task = ctx.clip, ctx.task
+        self.n_train, self.n_val = len(ctx.train_ds), len(val_ds)
+        model_kwargs = _model_kwargs(cfg)
+        self.base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
+            "model_name": getattr(clip, "model_name", "") or cfg.model,
+            "model_kwargs": dict(getattr(clip, "model_kwargs", None) or {"pretrained": cfg.pretrained, **model_kwargs}),
+            "task": _task_dict(task),
+            "preprocess": cache.cfg.to_dict(),
+            "method": cfg.method,
+            "cfg": cfg.to_dict(),
+            "class_weights": ctx.class_weights.cpu().tolist(),
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+        }
+
+    def validate(self) -> dict[str, float]:
+        if self.n_val == 0:
+            return {}
+        cfg, ctx = self.cfg, self.method.ctx
+        probs = predict_cache(self.method.run_model(), ctx.task, self.val_ds, batch_size=cfg.batch_size,
+                              device=ctx.device, workers=min(cfg.workers, 2), precision=cfg.precision)
+        return val_metrics(self.val_labels, probs, ctx.task.class_names)
+
+    def save(self, state: dict[str, Any], best: bool) -> None:
+        """``checkpoints/last.pt`` (model, head, ``state``); also ``best.pt`` when ``best``."""
+        if self.rank != 0:
+            return
+        head = self.method.head
+        ck = dict(self.base_ckpt)
+        ck["state_dict"] = {k: v.detach().cpu() for k, v in self.method.ctx.clip.state_dict().items()}
+        ck["head_state_dict"] = None if head is None else {k: v.detach().cpu() for k, v in head.state_dict().items()}
+        ck.update(state)
+        _atomic_save(ck, self.ckpt_dir / "last.pt")
+        if best:
+            shutil.copyfile(self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        self.method.ctx.clip.load_state_dict(ck["state_dict"])
+        if self.method.head is not None and ck.get("head_state_dict") is not None:
+            self.method.head.load_state_dict(ck["head_state_dict"])
+
+    def write_line(self, rec: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def keep_lines(self, upto_epoch: int) -> None:
+        """Drop ``metrics.jsonl`` lines after ``upto_epoch`` (a resumed run redoes them; 0: all)."""
+        path = self.dir / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= upto_epoch]
+        if kept:
+            path.write_text("".join(ln + "\n" for ln in kept))
+        else:
+            path.unlink()
+
+    def finish(self, best_metric, best_epoch: int, epochs_done: int, stopped_early: bool = False) -> Path:
+        if self.rank == 0:
+            cfg, ctx = self.cfg, self.method.ctx
+            summary = {"method": cfg.method, "best_metric": best_metric, "best_epoch": best_epoch,
+                       "monitor": "val_macro_auc", "epochs": epochs_done, "stopped_early": stopped_early,
+                       "n_train": self.n_train, "n_val": self.n_val}
+            if cfg.ood and self.n_train >= 2:
+                summary["ood"] = _write_ood(self.dir, ctx.clip, self.method.head, ctx.task, cfg.method,
+                                            ctx.train_ds, cfg, ctx.device)
+            (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return self.dir
+
+
+def _model_kwargs(cfg: TrainCfg) -> dict[str, Any]:
+    kw = dict(cfg.model_kwargs)
+    if cfg.image_size is not None:
+        kw["image_size"] = cfg.image_size
+    return kw
+
+
+def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
+    """Data, model and loss weights: ``(MethodContext, cache, val dataset, val labels)``."""
     from mammolens.data.dataset import MammoDataset
-    from mammolens.losses import WeightedContrastiveLoss, class_weights, weighted_cross_entropy
+    from mammolens.losses import class_weights
     from mammolens.models import create_model
+    from mammolens.train.methods.base import MethodContext
 
-    run_dir = Path(cfg.out_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    resume_path = _find_resume(cfg, run_dir)
-    if resume_path is None and (ckpt_dir / "last.pt").exists() and not cfg.overwrite:
-        raise FileExistsError(
-            f"{run_dir} already holds a run; set resume=true to continue it, overwrite=true to restart it, "
-            "or choose another out_dir"
-        )
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_cfg(cfg, run_dir / "config.yaml")
-
-    _seed_everything(cfg.seed)
     task = resolve_task(cfg.task)
     cache = open_run_cache(cfg, rank, world)
     labels_all = np.asarray(task.encode(cache.index[task.label_column]), dtype=np.int64)
@@ -384,140 +479,93 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         train_rows, val_rows = split_rows(cache.index, labels_all, cfg)
     else:
         train_rows, val_rows = (np.asarray(r, dtype=np.int64) for r in rows)
-    k = len(task.class_names)
-    train_labels = labels_all[train_rows]
-    val_labels = labels_all[val_rows]
     mod_names = cache.index["modality"].astype(str).to_numpy()
     train_mod = np.array([MODALITIES.index(m) if m in MODALITIES else 0 for m in mod_names[train_rows]])
 
-    # model
-    model_kwargs = dict(cfg.model_kwargs)
-    if cfg.image_size is not None:
-        model_kwargs["image_size"] = cfg.image_size
-    clip = create_model(cfg.model, pretrained=cfg.pretrained, **model_kwargs).to(device)
-    size = int(getattr(clip, "image_size", cache.cfg.size))
+    clip = create_model(cfg.model, pretrained=cfg.pretrained, **_model_kwargs(cfg)).to(device)
     if cfg.grad_checkpointing:
         _set_grad_checkpointing(clip)
     if device.type == "cuda":
         clip = clip.to(memory_format=torch.channels_last)
-    method = cfg.method
-    head = None
-    if method in HEAD_METHODS:
-        clip.eval()
-        with torch.no_grad():
-            head = zeroshot_head(clip.class_embeddings(task).float(), clip.logit_scale).to(device)
-    cw = class_weights(torch.as_tensor(train_labels), k, method=cfg.class_weighting).float()
-    mw = torch.tensor([float(cfg.data.modality_weights.get(m, 1.0)) for m in MODALITIES])
     unknown = set(cfg.data.modality_weights) - set(MODALITIES)
     if unknown:
         raise ValueError(f"data.modality_weights has unknown modalities {sorted(unknown)}; use {MODALITIES}")
+    cw = class_weights(torch.as_tensor(labels_all[train_rows]), len(task.class_names), method=cfg.class_weighting)
+    mw = torch.tensor([float(cfg.data.modality_weights.get(m, 1.0)) for m in MODALITIES])
+    ctx = MethodContext(  # the weights go to the device once: a per-step copy from host memory would synchronise
+        cfg=cfg, task=task, clip=clip, device=device, class_weights=cw.float().to(device),
+        modality_weights=mw.to(device), train_ds=MammoDataset(cache, task, rows=train_rows),
+        train_labels=labels_all[train_rows], train_modality=train_mod, dtype=autocast_dtype(cfg.precision, device))
+    return ctx, cache, MammoDataset(cache, task, rows=val_rows), labels_all[val_rows]
 
-    train_ds = MammoDataset(cache, task, rows=train_rows)
-    val_ds = MammoDataset(cache, task, rows=val_rows)
-    dtype = autocast_dtype(cfg.precision, device)
 
-    def run_model() -> RunModel:
-        return build_run_model(clip, task, method, head.state_dict() if head is not None else None)
+def _schedule(opt, cfg: TrainCfg, n_batches: int):
+    """Cosine schedule with linear warm-up over the run's optimizer steps."""
+    total_steps = math.ceil(n_batches / cfg.grad_accum) * cfg.epochs
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_frac * total_steps))
+    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup, min_ratio))
 
-    def validate() -> dict[str, float]:
-        if len(val_rows) == 0:
-            return {}
-        probs = predict_cache(run_model(), task, val_ds, batch_size=cfg.batch_size, device=device,
-                              workers=min(cfg.workers, 2), precision=cfg.precision)
-        return val_metrics(val_labels, probs, task.class_names)
 
-    base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
-        "model_name": getattr(clip, "model_name", "") or cfg.model,
-        "model_kwargs": dict(getattr(clip, "model_kwargs", None) or {"pretrained": cfg.pretrained, **model_kwargs}),
-        "task": _task_dict(task),
-        "preprocess": cache.cfg.to_dict(),
-        "method": method,
-        "cfg": cfg.to_dict(),
-        "class_weights": cw.tolist(),
-        "n_train": int(len(train_rows)),
-        "n_val": int(len(val_rows)),
-    }
+def _optimizer(module: nn.Module, cfg: TrainCfg, device: torch.device):
+    """AdamW over the trainable parameters; no weight decay on biases, norms and scalars."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
-    def write_ckpt(name: str, **state) -> None:
-        if rank != 0:
-            return
-        ck = dict(base_ckpt)
-        ck["state_dict"] = {k_: v.detach().cpu() for k_, v in clip.state_dict().items()}
-        ck["head_state_dict"] = None if head is None else {k_: v.detach().cpu() for k_, v in head.state_dict().items()}
-        ck.update(state)
-        _atomic_save(ck, ckpt_dir / name)
 
-    def write_line(rec: dict[str, Any]) -> None:
-        if rank == 0:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+def _wrap(module: nn.Module, cfg: TrainCfg, world: int, device: torch.device) -> nn.Module:
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def finish(best_metric, best_epoch, epochs_done, stopped_early=False) -> Path:
-        if rank == 0:
-            summary = {"method": method, "best_metric": best_metric, "best_epoch": best_epoch,
-                       "monitor": "val_macro_auc", "epochs": epochs_done, "stopped_early": stopped_early,
-                       "n_train": int(len(train_rows)), "n_val": int(len(val_rows))}
-            if cfg.ood and len(train_rows) >= 2:
-                summary["ood"] = _write_ood(run_dir, clip, head, task, method, train_ds, cfg, device)
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        return run_dir
+        module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        # compile the DDP module, not the other way round: TorchDynamo then splits the graph at DDP's
+        # gradient buckets, so all-reduces overlap the backward pass (PyTorch's recommended order)
+        module = torch.compile(module)
+    return module
 
-    # ---- methods without an epoch loop
-    if method in ("zeroshot", "linear-probe"):
-        if rank == 0 and (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()
-        t0 = time.perf_counter()
-        rec: dict[str, Any] = {"epoch": 1, "step": 0}
-        if method == "linear-probe":
-            clip.requires_grad_(False)
-            feat_model = RunModel(clip, None, nn.Linear(1, 1), method)  # only encode_image is used
-            feats = _extract_features(feat_model, train_ds, cfg, device, dtype)  # [N, D]
-            losses = fit_linear_probe(
-                feats, torch.as_tensor(train_labels), head.cpu(), class_weights=cw,
-                sample_weights=mw[torch.as_tensor(train_mod)], steps=cfg.probe_steps,
-                lr=cfg.lr, weight_decay=cfg.weight_decay,
-            )
-            head.to(device)
-            rec.update(train_loss=losses[-1], train_loss_first=losses[0], step=cfg.probe_steps, lr=cfg.lr)
-        rec.update(validate())
-        rec["epoch_time_s"] = time.perf_counter() - t0
-        write_line(rec)
+
+def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, stop_after, progress: bool) -> Path:
+    run_dir = Path(cfg.out_dir)
+    resume_path = _find_resume(cfg, run_dir)
+    if resume_path is None and (run_dir / "checkpoints" / "last.pt").exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a run; set resume=true to continue it, overwrite=true to restart it, "
+            "or choose another out_dir"
+        )
+    if rank == 0:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_cfg(cfg, run_dir / "config.yaml")
+    _seed_everything(cfg.seed)
+    ctx, cache, val_ds, val_labels = _setup(cfg, rank, world, device, rows)
+    method = get_method(cfg.method)(ctx)
+    run = _Run(cfg, rank, method, cache, val_ds, val_labels)
+    t_start = time.perf_counter()
+
+    if method.one_shot:  # zero-shot, linear probe: fitted once, one metrics line
+        run.keep_lines(0)
+        rec: dict[str, Any] = {"epoch": 1, "step": 0, **method.fit(), **run.validate()}
+        rec["epoch_time_s"] = time.perf_counter() - t_start
+        run.write_line(rec)
+        _say(progress, rec, method.name, rec["epoch_time_s"])
         best = rec.get("val_macro_auc")
         best = None if best is None or not math.isfinite(best) else best
-        state = {"epoch": 1, "step": rec["step"], "optimizer": None, "scheduler": None, "scaler": None,
-                 "rng": _rng_state(), "best_metric": best, "best_epoch": 1, "bad_epochs": 0, "stopped": True}
-        write_ckpt("last.pt", **state)
-        if rank == 0:
-            shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-        return finish(best, 1, 1)
+        run.save({"epoch": 1, "step": rec["step"], "optimizer": None, "scheduler": None, "scaler": None,
+                  "rng": _rng_state(), "best_metric": best, "best_epoch": 1, "bad_epochs": 0, "stopped": True},
+                 best=True)
+        return run.finish(best, 1, 1)
 
-    # ---- contrastive / finetune-ce
-    cw_dev, mw_dev = cw.to(device), mw.to(device)  # once: a per-step copy from host memory would synchronise
-    if method == "contrastive":
-        step_module: nn.Module = ContrastiveStep(clip, task)
-        loss_fn = WeightedContrastiveLoss(class_weights=cw_dev, modality_weights=mw_dev,
-                                          gather_pad_to=cfg.batch_size)
-    else:
-        clip.requires_grad_(False)
-        clip.visual.requires_grad_(True)
-        step_module = _HeadStep(clip, head)
-    params = [p for p in step_module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
-
-    train_loader = _make_loader(train_ds, cfg, device, rank, world, train=True)
+    size = int(getattr(ctx.clip, "image_size", cache.cfg.size))
+    module = method.build()
+    opt = _optimizer(module, cfg, device)
+    train_loader = _make_loader(ctx.train_ds, cfg, device, rank, world, train=True)
     n_batches = len(train_loader)
     if cfg.max_steps_per_epoch:
         n_batches = min(n_batches, cfg.max_steps_per_epoch * cfg.grad_accum)
-    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = cfg.warmup_steps or int(round(cfg.warmup_frac * total_steps))
-    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, warmup, min_ratio))
+    sched = _schedule(opt, cfg, n_batches)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
-
     augment = None
     if cfg.augment:
         from mammolens.transforms.augment import GpuAugment
@@ -529,9 +577,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     start_epoch, step, best, best_epoch, bad = 0, 0, None, 0, 0
     if resume_path is not None:
         ck = read_checkpoint(resume_path)
-        clip.load_state_dict(ck["state_dict"])
-        if head is not None and ck.get("head_state_dict") is not None:
-            head.load_state_dict(ck["head_state_dict"])
+        run.restore(ck)
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         if ck.get("scaler"):
@@ -539,84 +585,31 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         _set_rng_state(ck["rng"])
         start_epoch, step = int(ck["epoch"]), int(ck["step"])
         best, best_epoch, bad = ck.get("best_metric"), int(ck.get("best_epoch", 0)), int(ck.get("bad_epochs", 0))
-        if rank == 0:  # drop lines of epochs after the checkpoint (they will be redone)
-            mpath = run_dir / "metrics.jsonl"
-            if mpath.exists():
-                kept = [ln for ln in mpath.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start_epoch]
-                mpath.write_text("".join(ln + "\n" for ln in kept))
+        run.keep_lines(start_epoch)
         if ck.get("stopped"):
-            return finish(best, best_epoch, start_epoch, stopped_early=True)
+            return run.finish(best, best_epoch, start_epoch, stopped_early=True)
         log.info("resumed from %s at epoch %d, step %d", resume_path, start_epoch, step)
-    elif rank == 0 and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
-
-    model_for_step = step_module
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model_for_step = DDP(model_for_step, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        # compile the DDP module, not the other way round: TorchDynamo then splits the graph at DDP's
-        # gradient buckets, so all-reduces overlap the backward pass (PyTorch's recommended order)
-        model_for_step = torch.compile(model_for_step)
+    else:
+        run.keep_lines(0)
+    model = _wrap(module, cfg, world, device)
 
     epochs_done, stopped_early = start_epoch, False
     for epoch in range(start_epoch, cfg.epochs):
         # per-epoch seeds: the sampler order and the augmentation do not depend on earlier epochs
         train_loader.sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed + 1009 * (epoch + 1) + 1_000_003 * rank)
-        step_module.train()
+        module.train()
         t0 = time.perf_counter()
-        # the running loss stays on the device: a float() per step would make the host wait for every
-        # step to finish before queueing the next (no CPU/GPU overlap)
-        loss_acc, n_seen, n_micro = torch.zeros((), dtype=torch.float64, device=device), 0, 0
-        opt.zero_grad(set_to_none=True)
-        it = _progress(train_loader, rank, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        # time the loop spends waiting for the next batch: near 0 when the model sets the pace,
-        # a large fraction when data loading is the bottleneck (more workers, a smaller cache size)
-        data_wait, t_fetch = 0.0, time.perf_counter()
-        for i, batch in enumerate(it):
-            data_wait += time.perf_counter() - t_fetch
-            if i >= n_batches:
-                break
-            x = _to_input(batch["image"], size, device)  # [B, 1, S, S]
-            y = batch["label"].to(device, non_blocking=True)  # [B]
-            mod = batch["modality"].to(device, non_blocking=True)  # [B]
-            if augment is not None:
-                x = augment(x)
-            last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
-            sync = contextlib.nullcontext() if (last_micro or world == 1) else model_for_step.no_sync()
-            with sync:
-                with autocast(device, dtype):
-                    if method == "contrastive":
-                        img, txt, scale = model_for_step(x)
-                        loss = loss_fn(img.float(), txt.float(), y, scale, modality=mod)
-                    else:
-                        loss = weighted_cross_entropy(model_for_step(x).float(), y, class_weights=cw_dev,
-                                                      modality_weights=mw_dev, modality=mod)
-                (loss / cfg.grad_accum).backward()
-            if last_micro:
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-            loss_acc += loss.detach().double() * len(y)
-            n_seen += len(y)
-            n_micro += 1
-            t_fetch = time.perf_counter()
-        loss_sum = float(loss_acc)  # one synchronisation per epoch
-        train_time = time.perf_counter() - t0
-        if world > 1:
-            t = torch.tensor([loss_sum, n_seen], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(t)
-            loss_sum, n_seen = float(t[0]), int(t[1])
-        rec = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n_seen, 1),
-               "lr": opt.param_groups[0]["lr"]}
-        rec.update(validate())
-        rec.update(images_per_s=n_seen / max(train_time, 1e-9), data_wait_s=data_wait,
-                   data_wait_frac=data_wait / max(train_time, 1e-9), epoch_time_s=time.perf_counter() - t0)
-        write_line(rec)
+        rec, step = _train_epoch(method, model, train_loader, n_batches, size, opt, sched, augment, step, epoch,
+                                 world, progress)
+        rec.update(method.log())
+        rec.update(run.validate())
+        rec["epoch_time_s"] = time.perf_counter() - t0
+        run.write_line(rec)
         epochs_done = epoch + 1
+        elapsed = time.perf_counter() - t_start
+        _say(progress, rec, f"epoch {epoch + 1}/{cfg.epochs}", elapsed,
+             eta=elapsed / (epochs_done - start_epoch) * (cfg.epochs - epochs_done))
 
         auc = rec.get("val_macro_auc")
         improved = auc is not None and math.isfinite(auc) and (best is None or auc > best)
@@ -628,9 +621,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         state = {"epoch": epoch + 1, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict(), "rng": _rng_state(), "best_metric": best, "best_epoch": best_epoch,
                  "bad_epochs": bad, "stopped": stopped_early}
-        write_ckpt("last.pt", **state)
-        if rank == 0 and (improved or (best is None and not (ckpt_dir / "best.pt").exists()) or not len(val_rows)):
-            shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+        run.save(state, best=improved or (best is None and not (run.ckpt_dir / "best.pt").exists()) or not run.n_val)
         if world > 1:
             torch.distributed.barrier()
         if stopped_early:
@@ -638,7 +629,65 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
             break
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
             break
-    return finish(best, best_epoch, epochs_done, stopped_early)
+    return run.finish(best, best_epoch, epochs_done, stopped_early)
+
+
+def _train_epoch(method, model: nn.Module, loader, n_batches: int, size: int, opt, sched, augment, step: int,
+                 epoch: int, world: int, progress: bool) -> tuple[dict[str, Any], int]:
+    """One pass over the training loader: ``(metrics line without validation, optimizer step count)``."""
+    cfg, device = method.ctx.cfg, method.ctx.device
+    t0 = time.perf_counter()
+    # the running sums stay on the device: a float() per step would make the host wait for every
+    # step to finish before queueing the next (no CPU/GPU overlap)
+    sums: dict[str, torch.Tensor] = {}
+    n_seen = 0
+    opt.zero_grad(set_to_none=True)
+    it = _progress(loader, progress, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+    # time the loop spends waiting for the next batch: near 0 when the model sets the pace,
+    # a large fraction when data loading is the bottleneck (more workers, a smaller cache size)
+    data_wait, t_fetch = 0.0, time.perf_counter()
+    for i, batch in enumerate(it):
+        data_wait += time.perf_counter() - t_fetch
+        if i >= n_batches:
+            break
+        x = to_input(batch["image"], size, device)  # [B, 1, S, S]
+        if augment is not None:
+            x = augment(x)
+        b = {"image": x, "label": batch["label"].to(device, non_blocking=True),  # [B]
+             "modality": batch["modality"].to(device, non_blocking=True)}  # [B]
+        last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
+        sync = contextlib.nullcontext() if (last_micro or world == 1) else model.no_sync()
+        with sync:
+            with autocast(device, method.ctx.dtype):
+                out = method.training_forward(model, b)
+            (out["loss"] / cfg.grad_accum).backward()
+        if last_micro:
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+        n = len(b["label"])
+        for key, value in out.items():
+            sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64, device=device)) + value.detach().double() * n
+        n_seen += n
+        if not it.disable and i % 10 == 0:  # a terminal bar: an occasional wait for the device is fine
+            it.set_postfix(loss=f"{float(out['loss']):.4f}", refresh=False)
+        t_fetch = time.perf_counter()
+    keys = list(sums)
+    totals = [float(sums[k]) for k in keys]  # one synchronisation per epoch
+    train_time = time.perf_counter() - t0
+    if world > 1:
+        t = torch.tensor([*totals, n_seen], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        totals, n_seen = t[:-1].tolist(), int(t[-1])
+    means = {("train_loss" if k == "loss" else f"train_{k}"): v / max(n_seen, 1) for k, v in zip(keys, totals)}
+    if not math.isfinite(means.get("train_loss", 0.0)):
+        raise ValueError(f"training diverged: the loss is {means['train_loss']} in epoch {epoch + 1}; lower lr "
+                         f"(now {cfg.lr}), keep warm-up steps, or use precision: fp32")
+    rec = {"epoch": epoch + 1, "step": step, **means, "lr": opt.param_groups[0]["lr"],
+           "images_per_s": n_seen / max(train_time, 1e-9), "data_wait_s": data_wait,
+           "data_wait_frac": data_wait / max(train_time, 1e-9)}
+    return rec, step
 
 
 def _write_ood(run_dir: Path, clip: nn.Module, head: nn.Module | None, task, method: str, train_ds, cfg: TrainCfg,
@@ -659,23 +708,10 @@ def _write_ood(run_dir: Path, clip: nn.Module, head: nn.Module | None, task, met
     sel = np.unique(np.linspace(0, n - 1, min(n, cfg.ood_max_images)).round().astype(int))
     sub = torch.utils.data.Subset(train_ds, sel.tolist())
     model = RunModel(clip, None, nn.Linear(1, 1), method)  # only encode_image is used
-    emb = _extract_features(model, sub, cfg, device, autocast_dtype(cfg.precision, device)).numpy()  # [N, D]
+    emb = extract_features(model, sub, cfg.batch_size, cfg.workers, device,
+                           autocast_dtype(cfg.precision, device)).numpy()  # [N, D]
     ood = fit_ood(emb, checkpoint="best", epoch=int(ck.get("epoch") or 0))
     ood.save(run_dir)
     info = {"file": "ood.npz", **ood.info, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("out-of-distribution model: %d training embeddings, threshold %.3g", ood.info["n"], ood.threshold)
     return info
-
-
-@torch.no_grad()
-def _extract_features(model: RunModel, ds, cfg: TrainCfg, device, dtype) -> torch.Tensor:
-    """Frozen image embeddings ``[N, D]`` (float32, CPU) for the linear probe."""
-    from torch.utils.data import DataLoader
-
-    model.eval()
-    size = int(model.image_size)
-    out = []
-    for batch in DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers):
-        with autocast(device, dtype):
-            out.append(model.encode_image(_to_input(batch["image"], size, device)).float().cpu())
-    return torch.cat(out)

@@ -1,0 +1,141 @@
+"""The interface every training method implements, and what the loop hands it (open_clip's task classes
+are the model: the loop stays one, methods plug in).
+
+A method answers four questions for the loop (``train.loop``):
+
+* ``build()``: which module to optimise and DDP-wrap (its trainable parameters are the optimizer's);
+* ``training_forward(model, batch)``: the loss of one batch (``{"loss": scalar, other scalars...}``;
+  the other entries are averaged over the epoch and logged as ``train_<name>``);
+* ``run_model()``: the ``RunModel`` (logits ``[B, K]``) for validation and the checkpoint;
+* ``log()``: extra scalars for the epoch's line in ``metrics.jsonl``.
+
+A method with ``one_shot = True`` has no epoch loop: the loop calls ``fit()`` once instead (zero-shot,
+linear probe). What a method trains must be expressible as a ``RunModel`` (prompt embeddings, or a linear
+``head`` on the image embedding), because that is what ``models.run.load_run`` rebuilds from a checkpoint:
+the loop saves ``ctx.clip``'s weights and ``method.head``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mammolens.models.precision import autocast
+from mammolens.models.run import RunModel, build_run_model, zeroshot_head
+
+__all__ = ["MethodContext", "TrainMethod", "to_input", "extract_features", "warm_start_head"]
+
+
+@dataclass
+class MethodContext:
+    """What the loop hands a method.
+
+    Attributes:
+        cfg: the run's ``TrainCfg``.
+        task: the ``Task``.
+        clip: the ``MammoCLIP`` on ``device`` (its weights are saved in every checkpoint).
+        device: where training runs.
+        class_weights: ``[K]`` on ``device`` (from the training labels, ``cfg.class_weighting``).
+        modality_weights: ``[M]`` on ``device``, by index into ``constants.MODALITIES``.
+        train_ds: the training ``MammoDataset`` (None where a method is only stepped, as in ``bench``).
+        train_labels: ``[N]`` class indices of ``train_ds``.
+        train_modality: ``[N]`` modality indices of ``train_ds``.
+        dtype: the autocast dtype (None: fp32).
+    """
+
+    cfg: Any
+    task: Any
+    clip: nn.Module
+    device: torch.device
+    class_weights: Tensor
+    modality_weights: Tensor
+    train_ds: Any = None
+    train_labels: np.ndarray | None = None
+    train_modality: np.ndarray | None = None
+    dtype: torch.dtype | None = None
+
+
+class TrainMethod:
+    """One training method (see the module docstring). Subclasses register with
+    ``@mammolens.train.methods.register_method("name")``.
+
+    Attributes:
+        name: the registered name (``TrainCfg.method``), set by ``register_method``.
+        one_shot: no epoch loop; ``fit()`` is called once.
+        needs_training_rows: the run refuses an empty training set.
+        head: a linear head on the image embedding (saved in checkpoints), or None (prompt methods).
+    """
+
+    name: ClassVar[str] = ""
+    one_shot: ClassVar[bool] = False
+    needs_training_rows: ClassVar[bool] = True
+
+    def __init__(self, ctx: MethodContext):
+        self.ctx = ctx
+        self.head: nn.Module | None = None
+
+    def build(self) -> nn.Module:
+        """The module to optimise (its parameters with ``requires_grad``) and to wrap in DDP / compile."""
+        raise NotImplementedError(f"method {self.name!r} has no build(); a one_shot method implements fit()")
+
+    def training_forward(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Losses of one batch.
+
+        Args:
+            model: what ``build()`` returned, possibly wrapped in DDP / ``torch.compile``.
+            batch: ``image`` ``[B, 1, S, S]`` (on the device, resized, augmented), ``label`` ``[B]``
+                (-1 unlabelled), ``modality`` ``[B]``.
+
+        Returns:
+            ``{"loss": scalar}`` plus any other scalars to log (kept on the device).
+        """
+        raise NotImplementedError(f"method {self.name!r} has no training_forward(); a one_shot method implements fit()")
+
+    def fit(self) -> dict[str, float]:
+        """One-shot methods: fit once; returns fields for the run's single ``metrics.jsonl`` line."""
+        raise NotImplementedError(f"method {self.name!r} is not one_shot; the loop calls build() and training_forward()")
+
+    def run_model(self) -> RunModel:
+        """The classifier as trained so far (logits ``[B, K]``), for validation and checkpoints."""
+        head_state = self.head.state_dict() if self.head is not None else None
+        return build_run_model(self.ctx.clip, self.ctx.task, self.name, head_state)
+
+    def log(self) -> dict[str, float]:
+        """Extra scalars for the epoch's line (called once per epoch)."""
+        return {}
+
+
+def warm_start_head(ctx: MethodContext) -> nn.Linear:
+    """A linear head initialised to the zero-shot classifier (class prompts × scale), on the device."""
+    ctx.clip.eval()
+    with torch.no_grad():
+        return zeroshot_head(ctx.clip.class_embeddings(ctx.task).float(), ctx.clip.logit_scale).to(ctx.device)
+
+
+def to_input(x: Tensor, size: int, device: torch.device) -> Tensor:
+    """Batch ``[B, 1, S, S]`` → device, resized to the network's input size."""
+    x = x.to(device, non_blocking=True)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def extract_features(model: RunModel, ds, batch_size: int, workers: int, device, dtype) -> Tensor:
+    """Frozen image embeddings ``[N, D]`` (float32, CPU) of a dataset, in its order."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    size = int(model.image_size)
+    out = []
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers):
+        with autocast(device, dtype):
+            out.append(model.encode_image(to_input(batch["image"], size, device)).float().cpu())
+    return torch.cat(out)

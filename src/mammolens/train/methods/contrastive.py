@@ -1,0 +1,42 @@
+"""``contrastive``: weighted image-text contrastive fine-tuning of both towers against the task's class
+prompts (``losses.WeightedContrastiveLoss``, embeddings gathered over DDP ranks)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mammolens.losses import WeightedContrastiveLoss
+from mammolens.train.methods import register_method
+from mammolens.train.methods.base import TrainMethod
+
+
+class ContrastiveStep(nn.Module):
+    """What DDP wraps for the contrastive method: images → (image emb [B, D], class emb [K, D], scale)."""
+
+    def __init__(self, clip: nn.Module, task):
+        super().__init__()
+        self.clip, self.task = clip, task
+        # prompts tokenised once; a buffer so that .to(device) moves them (not saved in checkpoints)
+        self.register_buffer("tokens", clip.class_tokens(task), persistent=False)  # [K, T, L]
+
+    def forward(self, x):
+        # the text tower is trained too, so the class embeddings are recomputed every step
+        return self.clip.encode_image(x), self.clip.class_embeddings(tokens=self.tokens), self.clip.logit_scale
+
+
+@register_method("contrastive")
+class ContrastiveMethod(TrainMethod):
+    """Both towers and the temperature trained by the weighted contrastive loss."""
+
+    def build(self) -> nn.Module:
+        ctx = self.ctx
+        self.loss_fn = WeightedContrastiveLoss(class_weights=ctx.class_weights, modality_weights=ctx.modality_weights,
+                                               gather_pad_to=ctx.cfg.batch_size)
+        return ContrastiveStep(ctx.clip, ctx.task)
+
+    def training_forward(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        img, txt, scale = model(batch["image"])  # [B, D], [K, D], log-space scalar
+        return {"loss": self.loss_fn(img.float(), txt.float(), batch["label"], scale, modality=batch["modality"])}
+
+    def log(self) -> dict[str, float]:
+        return {"logit_scale": float(self.ctx.clip.logit_scale.detach().exp().clamp(max=100.0))}
