@@ -20,7 +20,7 @@ PKG = SRC / "mammolens"
 LAYERS = {
     "_version": 0, "_optional": 0, "constants": 0,
     "io": 1, "parallel": 1, "privacy": 1,
-    "transforms": 2, "tasks": 2,
+    "transforms": 2, "tasks": 2, "reports": 2,
     "data": 3,
     "models": 4, "losses": 4,
     "train": 5, "evaluation": 5, "explain": 5,

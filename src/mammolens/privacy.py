@@ -34,7 +34,7 @@ _KEYS: dict[tuple[str, str], bytes] = {}
 # identifier columns of a manifest / keys of ``MammoImage.meta`` -> the kind of their pseudonym
 ID_COLUMNS = {"patient_id": "patient", "patient_name": "name", "accession_number": "accession",
               "study_id": "study", "study_instance_uid": "study", "series_instance_uid": "series",
-              "sop_instance_uid": "sop"}
+              "sop_instance_uid": "sop", "report_id": "report"}
 
 
 def key_path() -> Path:

@@ -60,7 +60,9 @@ def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.Dat
                                f"(reasons in {cache_dir / 'errors.csv'})")
     ds = MammoDataset(cache, run.task, rows=ok)
     probs = np.asarray(predict_cache(run.model, run.task, ds, batch_size=batch_size, device=device))  # [N, K]
-    df = index.iloc[ok].reset_index(drop=True).copy()
+    from mammolens.data.manifest import without_report_text
+
+    df = without_report_text(index.iloc[ok].reset_index(drop=True))  # report text never leaves the machine
     df["label"] = run.task.encode(df[run.task.label_column]) if run.task.label_column in df else -1
     names = list(run.task.class_names)
     for k, c in enumerate(names):

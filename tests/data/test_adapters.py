@@ -1,6 +1,7 @@
 """Dataset adapters: real mini-MIAS through the fixture; the others on tiny fake releases with the
 official file and column names."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,98 @@ def test_import_dataset_writes_manifest_and_errors(tmp_path):
     assert list(errors.columns) == ["dataset", "file", "row", "reason", "skipped"]
     assert errors["row"].tolist() == [3]
     assert summarize(df, ("pathology",))["pathology"] == {"benign": 2, "malignant": 2}
+
+
+# ---------------------------------------------------------------- structured reports from annotations
+
+
+def _side_of_findings(report: str) -> set[str]:
+    from mammolens.reports import split_sentences
+
+    return {s.side for s in split_sentences(report) if s.section == "findings"} - {""}
+
+
+def test_mias_report_from_info_row(tmp_path):
+    (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb002 F NORM\nmdb004 D SPIC M 300 900 30\n")
+    for ref in ("mdb001", "mdb002", "mdb004"):
+        _touch(tmp_path / f"{ref}.pgm")
+    df = import_dataset("mias", tmp_path).set_index("image_id")
+    assert set(df["report_source"]) == {"annotations"}
+    assert list(df["report_id"]) == ["mias-mdb001", "mias-mdb002", "mias-mdb004"]
+    r1, r2, r4 = (df.loc[k, "report"].lower() for k in ("mdb001", "mdb002", "mdb004"))
+    assert "fatty-glandular" in r1 and "circumscribed mass" in r1 and "benign" in r1 and "right breast" in r1
+    assert "middle third" in r1  # y = 1024 - 425 = 599 px from the top: 599 / 1024 in the middle third
+    assert "fatty" in r2 and "mass" not in r2.replace("no mass", "") and "left breast" in r2
+    assert "spiculated mass" in r4 and "malignant" in r4 and "upper third" in r4  # y = 124 px from the top
+    assert _side_of_findings(df.loc["mdb001", "report"]) == {"R"} and _side_of_findings(df.loc["mdb004", "report"]) == {"L"}
+    assert (df.loc["mdb004", "lesion_x"], df.loc["mdb004", "lesion_y"], df.loc["mdb004", "lesion_r"]) == (300.0, 124.0, 30.0)
+    again = import_dataset("mias", tmp_path).set_index("image_id")
+    assert again["report"].equals(df["report"])  # deterministic
+
+
+def test_cbis_report_uses_official_descriptor_columns(tmp_path):
+    src = _cbis(tmp_path)
+    mass = pd.read_csv(src / "mass_case_description_train_set.csv", dtype=str)
+    mass["mass shape"] = ["IRREGULAR", "", "OVAL", "ROUND"]
+    mass["mass margins"] = ["SPICULATED", "", "CIRCUMSCRIBED", "OBSCURED"]
+    mass.to_csv(src / "mass_case_description_train_set.csv", index=False)
+    calc = pd.read_csv(src / "calc_case_description_test_set.csv", dtype=str)
+    calc["calc type"] = ["FINE_LINEAR_BRANCHING", "PUNCTATE"]
+    calc["calc distribution"] = ["SEGMENTAL", "CLUSTERED"]
+    calc.to_csv(src / "calc_case_description_test_set.csv", index=False)
+    df = import_dataset("cbis-ddsm", src).set_index(["patient_id", "laterality", "view"])
+    r1 = df.loc[("P_00001", "L", "CC"), "report"].lower()
+    assert "irregular" in r1 and "spiculated" in r1 and "malignant" in r1 and "bi-rads" in r1 and " 5" in r1
+    assert "heterogeneously dense" in r1 and "left breast" in r1
+    r4 = df.loc[("P_00004", "R", "MLO"), "report"].lower()
+    assert "oval" in r4 and "circumscribed" in r4 and "fine linear branching calcifications" in r4 and "segmental" in r4
+    assert df.loc[("P_00004", "R", "MLO"), "report_id"] == "cbis-P_00004-R-MLO"
+    assert set(df["report_source"]) == {"annotations"}
+    phrasings = {re.sub(r"\s+", " ", df.loc[k, "report"].split("IMPRESSION")[0].split("Impression")[0])[:12]
+                 for k in df.index}
+    assert len(phrasings) > 1  # several phrasings across images
+
+
+def test_vindr_report_has_finding_categories_birads_density(tmp_path):
+    ann = pd.DataFrame({"study_id": ["s1", "s1"], "series_id": ["a", "a"], "laterality": ["L", "R"],
+                        "view_position": ["CC", "CC"], "breast_birads": ["BI-RADS 4", "BI-RADS 1"],
+                        "breast_density": ["DENSITY C", "DENSITY C"], "split": ["training"] * 2, "image_id": ["i1", "i2"]})
+    ann.to_csv(tmp_path / "breast-level_annotations.csv", index=False)
+    pd.DataFrame({"image_id": ["i1", "i1", "i2"], "study_id": ["s1"] * 3,
+                  "finding_categories": ["['Mass', 'Suspicious Calcification']", "['Focal Asymmetry']", "['No Finding']"],
+                  "finding_birads": ["BI-RADS 4", "BI-RADS 3", ""]}).to_csv(tmp_path / "finding_annotations.csv", index=False)
+    for i in ("i1", "i2"):
+        _touch(tmp_path / "images" / "s1" / f"{i}.dicom")
+    df = import_dataset("vindr", tmp_path).set_index("image_id")
+    r1, r2 = df.loc["i1", "report"].lower(), df.loc["i2", "report"].lower()
+    assert "a mass" in r1 and "suspicious calcifications" in r1 and "focal asymmetry" in r1 and "suspicious" in r1
+    assert "4" in r1 and "heterogeneously dense" in r1 and _side_of_findings(df.loc["i1", "report"]) == {"L"}
+    assert "mass" not in r2.replace("no mass", "") and "negative" in r2 and _side_of_findings(df.loc["i2", "report"]) == {"R"}
+    assert list(df["report_id"]) == ["vindr-i1", "vindr-i2"]
+
+
+def test_inbreast_and_embed_reports(tmp_path):
+    (tmp_path / "in" / "AllDICOMs").mkdir(parents=True)
+    (tmp_path / "in" / "INbreast.csv").write_text("Laterality;View;File Name;ACR;Bi-Rads\nL;CC;22678646;4;4c\n")
+    _touch(tmp_path / "in" / "AllDICOMs" / "22678646_d8a6_MG_L_CC_ANON.dcm")
+    r = import_dataset("inbreast", tmp_path / "in").iloc[0]
+    assert "extremely dense" in r["report"].lower() and "4c" in r["report"] and "suspicious" in r["report"].lower()
+    assert (r["report_id"], r["report_source"]) == ("inbreast-22678646", "annotations")
+    (tmp_path / "em").mkdir()
+    pd.DataFrame({"empi_anon": ["p1"], "acc_anon": ["a1"], "side": ["L"], "asses": ["S"], "tissueden": ["1"]}).to_csv(
+        tmp_path / "em" / "EMBED_OpenData_clinical.csv", index=False)
+    pd.DataFrame({"empi_anon": ["p1"], "acc_anon": ["a1"], "anon_dicom_path": ["c/1.dcm"], "ImageLateralityFinal": ["L"],
+                  "ViewPosition": ["CC"], "FinalImageType": ["2D"]}).to_csv(tmp_path / "em" / "EMBED_OpenData_metadata.csv",
+                                                                                index=False)
+    e = import_dataset("embed", tmp_path / "em").iloc[0]
+    assert "almost entirely fatty" in e["report"].lower() and "4" in e["report"] and "suspicious" in e["report"].lower()
+    assert (e["report_id"], e["report_source"]) == ("embed-a1-L", "annotations")
+
+
+def test_import_writes_report_columns_to_manifest(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\n")
+    _touch(tmp_path / "src" / "mdb001.pgm")
+    import_dataset("mias", tmp_path / "src", out=tmp_path / "out")
+    back = read_manifest(tmp_path / "out" / "manifest.parquet")
+    assert back.loc[0, "report_source"] == "annotations" and "circumscribed" in back.loc[0, "report"]

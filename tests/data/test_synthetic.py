@@ -1,5 +1,6 @@
 """Tests of mammolens.data.synthetic: the simulated DICOM cohort and write_dicom."""
 
+import re
 import time
 
 import numpy as np
@@ -127,3 +128,30 @@ def test_make_cohort_default_is_fast(tmp_path):
     assert len(df) == 24 * 4 and elapsed < 20.0
     counts = df.drop_duplicates("patient_id").density.value_counts()
     assert counts.get("B", 0) + counts.get("C", 0) > counts.get("A", 0) + counts.get("D", 0)
+
+
+def test_make_cohort_writes_exam_reports(cohort):
+    from mammolens.reports import sentences_for_breast, split_sentences
+
+    out, df = cohort
+    assert set(df["report_source"]) == {"synthetic"}
+    assert (df.groupby("study_id")["report"].nunique() == 1).all()  # exam-level text shared by its views
+    for _, exam in df[df["report_noise"] == ""].groupby("study_id"):
+        text = exam["report"].iloc[0]
+        assert f"({'ACR' if 'ACR' in text else 'BI-RADS density'} {exam['density'].iloc[0]})" in text or \
+            f"category {exam['density'].iloc[0]}" in text
+        for lat, g in exam.groupby("laterality"):
+            about = " ".join(sentences_for_breast(text, lat)).lower()
+            lesion = g["pathology"].iloc[0] != "normal"
+            assert bool(re.search(r"(?<!no )\bmass\b", about)) == lesion
+            if lesion:
+                assert "o'clock" in about and {s.side for s in split_sentences(text) if "o'clock" in s.text} <= {"L", "R"}
+
+
+def test_make_cohort_report_noise_is_recorded(tmp_path):
+    df = make_cohort(tmp_path, seed=1, n_patients=6, image_size=(48, 40), modalities=("DM",), report_noise=1.0,
+                     lesion_prob=1.0, compress_fraction=0.0)
+    assert (df["report_noise"] == "density+side").all()
+    for _, exam in df.groupby("study_id"):
+        text, true = exam["report"].iloc[0], exam["density"].iloc[0]
+        assert f" {true})" not in text and f"category {true}:" not in text

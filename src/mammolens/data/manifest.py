@@ -2,7 +2,12 @@
 
 Columns (see ``constants.MANIFEST_REQUIRED``): ``image_path, patient_id, study_id, laterality (L/R),
 view (CC/MLO/...), modality (DM/s2D/DBT), manufacturer, density (A-D or empty)``; optional
-``age, race, site, split, frame, fold`` and any task label columns. Paths may be absolute or relative
+``age, race, site, split, frame, fold`` and any task label columns. Report columns (optional):
+``report`` (free text; exam-level text is repeated on every view of the exam), ``report_id`` and
+``report_source`` (one of ``REPORT_SOURCES``). Lesion geometry (optional): ``lesion_x, lesion_y,
+lesion_r`` (pixels, origin top-left, in the image as stored; NaN when none) and ``lesion_mask`` (path).
+Report text is patient data: validation never quotes it and evaluation outputs drop it
+(:func:`without_report_text`). Paths may be absolute or relative
 to the manifest's folder (``resolve_paths``). Parquet is the native format; CSV is accepted.
 """
 
@@ -14,6 +19,19 @@ from pathlib import Path
 import pandas as pd
 
 from mammolens.constants import DENSITY_CLASSES, LATERALITIES, MANIFEST_REQUIRED, MODALITIES
+
+
+REPORT_COLUMNS = ("report", "report_id", "report_source")
+REPORT_SOURCES = ("annotations", "synthetic", "free-text", "")
+"""Where report text comes from: dataset annotations written as text, the synthetic cohort, real reports."""
+REPORT_TEXT_COLUMNS = ("report",)
+"""Columns holding report text: they never leave the machine (dropped from evaluation outputs)."""
+LESION_COLUMNS = ("lesion_x", "lesion_y", "lesion_r")
+
+
+def without_report_text(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without the report text columns (for anything written as a research output)."""
+    return df.drop(columns=[c for c in REPORT_TEXT_COLUMNS if c in df.columns])
 
 
 class ManifestError(ValueError):
@@ -59,6 +77,21 @@ def validate_manifest(df: pd.DataFrame, source: str = "<DataFrame>", require_den
     if require_density:
         for idx in out.index[out["density"] == ""]:
             problems.append((idx, "density", "missing, but this step needs a density label"))
+    for col in ("report", "report_id", "report_source", "lesion_mask"):
+        if col in out.columns:
+            out[col] = out[col].astype("string").fillna("")
+    if "report_source" in out.columns:
+        bad = ~out["report_source"].isin(REPORT_SOURCES)
+        for idx, value in out.loc[bad, "report_source"].items():
+            problems.append((idx, "report_source", f"{value!r} is not one of {', '.join(REPORT_SOURCES[:-1])} "
+                                                   f"(or empty)"))
+    for col in LESION_COLUMNS:
+        if col in out.columns:
+            num = pd.to_numeric(out[col], errors="coerce")
+            bad = (out[col].notna() & num.isna() & (out[col].astype("string").fillna("") != "")) | (num < 0)
+            for idx, value in out.loc[bad, col].items():
+                problems.append((idx, col, f"{value!r} is not a pixel coordinate (a number >= 0, or empty)"))
+            out[col] = num.astype(float)
     if "age" in out.columns:
         age = pd.to_numeric(out["age"], errors="coerce")
         bad = (out["age"].notna() & age.isna()) | (age < 0) | (age > 120)
@@ -76,7 +109,8 @@ def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bo
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path}")
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path, dtype={"patient_id": str, "study_id": str, "density": str}, keep_default_na=False)
+        text_cols = {c: str for c in ("patient_id", "study_id", "density", "report", "report_id")}
+        df = pd.read_csv(path, dtype=text_cols, keep_default_na=False)
     elif path.suffix.lower() in (".parquet", ".pq"):
         df = pd.read_parquet(path)
     else:

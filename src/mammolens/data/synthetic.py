@@ -478,6 +478,32 @@ def _to_stored(img: np.ndarray, bits: int, mapping: str) -> np.ndarray:
     return np.clip(np.rint(v), 0, top).astype(np.uint16)
 
 
+def _exam_report(rows: list[dict], rng: np.random.Generator, noise: float, height: int) -> tuple[str, str]:
+    """One exam's report text from its rows (density, lesions per breast), some facts wrong on purpose."""
+    from mammolens.reports import annotation_report, clock_face, stable_seed
+
+    density, wrong = rows[0]["density"], []
+    if rng.random() < noise:
+        density = DENSITY_CLASSES[min(3, DENSITY_CLASSES.index(density) + 1) if density != "D" else 2]
+        wrong.append("density")
+    parts = [annotation_report({"density": density}, stable_seed(rows[0]["study_id"]))]
+    for lat in ("R", "L"):
+        by_view = {r["view"]: r for r in rows if r["laterality"] == lat}
+        cc, mlo = by_view["CC"], by_view["MLO"]
+        if cc["pathology"] == "normal":
+            facts = {"laterality": lat, "abnormality": "NORM"}
+        else:
+            hour, quadrant = clock_face(lat, upper=mlo["lesion_y"] < height / 2, outer=cc["lesion_y"] < height / 2)
+            side = lat
+            if rng.random() < noise:
+                side = "L" if lat == "R" else "R"
+                wrong.append("side")
+            facts = {"laterality": side, "abnormality": "mass", "clock": hour, "quadrant": quadrant}
+        text = annotation_report(facts, stable_seed(f"{rows[0]['study_id']}{lat}"))
+        parts.append(text.replace("FINDINGS:", "").replace("Findings:", "").strip())
+    return "\n".join(parts), "+".join(dict.fromkeys(wrong))
+
+
 # ----------------------------------------------------------------------------------------- cohort
 def make_cohort(
     out_dir: str | PathLike,
@@ -493,6 +519,7 @@ def make_cohort(
     malignant_fraction: float = 0.5,
     studies_per_patient: int = 1,
     sites: tuple[str, ...] = ("site-1", "site-2", "site-3"),
+    report_noise: float = 0.05,
 ) -> pd.DataFrame:
     """Write a simulated cohort of real DICOM files and ``out_dir/manifest.parquet``.
 
@@ -515,6 +542,11 @@ def make_cohort(
         malignant_fraction: fraction of lesions that are malignant (the rest benign).
         studies_per_patient: exams per patient.
         sites: site names cycled over patients.
+        report_noise: probability that a fact of an exam's report is wrong on purpose (density one class
+            off, or a lesion on the other side); what was changed is in ``report_noise`` ("density",
+            "side" or "" per row). Each exam has one ``report`` (``report_source`` "synthetic") shared
+            by its four views: density and, per breast, the lesion's quadrant and clock face taken from
+            the CC (upper image half = outer) and MLO (upper image half = upper) lesion centres.
 
     Returns:
         The manifest (``image_path`` relative to ``out_dir``), as written; every row has
@@ -556,6 +588,7 @@ def make_cohort(
                 if rng.random() < lesion_prob:
                     p = "malignant" if rng.random() < malignant_fraction else "benign"
                 pathology[lat] = p
+            exam_rows: list[dict] = []
             for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
                 n_frames = dbt_frames if modality == "DBT" else 0
                 img, (lx, ly, lr) = render_breast(rng, image_size, lat, view, fraction, pathology[lat], n_frames)
@@ -582,7 +615,7 @@ def make_cohort(
                 )
                 write_dicom(out_dir / rel, _to_stored(img, bits, mapping), spec)
                 n_image += 1
-                rows.append({
+                exam_rows.append({
                     "image_path": rel.as_posix(), "patient_id": pid, "study_id": study_uid, "laterality": lat,
                     "view": view, "modality": modality, "manufacturer": normalise_manufacturer(spec.manufacturer),
                     "density": density, "pathology": pathology[lat], "lesion_x": lx, "lesion_y": ly,
@@ -591,6 +624,12 @@ def make_cohort(
                     "compression": compression, "n_frames": max(1, n_frames), "dense_fraction": fraction,
                     "simulated": True,  # evaluation reports say the numbers are not clinical performance
                 })
+            report, noise = _exam_report(exam_rows, np.random.default_rng([seed, i, s, 12]), report_noise,
+                                         image_size[0])
+            for r in exam_rows:  # a separate generator: the images do not change with the reports
+                r.update(report=report, report_id=f"synthetic-{study_uid}", report_source="synthetic",
+                         report_noise=noise)
+            rows.extend(exam_rows)
     df = pd.DataFrame(rows)
     write_manifest(df, out_dir / "manifest.parquet")
     return df

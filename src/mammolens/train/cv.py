@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammolens.data.manifest import REPORT_TEXT_COLUMNS
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg
 
 __all__ = ["cross_validate"]
@@ -106,7 +107,8 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     }
     (out / "cv_metrics.json").write_text(json.dumps(_json_safe(result), indent=2))
 
-    frame = index.iloc[done].drop(columns=[c for c in ("conversion", "error", "status") if c in index.columns]).copy()
+    drop = ("conversion", "error", "status", *REPORT_TEXT_COLUMNS)  # report text stays out of research outputs
+    frame = index.iloc[done].drop(columns=[c for c in drop if c in index.columns]).copy()
     frame["fold"] = fold_ids[done]
     frame["label"] = labels[done]
     for j, name in enumerate(task.class_names):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from mammolens.constants import DENSITY_CLASSES, MANIFEST_REQUIRED, VIEWS
 from mammolens.data.manifest import validate_manifest
+from mammolens.reports import annotation_report, stable_seed
 
 log = logging.getLogger("mammolens.data.adapters")
 
@@ -117,6 +118,16 @@ def view(value: object) -> str:
     if not s:
         return ""
     return s if s in VIEWS else "OTHER"
+
+
+def add_report(row: dict, facts: dict, report_id: str) -> dict:
+    """Write structured report text from the annotations ``facts`` into ``row`` (``report``, ``report_id``,
+    ``report_source = "annotations"``); the phrasing is chosen by ``report_id``, so it is the same on
+    every import."""
+    row["report"] = annotation_report(facts, stable_seed(report_id))
+    row["report_id"] = report_id
+    row["report_source"] = "annotations"
+    return row
 
 
 def finish(rows: list[dict], dataset: str, errors: list[RowError], extra_order: tuple[str, ...] = ()) -> pd.DataFrame:

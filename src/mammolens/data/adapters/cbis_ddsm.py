@@ -24,6 +24,9 @@ Mapping:
     * ``pathology``: malignant if any abnormality on the image is MALIGNANT, else benign
       (BENIGN_WITHOUT_CALLBACK -> benign); ``birads``: the highest ``assessment`` of the image;
       ``abnormality``: mass, calcification or mass+calcification.
+    * ``report`` (``report_source`` "annotations", ``report_id`` "cbis-<patient>-<side>-<view>"): structured
+      text from the image's rows: density, side, abnormality, ``mass shape``/``mass margins`` and
+      ``calc type``/``calc distribution`` (first non-empty value per image), pathology and BI-RADS.
     * ``split``: train/test from the file of the first row kept (mass and calc splits were drawn
       separately, so a few patients are "train" in one and "test" in the other: prefer
       ``data.splits.patient_kfold`` for patient-level evaluation).
@@ -42,6 +45,7 @@ import pandas as pd
 
 from mammolens.data.adapters._common import (
     RowError,
+    add_report,
     finish,
     laterality,
     numeric_density,
@@ -97,6 +101,7 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
         raise FileNotFoundError(f"{NAME}: expected one of {', '.join(FILES)} in {src}; download the CSVs from TCIA")
     errors: list[RowError] = []
     images: dict[tuple[str, str, str], dict] = {}
+    descriptors: dict[tuple[str, str, str], dict] = {}
     for csv in found:
         df = read_table(csv, NAME)
         c_pid = pick_column(df, ("patient_id",), NAME, csv.name)
@@ -107,6 +112,8 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
         c_pat = pick_column(df, ("pathology",), NAME, csv.name)
         c_type = pick_column(df, ("abnormality type",), NAME, csv.name, required=False)
         c_bir = pick_column(df, ("assessment",), NAME, csv.name, required=False)
+        c_desc = {k: pick_column(df, (k.replace("_", " "),), NAME, csv.name, required=False)
+                  for k in ("mass_shape", "mass_margins", "calc_type", "calc_distribution")}
         kind = "calcification" if csv.name.startswith("calc") else "mass"
         split = "test" if "test" in csv.name else "train"
         for i, r in enumerate(df.to_dict("records")):
@@ -117,6 +124,9 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
             key = (pid, lat, vw)
             malignant = r[c_pat].upper() == "MALIGNANT"
             abn = (r[c_type] if c_type else kind).lower() or kind
+            for k, col in c_desc.items():
+                if col and r[col] and not descriptors.setdefault(key, {}).get(k):
+                    descriptors[key][k] = r[col]  # the first described abnormality of the image
             if key in images:
                 rec = images[key]
                 rec["pathology"] = "malignant" if malignant or rec["pathology"] == "malignant" else "benign"
@@ -150,4 +160,8 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
                 "abnormality": abn,
                 "birads": r[c_bir] if c_bir else "",
             }
+    for key, rec in images.items():
+        facts = {**descriptors.get(key, {}), "density": rec["density"], "laterality": rec["laterality"],
+                 "abnormality": rec["abnormality"], "pathology": rec["pathology"], "birads": rec["birads"]}
+        add_report(rec, facts, "cbis-" + "-".join(key))
     return finish(list(images.values()), NAME, errors, extra_order=("split", "pathology", "abnormality"))

@@ -21,6 +21,9 @@ Mapping:
     * ``patient_id`` = empi_anon, ``study_id`` = acc_anon, ``manufacturer`` = Manufacturer,
       ``age`` = age_at_study, ``race`` = RACE_DESC (as written by EMBED, e.g. 'African American or Black',
       'Caucasian or White'), ``ethnicity`` = ETHNICITY_DESC, ``asses`` = BI-RADS assessment letter.
+    * ``report`` (``report_source`` "annotations", ``report_id`` "embed-<acc_anon>-<side>", one per breast):
+      structured text from density, side and the assessment (``asses`` letters A N B P S M K -> BI-RADS
+      0 1 2 3 4 5 6). The finding descriptors of the clinical table are not used yet.
     * ``image_path``: ``anon_dicom_path`` is an absolute path on Emory's storage; ``path_prefix`` is removed
       and the rest is joined to SRC. Paths not starting with the prefix are joined to SRC as they are.
 
@@ -37,6 +40,7 @@ import pandas as pd
 
 from mammolens.data.adapters._common import (
     RowError,
+    add_report,
     find_file,
     finish,
     laterality,
@@ -50,6 +54,7 @@ NAME = "embed"
 CLINICAL = "EMBED_OpenData_clinical.csv"
 METADATA = "EMBED_OpenData_metadata.csv"
 IMAGE_TYPES = {"2D": "DM", "CVIEW": "s2D"}
+ASSESSMENT_BIRADS = {"A": "0", "N": "1", "B": "2", "P": "3", "S": "4", "M": "5", "K": "6"}
 DEFAULT_PREFIX = "/mnt/NAS2/mammo/anon_dicom/"
 
 
@@ -122,7 +127,9 @@ def load(
         sided = [c for c in exam if not c_side or c[c_side].upper() in (lat, "B", "")] or exam
         density = numeric_density(_first(c[cc["tissueden"]] for c in sided))
         age = pd.to_numeric(_first(c[c_age] for c in exam) if c_age else "", errors="coerce")
-        rows.append(
+        asses = _first(c[c_ass] for c in sided) if c_ass else ""
+        facts = {"density": density, "laterality": lat, "birads": ASSESSMENT_BIRADS.get(asses.upper(), "")}
+        rows.append(add_report(
             {
                 "image_path": str(path),
                 "patient_id": pid,
@@ -135,7 +142,6 @@ def load(
                 "age": float(age),
                 "race": _first(c[c_race] for c in exam) if c_race else "",
                 "ethnicity": _first(c[c_eth] for c in exam) if c_eth else "",
-                "asses": _first(c[c_ass] for c in sided) if c_ass else "",
-            }
-        )
+                "asses": asses,
+            }, facts, f"embed-{acc}-{lat}"))
     return finish(rows, NAME, errors, extra_order=("age", "race", "ethnicity"))

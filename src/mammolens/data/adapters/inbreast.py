@@ -14,6 +14,8 @@ Mapping:
       empty or other values -> empty, reported.
     * ``birads`` = 'Bi-Rads' as written (e.g. '4c'); ``age`` from 'Patient age' when numeric;
       ``modality`` "DM", ``manufacturer`` "SIEMENS" (all images: MammoNovation).
+    * ``report`` (``report_source`` "annotations", ``report_id`` "inbreast-<File Name>"): structured text
+      from density, side and BI-RADS.
     * Reading ``INbreast.xls`` needs ``xlrd``; the CSV needs nothing extra and is preferred when both exist.
 
 Citation: I C Moreira et al. (2012) "INbreast: toward a full-field digital mammographic database",
@@ -28,6 +30,7 @@ import pandas as pd
 
 from mammolens.data.adapters._common import (
     RowError,
+    add_report,
     find_file,
     finish,
     laterality,
@@ -88,7 +91,8 @@ def load(src: str | Path) -> pd.DataFrame:
             errors.append(RowError(NAME, labels.name, i, f"ACR {r[c['ACR']]!r} is not 1-4; kept empty", False))
         age = pd.to_numeric(r[c_age], errors="coerce") if c_age else float("nan")
         date = r[c_date].removesuffix(".0") if c_date else ""
-        rows.append(
+        birads = r[c_bir] if c_bir else ""
+        rows.append(add_report(
             {
                 "image_path": str(path.resolve()),
                 "patient_id": pid,
@@ -99,8 +103,7 @@ def load(src: str | Path) -> pd.DataFrame:
                 "manufacturer": MANUFACTURER,
                 "density": density,
                 "age": float(age) if 0 <= age <= 120 else float("nan"),
-                "birads": r[c_bir] if c_bir else "",
+                "birads": birads,
                 "image_id": name,
-            }
-        )
+            }, {"density": density, "laterality": lat, "birads": birads}, f"inbreast-{name}"))
     return finish(rows, NAME, errors, extra_order=("age", "birads"))

@@ -28,6 +28,9 @@ Mapping:
       listed, with ``y`` converted from MIAS' bottom-left origin to the top-left image origin
       (``1024 - y``); NaN when no coordinates are given. ``n_lesions``: number of label rows with
       coordinates.
+    * ``report`` (``report_source`` "annotations", ``report_id`` "mias-mdbNNN"): structured text from the
+      label row (background tissue, abnormality class, severity, side, and the lesion centre's third of the
+      image height, upper/middle/lower; an MLO view alone fixes no inner/outer quadrant, so no clock face).
 
 Citation: J Suckling et al. (1994) "The Mammographic Image Analysis Society Digital Mammogram Database",
 Excerpta Medica, International Congress Series 1069, pp. 375-378. Licence: research use only, see
@@ -42,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mammolens.data.adapters._common import RowError, find_file, finish
+from mammolens.data.adapters._common import RowError, add_report, find_file, finish
 
 NAME = "mias"
 MANUFACTURER = "film-digitised (MIAS)"
@@ -132,7 +135,12 @@ def load(src: str | Path, image_size: int = 1024) -> pd.DataFrame:
         with_xy = g.dropna(subset=["x", "y"])
         first = with_xy.iloc[0] if len(with_xy) else None
         pair = (number + 1) // 2
-        rows.append(
+        lesion_y = float(image_size - first["y"]) if first is not None else np.nan
+        region = "" if first is None else ("upper", "middle", "lower")[min(2, max(0, int(3 * lesion_y / image_size)))]
+        facts = {"tissue": g["tissue"].iloc[0], "laterality": "L" if number % 2 == 0 else "R", "abnormality": classes,
+                 "severity": "M" if (g["severity"] == "M").any() else ("B" if pathology == "benign" else ""),
+                 "region": f"{region} third" if region else ""}
+        rows.append(add_report(
             {
                 "image_path": str(path),
                 "patient_id": f"mias_p{pair:03d}",
@@ -146,10 +154,9 @@ def load(src: str | Path, image_size: int = 1024) -> pd.DataFrame:
                 "abnormality": "+".join(classes),
                 "pathology": pathology,
                 "lesion_x": float(first["x"]) if first is not None else np.nan,
-                "lesion_y": float(image_size - first["y"]) if first is not None else np.nan,
+                "lesion_y": lesion_y,
                 "lesion_r": float(first["r"]) if first is not None else np.nan,
                 "n_lesions": len(with_xy),
                 "image_id": ref,
-            }
-        )
+            }, facts, f"mias-{ref}"))
     return finish(rows, NAME, errors, extra_order=("mias_density", "abnormality", "pathology"))

@@ -16,6 +16,9 @@ Mapping:
     * ``density``: 'DENSITY A'..'DENSITY D' -> A-D (BI-RADS 5th edition, as annotated by the radiologists);
       anything else -> empty, reported.
     * ``birads``: 'BI-RADS 4' -> '4'. ``split``: training -> train, test -> test (the official split).
+    * ``report`` (``report_source`` "annotations", ``report_id`` "vindr-<image_id>"): structured text from
+      density, side, BI-RADS and, when ``finding_annotations.csv`` is present, the image's
+      ``finding_categories`` (e.g. "['Mass', 'Suspicious Calcification']"; "No Finding" -> normal).
     * ``modality`` "DM"; ``manufacturer`` from metadata.csv when available, else "" (not in the label file).
 
 Citation: H T Nguyen et al. (2023) "VinDr-Mammo: A large-scale benchmark dataset for computer-aided
@@ -31,6 +34,7 @@ import pandas as pd
 
 from mammolens.data.adapters._common import (
     RowError,
+    add_report,
     find_file,
     finish,
     laterality,
@@ -61,6 +65,24 @@ def _metadata(folder: Path) -> dict[str, dict]:
     return out
 
 
+def _findings(folder: Path) -> dict[str, list[str]]:
+    """image_id -> finding categories from ``finding_annotations.csv`` (optional file)."""
+    path = folder / "finding_annotations.csv"
+    if not path.is_file():
+        return {}
+    table = read_table(path, NAME)
+    c_img = pick_column(table, ("image_id",), NAME, path.name, required=False)
+    c_cat = pick_column(table, ("finding_categories",), NAME, path.name, required=False)
+    if c_img is None or c_cat is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for r in table.to_dict("records"):
+        cats = re.findall(r"[A-Za-z][A-Za-z ]*[A-Za-z]", r[c_cat])  # "['Mass', 'Focal Asymmetry']"
+        seen = out.setdefault(r[c_img], [])
+        seen.extend(c for c in cats if c not in seen)
+    return out
+
+
 def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
     """Map VinDr-Mammo's breast-level annotations to a manifest (one row per image).
 
@@ -79,6 +101,7 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
             ("study_id", "image_id", "laterality", "view_position", "breast_density", "split")}
     c_bir = pick_column(df, ("breast_birads",), NAME, labels.name, required=False)
     meta = _metadata(root)
+    findings = _findings(root)
     errors: list[RowError] = []
     rows = []
     for i, r in enumerate(df.to_dict("records")):
@@ -97,7 +120,11 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
                                    False))
         m = meta.get(image, {})
         split = r[cols["split"]].lower()
-        rows.append(
+        birads = re.sub(r"(?i)^bi-?rads\s*", "", r[c_bir]) if c_bir else ""
+        facts = {"density": density, "laterality": lat, "birads": birads}
+        if image in findings:
+            facts["abnormality"] = findings[image]
+        rows.append(add_report(
             {
                 "image_path": str(path),
                 "patient_id": study,
@@ -109,8 +136,7 @@ def load(src: str | Path, check_files: bool = True) -> pd.DataFrame:
                 "density": density,
                 "age": m.get("age"),
                 "split": {"training": "train", "train": "train", "test": "test"}.get(split, split),
-                "birads": re.sub(r"(?i)^bi-?rads\s*", "", r[c_bir]) if c_bir else "",
+                "birads": birads,
                 "image_id": image,
-            }
-        )
+            }, facts, f"vindr-{image}"))
     return finish(rows, NAME, errors, extra_order=("age", "split", "birads"))
