@@ -15,7 +15,7 @@ def explain_cli(
     class_name: str = typer.Option(None, "--class", help="Explain this class (default: the predicted one)."),
     device: str = typer.Option("auto"),
 ) -> None:
-    """GradCAM heat maps of the run's classifier, overlaid on the preprocessed image, as PNG."""
+    """GradCAM heat maps of the run's classifier, drawn on the original image with a colour bar and the class they explain, as PNG."""
     from mammolens.workflows import explain_run
 
     recs = explain_run(run, images, out, class_name=class_name, device=device)
