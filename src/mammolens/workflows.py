@@ -185,6 +185,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
                                       dense_classes=dense)
         gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
+        result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (preds if include_ids else _pseudonymise(preds)).to_parquet(out_dir / "predictions.parquet", index=False)
@@ -203,6 +204,46 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": failures,
             "errors": str(out_dir / "errors.csv"),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, device: str) -> dict[str, dict]:
+    """Retrieval metrics of the run's embeddings on the evaluated images (``retrieval`` in metrics.json).
+
+    With finding labels (the task's column): image→text and text→image against the class prompts, and
+    image→image (the query itself left out), relevant = same label. With a ``report`` column: image→report
+    and report→image, one text per exam, relevant = same exam. Report text is never logged.
+    """
+    import torch
+
+    from mammolens.data.cache import open_cache
+    from mammolens.evaluation.retrieval import retrieval_metrics, same_label
+    from mammolens.search import embed_cache
+
+    if preds.empty:
+        return {}
+    img = embed_cache(run.model, open_cache(cache_dir, allow_incomplete=True), preds["cache_row"].to_numpy(),
+                      batch_size, device)  # [N, D]
+    out: dict[str, dict] = {}
+    labels = preds["label"].to_numpy()
+    if (labels >= 0).any():
+        with torch.no_grad():
+            text = run.model.class_embeddings(run.task).float().cpu().numpy()  # [K, D]
+        classes = np.arange(len(text))
+        out["image_to_text"] = retrieval_metrics(same_label(labels, classes), img @ text.T)
+        out["text_to_image"] = retrieval_metrics(same_label(classes, labels), text @ img.T)
+        out["image_to_image"] = retrieval_metrics(same_label(labels, labels), img @ img.T,
+                                                  ignore=np.eye(len(img), dtype=bool))
+    if "report" in preds and "study_id" in preds:
+        has = preds["report"].fillna("").astype(str).str.strip() != ""
+        reports = preds[has].drop_duplicates("study_id")
+        if len(reports):
+            with torch.no_grad():
+                txt = np.concatenate([run.model.encode_text(list(reports["report"].iloc[i:i + batch_size]))
+                                      .float().cpu().numpy() for i in range(0, len(reports), batch_size)])
+            exams, rel = preds["study_id"].to_numpy(), same_label(preds["study_id"], reports["study_id"])
+            out["image_to_report"] = retrieval_metrics(rel, img @ txt.T)
+            out["report_to_image"] = retrieval_metrics(same_label(reports["study_id"], exams), txt @ img.T)
+    return out
 
 
 def _failures(cache_dir: Path, errors_csv: Path) -> int:
