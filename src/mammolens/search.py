@@ -97,7 +97,9 @@ class VectorIndex:
         else:
             nlist = cfg.nlist or max(1, min(len(x) // 39, int(4 * np.sqrt(len(x)))))  # faiss wants 39 points a cell
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(x)
+            # k-means on 64 points a cell is as good as on all, and minutes faster at 1M vectors
+            sample = np.random.default_rng(0).choice(len(x), 64 * nlist, replace=False) if len(x) > 64 * nlist else None
+            index.train(x if sample is None else x[np.sort(sample)])
         index.add(x)
         return cls(cfg, d, faiss_index=index)
 

@@ -188,7 +188,9 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    (preds if include_ids else _pseudonymise(preds)).to_parquet(out_dir / "predictions.parquet", index=False)
+    # report text can name the patient: it stays in the manifest
+    kept = preds.drop(columns=["report"], errors="ignore")
+    (kept if include_ids else _pseudonymise(kept)).to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
     metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
     # names, not absolute paths: a path can hold user names or PatientID folders
