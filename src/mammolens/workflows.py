@@ -208,6 +208,14 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
+RETRIEVAL_QUERIES = 2000
+
+
+def _spaced(n: int) -> np.ndarray:
+    """At most ``RETRIEVAL_QUERIES`` evenly spaced indices of ``range(n)``."""
+    return np.unique(np.linspace(0, n - 1, min(n, RETRIEVAL_QUERIES)).round().astype(int))
+
+
 def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, device: str) -> dict[str, dict]:
     """Retrieval metrics of the run's embeddings on the evaluated images (``retrieval`` in metrics.json).
 
@@ -227,14 +235,16 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
                       batch_size, device)  # [N, D]
     out: dict[str, dict] = {}
     labels = preds["label"].to_numpy()
+    # at most RETRIEVAL_QUERIES evenly spaced image queries: the score matrix is queries × gallery
+    q = _spaced(len(img))
     if (labels >= 0).any():
         with torch.no_grad():
             text = run.model.class_embeddings(run.task).float().cpu().numpy()  # [K, D]
         classes = np.arange(len(text))
-        out["image_to_text"] = retrieval_metrics(same_label(labels, classes), img @ text.T)
+        out["image_to_text"] = retrieval_metrics(same_label(labels[q], classes), img[q] @ text.T)
         out["text_to_image"] = retrieval_metrics(same_label(classes, labels), text @ img.T)
-        out["image_to_image"] = retrieval_metrics(same_label(labels, labels), img @ img.T,
-                                                  ignore=np.eye(len(img), dtype=bool))
+        out["image_to_image"] = retrieval_metrics(same_label(labels[q], labels), img[q] @ img.T,
+                                                  ignore=q[:, None] == np.arange(len(img))[None, :])
     if "report" in preds and "study_id" in preds:
         has = preds["report"].fillna("").astype(str).str.strip() != ""
         reports = preds[has].drop_duplicates("study_id")
@@ -242,9 +252,11 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
             with torch.no_grad():
                 txt = np.concatenate([run.model.encode_text(list(reports["report"].iloc[i:i + batch_size]))
                                       .float().cpu().numpy() for i in range(0, len(reports), batch_size)])
-            exams, rel = preds["study_id"].to_numpy(), same_label(preds["study_id"], reports["study_id"])
-            out["image_to_report"] = retrieval_metrics(rel, img @ txt.T)
-            out["report_to_image"] = retrieval_metrics(same_label(reports["study_id"], exams), txt @ img.T)
+            exams = preds["study_id"].to_numpy()
+            out["image_to_report"] = retrieval_metrics(same_label(exams[q], reports["study_id"]), img[q] @ txt.T)
+            r = _spaced(len(reports))
+            out["report_to_image"] = retrieval_metrics(same_label(reports["study_id"].to_numpy()[r], exams),
+                                                       txt[r] @ img.T)
     return out
 
 

@@ -11,7 +11,8 @@ line, a thickness fall-off towards the skin, and fibroglandular tissue obtained 
 random field so that its area fraction follows the BI-RADS class (about A 8 %, B 28 %, C 52 %,
 D 78 % of the breast, with patient-level noise so neighbouring classes overlap a little). Optional
 lesions: benign masses are round and smooth, malignant ones irregular/spiculated with a cluster of
-micro-calcifications; ``lesion_x, lesion_y`` (column, row) and ``lesion_r`` are in stored-image pixels; ``abnormality`` names the lesion kind (``mass``, ``mass+calcification``, ``normal``).
+micro-calcifications; ``lesion_x, lesion_y`` (column, row) and ``lesion_r`` are in stored-image pixels;
+``abnormality`` names the lesion kind (``mass``, ``mass+calcification``, ``normal``).
 
 Files follow the vendors' habits the reader must handle: Hologic (12-bit in 16, window), GE (14-bit,
 VOI LUT Sequence *and* windows), Fujifilm (MONOCHROME1, 10-bit, ImagerPixelSpacing only), Siemens

@@ -42,12 +42,12 @@ def rank_statistics(relevant, scores, ignore=None) -> tuple[np.ndarray, np.ndarr
         ``(first_rank [Q'], average_precision [Q'])`` over the Q' queries with at least one relevant item.
     """
     relevant = np.asarray(relevant, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)  # converted to float64 one block at a time
     ignore = None if ignore is None else np.asarray(ignore, dtype=bool)
     _check(relevant, scores, ignore)
     ranks, aps = [], []
     for lo in range(0, len(scores), _BLOCK):
-        s = scores[lo:lo + _BLOCK].copy()  # [b, N]
+        s = scores[lo:lo + _BLOCK].astype(np.float64)  # [b, N], a copy
         r = relevant[lo:lo + _BLOCK].copy()
         if ignore is not None:
             s[ignore[lo:lo + _BLOCK]] = -np.inf  # ranked last and never relevant
