@@ -92,3 +92,14 @@ def test_register_task_refuses_silent_overwrite():
     assert register_task(task) is task and get_task("tmp-task-test") is task
     with pytest.raises(ValueError, match="already registered"):
         register_task(Task(name="tmp-task-test", label_column="other", class_names=("a", "b")))
+
+
+def test_finding_tasks_encode_adapter_values():
+    abn, lesion, malig = get_task("abnormality"), get_task("lesion_type"), get_task("malignancy")
+    assert abn.label_column == "pathology" and lesion.label_column == "abnormality"
+    assert list(abn.encode(["normal", "benign", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK", ""])) == [0, 1, 1, 1, -1]
+    # CBIS-DDSM words, MIAS codes; both kinds on one image (or none) are unlabelled
+    assert list(lesion.encode(["mass", "calcification", "SPIC", "CALC", "mass+calcification", "NORM"])) == [
+        0, 1, 0, 1, -1, -1]
+    assert list(malig.encode(["normal", "benign", "malignant", "M"])) == [-1, 0, 1, 1]
+    assert abn.prompts()[1][0] == "a mammogram showing an abnormality, a mass or calcifications"

@@ -304,3 +304,48 @@ def test_every_config_loads_and_tiny_cpu_uses_the_demo_cache():
     tiny = cfgs["tiny_cpu"]
     assert Path(tiny.data.cache) == Path(demo["out"].default) / "cache"  # where run_demo builds it
     assert tiny.image_size == demo["size"].default and tiny.model == "tiny-clip"
+
+
+# ------------------------------------------------------------------------ zero-shot findings, retrieval
+def test_evaluate_zeroshot_abnormality_with_retrieval(app_env, tmp_path):  # noqa: F811
+    """A ``method: zeroshot`` run of the ``abnormality`` finding task evaluates like any task, and the
+    evaluation adds retrieval metrics (finding labels; reports when the manifest has them)."""
+    from mammolens.evaluation.retrieval import retrieval_metrics, same_label
+    from mammolens.train.config import TrainCfg
+    from mammolens.train.loop import train
+
+    run = train(TrainCfg(data={"cache": str(app_env.cache), "val_frac": 0.25}, task="abnormality",
+                         model="tiny-clip", image_size=64, method="zeroshot", batch_size=16, precision="fp32",
+                         augment=False, workers=0, out_dir=str(tmp_path / "zs")))
+    df = app_env.df.copy()
+    df["image_path"] = [str(app_env.cohort / p) for p in df["image_path"]]
+    df["report"] = [f"secret-report {p}: {'no finding' if p == 'normal' else 'a mass'}" for p in df["pathology"]]
+    manifest = tmp_path / "with_reports.parquet"
+    df.to_parquet(manifest, index=False)
+    res = evaluate_run(run, manifest, out=tmp_path / "eval", n_boot=10, gallery_per_class=0, workers=0,
+                       device="cpu", progress=False)
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["provenance"]["method"] == "zeroshot" and 0 <= res["metrics"]["auc_macro"] <= 1
+    ret = m["retrieval"]
+    assert set(ret) == {"image_to_text", "text_to_image", "image_to_image", "image_to_report", "report_to_image"}
+    n_abnormal = int((df["pathology"] != "normal").sum())
+    assert ret["image_to_image"]["n_queries"] == 48 and ret["text_to_image"]["n_queries"] == 2
+    assert ret["image_to_text"]["recall@5"] == 1.0  # two classes: the right one is always in the top 5
+    assert ret["report_to_image"]["n_queries"] == df["study_id"].nunique()
+    for direction in ret.values():
+        assert 0 <= direction["mAP"] <= 1 and direction["median_rank"] >= 1
+    assert 0 < n_abnormal < 48
+    # the image→image numbers are those of the pure function on the run's own embeddings
+    from mammolens.data.cache import open_cache
+    from mammolens.models.run import load_run
+    from mammolens.search import embed_cache
+
+    preds = pd.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    emb = embed_cache(load_run(run).model, open_cache(app_env.cache), preds["cache_row"].to_numpy())
+    want = retrieval_metrics(same_label(preds["label"], preds["label"]), emb @ emb.T, ignore=np.eye(48, dtype=bool))
+    assert ret["image_to_image"]["mAP"] == pytest.approx(want["mAP"], abs=1e-4)
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert "id='retrieval'" in html and "image to report" in html
+    for name in ("metrics.json", "report.html"):
+        assert "secret-report" not in (tmp_path / "eval" / name).read_text()
+    assert "report" not in preds.columns

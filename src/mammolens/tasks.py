@@ -289,3 +289,36 @@ register_task(Task(
     templates=("a mammogram showing {}", "a {name} mammogram"),
     description="normal / benign / malignant (MIAS severity B/M, CBIS-DDSM pathology)",
 ))
+# Finding tasks, zero-shot from their prompts (``method: zeroshot``) or trained like any task. The label
+# columns are those the adapters write: ``pathology`` (normal/benign/malignant: MIAS, CBIS-DDSM, the
+# synthetic cohort) and ``abnormality`` (CBIS-DDSM mass/calcification, MIAS CALC/CIRC/SPIC/MISC...).
+register_task(Task(
+    name="abnormality",
+    label_column="pathology",
+    class_names=("absent", "present"),
+    class_values=(("normal", "norm", "N"),
+                  ("benign", "B", "BENIGN_WITHOUT_CALLBACK", "malignant", "M", "cancer")),
+    descriptions=("no abnormality, a normal mammogram", "an abnormality, a mass or calcifications"),
+    templates=("a mammogram showing {}", "mammography: {}"),
+    description="abnormality present (benign or malignant lesion) vs absent (normal)",
+))
+register_task(Task(
+    name="lesion_type",
+    label_column="abnormality",
+    class_names=("mass", "calcification"),
+    # MIAS: CIRC circumscribed, SPIC spiculated, MISC ill-defined masses; CALC calcification.
+    # Several kinds on one image ("mass+calcification") belong to neither class: unlabelled.
+    class_values=(("mass", "CIRC", "SPIC", "MISC"), ("calcification", "calc", "calcifications")),
+    descriptions=("a mass", "calcifications"),
+    templates=("a mammogram showing {}", "mammography: the lesion is {}"),
+    description="lesion type: mass vs calcification (images with both or neither are unlabelled)",
+))
+register_task(Task(
+    name="malignancy",
+    label_column="pathology",
+    class_names=("benign", "malignant"),
+    class_values=(("benign", "B", "BENIGN_WITHOUT_CALLBACK"), ("malignant", "M", "cancer")),
+    descriptions=("a benign finding", "a malignant finding, suspicious for cancer"),
+    templates=("a mammogram showing {}", "a {name} lesion on mammography"),
+    description="benign vs malignant lesion (normal images are unlabelled)",
+))

@@ -187,9 +187,12 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
                                       dense_classes=dense)
         gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
+        result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    (preds if include_ids else _pseudonymise(preds)).to_parquet(out_dir / "predictions.parquet", index=False)
+    # report text can name the patient: it stays in the manifest
+    kept = preds.drop(columns=["report"], errors="ignore")
+    (kept if include_ids else _pseudonymise(kept)).to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
     metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
     # names, not absolute paths: a path can hold user names or PatientID folders
@@ -205,6 +208,61 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": failures,
             "errors": str(out_dir / "errors.csv"),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+RETRIEVAL_QUERIES = 2000
+
+
+def _spaced(n: int) -> np.ndarray:
+    """At most ``RETRIEVAL_QUERIES`` evenly spaced indices of ``range(n)``."""
+    return np.unique(np.linspace(0, n - 1, min(n, RETRIEVAL_QUERIES)).round().astype(int))
+
+
+def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, device: str) -> dict[str, dict]:
+    """Retrieval metrics of the run's embeddings on the evaluated images (``retrieval`` in metrics.json).
+
+    With finding labels (the task's column): image→text and text→image against the class prompts, and
+    image→image (the query itself left out), relevant = same label. With a ``report`` column: image→report
+    and report→image, one text per exam, relevant = same exam. Report text is never logged.
+    """
+    import torch
+
+    from mammolens.data.cache import open_cache
+    from mammolens.evaluation.retrieval import retrieval_metrics, same_label
+    from mammolens.search import embed_cache
+
+    if preds.empty:
+        return {}
+    cache = open_cache(cache_dir, allow_incomplete=True)
+    img = embed_cache(run.model, cache, preds["cache_row"].to_numpy(), batch_size, device)  # [N, D]
+    # report text is dropped from the predictions (it can name the patient): read it from the cache's index
+    texts = cache.index["report"].to_numpy()[preds["cache_row"].to_numpy()] if "report" in cache.index else None
+    out: dict[str, dict] = {}
+    labels = preds["label"].to_numpy()
+    # at most RETRIEVAL_QUERIES evenly spaced image queries: the score matrix is queries × gallery
+    q = _spaced(len(img))
+    if (labels >= 0).any():
+        with torch.no_grad():
+            text = run.model.class_embeddings(run.task).float().cpu().numpy()  # [K, D]
+        classes = np.arange(len(text))
+        out["image_to_text"] = retrieval_metrics(same_label(labels[q], classes), img[q] @ text.T)
+        out["text_to_image"] = retrieval_metrics(same_label(classes, labels), text @ img.T)
+        out["image_to_image"] = retrieval_metrics(same_label(labels[q], labels), img[q] @ img.T,
+                                                  ignore=q[:, None] == np.arange(len(img))[None, :])
+    if texts is not None and "study_id" in preds:
+        rep = pd.DataFrame({"study_id": preds["study_id"].to_numpy(), "report": texts})
+        has = rep["report"].fillna("").astype(str).str.strip() != ""
+        reports = rep[has].drop_duplicates("study_id")
+        if len(reports):
+            with torch.no_grad():
+                txt = np.concatenate([run.model.encode_text(list(reports["report"].iloc[i:i + batch_size]))
+                                      .float().cpu().numpy() for i in range(0, len(reports), batch_size)])
+            exams = preds["study_id"].to_numpy()
+            out["image_to_report"] = retrieval_metrics(same_label(exams[q], reports["study_id"]), img[q] @ txt.T)
+            r = _spaced(len(reports))
+            out["report_to_image"] = retrieval_metrics(same_label(reports["study_id"].to_numpy()[r], exams),
+                                                       txt[r] @ img.T)
+    return out
 
 
 def _failures(cache_dir: Path, errors_csv: Path) -> int:

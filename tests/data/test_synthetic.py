@@ -38,6 +38,9 @@ def test_make_cohort_manifest_schema(cohort):
     assert len(back) == len(df) and all((out / p).is_file() for p in df.image_path)
     lesion = df.pathology != "normal"
     assert df.loc[lesion, "lesion_r"].gt(0).all() and df.loc[~lesion, "lesion_x"].isna().all()
+    # the lesion kind for the finding tasks (lesion_type reads "abnormality", abnormality reads "pathology")
+    want = df.pathology.map({"normal": "normal", "benign": "mass", "malignant": "mass+calcification"})
+    assert (df.abnormality == want).all()
 
 
 def test_make_cohort_dicom_headers_match_manifest(cohort):

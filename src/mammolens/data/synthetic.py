@@ -11,7 +11,8 @@ line, a thickness fall-off towards the skin, and fibroglandular tissue obtained 
 random field so that its area fraction follows the BI-RADS class (about A 8 %, B 28 %, C 52 %,
 D 78 % of the breast, with patient-level noise so neighbouring classes overlap a little). Optional
 lesions: benign masses are round and smooth, malignant ones irregular/spiculated with a cluster of
-micro-calcifications; ``lesion_x, lesion_y`` (column, row) and ``lesion_r`` are in stored-image pixels.
+micro-calcifications; ``lesion_x, lesion_y`` (column, row) and ``lesion_r`` are in stored-image pixels;
+``abnormality`` names the lesion kind (``mass``, ``mass+calcification``, ``normal``).
 
 Files follow the vendors' habits the reader must handle: Hologic (12-bit in 16, window), GE (14-bit,
 VOI LUT Sequence *and* windows), Fujifilm (MONOCHROME1, 10-bit, ImagerPixelSpacing only), Siemens
@@ -373,6 +374,11 @@ def _lesion_profile(size, cx, cy, radius, malignant, rng) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip((dist - radius) / 1.5, -50, 50)))
 
 
+# What each simulated pathology looks like, in the words of the ``abnormality`` column of CBIS-DDSM: benign
+# lesions are round masses, malignant ones spiculated masses with a micro-calcification cluster.
+ABNORMALITY = {"normal": "normal", "benign": "mass", "malignant": "mass+calcification"}
+
+
 def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: str, view: str,
                   dense_fraction: float, lesion: str = "normal", n_frames: int = 0):
     """Simulate one view's attenuation image (or DBT stack) in [0, 1].
@@ -618,7 +624,8 @@ def make_cohort(
                 exam_rows.append({
                     "image_path": rel.as_posix(), "patient_id": pid, "study_id": study_uid, "laterality": lat,
                     "view": view, "modality": modality, "manufacturer": normalise_manufacturer(spec.manufacturer),
-                    "density": density, "pathology": pathology[lat], "lesion_x": lx, "lesion_y": ly,
+                    "density": density, "pathology": pathology[lat],
+                    "abnormality": ABNORMALITY[pathology[lat]], "lesion_x": lx, "lesion_y": ly,
                     "lesion_r": lr, "age": age, "race": race, "site": site, "sop_instance_uid": sop_uid,
                     "presentation_intent": "FOR PROCESSING" if processing else "FOR PRESENTATION",
                     "compression": compression, "n_frames": max(1, n_frames), "dense_fraction": fraction,

@@ -474,6 +474,16 @@ def _subgroup_section(sub: pd.DataFrame, alpha: float) -> str:
                     "class present: no AUC or kappa).</p>")
 
 
+def _retrieval_section(ret: dict) -> str:
+    """One row per direction (image→text, image→image...): Recall@k, median rank, mAP."""
+    ks = sorted({c for m in ret.values() for c in m if c.startswith("recall@")}, key=lambda c: int(c[7:]))
+    rows = [[html.escape(direction.replace("_", " ")), *(_fmt(m.get(c)) for c in ks), _fmt(m.get("median_rank")),
+             _fmt(m.get("mAP")), _fmt(m.get("n_queries"))] for direction, m in ret.items()]
+    return ("<p>Queries ranked by cosine similarity of the run's embeddings; relevant = same finding label "
+            "(class prompts as texts) or, for reports, same exam.</p>"
+            + _table(["direction", *(f"Recall@{c[7:]}" for c in ks), "median rank", "mAP", "queries"], rows))
+
+
 def _compare_section(cmp: dict, alpha: float) -> str:
     pct = int(round(100 * (1 - alpha)))
     rows = [
@@ -602,6 +612,8 @@ def write_report(
         sections.append(("subgroups", "Subgroups", _subgroup_section(subgroups, alpha)))
     if compare:
         sections.append(("comparison", "Comparison with another run (DeLong, McNemar)", _compare_section(compare, alpha)))
+    if result.get("retrieval"):
+        sections.append(("retrieval", "Retrieval", _retrieval_section(result["retrieval"])))
     if gallery:
         sections.append(("gallery", "GradCAM gallery", _gallery_section(gallery)))
     sections.append(("provenance", "Provenance", _provenance_section(result, provenance)))

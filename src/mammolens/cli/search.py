@@ -1,0 +1,24 @@
+"""`mammolens search RUN "TEXT" | --image FILE [--index IDX] [-k 10]`."""
+
+from pathlib import Path
+
+import typer
+
+from mammolens.cli._app import app
+
+
+@app.command("search")
+def search_cli(
+    run: Path = typer.Argument(..., help="Run folder whose model embeds the query (the one that built the index)."),
+    text: str = typer.Argument(None, help='Report text to search for, e.g. "spiculated mass upper outer quadrant".'),
+    image: Path = typer.Option(None, "--image", help="Search with an image file instead of a text."),
+    index: Path = typer.Option(None, "--index", help="Index folder from `mammolens index` (default RUN/index)."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of exams to return."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """The nearest exams to a text or an image, with their scores (exams by pseudonym)."""
+    from mammolens.search import search_run
+
+    hits = search_run(run, text=text, image=image, index_dir=index, k=k, device=device)
+    for r in hits.itertuples():
+        typer.echo(f"{r.rank:>3}  {r.score:.4f}  {r.exam}  {r.laterality} {r.view} {r.modality}")
