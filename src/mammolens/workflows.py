@@ -613,7 +613,7 @@ def _localization_gallery(per: pd.DataFrame, keep: dict, out_dir, n: int) -> lis
         for tag, sel in (("best", g.head(n)), ("worst", g.tail(n).iloc[::-1])):
             for r in sel.to_dict("records"):
                 display, m, truth = keep[(kind, r["row"])]
-                rgb = render_heatmap(display, m, f"{tag}: {kind}", method=MAP_TITLES.get(kind, kind))
+                rgb = np.array(render_heatmap(display, m, f"{tag}: {kind}", method=MAP_TITLES.get(kind, kind)))
                 edge = truth & ~(np.roll(truth, 1, 0) & np.roll(truth, -1, 0) & np.roll(truth, 1, 1) & np.roll(truth, -1, 1))
                 rgb[: edge.shape[0], : edge.shape[1]][edge] = (0, 255, 0)
                 png = out_dir / f"{kind}_{tag}_{r['row']:04d}.png"
