@@ -166,7 +166,7 @@ def test_evaluate_run_writes_no_identifiers_or_absolute_paths(evaluated, app_env
     preds = pd.read_parquet(out / "predictions.parquet")
     texts = {"predictions.parquet": preds.to_csv(index=False), "metrics.json": (out / "metrics.json").read_text(),
              "report.html": re.sub(r"base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text()),  # no images
-             "errors.csv": (out / "errors.csv").read_text()}
+             "errors.csv": (out / "errors.csv").read_text(), "localization.csv": (out / "localization.csv").read_text()}
     uids = set(app_env.df["study_id"]) | set(app_env.df["sop_instance_uid"])
     for name, text in texts.items():
         assert "SYN" not in text, name  # the cohort's PatientIDs (and their folder names)
@@ -176,7 +176,24 @@ def test_evaluate_run_writes_no_identifiers_or_absolute_paths(evaluated, app_env
     assert preds["image_path"].str.endswith(".dcm").all() and preds["image_path"].nunique() == 48
     # the cache built from the manifest (it holds the manifest) does not stay in the output folder
     assert {p.name for p in out.iterdir()} == {"predictions.parquet", "metrics.json", "report.html", "gradcam",
-                                               "errors.csv"}
+                                               "errors.csv", "localization.csv", "localization"}
+
+
+def test_evaluate_run_localization_section_from_lesion_columns(evaluated, app_env):  # noqa: F811
+    _, out = evaluated
+    n_lesion_images = int(app_env.df["lesion_r"].notna().sum())
+    assert n_lesion_images > 0  # the synthetic cohort's known lesions
+    m = json.loads((out / "metrics.json").read_text())["localization"]
+    assert m["n_images"] == n_lesion_images and set(m["summary"]) == {"text", "gradcam"}
+    for kind in ("text", "gradcam"):
+        pg = m["summary"][kind]["pointing_game"]
+        assert pg["n"] == n_lesion_images and pg["lo"] <= pg["estimate"] <= pg["hi"] and 0 <= pg["estimate"] <= 1
+    assert set(m["paired"]["text vs gradcam"]) == {"dice", "iou", "pointing_game", "hit"}
+    per = pd.read_csv(out / "localization.csv")
+    assert len(per) == 2 * n_lesion_images and per["dice"].between(0, 1).all()
+    html = (out / "report.html").read_text()
+    assert "id='localization'" in html and "Wilcoxon" in html
+    assert len(list((out / "localization").glob("*_best_*.png"))) >= 1
 
 
 def test_evaluate_run_include_ids_keeps_them(app_env, tmp_path):  # noqa: F811

@@ -188,6 +188,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
                                       dense_classes=dense)
         gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
         result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device)
+        localization = _localization(run_dir, data, out_dir, n_boot, seed, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # report text can name the patient: it stays in the manifest
@@ -201,8 +202,10 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
                   "compare": Path(compare).resolve().name if compare else "",
                   "preprocess": run.preprocess, "n_boot": n_boot, "seed": seed}
     metrics["provenance"] = provenance
+    if localization is not None:
+        metrics["localization"] = to_jsonable({k: v for k, v in localization.items() if k not in ("per_image", "gallery")})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
-    report = write_report(out_dir, preds, names, result, gallery=gallery,
+    report = write_report(out_dir, preds, names, result, gallery=gallery, localization=localization,
                           title=f"mammolens evaluation: {provenance['run']} on {provenance['data']}",
                           provenance=provenance)
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": failures,
@@ -263,6 +266,24 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
             out["report_to_image"] = retrieval_metrics(same_label(reports["study_id"].to_numpy()[r], exams),
                                                        txt[r] @ img.T)
     return out
+def _localization(run_dir, data, out_dir: Path, n_boot: int, seed: int, device: str) -> dict[str, Any] | None:
+    """The localization section of ``evaluate_run``: only for a manifest with lesion outlines (``lesion_mask``,
+    circle or box columns) and at least one lesion; writes ``localization.csv`` (no identifiers) and a gallery."""
+    from mammolens.data.manifest import read_manifest
+    from mammolens.evaluation.localization import has_lesion_columns
+
+    path = Path(data)
+    if not path.is_file():
+        return None
+    df = read_manifest(path)
+    if not has_lesion_columns(df.columns):
+        return None
+    loc = localization_eval(run_dir, df, n_boot=n_boot, seed=seed, device=device,
+                            gallery_dir=out_dir / "localization")
+    if not loc["n_images"]:
+        return None
+    loc["per_image"].to_csv(out_dir / "localization.csv", index=False)
+    return loc
 
 
 def _failures(cache_dir: Path, errors_csv: Path) -> int:
@@ -452,3 +473,208 @@ def _write_dicom_outputs(p, res, out: Path, overlays: bool) -> int:
                                      f"mammolens GradCAM, predicted density {r.pred}",
                                      series_instance_uid=series, instance_number=i)
     return n_sr
+
+
+# ---------------------------------------------------------------------------- sentence maps (issue 13)
+MAP_TITLES = {"gradcam": "GradCAM", "text": "text-patch", "factor": "FActOR"}
+DEFAULT_FINDINGS = ("a mass or abnormality in the breast",)
+LOC_DISPLAY_SIDE = 512  # localization is scored on a copy of the original at most this long
+
+
+def read_sentences(texts=None, report: str | PathLike | None = None) -> list[str]:
+    """Sentences from ``--text`` values and a report file (split at full stops, semicolons and new lines)."""
+    import re
+
+    out = [str(t).strip() for t in (texts or []) if str(t).strip()]
+    if report is not None:
+        path = Path(report)
+        if not path.is_file():
+            raise FileNotFoundError(f"report file {path} does not exist; pass a plain-text report.")
+        out += [s.strip() for s in re.split(r"[.;\n]+", path.read_text(encoding="utf-8", errors="replace")) if s.strip()]
+    if not out:
+        raise ValueError("no sentence given; pass --text \"spiculated mass\" (repeatable) or --report FILE.")
+    return out
+
+
+def fit_factor(run_dir: str | PathLike, texts: list[str], max_images: int = 512, batch_size: int = 32,
+               device: str = "cpu"):
+    """A ``FactorAttribution`` for ``texts`` fitted on the run's own training rows (never validation/test)."""
+    import torch
+
+    from mammolens.data.cache import open_cache
+    from mammolens.explain import FactorAttribution
+    from mammolens.train.loop import load_run as load_train_run, split_rows
+
+    model, task, cfg = load_train_run(run_dir, device=device)
+    cache_dir = Path(cfg.data.cache)
+    if not (cache_dir / "cache.json").is_file():
+        raise FileNotFoundError(f"the run's training cache {cache_dir.name} is missing; FActOR maps are fitted on "
+                                "the training images: rebuild that cache (mammolens preprocess) or use --map text.")
+    cache = open_cache(cache_dir)
+    labels = np.asarray(task.encode(cache.index[task.label_column]), dtype=np.int64)
+    rows, _ = split_rows(cache.index, labels, cfg)
+    rows = np.sort(np.random.default_rng(0).permutation(rows)[:max_images])
+    batches = (torch.from_numpy(cache.images[rows[i:i + batch_size]].astype(np.float32) / 65535.0)[:, None].to(device)
+               for i in range(0, len(rows), batch_size))
+    return FactorAttribution(model).fit(batches, texts)
+
+
+def _image_maps(model, pixels: np.ndarray, pre, laterality, texts, kind, factor, device, display_side):
+    """``(display uint8 [h, w], maps [T, h, w] on the display copy of the original, info)`` for one image."""
+    import torch
+
+    from mammolens.explain import sentence_maps
+    from mammolens.transforms.breast import display_copy, preprocess_image, to_original
+
+    arr, info = preprocess_image(pixels, pre, laterality=laterality or None)
+    x = torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None].to(device)  # [1, 1, S, S]
+    maps = sentence_maps(model, x, texts, kind, factor)[0].numpy()  # [T, S, S]
+    display, _ = display_copy(pixels, display_side)
+    return display, np.stack([to_original(m, info, out_shape=display.shape) for m in maps]), info
+
+
+def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, texts: list[str], kind: str = "text",
+                      device: str = "auto", dicom: bool = False) -> list[dict[str, Any]]:
+    """Sentence maps (text-to-patch, FActOR or GradCAM of the sentence) drawn on the original images.
+
+    Writes ``out/<nnnn>_<kind>_<t>.png`` (numbered, no file names: they can hold identifiers) and, with
+    ``dicom``, a DICOM Secondary Capture per overlay for DICOM inputs (in the source study).
+    """
+    import torch
+
+    from mammolens.data.cache import PreprocessCfg
+    from mammolens.explain import MAP_KINDS
+    from mammolens.explain.overlay import render_heatmap
+    from mammolens.inference import DISPLAY_MAX_SIDE, find_images
+    from mammolens.io import ImageReadError, read_image
+    from mammolens.models.run import load_run
+
+    if kind not in MAP_KINDS:
+        raise ValueError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = load_run(run_dir, device=device)
+    model = run.model.to(device).eval()
+    pre = PreprocessCfg.from_dict(run.preprocess)
+    factor = fit_factor(run_dir, texts, device=device) if kind == "factor" else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs: list[dict[str, Any]] = []
+    for i, path in enumerate(find_images(images)):
+        try:
+            img = read_image(path)
+        except (ImageReadError, OSError) as e:
+            recs.append({"file": str(path), "error": str(e)})
+            continue
+        display, maps, _ = _image_maps(model, img.pixels, pre, (img.meta or {}).get("laterality"), texts, kind,
+                                       factor, device, DISPLAY_MAX_SIDE)
+        for t, (text, m) in enumerate(zip(texts, maps)):
+            rgb = render_heatmap(display, m, text, method=MAP_TITLES[kind])
+            png = out / f"{i:04d}_{kind}_{t}.png"
+            from PIL import Image
+
+            Image.fromarray(rgb).save(png)
+            rec = {"file": str(path), "text": text, "kind": kind, "overlay": str(png)}
+            if dicom and (img.meta or {}).get("sop_instance_uid"):
+                import pydicom
+
+                from mammolens.io.dicom_out import write_overlay_sc
+
+                sc = png.with_suffix(".dcm")
+                write_overlay_sc(pydicom.dcmread(path, stop_before_pixels=True), rgb, sc,
+                                 f"mammolens {MAP_TITLES[kind]} map: {text}"[:64])
+                rec["dicom"] = str(sc)
+            recs.append(rec)
+    return recs
+
+
+def localization_eval(run_dir: str | PathLike, manifest: pd.DataFrame, texts=DEFAULT_FINDINGS,
+                      kinds=("text", "gradcam"), factor=None, threshold: str = "otsu", top_percent: float = 10.0,
+                      n_boot: int = 1000, seed: int = 0, device: str = "cpu", gallery_dir: str | PathLike | None = None,
+                      n_gallery: int = 3) -> dict[str, Any]:
+    """Zero-shot localization of the manifest's lesions by each map kind (the maps of ``texts``, averaged).
+
+    Rows without a lesion outline are skipped. Scores are computed on a copy of the original image (longest
+    side <= ``LOC_DISPLAY_SIDE``) inside the breast mask: Dice and IoU of the thresholded map, pointing game,
+    hit within 5% of the image side. Returns ``per_image`` (DataFrame: kind, row, patient pseudonym, class,
+    scores), ``summary`` (per kind and metric: mean with patient-bootstrap CI), ``by_class``, ``paired``
+    (paired t / Wilcoxon between kinds) and ``gallery`` (best/worst cases with the outline drawn).
+    """
+    from mammolens.data.cache import PreprocessCfg
+    from mammolens.evaluation.localization import lesion_mask_from_row, localization_scores, mean_with_ci, paired_tests
+    from mammolens.io import read_image
+    from mammolens.models.run import load_run
+    from mammolens.privacy import pseudonym
+    from mammolens.transforms.breast import breast_mask
+
+    run = load_run(run_dir, device=device)
+    model = run.model.to(device).eval()
+    pre = PreprocessCfg.from_dict(run.preprocess)
+    texts = list(texts)
+    if "factor" in kinds and factor is None:
+        factor = fit_factor(run_dir, texts, device=device)
+    cls_col = next((c for c in ("abnormality", "pathology", run.task.label_column) if c in manifest.columns), None)
+    rows, keep = [], {}
+    for i, r in enumerate(manifest.to_dict("records")):
+        try:
+            img = read_image(r["image_path"])
+        except (ValueError, OSError) as e:
+            log.warning("localization: image %d unreadable (%s)", i, type(e).__name__)
+            continue
+        pix = img.pixels.max(axis=0) if img.pixels.ndim == 3 else img.pixels
+        full = lesion_mask_from_row(r, pix.shape)
+        if full is None or not full.any():
+            continue
+        for kind in kinds:
+            display, maps, _ = _image_maps(model, pix, pre, r.get("laterality"), texts, kind, factor, device,
+                                           LOC_DISPLAY_SIDE)
+            m = maps.mean(axis=0)
+            # the outline at the display copy's size (nearest pixel: a mask stays a mask)
+            ry = (np.arange(display.shape[0]) * pix.shape[0] / display.shape[0]).astype(int)
+            rx = (np.arange(display.shape[1]) * pix.shape[1] / display.shape[1]).astype(int)
+            truth = full[ry][:, rx]
+            breast = breast_mask(display.astype(np.float32) / 255.0)
+            s = localization_scores(truth, m, breast if breast.any() else None, method=threshold, top_percent=top_percent)
+            rows.append({"kind": kind, "row": i, "patient": pseudonym(str(r.get("patient_id", i)), "patient"),
+                         "class": str(r.get(cls_col, "")) if cls_col else "", **s})
+            keep[(kind, i)] = (display, m, truth)
+    per = pd.DataFrame(rows, columns=["kind", "row", "patient", "class", "dice", "iou", "pointing_game", "hit"])
+    metrics = ("dice", "iou", "pointing_game", "hit")
+    summary, by_class, paired = {}, [], {}
+    for kind, g in per.groupby("kind", sort=False):
+        summary[kind] = {k: mean_with_ci(g[k], g["patient"], n_boot, seed) for k in metrics}
+        for c, gc in g.groupby("class"):
+            by_class.append({"kind": kind, "class": c, "n": int(len(gc)),
+                             **{k: mean_with_ci(gc[k], gc["patient"], n_boot, seed) for k in metrics}})
+    kinds_present = list(summary)
+    for a_i, a in enumerate(kinds_present):
+        for b in kinds_present[a_i + 1:]:
+            pa = per[per.kind == a].set_index("row")
+            pb = per[per.kind == b].set_index("row").reindex(pa.index)
+            paired[f"{a} vs {b}"] = {k: paired_tests(pa[k].to_numpy(), pb[k].to_numpy()) for k in metrics}
+    gallery = _localization_gallery(per, keep, gallery_dir, n_gallery) if gallery_dir is not None else []
+    return {"per_image": per, "summary": summary, "by_class": by_class, "paired": paired, "texts": texts,
+            "threshold": threshold, "n_images": int(per["row"].nunique()) if len(per) else 0, "gallery": gallery}
+
+
+def _localization_gallery(per: pd.DataFrame, keep: dict, out_dir, n: int) -> list[tuple]:
+    """Best and worst cases (by Dice) of each kind as overlays with the lesion outline in green."""
+    from PIL import Image
+
+    from mammolens.explain.overlay import render_heatmap
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for kind, g in per.groupby("kind", sort=False):
+        g = g.sort_values("dice", ascending=False)
+        for tag, sel in (("best", g.head(n)), ("worst", g.tail(n).iloc[::-1])):
+            for r in sel.to_dict("records"):
+                display, m, truth = keep[(kind, r["row"])]
+                rgb = np.array(render_heatmap(display, m, f"{tag}: {kind}", method=MAP_TITLES.get(kind, kind)))
+                edge = truth & ~(np.roll(truth, 1, 0) & np.roll(truth, -1, 0) & np.roll(truth, 1, 1) & np.roll(truth, -1, 1))
+                rgb[: edge.shape[0], : edge.shape[1]][edge] = (0, 255, 0)
+                png = out_dir / f"{kind}_{tag}_{r['row']:04d}.png"
+                Image.fromarray(rgb).save(png)
+                items.append((f"{kind} {tag}", str(png), f"image {r['row']}: Dice {r['dice']:.2f}, pointing {r['pointing_game']:.0f}"))
+    return items

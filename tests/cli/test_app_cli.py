@@ -211,6 +211,30 @@ def test_explain_cli_unknown_class_is_clear_error(app_env, tmp_path):  # noqa: F
     assert not (tmp_path / "z").exists()
 
 
+def test_explain_cli_text_maps_per_sentence_and_report(app_env, tmp_path):  # noqa: F811
+    import pydicom
+
+    files = app_env.study_files(0)[:2]
+    rep = tmp_path / "report.txt"
+    rep.write_text("Spiculated mass in the upper outer quadrant. No calcifications;\n")
+    r = _invoke("explain", app_env.run, *files, "--text", "spiculated mass", "--report", rep, "--map", "text",
+                "--dicom", "--out", tmp_path / "t", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("(text) ->") == 6  # 2 images x 3 sentences
+    pngs = sorted((tmp_path / "t").glob("*.png"))
+    assert [p.name for p in pngs[:3]] == ["0000_text_0.png", "0000_text_1.png", "0000_text_2.png"]
+    src = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert Image.open(pngs[0]).size[1] == src.Rows  # drawn on the original geometry
+    scs = sorted((tmp_path / "t").glob("*.dcm"))
+    assert len(scs) == 6 and pydicom.dcmread(scs[0]).StudyInstanceUID == src.StudyInstanceUID
+    r = _invoke("explain", app_env.run, files[0], "--text", "mass", "--map", "factor", "--out", tmp_path / "f",
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in (tmp_path / "f").glob("*.png")] == ["0000_factor_0.png"]
+    r = _invoke("explain", app_env.run, files[0], "--map", "text", "--out", tmp_path / "n")
+    assert r.exit_code == 2 and "--text" in r.stderr
+
+
 # ----------------------------------------------------------------------------------------------- demo
 def test_demo_cli_end_to_end(tmp_path):
     out = tmp_path / "demo"

@@ -533,6 +533,28 @@ def _gallery_section(gallery: Sequence[tuple]) -> str:
     return "".join(f"<h3>Class {html.escape(c)}</h3><div class='gallery'>{''.join(f)}</div>" for c, f in by_class.items())
 
 
+def _localization_section(loc: dict, alpha: float) -> str:
+    """Per map kind and per class: Dice, IoU, pointing game, hit (mean [CI]); paired tests; best/worst cases."""
+    metrics = ("dice", "iou", "pointing_game", "hit")
+    head = ["map", "class", "n", *metrics]
+    rows = [[k, "all", str(v["dice"]["n"]), *(_ci_cell(v[m]["estimate"], v[m]["lo"], v[m]["hi"]) for m in metrics)]
+            for k, v in loc.get("summary", {}).items()]
+    rows += [[r["kind"], html.escape(str(r["class"])), str(r["n"]),
+              *(_ci_cell(r[m]["estimate"], r[m]["lo"], r[m]["hi"]) for m in metrics)] for r in loc.get("by_class", [])]
+    out = _table(head, rows)
+    paired = loc.get("paired", {})
+    if paired:
+        out += _table(["comparison", "metric", "mean diff", "paired t p", "Wilcoxon p"],
+                      [[html.escape(c), m, _fmt(t["mean_diff"]), _fmt(t["t_p"]), _fmt(t["wilcoxon_p"])]
+                       for c, d in paired.items() for m, t in d.items()])
+    out += (f"<p class='note'>Maps of {html.escape('; '.join(map(str, loc.get('texts', []))))}, thresholded by "
+            f"{html.escape(str(loc.get('threshold', '')))} inside the breast; {int((1 - alpha) * 100)}% patient-bootstrap "
+            "intervals. Circles and boxes are coarse outlines: Dice and IoU against them are lower bounds.</p>")
+    if loc.get("gallery"):
+        out += _gallery_section(loc["gallery"])
+    return out
+
+
 def _provenance_section(result: dict, provenance: dict | None) -> str:
     from mammolens._version import __version__
 
@@ -570,6 +592,7 @@ def write_report(
     title: str = "mammolens evaluation report",
     provenance: dict | None = None,
     filename: str = "report.html",
+    localization: dict | None = None,
 ) -> Path:
     """Write a self-contained ``report.html`` (figures as embedded PNG, no external resources).
 
@@ -582,6 +605,8 @@ def write_report(
             written as given, so do not put patient identifiers in them.
         compare: the ``compare`` dict of :func:`evaluate_predictions`.
         provenance: run directory, config, data manifest, ... (scalars as rows, dicts/lists as JSON).
+        localization: ``workflows.localization_eval``'s dict (per-kind and per-class tables with CIs, paired
+            tests, best/worst gallery); its section is written only when given.
 
     Returns:
         Path of the written file.
@@ -616,6 +641,8 @@ def write_report(
         sections.append(("retrieval", "Retrieval", _retrieval_section(result["retrieval"])))
     if gallery:
         sections.append(("gallery", "GradCAM gallery", _gallery_section(gallery)))
+    if localization:
+        sections.append(("localization", "Localization (zero-shot, lesion outlines)", _localization_section(localization, alpha)))
     sections.append(("provenance", "Provenance", _provenance_section(result, provenance)))
 
     banner = f"<div class='banner' id='simulated' role='alert'>{html.escape(SIMULATED_BANNER)}</div>" if simulated else ""

@@ -30,6 +30,7 @@ __all__ = [
     "TokenLayout",
     "find_image_tower",
     "find_target_layer",
+    "normalise_maps",
     "tokens_to_grid",
     "token_layout",
 ]
@@ -315,7 +316,7 @@ class BaseCAM:
             cam = (self.weights(acts, grads) * acts).sum(dim=1, keepdim=True).relu()  # [B, 1, h, w]
             cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
             self.scores = scores.detach().float().cpu()
-            return _normalise(cam[:, 0]).cpu()  # [B, H, W]
+            return normalise_maps(cam[:, 0]).cpu()  # [B, H, W]
         finally:
             self._acts = None
             self.model.train(was_training)
@@ -325,7 +326,7 @@ class BaseCAM:
     __call__ = compute
 
 
-def _normalise(cam: torch.Tensor) -> torch.Tensor:
+def normalise_maps(cam: torch.Tensor) -> torch.Tensor:
     """Min-max scales each ``[H, W]`` map of ``cam [B, H, W]`` to [0, 1]; flat maps become 0."""
     cam = torch.nan_to_num(cam.clamp_min(0), nan=0.0)
     flat = cam.flatten(1)

@@ -20,7 +20,9 @@ from torch import nn
 from mammolens.explain.gradcam import GradCAM, Target, find_image_tower
 
 __all__ = [
+    "MAP_KINDS",
     "edge_explainer",
+    "explainer_for",
     "gradcam_explainer",
     "map_similarity",
     "randomization_check",
@@ -47,6 +49,30 @@ def edge_explainer(model: nn.Module, x: torch.Tensor, target: Target) -> torch.T
     g = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels.to(grey))  # [B, 2, H, W]
     mag = g.pow(2).sum(dim=1).sqrt()  # [B, H, W]
     return mag / mag.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+
+
+MAP_KINDS = ("gradcam", "text", "factor")
+
+
+def explainer_for(kind: str, factor=None) -> Explainer:
+    """The sanity-check explainer of a map kind: ``"gradcam"``, ``"text"`` (text-to-patch map of the
+    target's sentence) or ``"factor"`` (``factor``: a fitted ``FactorAttribution``; the target's class
+    index picks the fitted sentence)."""
+    if kind == "gradcam":
+        return gradcam_explainer
+    if kind == "text":
+        from mammolens.explain.textmap import text_explainer
+
+        return text_explainer
+    if kind == "factor":
+        if factor is None:
+            raise ValueError("the factor map kind needs a fitted FactorAttribution: explainer_for('factor', factor=fa).")
+
+        def run(model: nn.Module, x: torch.Tensor, target: Target) -> torch.Tensor:
+            k = int(torch.as_tensor(getattr(target, "k", 0)).reshape(-1)[0])
+            return factor.explainer(k)(model, x, target)
+        return run
+    raise ValueError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}.")
 
 
 def _param_modules(tower: nn.Module) -> list[nn.Module]:
