@@ -5,7 +5,9 @@ train/val/test split (``data.splits.train_val_test_split``, stratified by the MI
 ``tiny-clip`` (random init) contrastively, plus the ``zeroshot`` and ``linear-probe`` baselines on the
 same split. Scores the held-out test patients (accuracy, balanced accuracy, macro AUC with
 patient-level bootstrap 95% CIs). ``--cv K`` also runs patient-level K-fold cross-validation of the
-contrastive method (``train.cv.cross_validate``) and reports its pooled out-of-fold numbers.
+contrastive method (``train.cv.cross_validate``, nested: the checkpoint is chosen on an inner validation
+split of the training folds) and reports its pooled out-of-fold numbers; ``--cv-last`` adds the same CV
+keeping each fold's last checkpoint.
 
 Random-init tiny-clip on 322 scanned films is a pipeline check, not a clinical result.
 
@@ -39,7 +41,7 @@ def _score(run_dir: Path, cache, rows: np.ndarray, n_boot: int) -> dict:
     groups = cache.index["patient_id"].astype(str).to_numpy()[rows]
     ci = metrics_with_ci(labels, probs, task.class_names, groups=groups, n_boot=n_boot, dense_classes=None)
     return {k: ci[k] for k in ("accuracy", "balanced_accuracy", "auc_macro",
-                               *(f"recall/{c}" for c in task.class_names))}
+                               *(f"recall/{c}" for c in task.class_names))}, probs
 
 
 def _fmt(m: dict) -> str:
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=96, help="cache and network input size")
     ap.add_argument("--methods", nargs="+", default=["zeroshot", "linear-probe", "contrastive"])
     ap.add_argument("--cv", type=int, default=0, help="also run K-fold CV of the contrastive method (0 = off)")
+    ap.add_argument("--cv-last", action="store_true",
+                    help="also run the CV keeping each fold's last checkpoint (no inner validation split)")
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                 batch_size=16, lr=1e-3, precision="fp32", workers=0, device="cpu", overwrite=True,
                 probe_steps=300)
     results = []
+    test_probs: dict[str, np.ndarray] = {}  # in memory only (the caller's paired tests); not written
     for seed in args.seeds:
         for method in args.methods:
             if method == "zeroshot" and seed != args.seeds[0]:
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = TrainCfg(**base, method=method, epochs=args.epochs, seed=seed,
                            out_dir=str(root / f"run_{method}_s{seed}"))
             run_dir = train(cfg, rows=(rows["train"], rows["val"]))
-            m = _score(run_dir, cache, rows["test"], args.n_boot)
+            m, test_probs[f"{method}_s{seed}"] = _score(run_dir, cache, rows["test"], args.n_boot)
             rec = {"method": method, "seed": seed, "seconds": round(time.time() - t1, 1), **m}
             results.append(rec)
             print(json.dumps({k: (v["estimate"] if isinstance(v, dict) else v) for k, v in rec.items()}), flush=True)
@@ -117,6 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
         cv_res = cross_validate(cfg, k=args.cv)
         cv_res["seconds"] = round(time.time() - t1, 1)
         print("cv pooled:", json.dumps(cv_res["pooled"]), flush=True)
+    cv_last = None
+    if args.cv and args.cv_last:
+        t1 = time.time()
+        cfg = TrainCfg(**{**base, "data": {**base["data"], "val_frac": 0.0}}, method="contrastive",
+                       epochs=args.epochs, seed=args.seeds[0], out_dir=str(root / "cv_contrastive_last"))
+        cv_last = cross_validate(cfg, k=args.cv)
+        cv_last["seconds"] = round(time.time() - t1, 1)
 
     lines = ["| method | seed | accuracy | balanced acc. | macro AUC | recall F | recall G | recall D | train+eval s |",
              "|" + "---|" * 9]
@@ -138,9 +150,20 @@ def main(argv: list[str] | None = None) -> dict:
           f"times {times}; test images {len(rows['test'])} from "
           f"{index.iloc[rows['test']]['patient_id'].nunique()} patients")
     (root / "results.json").write_text(json.dumps({"args": vars(args), "split_counts": counts, "runs": results,
-                                                   "cv": cv_res, "table": table, "times": times}, indent=2,
+                                                   "cv": cv_res, "cv_last": cv_last, "table": table,
+                                                   "times": times}, indent=2,
                                                   default=float))
-    return {"runs": results, "table": table}
+    return {"runs": results, "table": table, "cv": cv_res, "cv_last": cv_last, "split_counts": counts, "times": times,
+            "test_probs": test_probs, "test_labels": np.asarray(task_labels(cache))[rows["test"]],
+            "test_groups": index["patient_id"].astype(str).to_numpy()[rows["test"]]}
+
+
+def task_labels(cache) -> np.ndarray:
+    """Encoded ``mias`` labels of every cache row (-1 unlabelled)."""
+    from mammolens.tasks import get_task
+
+    task = get_task("mias")
+    return np.asarray(task.encode(cache.index[task.label_column]), dtype=np.int64)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     tag = "-".join(args.methods) + "_s" + "-".join(map(str, args.seeds))
     (root / f"results_{tag}.json").write_text(json.dumps({"args": vars(args), "runs": results, "table": table,
                                                    "seconds_data": t_data, "seconds_total": time.time() - t0}, indent=2))
-    return {"runs": results, "table": table}
+    return {"runs": results, "table": table, "seconds_data": t_data}
 
 
 if __name__ == "__main__":

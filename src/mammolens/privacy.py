@@ -140,3 +140,17 @@ def scrub_path(path: str | os.PathLike, ids: Ids, root: str | os.PathLike | None
 def scrub_text(text: str, ids: Ids) -> str:
     """``text`` (e.g. an error message) with every identifier of 4+ characters in ``ids`` pseudonymised."""
     return _replace(text, _pairs(ids), whole=False)
+
+
+def pseudonymise_frame(df):
+    """A copy of a DataFrame with identifier columns (``ID_COLUMNS``) replaced by keyed pseudonyms (grouping
+    still works) and ``image_path`` made relative to the images' common folder with identifier components
+    pseudonymised (:func:`scrub_path`)."""
+    out = df.copy()
+    if "image_path" in out and len(out):
+        root = os.path.commonpath([str(Path(p).resolve().parent) for p in out["image_path"]])
+        out["image_path"] = [scrub_path(r["image_path"], ids_of(r), root) for r in df.to_dict("records")]
+    for col, kind in ID_COLUMNS.items():
+        if col in out:
+            out[col] = [pseudonym(v, kind) for v in out[col]]
+    return out

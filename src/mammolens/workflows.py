@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammolens.privacy import pseudonymise_frame
+
 log = logging.getLogger(__name__)
 
 
@@ -193,7 +195,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         shutil.rmtree(work, ignore_errors=True)
     # report text can name the patient: it stays in the manifest
     kept = preds.drop(columns=["report"], errors="ignore")
-    (kept if include_ids else _pseudonymise(kept)).to_parquet(out_dir / "predictions.parquet", index=False)
+    (kept if include_ids else pseudonymise_frame(kept)).to_parquet(out_dir / "predictions.parquet", index=False)
     metrics = to_jsonable({k: v for k, v in result.items() if k != "subgroups"})
     metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
     # names, not absolute paths: a path can hold user names or PatientID folders
@@ -293,26 +295,9 @@ def _failures(cache_dir: Path, errors_csv: Path) -> int:
 
     index = open_cache(cache_dir, allow_incomplete=True).index
     failed = index[index["status"] == "failed"]
-    paths = _pseudonymise(index)["image_path"][failed.index] if len(failed) else []
+    paths = pseudonymise_frame(index)["image_path"][failed.index] if len(failed) else []
     pd.DataFrame({"image_path": list(paths), "reason": list(failed["error"])}).to_csv(errors_csv, index=False)
     return int(len(failed))
-
-
-def _pseudonymise(df: pd.DataFrame) -> pd.DataFrame:
-    """Identifier columns replaced by keyed pseudonyms (grouping still works) and ``image_path`` made
-    relative to the images' common folder with identifier components pseudonymised."""
-    import os
-
-    from mammolens.privacy import ID_COLUMNS, ids_of, pseudonym, scrub_path
-
-    out = df.copy()
-    if "image_path" in out and len(out):
-        root = os.path.commonpath([str(Path(p).resolve().parent) for p in out["image_path"]])
-        out["image_path"] = [scrub_path(r["image_path"], ids_of(r), root) for r in df.to_dict("records")]
-    for col, kind in ID_COLUMNS.items():
-        if col in out:
-            out[col] = [pseudonym(v, kind) for v in out[col]]
-    return out
 
 
 # ---------------------------------------------------------------------------------------- explain

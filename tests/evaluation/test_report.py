@@ -208,3 +208,23 @@ def test_reliability_bins_carry_counts(evaluated):
     assert b["count"] == int(((conf > b["lo"]) & (conf <= b["hi"])).sum())
     assert all(b["accuracy"] is None for b in bins if b["count"] == 0)  # empty bins are not zeros
     assert json.loads(json.dumps(to_jsonable(res)))["reliability"][0]["lo"] == 0.0
+
+
+def test_compare_uses_patient_clustered_tests_and_says_so(evaluated, tmp_path):
+    from mammolens.evaluation.stats import delong_test, mcnemar_test
+
+    a, _, res = evaluated
+    cmp = res["compare"]
+    assert all(r["method"] == "clustered DeLong (Obuchowski 1997)" for r in cmp["delong"])
+    assert cmp["mcnemar"]["method"] == "clustered McNemar (Durkalski 2003)"
+    lab = a[a.label >= 0]
+    b = _preds(signal=0.5)
+    b = b[b.label >= 0]
+    truth = lab.label.to_numpy() == 0
+    ref = delong_test(truth, lab.prob_A, b.prob_A, groups=lab.patient_id.astype(str).to_numpy())
+    assert cmp["delong"][0]["p"] == pytest.approx(ref["p"])
+    ya = lab[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(1) == lab.label.to_numpy()
+    yb = b[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(1) == b.label.to_numpy()
+    assert cmp["mcnemar"]["p"] == pytest.approx(mcnemar_test(ya, yb, groups=lab.patient_id.astype(str))["p"])
+    page = write_report(tmp_path, a, CLASSES, res).read_text()
+    assert "clustered DeLong (Obuchowski 1997)" in page and "clustered McNemar (Durkalski 2003)" in page

@@ -216,3 +216,138 @@ def test_bootstrap_speed_macro_auc_5000_images():
     t = time.perf_counter()
     bootstrap_ci(macro_auc, y, p, groups, n_boot=1000)
     assert time.perf_counter() - t < 20  # ~2 s on 2 CPU cores
+
+
+# ------------------------------------------------------------------ clustered DeLong / McNemar
+from mammolens.evaluation.stats import clustered_delong_covariance  # noqa: E402
+
+
+def _obuchowski_direct(y, scores, groups):
+    """Obuchowski (1997) written out with explicit loops over clusters and the O(M N) kernel."""
+    y = np.asarray(y).astype(bool)
+    scores = np.atleast_2d(scores)
+    ids = list(dict.fromkeys(groups))
+    g = np.asarray(groups)
+    n_c, m_tot, n_tot = len(ids), y.sum(), (~y).sum()
+    d10, d01, aucs = [], [], []
+    for s in scores:
+        psi = (s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :])
+        auc = psi.mean()
+        v10, v01 = psi.sum(1) / n_tot, psi.sum(0) / m_tot
+        d10.append([v10[g[y] == c].sum() - (g[y] == c).sum() * auc for c in ids])
+        d01.append([v01[g[~y] == c].sum() - (g[~y] == c).sum() * auc for c in ids])
+        aucs.append(auc)
+    d10, d01 = np.array(d10), np.array(d01)
+    f = n_c / (n_c - 1)
+    s10, s01, s11 = f * d10 @ d10.T / m_tot, f * d01 @ d01.T / n_tot, f * d10 @ d01.T
+    return np.array(aucs), s10 / m_tot + s01 / n_tot + (s11 + s11.T) / (m_tot * n_tot)
+
+
+def test_clustered_delong_hand_checked_small_case():
+    # patients P1: (pos 0.9, neg 0.3), P2: (pos 0.6), P3: (neg 0.7, neg 0.2)
+    y = np.array([1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.3, 0.6, 0.7, 0.2])
+    g = np.array(["P1", "P1", "P2", "P3", "P3"])
+    aucs, cov = clustered_delong_covariance(y, s, g)
+    # psi: 0.9 beats all 3 negatives, 0.6 beats 0.3 and 0.2 -> AUC 5/6
+    assert aucs[0] == pytest.approx(5 / 6)
+    # v10 = [1, 2/3]; v01 (negatives 0.3, 0.7, 0.2) = [1, 1/2, 1]
+    # D10 = [1 - 5/6, 2/3 - 5/6, 0] = [1/6, -1/6, 0]; D01 = [1 - 5/6, 0, 3/2 - 10/6] = [1/6, 0, -1/6]
+    f = 3 / 2
+    s10 = f * (1 / 36 + 1 / 36) / 2
+    s01 = f * (1 / 36 + 1 / 36) / 3
+    s11 = f * (1 / 36)
+    assert cov[0, 0] == pytest.approx(s10 / 2 + s01 / 3 + 2 * s11 / 6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clustered_delong_matches_direct_formula(seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, 30)
+    g = np.repeat(np.arange(30), sizes)
+    y = rng.integers(0, 2, g.size)
+    a = y + rng.normal(0, 1, 30)[g] + rng.normal(0, 1, g.size)
+    b = np.round(0.5 * a + rng.normal(0, 1, g.size), 1)  # ties
+    aucs, cov = clustered_delong_covariance(y, np.vstack([a, b]), g)
+    ref_aucs, ref_cov = _obuchowski_direct(y, np.vstack([a, b]), g)
+    np.testing.assert_allclose(aucs, ref_aucs, atol=1e-12)
+    np.testing.assert_allclose(cov, ref_cov, atol=1e-12)
+
+
+def test_clustered_tests_reduce_to_classic_with_one_image_per_patient():
+    rng = np.random.default_rng(3)
+    n = 70
+    y = rng.integers(0, 2, n)
+    a, b = y + rng.normal(0, 1, n), y + rng.normal(0, 1.2, n)
+    m, nn = y.sum(), n - y.sum()
+    _, dl = delong_covariance(y, np.vstack([a, b]))
+    _, cl = clustered_delong_covariance(y, np.vstack([a, b]), np.arange(n))
+    # Obuchowski's singletons: S10 uses I/((I-1) M) instead of DeLong's 1/(M-1); no S11 term
+    ratio_pos, ratio_neg = n * (m - 1) / ((n - 1) * m), n * (nn - 1) / ((n - 1) * nn)
+    assert ratio_pos == pytest.approx(1, abs=0.03) and ratio_neg == pytest.approx(1, abs=0.03)
+    assert cl[0, 0] == pytest.approx(dl[0, 0], rel=0.03)
+    # the auto choice uses the classic tests and says so
+    r = delong_test(y, a, b, groups=np.arange(n))
+    assert r["method"] == "DeLong" and r["p"] == pytest.approx(delong_test(y, a, b)["p"], rel=1e-12)
+    ca, cb = (a > 0.5) == y, (b > 0.5) == y
+    mc = mcnemar_test(ca, cb, groups=np.arange(n))
+    assert mc == mcnemar_test(ca, cb)
+    # Durkalski's statistic with singleton clusters, (sum d_i)^2 / sum d_i^2, is (b - c)^2 / (b + c)
+    d = ca.astype(int) - cb.astype(int)
+    plain = mcnemar_test(ca, cb, exact=False, correction=False)
+    assert d.sum() ** 2 / (d**2).sum() == pytest.approx(plain["statistic"])
+
+
+def test_clustered_mcnemar_hand_checked():
+    # patient 1: b=3 (A right, B wrong), patient 2: c=1, patient 3: b=1, c=1
+    ca = np.array([1, 1, 1, 0, 1, 0], bool)
+    cb = np.array([0, 0, 0, 1, 0, 1], bool)
+    g = np.array([1, 1, 1, 2, 3, 3])
+    r = mcnemar_test(ca, cb, groups=g)
+    # d_i = [3, -1, 0]: X^2 = 2^2 / (9 + 1) = 0.4
+    assert r["method"].startswith("clustered McNemar") and r["statistic"] == pytest.approx(0.4)
+    assert r["p"] == pytest.approx(math.erfc(math.sqrt(0.2)))
+    assert (r["b"], r["c"]) == (4, 2)
+    with pytest.raises(ValueError, match="paired correctness"):
+        mcnemar_test(b=3, c=1, groups=g)
+
+
+def _simulate(rng, n_sets, effect=0.0, n_patients=60):
+    """Datasets of 60 patients x 2-4 images; a patient random effect in the label and in each model's
+    score (models err together on a patient); model A's separation is raised by ``effect``."""
+    for _ in range(n_sets):
+        sizes = rng.integers(2, 5, n_patients)
+        g = np.repeat(np.arange(n_patients), sizes)
+        y = (rng.normal(0, 1, n_patients)[g] + 0.5 * rng.normal(0, 1, g.size) > 0).astype(int)
+        shared = rng.normal(0, 1, n_patients)[g]
+        sa = (1.0 + effect) * y + shared + rng.normal(0, 1.0, n_patients)[g] + 0.5 * rng.normal(0, 1, g.size)
+        sb = 1.0 * y + shared + rng.normal(0, 1.0, n_patients)[g] + 0.5 * rng.normal(0, 1, g.size)
+        yield y, sa, sb, g
+
+
+def _rejection_rates(n_sets, effect, seed):
+    rng = np.random.default_rng(seed)
+    rej = {"delong": 0, "delong_clustered": 0, "mcnemar": 0, "mcnemar_clustered": 0}
+    for y, sa, sb, g in _simulate(rng, n_sets, effect):
+        ca, cb = (sa > 0.5) == y, (sb > 0.5) == y
+        rej["delong"] += delong_test(y, sa, sb)["p"] < 0.05
+        rej["delong_clustered"] += delong_test(y, sa, sb, groups=g)["p"] < 0.05
+        rej["mcnemar"] += mcnemar_test(ca, cb)["p"] < 0.05
+        rej["mcnemar_clustered"] += mcnemar_test(ca, cb, groups=g)["p"] < 0.05
+    return {k: v / n_sets for k, v in rej.items()}
+
+
+def test_clustered_tests_keep_type_one_error_with_several_images_per_patient():
+    """Two equally good models, 200 simulated datasets: the patient-clustered tests reject at about alpha;
+    the image-level ones (printed for the record) reject far too often."""
+    rates = _rejection_rates(200, effect=0.0, seed=0)
+    print("type-I error at alpha 0.05:", rates)
+    assert 0.03 <= rates["delong_clustered"] <= 0.08
+    assert 0.03 <= rates["mcnemar_clustered"] <= 0.08
+    assert rates["delong"] > 0.1 and rates["mcnemar"] > 0.1
+
+
+def test_clustered_tests_have_power_against_a_better_model():
+    rates = _rejection_rates(200, effect=1.0, seed=1)
+    print("power at effect 1.0:", rates)
+    assert rates["delong_clustered"] > 0.5

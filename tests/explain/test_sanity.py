@@ -115,3 +115,59 @@ def test_map_similarity_values():
     with pytest.raises(ValueError, match="same shape"):
         map_similarity(a, a[:, :8])
 
+
+
+class TimmTowerCLIP(nn.Module):
+    """open_clip's timm wrapper layout: ``visual.trunk`` (timm ViT) + ``visual.head.proj`` (as BiomedCLIP)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.visual = nn.Module()
+        self.visual.trunk = TimmViT(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+        self.visual.head = nn.Sequential()
+        self.visual.head.add_module("proj", nn.Linear(32, 16, bias=False))
+
+    def encode_image(self, x):
+        return F.normalize(self.visual.head(self.visual.trunk(x.expand(-1, 3, -1, -1))), dim=-1)
+
+
+def _head_weight_map(model, x, target):
+    """A 'map' that depends only on the projection head's weights: tells whether the head was randomised."""
+    w = model.visual.head.proj.weight if hasattr(model.visual, "head") else model.visual.proj
+    return w.detach().flatten()[:256].reshape(1, 16, 16).expand(x.shape[0], -1, -1).clone()
+
+
+def test_randomization_check_randomises_the_timm_projection_head_first():
+    model = TimmTowerCLIP()
+    x, target = make_inputs()
+    res = randomization_check(model, x, target, layers="all", explainer=_head_weight_map)
+    assert res["changed"] is True and res["abs_spearman"] < 0.3  # head.proj was redrawn
+    res = randomization_check(model, x, target, layers="cascade", n_steps=100, explainer=_head_weight_map)
+    assert res["steps"][0]["randomized"] == ["head.proj"]
+    assert res["steps"][0]["abs_spearman"] < 0.3
+    names = [n for s in res["steps"] for n in s["randomized"]]
+    assert names.index("head.proj") < names.index("trunk.blocks.1.mlp.fc2") < names.index("trunk.patch_embed.proj")
+
+
+def test_randomization_check_open_clip_proj_first():
+    from mammolens.models import create_model
+
+    model = create_model("tiny-clip")
+    x = torch.rand(1, 1, 224, 224)
+    res = randomization_check(model, x, None, layers="cascade", n_steps=100, explainer=_head_weight_map)
+    assert res["steps"][0]["randomized"] == ["proj"] and res["steps"][0]["abs_spearman"] < 0.3
+    assert res["steps"][-1]["randomized"] == ["(tower)"]  # class and position embeddings: the input end
+
+
+def test_randomization_check_inverted_map_is_not_a_change():
+    model = make_vit()
+    x, target = make_inputs()
+
+    def inverting(m, xx, tt):  # the randomised copy gives the inverted map of the trained model
+        cam = edge_explainer(m, xx, tt)
+        return cam if m is model else 1.0 - cam
+
+    res = randomization_check(model, x, target, layers="all", explainer=inverting)
+    assert res["spearman_rank_corr"] == pytest.approx(-1.0) and res["abs_spearman"] == pytest.approx(1.0)
+    assert res["changed"] is False

@@ -135,13 +135,14 @@ def _compare(
     dense = dense_indices(class_names, dense_classes)
     if dense is not None:
         targets.append(("dense (" + "+".join(class_names[i] for i in dense) + ")", dense))
+    # patient ids make DeLong and McNemar clustered when a patient has several images
+    g = m[groups_col].astype(str).to_numpy() if groups_col and groups_col in m.columns else None
     for name, idx in targets:
         truth = np.isin(y, idx)
         if truth.sum() < 2 or (~truth).sum() < 2:
             warnings.warn(f"DeLong for {name}: fewer than 2 positives or negatives; skipped", RuntimeWarning, stacklevel=3)
             continue
-        rows.append({"target": name, **delong_test(truth, pa[:, idx].sum(1), pb[:, idx].sum(1), alpha)})
-    g = m[groups_col].astype(str).to_numpy() if groups_col and groups_col in m.columns else None
+        rows.append({"target": name, **delong_test(truth, pa[:, idx].sum(1), pb[:, idx].sum(1), alpha, groups=g)})
     both = np.concatenate([pa, pb], axis=1)  # [N, 2K]
     k = len(class_names)
 
@@ -155,7 +156,7 @@ def _compare(
         "auc_macro_diff": {k_: boot[k_] for k_ in ("estimate", "lo", "hi", "n_valid")},
         "accuracy_a": float(np.mean(pa.argmax(1) == y)),
         "accuracy_b": float(np.mean(pb.argmax(1) == y)),
-        "mcnemar": mcnemar_test(pa.argmax(1) == y, pb.argmax(1) == y),
+        "mcnemar": mcnemar_test(pa.argmax(1) == y, pb.argmax(1) == y, groups=g),
     }
 
 
@@ -498,7 +499,9 @@ def _compare_section(cmp: dict, alpha: float) -> str:
         for r in cmp.get("delong", [])
     ]
     out = f"<p>{_fmt(cmp.get('n_matched'))} images matched on image path. Run A = this run, run B = comparison.</p>"
-    out += _table(["AUC target (vs rest)", "AUC A", "AUC B", f"difference A − B ({pct}% CI)", "z", "p (DeLong)"], rows)
+    methods = sorted({str(r.get("method", "DeLong")) for r in cmp.get("delong", [])})
+    out += _table(["AUC target (vs rest)", "AUC A", "AUC B", f"difference A − B ({pct}% CI)", "z",
+                   f"p ({html.escape(', '.join(methods) or 'DeLong')})"], rows)
     d = cmp.get("auc_macro_diff")
     if d:
         out += f"<p>Macro AUC difference A − B, patient bootstrap: {_ci_cell(d['estimate'], d['lo'], d['hi'])}.</p>"

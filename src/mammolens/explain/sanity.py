@@ -1,8 +1,8 @@
 """Model-randomisation sanity check for saliency maps (Adebayo et al., NeurIPS 2018).
 
 An explanation that reflects what the model learned must change when the model's weights are
-replaced by random ones. :func:`randomization_check` re-initialises the image tower of a deep copy
-(all at once, or cascading from the top layer down), recomputes the maps and compares them with the
+replaced by random ones. :func:`randomization_check` re-initialises the image tower of a deep copy,
+projection head included (all at once, or cascading from the top layer down), recomputes the maps and compares them with the
 original maps by Spearman rank correlation, Pearson correlation and SSIM. Explanations that survive
 randomisation (e.g. an edge detector on the input) fail the check (``changed=False``).
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammolens.explain.gradcam import GradCAM, Target, find_image_tower
+from mammolens.explain.gradcam import GradCAM, Target
 
 __all__ = [
     "MAP_KINDS",
@@ -25,6 +25,7 @@ __all__ = [
     "explainer_for",
     "gradcam_explainer",
     "map_similarity",
+    "cascade_units",
     "randomization_check",
     "randomize_modules",
 ]
@@ -75,10 +76,31 @@ def explainer_for(kind: str, factor=None) -> Explainer:
     raise ValueError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}.")
 
 
-def _param_modules(tower: nn.Module) -> list[nn.Module]:
-    """Modules owning parameters directly, from the output end of the tower to its input end."""
-    mods = [m for m in tower.modules() if any(p is not None for p in m._parameters.values())]
-    return mods[::-1]  # registration order runs input -> output for timm/open_clip towers
+HEAD_PARAMS = ("proj",)  # open_clip ``VisionTransformer.proj``: the tower's output projection, a bare Parameter
+
+
+def cascade_units(model: nn.Module) -> list[tuple[str, nn.Module, tuple[str, ...] | None]]:
+    """The image tower's parameter owners in cascade order, from the output end to the input end.
+
+    The whole tower is covered, projection head included: open_clip ``visual.proj`` (a bare parameter,
+    first), ``visual.head`` of open_clip's timm wrapper (registered after ``visual.trunk``, so it comes
+    before the trunk), a timm model's own ``head``/``fc``, then the blocks downwards.
+
+    Returns:
+        ``(name, module, params)`` per unit; ``params`` names the module's own parameters to redraw, or
+        None for the whole module (its ``reset_parameters`` where it has one).
+    """
+    tower = getattr(model, "visual", model)
+    units: list[tuple[str, nn.Module, tuple[str, ...] | None]] = []
+    own_head = tuple(n for n in HEAD_PARAMS if tower._parameters.get(n) is not None)
+    if own_head:
+        units.append((own_head[0], tower, own_head))
+    # registration order runs input -> output for timm/open_clip towers, so reversed runs from the top
+    for name, m in reversed(list(tower.named_modules())):
+        own = tuple(n for n, p in m._parameters.items() if p is not None and not (m is tower and n in own_head))
+        if own:
+            units.append((name or "(tower)", m, None if len(own) == len(m._parameters) else own))
+    return units
 
 
 @torch.no_grad()
@@ -88,15 +110,20 @@ def randomize_modules(modules: list[nn.Module]) -> None:
     redrawn from ``N(0, std)`` with the parameter's current std, which keeps its scale; constant
     parameters (std 0) are left as they are."""
     for m in modules:
-        reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
-        if callable(reset):
-            reset()
-            continue
-        for p in m._parameters.values():
-            if p is not None and p.numel() > 1:
-                std = float(p.float().std())
-                if std > 0:
-                    p.normal_(0.0, std)
+        _randomize_unit(m, None)
+
+
+@torch.no_grad()
+def _randomize_unit(m: nn.Module, names: tuple[str, ...] | None) -> None:
+    reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+    if names is None and callable(reset):
+        reset()
+        return
+    for n, p in m._parameters.items():
+        if p is not None and p.numel() > 1 and (names is None or n in names):
+            std = float(p.float().std())
+            if std > 0:
+                p.normal_(0.0, std)
 
 
 def _rank(a: np.ndarray) -> np.ndarray:
@@ -166,16 +193,17 @@ def randomization_check(model: nn.Module, x: torch.Tensor, target: Target,
             ``n_steps`` cumulative chunks from the output end down (Adebayo et al.'s cascading
             randomisation) and reports every step.
         explainer: ``(model, x, target) -> [B, H, W]``; GradCAM by default.
-        threshold: the maps count as changed when the mean Spearman rank correlation of the fully
-            randomised maps with the original ones is below this value (an inverted map, which
-            highlights the opposite regions, counts as changed; ``abs_spearman`` is reported too).
+        threshold: the maps count as changed when the mean absolute Spearman rank correlation of the
+            fully randomised maps with the original ones is below this value (an inverted map is as
+            dependent on the input as the original and counts as unchanged).
         n_steps: number of cascade steps.
         seed: seed of the re-initialisation.
 
     Returns:
         ``{"spearman_rank_corr", "abs_spearman", "pearson", "ssim"}`` of the fully randomised maps,
         ``"changed"`` (bool), ``"threshold"``, ``"layers"`` and ``"steps"`` (one similarity dict per
-        step, with ``"n_modules"`` randomised so far).
+        step, with ``"n_modules"`` randomised so far and the names ``"randomized"`` in that step; see
+        :func:`cascade_units` for the order).
     """
     if layers not in ("cascade", "all"):
         raise ValueError(f"layers must be 'cascade' or 'all', got {layers!r}.")
@@ -185,7 +213,7 @@ def randomization_check(model: nn.Module, x: torch.Tensor, target: Target,
     original = explainer(model, x, target)  # [B, H, W]
 
     rand_model = copy.deepcopy(model)
-    modules = _param_modules(find_image_tower(rand_model))
+    modules = cascade_units(rand_model)
     if not modules:
         raise ValueError(f"the image tower of {type(model).__name__} has no parameters to randomise.")
     n = 1 if layers == "all" else min(n_steps, len(modules))
@@ -194,10 +222,12 @@ def randomization_check(model: nn.Module, x: torch.Tensor, target: Target,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for lo, hi in zip(bounds[:-1], bounds[1:]):
-            randomize_modules(modules[lo:hi])
+            for _, m, names in modules[lo:hi]:
+                _randomize_unit(m, names)
             sim = map_similarity(original, explainer(rand_model, x, target))
-            steps.append({"n_modules": int(hi), **sim})
+            steps.append({"n_modules": int(hi), "randomized": [name for name, _, _ in modules[lo:hi]], **sim})
     final = steps[-1]
     return {**{k: final[k] for k in ("spearman_rank_corr", "abs_spearman", "pearson", "ssim")},
-            "changed": bool(final["spearman_rank_corr"] < threshold), "threshold": threshold,
+            # |rho|: an inverted map (same regions, opposite sign) still follows the original one
+            "changed": bool(final["abs_spearman"] < threshold), "threshold": threshold,
             "layers": layers, "steps": steps}

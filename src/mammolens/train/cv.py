@@ -36,20 +36,26 @@ def _json_safe(obj: Any) -> Any:
 
 
 def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict[str, Any]:
-    """Train one run per patient fold and score the pooled out-of-fold predictions.
+    """Train one run per patient fold and score the pooled out-of-fold predictions (nested selection).
 
     Folds come from ``data.splits.patient_kfold`` (stratified by the task label, grouped by patient,
     seeded by ``cfg.seed``) over the usable rows (labelled, preprocessed, modality filter, not
-    ``split == test``). Fold ``i`` is trained in ``OUT_DIR/fold_i`` with fold ``i`` as validation.
+    ``split == test``). Fold ``i`` is the test fold of ``OUT_DIR/fold_i``; the checkpoint choice and early
+    stopping use an inner validation split of the *training* folds (``data.splits.train_val_test_split``,
+    ``cfg.data.val_frac`` of their patients, seed ``cfg.seed + i``), so the test fold never selects its own
+    model. ``val_frac=0`` trains on all training folds and keeps the last checkpoint.
 
-    Writes ``OUT_DIR/cv_metrics.json`` (per fold, mean ± sd across folds, pooled) and
-    ``OUT_DIR/oof_predictions.parquet`` (index columns + ``fold, label, prob_<class>, pred``).
+    Writes ``OUT_DIR/cv_metrics.json`` (per fold, mean ± sd across folds, pooled),
+    ``OUT_DIR/oof_predictions.parquet`` (index columns with identifiers pseudonymised + ``fold, label,
+    prob_<class>, pred``) and ``OUT_DIR/cv_rows.parquet`` (``cache_row, patient, fold, role``: one row per
+    image and fold, role ``train``/``val``/``test``; keyed pseudonyms only).
 
     Returns:
         the dict written to ``cv_metrics.json``.
     """
     from mammolens.data.dataset import MammoDataset
-    from mammolens.data.splits import patient_kfold
+    from mammolens.data.splits import patient_kfold, train_val_test_split
+    from mammolens.privacy import pseudonymise_frame
     from mammolens.train.loop import load_run, open_run_cache, predict_cache, resolve_task, split_rows, val_metrics
     from mammolens.train.loop import train as train_run
 
@@ -76,27 +82,38 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     fold_ids[usable] = folds
     oof = np.full((len(index), len(task.class_names)), np.nan, dtype=np.float64)
     per_fold: list[dict[str, Any]] = []
+    roles: list[pd.DataFrame] = []
     for i in range(k):
-        val_rows = usable[folds == i]
+        test_rows = usable[folds == i]
         train_rows = usable[folds != i]
+        val_rows = np.empty(0, dtype=np.int64)
+        if cfg.data.val_frac > 0:  # inner patient-grouped split of the training folds only
+            inner = train_val_test_split(index.iloc[train_rows].reset_index(drop=True), val=cfg.data.val_frac,
+                                         test=0.0, label_col=task.label_column, seed=cfg.seed + i).to_numpy()
+            train_rows, val_rows = train_rows[inner == "train"], train_rows[inner == "val"]
+        for role, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
+            roles.append(pd.DataFrame({"cache_row": rows, "fold": i, "role": role}))
         fcfg = dataclasses.replace(
             cfg, out_dir=str(out / f"fold_{i}"),
             data=dataclasses.replace(cfg.data, cache=str(cache.path), manifest=""),
         )
         run_dir = train_run(fcfg, rows=(train_rows, val_rows))
         model, _, _ = load_run(run_dir, which="best")
-        probs = predict_cache(model, task, MammoDataset(cache, task, rows=val_rows), batch_size=cfg.batch_size,
+        probs = predict_cache(model, task, MammoDataset(cache, task, rows=test_rows), batch_size=cfg.batch_size,
                               workers=0)
-        oof[val_rows] = probs
-        m = val_metrics(labels[val_rows], probs, task.class_names)
-        per_fold.append({"fold": i, "run_dir": str(run_dir), "n_val": int(len(val_rows)),
+        oof[test_rows] = probs
+        m = val_metrics(labels[test_rows], probs, task.class_names)
+        per_fold.append({"fold": i, "run_dir": f"fold_{i}", "n_train": int(len(train_rows)),
+                         "n_val": int(len(val_rows)), "n_test": int(len(test_rows)),
                          **{kk.removeprefix("val_"): v for kk, v in m.items()}})
 
     done = usable
     pooled = {kk.removeprefix("val_"): v for kk, v in val_metrics(labels[done], oof[done], task.class_names).items()}
-    keys = [kk for kk in per_fold[0] if kk not in ("fold", "run_dir", "n_val")]
+    keys = [kk for kk in per_fold[0] if kk not in ("fold", "run_dir", "n_train", "n_val", "n_test")]
     result = {
         "k": k,
+        "selection": (f"inner patient-grouped validation split of the training folds (val_frac={cfg.data.val_frac})"
+                      if cfg.data.val_frac > 0 else "last checkpoint (val_frac=0)"),
         "task": task.name,
         "method": cfg.method,
         "n_images": int(len(done)),
@@ -114,5 +131,9 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     for j, name in enumerate(task.class_names):
         frame[f"prob_{name}"] = oof[done, j]
     frame["pred"] = np.asarray(task.class_names, dtype=object)[oof[done].argmax(1)]
-    pd.DataFrame(frame).reset_index(drop=True).to_parquet(out / "oof_predictions.parquet")
+    pseudonymise_frame(pd.DataFrame(frame).reset_index(drop=True)).to_parquet(out / "oof_predictions.parquet")
+    rows_df = pd.concat(roles, ignore_index=True)
+    patient = index["patient_id"].astype(str).to_numpy()[rows_df["cache_row"].to_numpy()]
+    rows_df.insert(1, "patient", pseudonymise_frame(pd.DataFrame({"patient_id": patient}))["patient_id"].to_numpy())
+    rows_df.to_parquet(out / "cv_rows.parquet", index=False)
     return result
