@@ -42,6 +42,9 @@ def test_exam_dataset_groups_views_and_sentences(cache_dir):  # noqa: F811
     assert torch.equal(torch.bincount(batch["view_exam"]), batch["exam_views"])
     assert len(batch["sentences"]) == len(batch["sentence_exam"]) == len(batch["sentence_side"])
     assert set(batch["laterality"].tolist()) <= {0, 1}
+    tokenized = ExamDataset(images, tokenize=create_model("tiny-clip", image_size=64).tokenizer)
+    batch = ExamDataset.collate([tokenized[i] for i in range(4)])
+    assert batch["sentence_tokens"].shape == (len(batch["sentences"]), 77)  # tokenised in the loader
 
 
 def test_exam_dataset_without_report_column_says_how_to_fix(cache_dir):  # noqa: F811

@@ -134,13 +134,15 @@ class ExamDataset(Dataset):
         report_column: the index column holding the exam's report text (shared by its views).
         max_views: at most this many views per exam (in laterality, view, modality order).
         max_sentences: at most this many sentences per report (memory; the rest are dropped).
+        tokenize: the text tower's tokenizer (``list[str] -> [M, L]``); samples then also carry
+            ``sentence_tokens`` (tokenised in the loader's workers, not in the training step).
 
     Raises:
         ValueError: a column is missing (the message names it and how to add it).
     """
 
     def __init__(self, images: MammoDataset, report_column: str = "report", max_views: int = 8,
-                 max_sentences: int = 32):
+                 max_sentences: int = 32, tokenize: Callable[[list[str]], torch.Tensor] | None = None):
         from mammolens.reports import split_sentences
 
         frame = images.frame
@@ -151,7 +153,7 @@ class ExamDataset(Dataset):
                              "repeated on its views) and preprocess again, or set report_column")
         if max_views < 1 or max_sentences < 1:
             raise ValueError(f"max_views and max_sentences must be >= 1, got {max_views} and {max_sentences}")
-        self.images = images
+        self.images, self.tokenize = images, tokenize
         order = frame.assign(_pos=np.arange(len(frame))).sort_values(
             ["patient_id", "study_id", "laterality", "view", "modality"], kind="stable")
         self.exams: list[np.ndarray] = []
@@ -180,7 +182,13 @@ class ExamDataset(Dataset):
             "laterality": torch.from_numpy(self.laterality[pos]),
             "sentences": list(self.sentences[i]),
             "sentence_side": torch.tensor(self.sides[i], dtype=torch.int64),
+            **({} if self.tokenize is None else {"sentence_tokens": self._tokens(self.sentences[i])}),
         }
+
+    def _tokens(self, sentences: list[str]) -> torch.Tensor:
+        if sentences:
+            return self.tokenize(sentences)  # [M, L], each sentence truncated on its own
+        return self.tokenize([""])[:0]  # [0, L]: an exam without report text
 
     @staticmethod
     def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -189,10 +197,11 @@ class ExamDataset(Dataset):
         Returns:
             ``image [N, 1, S, S]``, ``label [N]``, ``modality [N]``, ``index [N]``, ``laterality [N]``,
             ``view_exam [N]`` (exam of each view, 0..E-1), ``exam_views [E]`` (views per exam),
-            ``sentences`` (M strings), ``sentence_exam [M]``, ``sentence_side [M]``.
+            ``sentences`` (M strings), ``sentence_exam [M]``, ``sentence_side [M]`` and, with a tokenizer,
+            ``sentence_tokens [M, L]``.
         """
-        out: dict[str, Any] = {k: torch.cat([it[k] for it in items])
-                               for k in (KEY_IMAGE, KEY_LABEL, KEY_MODALITY, KEY_INDEX, "laterality", "sentence_side")}
+        keys = (KEY_IMAGE, KEY_LABEL, KEY_MODALITY, KEY_INDEX, "laterality", "sentence_side", "sentence_tokens")
+        out: dict[str, Any] = {k: torch.cat([it[k] for it in items]) for k in keys if k in items[0]}
         counts = torch.tensor([len(it[KEY_LABEL]) for it in items], dtype=torch.int64)
         out["exam_views"] = counts
         out["view_exam"] = torch.repeat_interleave(torch.arange(len(items)), counts)

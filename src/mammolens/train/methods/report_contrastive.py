@@ -57,8 +57,12 @@ class ReportStep(nn.Module):
         if prompts:
             self.register_buffer("class_tokens", clip.class_tokens(task), persistent=False)  # [K, T, L]
 
-    def forward(self, x: Tensor, view_exam: Tensor, laterality: Tensor, exam_views: Tensor, sentences: list[str],
+    def forward(self, x: Tensor, view_exam: Tensor, laterality: Tensor, exam_views: Tensor, sentence_tokens: Tensor,
                 sentence_exam: Tensor, sentence_side: Tensor) -> dict[str, Tensor]:
+        """Embeddings of a flat exam batch (``data.dataset.ExamDataset.collate``): ``view [N, D]``,
+        ``patches [N, P, D]``, ``exam [E, D]``, ``breast [2E, D]`` (slot ``2e + laterality``),
+        ``sentence [M, D]``, ``report [E, D]``, ``breast_text [2E, D]``, the ``*_has`` masks, ``classes
+        [K, D]`` and ``scale``."""
         out: dict[str, Tensor] = {}
         if self.tokens:
             view, patches = self.clip.encode_image_tokens(x)  # [N, D], [N, P, D]
@@ -71,8 +75,8 @@ class ReportStep(nn.Module):
         breast = torch.where(laterality >= 0, 2 * view_exam + laterality, torch.full_like(view_exam, -1))  # [N]
         out["breast"] = F.normalize(pool_groups(self.pool, view, breast, 2 * n_exams), dim=-1)  # [2E, D]
         out["breast_has"] = torch.bincount(breast[breast >= 0], minlength=2 * n_exams) > 0  # [2E]
-        if sentences:
-            sent = self.clip.encode_text(sentences)  # [M, D], one sentence per row: no report truncated
+        if sentence_tokens.shape[0]:
+            sent = self.clip.encode_tokens(sentence_tokens)  # [M, D], one sentence per row: no report truncated
         else:
             sent = view.new_zeros(0, view.shape[-1])
         out["sentence"] = sent
@@ -99,7 +103,7 @@ class ReportContrastiveMethod(TrainMethod):
 
         cfg = self.ctx.cfg
         return ExamDataset(self.ctx.train_ds, report_column=cfg.report_column, max_views=MAX_VIEWS,
-                           max_sentences=cfg.max_sentences)
+                           max_sentences=cfg.max_sentences, tokenize=self.ctx.clip.tokenizer)
 
     def build(self) -> nn.Module:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -112,8 +116,8 @@ class ReportContrastiveMethod(TrainMethod):
 
     def training_forward(self, model: nn.Module, batch: dict) -> dict[str, Tensor]:
         cfg = self.ctx.cfg
-        o = model(batch["image"], batch["view_exam"], batch["laterality"], batch["exam_views"], batch["sentences"],
-                  batch["sentence_exam"], batch["sentence_side"])
+        o = model(batch["image"], batch["view_exam"], batch["laterality"], batch["exam_views"],
+                  batch["sentence_tokens"], batch["sentence_exam"], batch["sentence_side"])
         n_exams = o["exam"].shape[0]
         exams = torch.arange(n_exams, device=o["exam"].device)
         breast_exam = torch.arange(2 * n_exams, device=exams.device).div(2, rounding_mode="floor")
