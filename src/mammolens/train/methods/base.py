@@ -1,7 +1,7 @@
 """The interface every training method implements, and what the loop hands it (open_clip's task classes
 are the model: the loop stays one, methods plug in).
 
-A method answers four questions for the loop (``train.loop``):
+A method answers five questions for the loop (``train.loop``):
 
 * ``train_dataset()``: what the training loader draws from (default ``ctx.train_ds``);
 * ``build()``: which module to optimise and DDP-wrap (its trainable parameters are the optimizer's);
