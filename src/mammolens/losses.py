@@ -1,4 +1,5 @@
-"""Losses: weighted image-text contrastive loss over class prompts, weighted cross-entropy and focal loss.
+"""Losses: weighted image-text contrastive loss over class prompts, weighted cross-entropy and focal loss,
+and the report losses (multi-positive exam ↔ report, sentence ↔ patch).
 
 Weighted contrastive loss (DESIGN.md). With ``s = exp(logit_scale).clamp(max=100)``, image embeddings
 ``x_i`` (``[B, D]``, L2-normalised), class text embeddings ``t_k`` (``[K, D]``, template-averaged and
@@ -46,6 +47,10 @@ __all__ = [
     "focal_loss",
     "FocalLoss",
     "gather_batch",
+    "multi_positive_nce",
+    "exam_report_loss",
+    "sentence_patch_attention",
+    "sentence_patch_loss",
 ]
 
 
@@ -378,3 +383,82 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor, modality: Tensor | None = None) -> Tensor:
         return focal_loss(logits, labels, self.gamma, self.class_weights, modality, self.modality_weights)
+
+
+# ------------------------------------------------------------------------------- report (exam ↔ text)
+def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
+    """Symmetric InfoNCE in which every marked pair is a positive (none of them is ever a negative).
+
+    With ``P(i)`` the positives of row i: ``L_i = -log(sum_{j in P(i)} exp(l_ij) / sum_j exp(l_ij))``, the
+    same form as the text→image term of the class-prompt loss; columns likewise. Rows / columns without
+    a positive take no part. ``loss = (mean_rows L + mean_cols L) / 2``.
+
+    Args:
+        logits: ``[N, M]`` (scaled similarities).
+        positives: ``[N, M]`` bool.
+
+    Returns:
+        A scalar (0 when no pair is positive).
+    """
+    if logits.shape != positives.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and positives {tuple(positives.shape)} must have one shape")
+    logits = logits.float()
+    neg_inf = torch.finfo(logits.dtype).min
+
+    def side(lg: Tensor, pos: Tensor) -> Tensor:
+        has = pos.any(1)
+        if not bool(has.any()):
+            return lg.sum() * 0.0  # keeps the graph: a batch without pairs is a zero, not an error
+        lg, pos = lg[has], pos[has]
+        return (torch.logsumexp(lg, 1) - torch.logsumexp(lg.masked_fill(~pos, neg_inf), 1)).mean()
+
+    return 0.5 * (side(logits, positives) + side(logits.t(), positives.t()))
+
+
+def exam_report_loss(image_emb: Tensor, text_emb: Tensor, image_exam: Tensor, text_exam: Tensor,
+                     logit_scale) -> Tensor:
+    """Coarse exam ↔ report loss: images (views, breasts, exams) against texts (sentences, breast texts,
+    reports); every image–text pair of the same exam is a positive (:func:`multi_positive_nce`).
+
+    Args:
+        image_emb: ``[N, D]`` L2-normalised.
+        text_emb: ``[M, D]`` L2-normalised.
+        image_exam: ``[N]`` exam id of each image item.
+        text_exam: ``[M]`` exam id of each text item.
+        logit_scale: temperature in log space (``exp`` is clamped at 100).
+    """
+    logits = _scale(logit_scale) * image_emb.float() @ text_emb.float().t()  # [N, M]
+    return multi_positive_nce(logits, image_exam[:, None] == text_exam[None, :])
+
+
+def sentence_patch_attention(sentences: Tensor, tokens: Tensor, temperature: float = 4.0) -> tuple[Tensor, Tensor]:
+    """Each sentence's attention over each image's patch tokens (GLoRIA's local attention).
+
+    Args:
+        sentences: ``[S, D]`` L2-normalised sentence embeddings.
+        tokens: ``[V, P, D]`` L2-normalised patch tokens of V images (P patches on the model's grid).
+        temperature: sharpness of the attention over patches (GLoRIA's gamma1).
+
+    Returns:
+        ``(attention [S, V, P]`` (sums to 1 over P: the sentence's map over the image),
+        ``similarity [S, V]`` = cosine of the sentence and its attention-weighted image context).
+    """
+    att = torch.softmax(temperature * torch.einsum("sd,vpd->svp", sentences.float(), tokens.float()), dim=-1)
+    context = torch.einsum("svp,vpd->svd", att, tokens.float())  # [S, V, D]
+    sim = F.cosine_similarity(context, sentences.float()[:, None, :].expand_as(context), dim=-1)  # [S, V]
+    return att, sim
+
+
+def sentence_patch_loss(sentences: Tensor, tokens: Tensor, sentence_exam: Tensor, image_exam: Tensor,
+                        logit_scale, temperature: float = 4.0) -> Tensor:
+    """Fine sentence ↔ patch loss: contrastive over the batch's (sentence, image) pairs, scored by
+    :func:`sentence_patch_attention`; the images of a sentence's own exam are its positives.
+
+    Args:
+        sentences: ``[S, D]``; tokens: ``[V, P, D]`` (both L2-normalised).
+        sentence_exam: ``[S]``; image_exam: ``[V]`` exam ids.
+        logit_scale: temperature in log space.
+        temperature: attention sharpness over patches.
+    """
+    _, sim = sentence_patch_attention(sentences, tokens, temperature)
+    return multi_positive_nce(_scale(logit_scale) * sim, sentence_exam[:, None] == image_exam[None, :])

@@ -283,3 +283,16 @@ def test_class_tokens_trim_padding_for_hf_text_towers():
                                    atol=1e-5, rtol=0)
     tiny = create_model("tiny-clip", image_size=SIZE)
     assert tiny.class_tokens(TWO_CLASS).shape[-1] == 77
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_encode_image_tokens_real_grid_and_pooled(size):
+    """Patch tokens in the joint space, class token dropped, on the model's real grid."""
+    torch.manual_seed(0)
+    model = create_model("tiny-clip", image_size=size).eval()
+    x = torch.rand(2, 1, size, size)
+    pooled, tokens = model.encode_image_tokens(x)
+    assert tokens.shape == (2, (size // 16) ** 2, model.embed_dim)
+    assert torch.allclose(pooled, model.encode_image(x), atol=1e-6)
+    assert torch.allclose(tokens.norm(dim=-1), torch.ones(2, (size // 16) ** 2), atol=1e-5)
+    assert model.visual.output_tokens is False  # the switch is put back

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from mammolens.constants import KEY_IMAGE, KEY_INDEX, KEY_LABEL, KEY_MODALITY, MODALITIES
 from mammolens.data.cache import Cache, open_cache
 
-__all__ = ["MammoDataset", "make_loader", "sample_weights"]
+__all__ = ["MammoDataset", "ExamDataset", "make_loader", "sample_weights"]
 
 
 def _modality_codes(values: pd.Series) -> np.ndarray:
@@ -115,6 +115,100 @@ class MammoDataset(Dataset):
             KEY_INDEX: r,
             KEY_MODALITY: int(self.modality_all[r]),
         }
+
+
+SENTENCE_SIDES = ("L", "R", "B", "")  # codes 0..3 of ``sentence_side`` in exam batches
+_LATERALITY_CODES = {"L": 0, "R": 1}
+
+
+class ExamDataset(Dataset):
+    """Exams of an image dataset: all views of one exam and its report's sentences (report training).
+
+    A sample is ``{"image": [V, 1, S, S], "label": [V], "modality": [V], "laterality": [V] (0 L, 1 R,
+    -1 unknown), "index": [V], "sentences": list[str], "sentence_side": [M] (index into
+    ``SENTENCE_SIDES``)}``; V is 1..``max_views`` (views missing from an exam are simply absent).
+    :meth:`collate` puts exams of different sizes into one flat batch (see there).
+
+    Args:
+        images: the ``MammoDataset`` whose rows are grouped; an exam is one ``(patient_id, study_id)``.
+        report_column: the index column holding the exam's report text (shared by its views).
+        max_views: at most this many views per exam (in laterality, view, modality order).
+        max_sentences: at most this many sentences per report (memory; the rest are dropped).
+        tokenize: the text tower's tokenizer (``list[str] -> [M, L]``); samples then also carry
+            ``sentence_tokens`` (tokenised in the loader's workers, not in the training step).
+
+    Raises:
+        ValueError: a column is missing (the message names it and how to add it).
+    """
+
+    def __init__(self, images: MammoDataset, report_column: str = "report", max_views: int = 8,
+                 max_sentences: int = 32, tokenize: Callable[[list[str]], torch.Tensor] | None = None):
+        from mammolens.reports import split_sentences
+
+        frame = images.frame
+        missing = [c for c in ("patient_id", "study_id", report_column) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"exam batches need the index column(s) {missing}, which {images.cache.path} lacks; "
+                             f"write reports into the manifest's {report_column!r} column (one text per exam, "
+                             "repeated on its views) and preprocess again, or set report_column")
+        if max_views < 1 or max_sentences < 1:
+            raise ValueError(f"max_views and max_sentences must be >= 1, got {max_views} and {max_sentences}")
+        self.images, self.tokenize = images, tokenize
+        order = frame.assign(_pos=np.arange(len(frame))).sort_values(
+            ["patient_id", "study_id", "laterality", "view", "modality"], kind="stable")
+        self.exams: list[np.ndarray] = []
+        self.sentences: list[list[str]] = []
+        self.sides: list[list[int]] = []
+        for _, group in order.groupby(["patient_id", "study_id"], sort=False):
+            self.exams.append(group["_pos"].to_numpy()[:max_views])
+            texts = [str(t) for t in group[report_column].dropna() if str(t).strip()]
+            sents = split_sentences(texts[0])[:max_sentences] if texts else []
+            self.sentences.append([s.text for s in sents])
+            self.sides.append([SENTENCE_SIDES.index(s.side) for s in sents])
+        lat = frame["laterality"].astype(str).str.upper() if "laterality" in frame else pd.Series([""] * len(frame))
+        self.laterality = np.array([_LATERALITY_CODES.get(v, -1) for v in lat], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.exams)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pos = self.exams[i]
+        views = [self.images[int(j)] for j in pos]
+        return {
+            KEY_IMAGE: torch.stack([v[KEY_IMAGE] for v in views]),  # [V, 1, S, S]
+            KEY_LABEL: torch.stack([v[KEY_LABEL] for v in views]),  # [V]
+            KEY_MODALITY: torch.tensor([v[KEY_MODALITY] for v in views], dtype=torch.int64),
+            KEY_INDEX: torch.tensor([v[KEY_INDEX] for v in views], dtype=torch.int64),
+            "laterality": torch.from_numpy(self.laterality[pos]),
+            "sentences": list(self.sentences[i]),
+            "sentence_side": torch.tensor(self.sides[i], dtype=torch.int64),
+            **({} if self.tokenize is None else {"sentence_tokens": self._tokens(self.sentences[i])}),
+        }
+
+    def _tokens(self, sentences: list[str]) -> torch.Tensor:
+        if sentences:
+            return self.tokenize(sentences)  # [M, L], each sentence truncated on its own
+        return self.tokenize([""])[:0]  # [0, L]: an exam without report text
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Exams → one flat batch of their N views and M sentences.
+
+        Returns:
+            ``image [N, 1, S, S]``, ``label [N]``, ``modality [N]``, ``index [N]``, ``laterality [N]``,
+            ``view_exam [N]`` (exam of each view, 0..E-1), ``exam_views [E]`` (views per exam),
+            ``sentences`` (M strings), ``sentence_exam [M]``, ``sentence_side [M]`` and, with a tokenizer,
+            ``sentence_tokens [M, L]``.
+        """
+        keys = (KEY_IMAGE, KEY_LABEL, KEY_MODALITY, KEY_INDEX, "laterality", "sentence_side", "sentence_tokens")
+        out: dict[str, Any] = {k: torch.cat([it[k] for it in items]) for k in keys if k in items[0]}
+        counts = torch.tensor([len(it[KEY_LABEL]) for it in items], dtype=torch.int64)
+        out["exam_views"] = counts
+        out["view_exam"] = torch.repeat_interleave(torch.arange(len(items)), counts)
+        out["sentences"] = [s for it in items for s in it["sentences"]]
+        out["sentence_exam"] = torch.repeat_interleave(
+            torch.arange(len(items)), torch.tensor([len(it["sentences"]) for it in items], dtype=torch.int64))
+        return out
 
 
 def sample_weights(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:

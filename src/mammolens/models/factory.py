@@ -183,14 +183,62 @@ class MammoCLIP(nn.Module):
         Returns:
             ``[B, D]``.
         """
+        features = self.clip.encode_image(self._normalise_input(x))  # [B, D]
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _normalise_input(self, x: Tensor) -> Tensor:
+        """``[B, 1|3, H, W]`` in [0, 1] → the tower's normalised ``[B, 3, H, W]`` on the model's device."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected images [B, 1|3, H, W], got shape {tuple(x.shape)}")
         x = x.to(device=self.mean.device, dtype=self.mean.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = (x - self.mean) / self.std  # [B, 3, H, W]
-        features = self.clip.encode_image(x)  # [B, D]
-        return F.normalize(features, dim=-1) if normalize else features
+        return (x - self.mean) / self.std  # [B, 3, H, W]
+
+    def encode_image_tokens(self, x: Tensor, normalize: bool = True) -> tuple[Tensor, Tensor]:
+        """Embed images and return their patch tokens in the joint space too (ViT towers only).
+
+        The tokens are the last block's patch tokens (class/register tokens dropped) after the tower's
+        final norm and projection, i.e. what the pooled embedding is made of; their count is the
+        model's real grid (``(H / patch) * (W / patch)``).
+
+        Args:
+            x: ``[B, 1|3, H, W]`` floats in [0, 1].
+            normalize: L2-normalise the pooled embedding and every token.
+
+        Returns:
+            ``(pooled [B, D], tokens [B, N, D])``.
+
+        Raises:
+            ValueError: the image tower is not an open_clip or timm ViT with token pooling.
+        """
+        x = self._normalise_input(x)
+        visual = self.clip.visual
+        trunk = getattr(visual, "trunk", None)
+        if trunk is not None and hasattr(trunk, "forward_features") and hasattr(trunk, "num_prefix_tokens"):
+            head = getattr(visual, "head", None)
+            if head is not None and hasattr(head, "pool"):
+                raise ValueError("encode_image_tokens: this timm tower pools with an attention head; its "
+                                 "tokens are not patches. Use a ViT with timm_pool '' or 'token'.")
+            feats = trunk.forward_features(x)  # [B, P + N, C]
+            pooled = trunk.forward_head(feats)  # [B, C] (no classifier: num_classes=0)
+            tokens = feats[:, int(trunk.num_prefix_tokens):]  # [B, N, C]
+            if head is not None:
+                pooled, tokens = head(pooled), head(tokens)  # projection acts on the last dim
+        elif hasattr(visual, "output_tokens") and getattr(visual, "attn_pool", None) is None:
+            visual.output_tokens = True  # open_clip's own switch; tokens come back without the class token
+            try:
+                pooled, tokens = visual(x)  # [B, D], [B, N, C]
+            finally:
+                visual.output_tokens = False
+            if getattr(visual, "proj", None) is not None:
+                tokens = tokens @ visual.proj  # [B, N, D]
+        else:
+            raise ValueError(f"encode_image_tokens needs a ViT image tower (open_clip or timm); "
+                             f"{type(visual).__name__} has no patch tokens. Use a ViT model (e.g. tiny-clip, biomedclip).")
+        if normalize:
+            pooled, tokens = F.normalize(pooled, dim=-1), F.normalize(tokens, dim=-1)
+        return pooled, tokens
 
     def encode_text(self, texts: str | Sequence[str], normalize: bool = True) -> Tensor:
         """Embed prompt strings; returns ``[N, D]``."""

@@ -14,7 +14,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-METHODS = ("contrastive", "zeroshot", "linear-probe", "finetune-ce")  # the built-in ones (train.methods)
+METHODS = ("contrastive", "zeroshot", "linear-probe", "finetune-ce", "report-contrastive")  # built in (train.methods)
+POOLINGS = ("mean", "attention")  # models.pooling (not imported here: it needs torch)
 PRECISIONS = ("auto", "fp32", "bf16")
 CLASS_WEIGHTINGS = ("inverse", "effective", "none")
 
@@ -56,8 +57,8 @@ class TrainCfg:
         image_size: network input size; ``None`` keeps the model's; the cache is resized on the device.
         method: ``contrastive`` (weighted image-text contrastive fine-tuning), ``zeroshot`` (no
             training), ``linear-probe`` (frozen image tower + linear layer), ``finetune-ce`` (image tower
-            + linear head, weighted cross-entropy), or a method registered with
-            ``train.methods.register_method``.
+            + linear head, weighted cross-entropy), ``report-contrastive`` (exams ↔ their reports; batches
+            of ``batch_size`` exams), or a method registered with ``train.methods.register_method``.
         class_weighting: ``inverse`` | ``effective`` | ``none`` class weights from the training labels.
         warmup_steps: linear warm-up optimizer steps; when 0, ``warmup_frac`` of all steps.
         min_lr: the cosine schedule's floor.
@@ -75,6 +76,11 @@ class TrainCfg:
         ood: at the end, fit the training-embedding distribution for the out-of-distribution check and
             write it to ``out_dir/ood.npz`` (``models.ood``).
         ood_max_images: at most this many training images (evenly spaced) are embedded for that fit.
+        report_column: ``report-contrastive``: the index column with each exam's report text.
+        pooling: ``report-contrastive``: exam/breast embedding from its views, ``mean`` or ``attention``.
+        prompt_weight: ``report-contrastive``: weight of the class-weighted prompt loss on the views (0 = off).
+        local_weight: ``report-contrastive``: weight of the sentence ↔ patch loss (0 = off; needs a ViT).
+        max_sentences: ``report-contrastive``: at most this many sentences per report.
     """
 
     data: DataCfg = field(default_factory=DataCfg)
@@ -109,6 +115,11 @@ class TrainCfg:
     device: str = "auto"
     ood: bool = True
     ood_max_images: int = 2048
+    report_column: str = "report"
+    pooling: str = "mean"
+    prompt_weight: float = 0.0
+    local_weight: float = 1.0
+    max_sentences: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -118,7 +129,11 @@ class TrainCfg:
         _check_choice("method", self.method, tuple(list_methods()))
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
-        for name in ("epochs", "batch_size", "grad_accum"):
+        _check_choice("pooling", self.pooling, POOLINGS)
+        for name in ("prompt_weight", "local_weight"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"TrainCfg.{name} must be >= 0 (0 turns the term off), got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_sentences"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainCfg.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.data.val_frac < 1.0:

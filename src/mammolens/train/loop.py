@@ -179,6 +179,7 @@ def _make_loader(ds, cfg: TrainCfg, device: torch.device, rank: int, world: int,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         drop_last=False,
+        collate_fn=getattr(ds, "collate", None),  # exam batches have their own (train.methods.base)
         persistent_workers=cfg.workers > 0 and train,
     )
 
@@ -560,7 +561,7 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     size = int(getattr(ctx.clip, "image_size", cache.cfg.size))
     module = method.build()
     opt = _optimizer(module, cfg, device)
-    train_loader = _make_loader(ctx.train_ds, cfg, device, rank, world, train=True)
+    train_loader = _make_loader(method.train_dataset(), cfg, device, rank, world, train=True)
     n_batches = len(train_loader)
     if cfg.max_steps_per_epoch:
         n_batches = min(n_batches, cfg.max_steps_per_epoch * cfg.grad_accum)
@@ -655,6 +656,8 @@ def _train_epoch(method, model: nn.Module, loader, n_batches: int, size: int, op
             x = augment(x)
         b = {"image": x, "label": batch["label"].to(device, non_blocking=True),  # [B]
              "modality": batch["modality"].to(device, non_blocking=True)}  # [B]
+        b.update({k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                  for k, v in batch.items() if k not in b})  # a method's own keys (exam batches)
         last_micro = (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches
         sync = contextlib.nullcontext() if (last_micro or world == 1) else model.no_sync()
         with sync:

@@ -21,6 +21,7 @@ _BUILTIN = {
     "zeroshot": "mammolens.train.methods.zeroshot:ZeroShotMethod",
     "linear-probe": "mammolens.train.methods.linear_probe:LinearProbeMethod",
     "finetune-ce": "mammolens.train.methods.finetune_ce:FinetuneCEMethod",
+    "report-contrastive": "mammolens.train.methods.report_contrastive:ReportContrastiveMethod",
 }
 _REGISTRY: dict[str, Any] = {}
 

@@ -1,8 +1,9 @@
 """The interface every training method implements, and what the loop hands it (open_clip's task classes
 are the model: the loop stays one, methods plug in).
 
-A method answers four questions for the loop (``train.loop``):
+A method answers five questions for the loop (``train.loop``):
 
+* ``train_dataset()``: what the training loader draws from (default ``ctx.train_ds``);
 * ``build()``: which module to optimise and DDP-wrap (its trainable parameters are the optimizer's);
 * ``training_forward(model, batch)``: the loss of one batch (``{"loss": scalar, other scalars...}``;
   the other entries are averaged over the epoch and logged as ``train_<name>``);
@@ -78,6 +79,12 @@ class TrainMethod:
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
         self.head: nn.Module | None = None
+
+    def train_dataset(self):
+        """The dataset the training loader draws batches from: ``ctx.train_ds`` (images), or one built
+        from it (exams, for report training). Its ``collate`` static method, when it has one, makes the
+        batches; keys beyond ``image``/``label``/``modality`` reach ``training_forward`` on the device."""
+        return self.ctx.train_ds
 
     def build(self) -> nn.Module:
         """The module to optimise (its parameters with ``requires_grad``) and to wrap in DDP / compile."""

@@ -1,0 +1,142 @@
+"""``report-contrastive``: exams ↔ their reports, coarse to fine (Mammo-CLIP / GLoRIA / FILIP style).
+
+A training batch is ``TrainCfg.batch_size`` *exams* (``data.dataset.ExamDataset``): all views of each
+exam (1..8, missing views allowed) and its report split into sentences (``reports.split_sentences``).
+
+* Text: every sentence is encoded on its own (truncated to the tokenizer's context length per
+  sentence, so a report longer than the context keeps its later sentences) and the report embedding
+  is the mean of its sentences; a breast's text is the mean of its side's, the bilateral and the
+  exam-level sentences.
+* Coarse: exam and breast embeddings pooled from their views (``models.pooling``, ``pooling: mean |
+  attention``) against report and breast texts; every pair of the same exam is a positive, never a
+  negative (``losses.exam_report_loss``).
+* Fine (``local_weight``): each sentence attends over each view's patch tokens; the attention-weighted
+  image context is contrasted over the batch of (sentence, view) pairs (``losses.sentence_patch_loss``).
+* Labels (``prompt_weight``): the class-weighted prompt loss on the views (label text as extra pairs).
+
+The run is a prompt run: validation, ``evaluate`` and ``Predictor`` score images against the class
+prompts, as for ``contrastive``. The attention pool is a training aid and is not in checkpoints (a
+resumed run restarts it from the mean).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mammolens.losses import WeightedContrastiveLoss, exam_report_loss, sentence_patch_loss
+from mammolens.models.pooling import make_pool, pool_groups, pool_members
+from mammolens.train.methods import register_method
+from mammolens.train.methods.base import TrainMethod
+
+__all__ = ["ReportContrastiveMethod", "ReportStep", "encode_report"]
+
+_BILATERAL = 2  # data.dataset.SENTENCE_SIDES: "B" is 2 and exam-level "" is 3, both about every breast
+MAX_VIEWS = 8  # views per exam in a batch (more are dropped)
+
+
+def encode_report(clip: nn.Module, sentences: list[str]) -> Tensor:
+    """A report's embedding ``[D]``: the mean of its sentences' embeddings, each encoded on its own.
+
+    Args:
+        clip: a ``MammoCLIP``.
+        sentences: the report's sentences (``reports.split_sentences``).
+    """
+    if not sentences:
+        raise ValueError("encode_report needs at least one sentence; an empty report has no embedding")
+    return F.normalize(clip.encode_text(sentences).float().mean(0), dim=-1)
+
+
+class ReportStep(nn.Module):
+    """What DDP wraps for report training: a flat exam batch → every embedding the losses need."""
+
+    def __init__(self, clip: nn.Module, task, pooling: str, tokens: bool, prompts: bool):
+        super().__init__()
+        self.clip, self.pool, self.tokens, self.prompts = clip, make_pool(pooling, clip.embed_dim), tokens, prompts
+        if prompts:
+            self.register_buffer("class_tokens", clip.class_tokens(task), persistent=False)  # [K, T, L]
+
+    def forward(self, x: Tensor, view_exam: Tensor, laterality: Tensor, exam_views: Tensor, sentence_tokens: Tensor,
+                sentence_exam: Tensor, sentence_side: Tensor) -> dict[str, Tensor]:
+        """Embeddings of a flat exam batch (``data.dataset.ExamDataset.collate``): ``view [N, D]``,
+        ``patches [N, P, D]``, ``exam [E, D]``, ``breast [2E, D]`` (slot ``2e + laterality``),
+        ``sentence [M, D]``, ``report [E, D]``, ``breast_text [2E, D]``, the ``*_has`` masks, ``classes
+        [K, D]`` and ``scale``."""
+        out: dict[str, Tensor] = {}
+        if self.tokens:
+            view, patches = self.clip.encode_image_tokens(x)  # [N, D], [N, P, D]
+            out["patches"] = patches
+        else:
+            view = self.clip.encode_image(x)  # [N, D]
+        n_exams = exam_views.shape[0]
+        out["view"] = view
+        out["exam"] = F.normalize(pool_groups(self.pool, view, view_exam, n_exams), dim=-1)  # [E, D]
+        breast = torch.where(laterality >= 0, 2 * view_exam + laterality, torch.full_like(view_exam, -1))  # [N]
+        out["breast"] = F.normalize(pool_groups(self.pool, view, breast, 2 * n_exams), dim=-1)  # [2E, D]
+        out["breast_has"] = torch.bincount(breast[breast >= 0], minlength=2 * n_exams) > 0  # [2E]
+        if sentence_tokens.shape[0]:
+            sent = self.clip.encode_tokens(sentence_tokens)  # [M, D], one sentence per row: no report truncated
+        else:
+            sent = view.new_zeros(0, view.shape[-1])
+        out["sentence"] = sent
+        ids = torch.arange(n_exams, device=sent.device)
+        report, out["report_has"] = pool_members(sent, sentence_exam[None, :] == ids[:, None])  # [E, D]
+        out["report"] = F.normalize(report, dim=-1)
+        slots = torch.arange(2 * n_exams, device=sent.device)  # breast 2e + laterality (0 L, 1 R)
+        b_exam, b_side = slots.div(2, rounding_mode="floor"), slots % 2
+        about = (sentence_side[None, :] == b_side[:, None]) | (sentence_side[None, :] >= _BILATERAL)  # [2E, M]
+        breast_text, out["breast_text_has"] = pool_members(sent, about & (sentence_exam[None, :] == b_exam[:, None]))
+        out["breast_text"] = F.normalize(breast_text, dim=-1)
+        if self.prompts:
+            out["classes"] = self.clip.class_embeddings(tokens=self.class_tokens)  # [K, D]
+        out["scale"] = self.clip.logit_scale
+        return out
+
+
+@register_method("report-contrastive")
+class ReportContrastiveMethod(TrainMethod):
+    """Both towers and the temperature trained on exam ↔ report pairs (see the module docstring)."""
+
+    def train_dataset(self):
+        from mammolens.data.dataset import ExamDataset
+
+        cfg = self.ctx.cfg
+        return ExamDataset(self.ctx.train_ds, report_column=cfg.report_column, max_views=MAX_VIEWS,
+                           max_sentences=cfg.max_sentences, tokenize=self.ctx.clip.tokenizer)
+
+    def build(self) -> nn.Module:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        # the prompt term gathers views over DDP ranks (padded to the most a batch can hold); the report
+        # terms use the rank's own exams
+        self.loss_fn = WeightedContrastiveLoss(class_weights=ctx.class_weights, modality_weights=ctx.modality_weights,
+                                               gather_pad_to=cfg.batch_size * MAX_VIEWS)
+        return ReportStep(ctx.clip, ctx.task, cfg.pooling, tokens=cfg.local_weight > 0,
+                          prompts=cfg.prompt_weight > 0).to(ctx.device)
+
+    def training_forward(self, model: nn.Module, batch: dict) -> dict[str, Tensor]:
+        cfg = self.ctx.cfg
+        o = model(batch["image"], batch["view_exam"], batch["laterality"], batch["exam_views"],
+                  batch["sentence_tokens"], batch["sentence_exam"], batch["sentence_side"])
+        n_exams = o["exam"].shape[0]
+        exams = torch.arange(n_exams, device=o["exam"].device)
+        breast_exam = torch.arange(2 * n_exams, device=exams.device).div(2, rounding_mode="floor")
+        images = torch.cat([o["exam"], o["breast"][o["breast_has"]]])
+        image_exam = torch.cat([exams, breast_exam[o["breast_has"]]])
+        texts = torch.cat([o["report"][o["report_has"]], o["breast_text"][o["breast_text_has"]]])
+        text_exam = torch.cat([exams[o["report_has"]], breast_exam[o["breast_text_has"]]])
+        coarse = exam_report_loss(images, texts, image_exam, text_exam, o["scale"])
+        out = {"coarse": coarse}
+        loss = coarse
+        if cfg.local_weight > 0:
+            out["local"] = sentence_patch_loss(o["sentence"], o["patches"], batch["sentence_exam"], batch["view_exam"],
+                                               o["scale"])
+            loss = loss + cfg.local_weight * out["local"]
+        if cfg.prompt_weight > 0:
+            out["prompt"] = self.loss_fn(o["view"].float(), o["classes"].float(), batch["label"], o["scale"],
+                                         modality=batch["modality"])
+            loss = loss + cfg.prompt_weight * out["prompt"]
+        return {"loss": loss, **out}
+
+    def log(self) -> dict[str, float]:
+        return {"logit_scale": float(self.ctx.clip.logit_scale.detach().exp().clamp(max=100.0))}
