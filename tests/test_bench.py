@@ -244,4 +244,5 @@ def test_check_targets_shared_cpu_ratio_is_an_upper_bound():
                        "at_most": True}]
     assert not check_targets({"shared_cpu": {"ratio": 2.6}})[0]["ok"]  # the collapse measured before the fix
     assert not check_targets({"shared_cpu": {"ratio": float("nan")}})[0]["ok"]
+    assert check_targets({"shared_cpu": {}})[0]["ok"] is False  # missing ratio fails, no TypeError
     assert BenchCfg(only=("shared-cpu",)).sections == ("shared-cpu",)

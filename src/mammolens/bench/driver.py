@@ -161,8 +161,10 @@ def check_targets(results: dict[str, Any], small: bool = False,
     checks = []
 
     def add(name: str, ratio: Any, target: float, at_most: bool = False) -> None:
-        ok = isinstance(ratio, (int, float)) and np.isfinite(ratio) and (ratio <= target if at_most else ratio >= target)
-        checks.append({"name": name, "ratio": ratio, "target": target, "ok": bool(ok), **({"at_most": True} if at_most else {})})
+        ok = isinstance(ratio, (int, float)) and np.isfinite(ratio)
+        ok = ok and (ratio <= target if at_most else ratio >= target)
+        rec = {"name": name, "ratio": ratio, "target": target, "ok": bool(ok)}
+        checks.append({**rec, "at_most": True} if at_most else rec)
 
     if "preprocess" in results:
         add("preprocess", results["preprocess"].get("ratio"), targets["preprocess"])
@@ -212,11 +214,13 @@ def format_results(report: dict[str, Any]) -> str:
                      + (f", waiting for data {t['data_wait_frac']:.1%} of the time" if "data_wait_frac" in t else ""))
     if "shared_cpu" in res:
         s = res["shared_cpu"]
-        lines.append(f"shared-cpu {s['model']} {s['steps']} steps, {s['torch_threads']} threads: alone {s['idle_s']:.1f} s | "
+        lines.append(f"shared-cpu {s['model']} {s['steps']} steps, {s['torch_threads']} threads: "
+                     f"alone {s['idle_s']:.1f} s | "
                      f"beside {s['k']} busy {s['loaded_s']:.1f} s | slowdown {s['slowdown']:.2f}x, fair "
                      f"{s['fair_slowdown']:.2f}x on {s['cores']} cores -> {s['ratio']:.2f}x the fair share "
                      f"(load {s['load_avg_1m_before']} -> {s['load_avg_1m_after']})")
     for c in report["checks"]:
         cmp = "<=" if c.get("at_most") else ">="
-        lines.append(f"check {c['name']}: {c['ratio']:.2f}x vs target {cmp} {c['target']}x -> {'ok' if c['ok'] else 'MISSED'}")
+        lines.append(f"check {c['name']}: {c['ratio']:.2f}x vs target {cmp} {c['target']}x -> "
+                     f"{'ok' if c['ok'] else 'MISSED'}")
     return "\n".join(lines)
