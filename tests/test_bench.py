@@ -10,12 +10,12 @@ from mammolens.bench import (
     TARGETS_FULL,
     TARGETS_SMALL,
     BenchCfg,
-    _peak_tflops,
     bench_train_gpu,
     check_targets,
     format_results,
     run_benchmarks,
 )
+from mammolens.bench.train_step import peak_tflops_for, train_flops, train_parts
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,9 @@ def test_bench_cfg_rejects_unknown_section():
 
 
 def test_peak_tflops_by_device_name():
-    assert _peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
-    assert _peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 67.0
-    assert _peak_tflops("Some CPU", "bf16") is None
+    assert peak_tflops_for("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert peak_tflops_for("NVIDIA H100 80GB HBM3", "fp32") == 67.0
+    assert peak_tflops_for("Some CPU", "bf16") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
@@ -194,13 +194,12 @@ def test_train_flops_split_image_and_text_towers():
     """Image FLOPs scale with the batch, the text tower's are per step: a batch-3 step costs 3 x + 1 y."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mammolens.bench import _train_flops, _train_parts
     from mammolens.tasks import get_task
 
     dev, task = torch.device("cpu"), get_task("density")
-    per_image, per_step = _train_flops("tiny-clip", task, 64, dev, "fp32")
+    per_image, per_step = train_flops("tiny-clip", task, 64, dev, "fp32")
     assert per_image > 0 and per_step > 0
-    method, step, k = _train_parts("tiny-clip", task, 64, dev)
+    method, step, k = train_parts("tiny-clip", task, 64, dev)
     counter = FlopCounterMode(display=False)
     with counter:
         batch = {"image": torch.rand(3, 1, 64, 64), "label": torch.arange(3) % k, "modality": torch.zeros(3, dtype=torch.long)}
@@ -209,3 +208,41 @@ def test_train_flops_split_image_and_text_towers():
     r = bench_train_gpu("tiny-clip", batch_size=4, steps=1, warmup=1, precision="fp32", device="cpu",
                         image_size=64, peak_tflops=1.0)
     assert r["flops_per_image"] == pytest.approx(r["image_flops_per_image"] + r["text_flops_per_step"] / 4)
+
+
+def test_fair_share_ratio_divides_slowdown_by_fair_share():
+    from mammolens.bench import fair_share_ratio
+
+    r = fair_share_ratio(10.0, 30.0, k=2, cores=2)  # 3x slower where 2x is fair
+    assert r == {"slowdown": 3.0, "fair_slowdown": 2.0, "ratio": 1.5}
+    assert fair_share_ratio(4.0, 5.0, k=1, cores=4)["ratio"] == pytest.approx(1.25 / 1.25)
+    with pytest.raises(ValueError, match="idle_s > 0"):
+        fair_share_ratio(0.0, 1.0, k=1, cores=2)
+
+
+def test_bench_shared_cpu_tiny_report(tmp_path):
+    """Two 1-step runs of a 32-px training, alone and beside one busy process: fields and the ratio's arithmetic."""
+    from mammolens.bench import bench_shared_cpu
+
+    r = bench_shared_cpu(tmp_path, k=1, steps=1, repeats=1, batch_size=8, image_size=32)
+    assert r["k"] == 1 and r["cores"] >= 1 and len(r["runs_idle_s"]) == len(r["runs_loaded_s"]) == 1
+    assert _finite_positive(r["idle_s"]) and _finite_positive(r["loaded_s"])
+    assert r["slowdown"] == pytest.approx(r["loaded_s"] / r["idle_s"])
+    assert r["fair_slowdown"] == pytest.approx(1 + 1 / r["cores"])
+    assert r["ratio"] == pytest.approx(r["slowdown"] / r["fair_slowdown"])
+    report = {"machine": {"cpu": "x", "cores": 2, "torch": "t", "date": "d"}, "results": {"shared_cpu": r},
+              "checks": check_targets({"shared_cpu": r}, small=True)}
+    assert "shared-cpu" in format_results(report)
+
+
+def test_check_targets_shared_cpu_ratio_is_an_upper_bound():
+    from mammolens.bench import SHARED_CPU_TARGET
+
+    for small in (False, True):
+        ok = check_targets({"shared_cpu": {"ratio": 1.2}}, small=small)
+        assert ok == [{"name": "shared-cpu/fair-share", "ratio": 1.2, "target": SHARED_CPU_TARGET, "ok": True,
+                       "at_most": True}]
+    assert not check_targets({"shared_cpu": {"ratio": 2.6}})[0]["ok"]  # the collapse measured before the fix
+    assert not check_targets({"shared_cpu": {"ratio": float("nan")}})[0]["ok"]
+    assert check_targets({"shared_cpu": {}})[0]["ok"] is False  # missing ratio fails, no TypeError
+    assert BenchCfg(only=("shared-cpu",)).sections == ("shared-cpu",)

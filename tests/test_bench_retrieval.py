@@ -2,7 +2,7 @@
 
 import pytest
 
-from mammolens.bench_retrieval import bench_retrieval, main
+from mammolens.bench.retrieval import bench_retrieval, main
 
 
 def test_bench_retrieval_small(capsys):

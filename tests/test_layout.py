@@ -18,16 +18,16 @@ PKG = SRC / "mammolens"
 
 # Top-level module or subpackage of mammolens -> layer (lower numbers sit lower).
 LAYERS = {
-    "_version": 0, "_optional": 0, "constants": 0,
+    "_version": 0, "_optional": 0, "constants": 0, "threads": 0,
     "io": 1, "parallel": 1, "privacy": 1,
     "transforms": 2, "tasks": 2, "reports": 2,
     "data": 3,
     "models": 4, "losses": 4,
     "train": 5, "evaluation": 5, "explain": 5,
     "inference": 6, "search": 6,
-    "workflows": 7, "bench": 7, "bench_retrieval": 7, "cli": 7, "serve": 7, "__main__": 7,
+    "workflows": 7, "bench": 7, "cli": 7, "serve": 7, "__main__": 7,
 }
-APPLICATION = {"train", "workflows", "bench", "bench_retrieval", "cli", "serve", "__main__"}  # the library never imports these
+APPLICATION = {"train", "workflows", "bench", "cli", "serve", "__main__"}  # the library never imports these
 
 
 def _module_name(path: Path) -> str:

@@ -1,6 +1,9 @@
 """mammolens: vision-language foundation models for mammography."""
 
 from mammolens._version import __version__
+from mammolens.threads import passive_openmp_env
+
+passive_openmp_env()  # before anything imports torch: its OpenMP runtime reads this once (see threads.py)
 from mammolens.constants import DENSITY_CLASSES, MODALITIES
 
 

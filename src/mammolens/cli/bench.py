@@ -1,4 +1,4 @@
-"""`mammolens bench [--small] [--only SECTION] [--out bench.json] [--check]`."""
+"""`mammolens bench [--small] [--only SECTION] [--out bench.json] [--check] [--busy K]`."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from mammolens.cli._app import app
 @app.command("bench")
 def bench_cli(
     small: bool = typer.Option(False, "--small", help="Quick CI mode: tiny images, tiny-clip, relaxed ratio targets."),
-    only: list[str] = typer.Option(None, "--only", help="preprocess | inference | loader | train-gpu (repeatable; default: the CPU ones)."),
+    only: list[str] = typer.Option(None, "--only", help="preprocess | inference | loader | train-gpu | shared-cpu (repeatable; default: the first three)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the full report (machine, config, medians, checks) as JSON."),
     check: bool = typer.Option(False, "--check", help="Exit with status 1 when a ratio misses its target."),
     repeats: int = typer.Option(None, "--repeats", help="Timed runs per measurement (median reported)."),
@@ -24,6 +24,7 @@ def bench_cli(
     train_precision: str = typer.Option("bf16", "--train-precision", help="train-gpu: bf16 or fp32."),
     train_compile: bool = typer.Option(False, "--compile", help="train-gpu: torch.compile the step."),
     train_mode: str = typer.Option("step", "--train-mode", help="train-gpu: 'step' (random data) or 'train' (full loop)."),
+    busy: int = typer.Option(2, "--busy", help="shared-cpu: busy processes competing with the training."),
 ) -> None:
     """Throughput and memory against the naive pydicom + PIL + open_clip pipeline (medians of repeats)."""
     import json
@@ -48,7 +49,7 @@ def bench_cli(
         kw["models"] = tuple(models)
     kw.update(only=tuple(only or ()), workers=workers, workdir=str(workdir) if workdir else None,
               train_batch=train_batch, train_steps=train_steps, train_precision=train_precision,
-              train_compile=train_compile, train_mode=train_mode)
+              train_compile=train_compile, train_mode=train_mode, shared_busy=busy)
     cfg = BenchCfg.small_mode(**kw) if small else BenchCfg(**kw)
     try:
         report = run_benchmarks(cfg, log=lambda s: console.print(f"[dim]{s}[/dim]"))

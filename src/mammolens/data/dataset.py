@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from mammolens.constants import KEY_IMAGE, KEY_INDEX, KEY_LABEL, KEY_MODALITY, MODALITIES
 from mammolens.data.cache import Cache, open_cache
+from mammolens.threads import worker_threads
 
 __all__ = ["MammoDataset", "ExamDataset", "make_loader", "sample_weights"]
 
@@ -223,6 +224,7 @@ def sample_weights(labels: np.ndarray, num_classes: int | None = None) -> np.nda
 
 
 def _seed_worker(worker_id: int) -> None:
+    worker_threads(worker_id)  # n workers x n cores threads would oversubscribe a shared CPU
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
 

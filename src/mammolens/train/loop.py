@@ -32,6 +32,7 @@ from mammolens.constants import MODALITIES
 from mammolens.models.precision import autocast, autocast_dtype, cuda_math
 from mammolens.models.run import RunModel, load_checkpoint, read_checkpoint, resolve_task  # noqa: F401
 from mammolens.models.run import load_run as _load_run
+from mammolens.threads import configure_threads, worker_threads
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
 from mammolens.train.methods import get_method
 from mammolens.train.methods.base import extract_features, to_input
@@ -181,6 +182,7 @@ def _make_loader(ds, cfg: TrainCfg, device: torch.device, rank: int, world: int,
         drop_last=False,
         collate_fn=getattr(ds, "collate", None),  # exam batches have their own (train.methods.base)
         persistent_workers=cfg.workers > 0 and train,
+        worker_init_fn=worker_threads if cfg.workers > 0 else None,
     )
 
 
@@ -360,6 +362,7 @@ def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, n
         cfg = cfg_from_dict(cfg)
     rank, world, local_rank = _dist_env()
     device = _resolve_device(cfg.device, local_rank)
+    configure_threads(cfg.workers)  # cores minus loader workers: no oversubscription on a shared CPU
     created = _first_missing(Path(cfg.out_dir)) if rank == 0 else None
     own_pg = False
     try:

@@ -5,7 +5,7 @@ neighbours exist) at the sizes asked for. Exact search (``VectorIndex`` kind ``e
 k; each approximate kind (``hnsw``, ``ivf``) is built on the same vectors and timed one query at a time.
 Recall@k here is the overlap of the approximate top k with the exact top k.
 
-    python -m mammolens.bench_retrieval --sizes 10000 1000000 --kinds ivf hnsw
+    python -m mammolens.bench.retrieval --sizes 10000 1000000 --kinds ivf hnsw
 """
 
 from __future__ import annotations
