@@ -13,7 +13,7 @@ patient-grouped k-fold (``data.splits.patient_kfold``) over the usable rows of t
 The table has one row per arm × test set (each modality's test rows, all test rows, each external set):
 accuracy and macro AUC with 95 % CIs from a patient bootstrap over the predictions of all seeds stacked
 (a patient's rows, in every seed, are resampled together), and for each single-modality arm the paired
-difference ``multi − single`` on the same rows with its paired patient-bootstrap CI and two-sided p.
+difference ``multi − single`` (columns ``<metric>_diff``) on the same rows with its paired patient-bootstrap CI and two-sided p.
 Written to ``OUT/study.{csv,json,html}``; no identifiers or absolute paths go into them.
 """
 
@@ -36,7 +36,7 @@ from mammolens.constants import MODALITIES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StudyCfg", "run_study", "paired_bootstrap"]
+__all__ = ["StudyCfg", "run_study", "paired_bootstrap", "comparison_table"]
 
 MULTI = "multi"
 
@@ -90,7 +90,7 @@ def paired_bootstrap(metric_fn, y_true, probs_a, probs_b, groups, n_boot: int = 
     """Difference ``metric(a) − metric(b)`` on the same rows, with a paired patient-bootstrap CI and p.
 
     Each replicate resamples patients (``groups``) once and scores both models on the same rows; p is
-    the two-sided bootstrap p-value ``2 * min(P(d <= 0), P(d >= 0))`` (capped at 1).
+    the two-sided bootstrap p-value ``2 * min(#(d <= 0) + 1, #(d >= 0) + 1) / (n + 1)`` (capped at 1).
 
     Returns:
         ``{"diff", "lo", "hi", "p", "n_valid"}``.
@@ -111,7 +111,8 @@ def paired_bootstrap(metric_fn, y_true, probs_a, probs_b, groups, n_boot: int = 
     if not d.size or not math.isfinite(diff):
         return {"diff": float(diff), "lo": math.nan, "hi": math.nan, "p": math.nan, "n_valid": int(d.size)}
     lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-    p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+    # (count + 1) / (n + 1): a finite number of replicates cannot show p = 0
+    p = min(1.0, 2.0 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (d.size + 1))
     return {"diff": float(diff), "lo": float(lo), "hi": float(hi), "p": p, "n_valid": int(d.size)}
 
 
@@ -230,27 +231,38 @@ def run_study(cfg: StudyCfg | dict) -> dict[str, Any]:
         test_sets.append((f"external_{j + 1}", np.tile(y, len(cfg.seeds)), np.tile(g, len(cfg.seeds)),
                           {a: np.concatenate([ext_probs[a][s][j] for s in cfg.seeds]) for a in arms}))
 
-    table = _table(test_sets, arms, cfg.n_boot)
+    table = comparison_table(test_sets, arms, cfg.n_boot, reference=MULTI)
     files = _write(out, table, cfg, task.name)
     return {"table": table, "n_runs": n_runs, "arms": arms, "test_sets": [t[0] for t in test_sets],
             "seeds": list(cfg.seeds), "folds": cfg.folds, "files": files}
 
 
-def _table(test_sets, arms: list[str], n_boot: int) -> list[dict[str, Any]]:
+def comparison_table(test_sets, arms: list[str], n_boot: int, reference: str) -> list[dict[str, Any]]:
+    """One row per arm × test set: accuracy and macro AUC with patient-bootstrap CIs, and for every arm
+    but ``reference`` the paired difference ``reference − arm`` (``<metric>_diff``, ``_diff_lo``,
+    ``_diff_hi``, ``_p``; :func:`paired_bootstrap`).
+
+    Args:
+        test_sets: ``(name, y [n], groups [n], {arm: probs [n, K]})`` per test set (rows of several seeds
+            may be stacked; groups then repeat, so a patient's rows of every seed are resampled together).
+        arms: the arms, in table order.
+        n_boot: bootstrap replicates.
+        reference: the arm every other is compared with.
+    """
     from mammolens.evaluation.stats import bootstrap_ci
 
     rows = []
     for name, y, groups, by_arm in test_sets:
         for arm in arms:
             p = by_arm[arm]
-            row: dict[str, Any] = {"train": arm, "test": name, "n_images": int(len(y)),
+            row: dict[str, Any] = {"train": arm, "test": name, "n_predictions": int(len(y)),  # images × seeds
                                    "n_patients": int(len(np.unique(groups)))}
             for key, fn in METRICS.items():
                 ci = bootstrap_ci(fn, y, p, groups=groups, n_boot=n_boot, seed=0)
                 row.update({key: ci["estimate"], f"{key}_lo": ci["lo"], f"{key}_hi": ci["hi"]})
-                if arm != MULTI:
-                    d = paired_bootstrap(fn, y, by_arm[MULTI], p, groups, n_boot=n_boot, seed=0)
-                    row.update({f"{key}_multi_minus": d["diff"], f"{key}_diff_lo": d["lo"],
+                if arm != reference:
+                    d = paired_bootstrap(fn, y, by_arm[reference], p, groups, n_boot=n_boot, seed=0)
+                    row.update({f"{key}_diff": d["diff"], f"{key}_diff_lo": d["lo"],
                                 f"{key}_diff_hi": d["hi"], f"{key}_p": d["p"]})
             rows.append(row)
     return rows
@@ -271,14 +283,14 @@ def _write(out: Path, table: list[dict[str, Any]], cfg: StudyCfg, task: str) -> 
                                                                           for r in table]}, indent=2, default=str))
     cells = []
     for r in table:
-        tds = [html.escape(str(r["train"])), html.escape(str(r["test"])), str(r["n_images"])]
+        tds = [html.escape(str(r["train"])), html.escape(str(r["test"])), str(r["n_predictions"])]
         for key in METRICS:
             tds.append(f"{_fmt(r[key])} [{_fmt(r[key + '_lo'])}, {_fmt(r[key + '_hi'])}]")
             tds.append("" if r["train"] == MULTI else
-                       f"{_fmt(r[key + '_multi_minus'])} [{_fmt(r[key + '_diff_lo'])}, {_fmt(r[key + '_diff_hi'])}]"
+                       f"{_fmt(r[key + '_diff'])} [{_fmt(r[key + '_diff_lo'])}, {_fmt(r[key + '_diff_hi'])}]"
                        f" p={_fmt(r[key + '_p'])}")
         cells.append("<tr>" + "".join(f"<td>{t}</td>" for t in tds) + "</tr>")
-    head = ("<tr><th>trained on</th><th>tested on</th><th>images</th><th>accuracy [95% CI]</th>"
+    head = ("<tr><th>trained on</th><th>tested on</th><th>predictions (images × seeds)</th><th>accuracy [95% CI]</th>"
             "<th>multi − this (paired)</th><th>macro AUC [95% CI]</th><th>multi − this (paired)</th></tr>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>mammolens study</title></head><body>"
             f"<h1>Single- vs multi-modality study ({html.escape(task)})</h1>"

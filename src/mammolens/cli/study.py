@@ -36,6 +36,6 @@ def study_cli(
     typer.echo(f"study: {res['n_runs']} runs ({len(res['seeds'])} seeds x {res['folds']} folds x "
                f"{len(res['arms'])} arms): {out / 'study.html'}")
     for r in res["table"]:
-        diff = "" if r["train"] == "multi" else f"  multi-this {r['macro_auc_multi_minus']:+.3f} p={r['macro_auc_p']:.3f}"
+        diff = "" if r["train"] == "multi" else f"  multi-this {r['macro_auc_diff']:+.3f} p={r['macro_auc_p']:.3f}"
         typer.echo(f"  {r['train']:>5} -> {r['test']:<11} acc {r['accuracy']:.3f}  AUC {r['macro_auc']:.3f}"
                    f" [{r['macro_auc_lo']:.3f}, {r['macro_auc_hi']:.3f}]{diff}")
