@@ -65,3 +65,12 @@ def test_run_study_writes_one_table(cohort, tmp_path):
     text = (tmp_path / "s" / "study.html").read_text() + (tmp_path / "s" / "study.json").read_text()
     assert str(tmp_path) not in text and "SYN0" not in text  # no absolute paths, no patient ids
     assert not (tmp_path / "s" / "runs" / "seed0" / "fold0" / "DM" / "checkpoints").exists()
+
+
+def test_study_cli_missing_manifest_is_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammolens.cli import app
+
+    r = CliRunner().invoke(app, ["study", "--manifest", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "nope.parquet" in r.output and "Traceback" not in r.output

@@ -208,7 +208,7 @@ def run_study(cfg: StudyCfg | dict) -> dict[str, Any]:
                     raise ValueError(f"seed {seed}, fold {f}: no training rows of {arm}; lower folds or add "
                                      f"{arm} images (each arm needs training rows in every fold)")
                 run_dir = out / "runs" / f"seed{seed}" / f"fold{f}" / arm
-                rcfg = dataclasses.replace(base, out_dir=str(run_dir), seed=seed, overwrite=True,
+                rcfg = dataclasses.replace(base, out_dir=str(run_dir), seed=seed, overwrite=True, resume=False,
                                            data=dataclasses.replace(base.data, cache=str(cache.path), manifest=""))
                 train_run(rcfg, rows=(tr, va), progress=False)
                 probs[arm][seed][test] = _predict(run_dir, cache, test, base.batch_size)
