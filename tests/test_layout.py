@@ -25,9 +25,9 @@ LAYERS = {
     "models": 4, "losses": 4,
     "train": 5, "evaluation": 5, "explain": 5,
     "inference": 6, "search": 6,
-    "workflows": 7, "bench": 7, "cli": 7, "serve": 7, "__main__": 7,
+    "workflows": 7, "bench": 7, "study": 7, "cli": 7, "serve": 7, "__main__": 7,
 }
-APPLICATION = {"train", "workflows", "bench", "cli", "serve", "__main__"}  # the library never imports these
+APPLICATION = {"train", "workflows", "bench", "study", "cli", "serve", "__main__"}  # the library never imports these
 
 
 def _module_name(path: Path) -> str:

@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from mammolens.losses import (
+    AdaptiveModalityWeights,
     FocalLoss,
     WeightedContrastiveLoss,
     WeightedCrossEntropyLoss,
     class_weights,
     focal_loss,
     modality_weight_tensor,
+    normalise_modality_weights,
     weighted_contrastive_loss,
     weighted_cross_entropy,
 )
@@ -47,7 +49,7 @@ def test_contrastive_modality_weights_by_name():
     loss_fn = WeightedContrastiveLoss(modality_weights={"DBT": 3.0})
     modality = torch.tensor([0, 0, 2])  # DM, DM, DBT
     loss = loss_fn(IMAGES, TEXT, LABELS, torch.tensor(LOG2), modality=modality)
-    i2t = (CE[0] + CE[1] + 3 * CE[2]) / 5
+    i2t = (CE[0] + CE[1] + 3 * CE[2]) / 3  # divided by the class weights only (issue 14)
     assert loss.item() == pytest.approx(0.5 * (i2t + sum(T2I) / 2), abs=1e-6)
 
 
@@ -86,10 +88,64 @@ def test_contrastive_all_unlabelled_is_zero_with_graph():
     assert loss.item() == 0.0 and img.grad is not None
 
 
-def test_contrastive_logit_scale_clamped_at_100():
-    big = weighted_contrastive_loss(IMAGES, TEXT, LABELS, torch.tensor(10.0))
-    hundred = weighted_contrastive_loss(IMAGES, TEXT, LABELS, torch.tensor(math.log(100.0)))
-    assert big.item() == pytest.approx(hundred.item(), rel=1e-6)
+def test_contrastive_logit_scale_has_gradient_above_100():
+    # a clamp in the forward pass gave 0 here, so the temperature could never come back (issue 14 §5);
+    # the loop clamps the parameter after the optimizer step instead
+    scale = torch.tensor(math.log(200.0), requires_grad=True)
+    weighted_contrastive_loss(IMAGES, TEXT, LABELS, scale).backward()
+    assert scale.grad is not None and abs(scale.grad.item()) > 1e-3
+
+
+def test_modality_weights_do_not_cancel_in_a_one_modality_batch():
+    # all DM: on main (divided by the summed modality weights) weight 5 and weight 1 gave the same loss
+    dm = torch.zeros(3, dtype=torch.long)
+    one = weighted_contrastive_loss(IMAGES, TEXT, LABELS, LOG2, modality=dm, modality_weights={"DM": 1.0},
+                                    return_terms=True)[1][0]
+    five = weighted_contrastive_loss(IMAGES, TEXT, LABELS, LOG2, modality=dm, modality_weights={"DM": 5.0},
+                                     return_terms=True)[1][0]
+    assert five.item() == pytest.approx(5 * one.item(), rel=1e-6)
+    logits = torch.randn(3, 2, generator=torch.Generator().manual_seed(1))
+    ce1 = weighted_cross_entropy(logits, LABELS, modality=dm, modality_weights={"DM": 1.0})
+    ce5 = weighted_cross_entropy(logits, LABELS, modality=dm, modality_weights={"DM": 5.0})
+    assert ce5.item() == pytest.approx(5 * ce1.item(), rel=1e-6)
+
+
+def test_normalise_modality_weights_to_expectation_one():
+    train_mod = [0] * 9 + [2]  # 90 % DM, 10 % DBT
+    w = normalise_modality_weights(modality_weight_tensor({"DBT": 5.0}), train_mod)
+    expected = 0.9 * 1 + 0.1 * 5  # 1.4
+    assert w.tolist() == pytest.approx([1 / expected, 1 / expected, 5 / expected], rel=1e-6)
+    assert normalise_modality_weights(torch.ones(3), train_mod).tolist() == pytest.approx([1, 1, 1])
+    with pytest.raises(ValueError, match="positive weight"):
+        normalise_modality_weights(torch.tensor([0.0, 1.0, 1.0]), [0, 0])
+
+
+def test_adaptive_modality_weights_follow_running_loss():
+    base = torch.ones(3)
+    ad = AdaptiveModalityWeights(base, [0] * 8 + [2] * 2, momentum=0.5, power=1.0)
+    assert ad.weights.tolist() == pytest.approx([1, 1, 1])
+    labels = torch.tensor([0, 1, 0, 1])
+    mod = torch.tensor([0, 0, 2, 2])
+    w = ad.update(torch.tensor([1.0, 1.0, 3.0, 3.0]), labels, mod)  # first sight: running = (1, nan, 3)
+    # ratio to the expectation lbar = .8 * 1 + .2 * 3 = 1.4; then renormalised to expectation 1
+    raw = torch.tensor([1 / 1.4, 1.0, 3 / 1.4])
+    assert w.tolist() == pytest.approx((raw / (0.8 * raw[0] + 0.2 * raw[2])).tolist(), rel=1e-5)
+    assert (0.8 * w[0] + 0.2 * w[2]).item() == pytest.approx(1.0, rel=1e-6)
+    assert w[2] > w[0]  # the harder modality weighs more
+    ad.update(torch.tensor([1.0, 1.0, 1.0, 1.0]), labels, mod)  # DBT running loss 0.5*3 + 0.5*1 = 2
+    assert ad.running.tolist()[0] == pytest.approx(1.0) and ad.running.tolist()[2] == pytest.approx(2.0)
+    inv = AdaptiveModalityWeights(base, [0] * 8 + [2] * 2, power=-1.0).update(
+        torch.tensor([1.0, 1.0, 3.0, 3.0]), labels, mod)
+    assert inv[2] < inv[0]  # inverse-loss weighting damps the modality with the larger loss
+    unl = AdaptiveModalityWeights(base, [0, 2])
+    unl.update(torch.tensor([1.0, 9.0]), torch.tensor([0, -1]), torch.tensor([0, 2]))
+    assert math.isnan(unl.running[2].item())  # unlabelled rows do not count
+
+
+def test_adaptive_modality_weights_bounded():
+    ad = AdaptiveModalityWeights(torch.ones(3), [0, 2], momentum=0.0, min_weight=0.5, max_weight=1.5)
+    w = ad.update(torch.tensor([0.01, 100.0]), torch.tensor([0, 0]), torch.tensor([0, 2]))
+    assert w[2] / w[0] == pytest.approx(3.0, rel=1e-5)  # 1.5 / 0.5: raw ratios 2.0 and 0.0002, clipped
 
 
 def test_contrastive_gradients_finite_with_absent_class():

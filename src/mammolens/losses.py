@@ -1,13 +1,13 @@
 """Losses: weighted image-text contrastive loss over class prompts, weighted cross-entropy and focal loss,
 and the report losses (multi-positive exam ↔ report, sentence ↔ patch).
 
-Weighted contrastive loss (DESIGN.md). With ``s = exp(logit_scale).clamp(max=100)``, image embeddings
+Weighted contrastive loss (DESIGN.md). With ``s = exp(logit_scale)``, image embeddings
 ``x_i`` (``[B, D]``, L2-normalised), class text embeddings ``t_k`` (``[K, D]``, template-averaged and
 normalised) and logits ``l_ik = s * <x_i, t_k>``; only labelled images (``y_i >= 0``) take part:
 
 * image→text, cross-entropy over the K classes, weighted per image by ``w_i = c[y_i] * m[mod_i]``::
 
-      L_i2t = sum_i w_i * (logsumexp_k l_ik - l_{i,y_i}) / sum_i w_i
+      L_i2t = sum_i c[y_i] * m[mod_i] * (logsumexp_k l_ik - l_{i,y_i}) / sum_i c[y_i]
 
 * text→image, for each class k present in the batch, a softmax over the images in which *every* image
   of class k is a positive (same-class images are never negatives)::
@@ -18,7 +18,16 @@ normalised) and logits ``l_ik = s * <x_i, t_k>``; only labelled images (``y_i >=
 * ``loss = (L_i2t + L_t2i) / 2``.
 
 ``c`` are class weights (``class_weights``: inverse frequency or effective number, mean 1) and ``m``
-modality weights (by index into ``constants.MODALITIES``). Under ``torch.distributed`` the image
+modality weights (by index into ``constants.MODALITIES``). The denominator holds the class weights only:
+dividing by ``sum_i c m`` as well would cancel the modality weights in a batch of one modality (DM weight 5
+or 1 gave the same loss). Modality weights are instead normalised once, to expectation 1 over the training
+rows (:func:`normalise_modality_weights`), so a weight of 2 means "twice the average row" in every batch
+and uniform weights leave the loss unchanged. ``AdaptiveModalityWeights`` updates ``m`` during training
+(docs/modality_weighting.md).
+
+The temperature is not clamped here: a clamp in the forward pass zeroes the gradient of ``logit_scale``
+for good once ``exp(logit_scale) > 100``; the training loop clamps the parameter after each optimizer step
+instead (open_clip's rule, ``train.methods.base.clamp_logit_scale``). Under ``torch.distributed`` the image
 embeddings, labels and modalities of all ranks are gathered with gradient (open_clip's
 ``gather_features`` pattern), so the text→image softmax runs over the global batch; every rank
 computes the same global loss and DDP's gradient averaging then yields the full-batch gradient.
@@ -40,6 +49,9 @@ __all__ = [
     "class_weights",
     "modality_weight_tensor",
     "sample_weights",
+    "weighted_mean",
+    "normalise_modality_weights",
+    "AdaptiveModalityWeights",
     "weighted_contrastive_loss",
     "WeightedContrastiveLoss",
     "weighted_cross_entropy",
@@ -159,6 +171,122 @@ def sample_weights(labels: Tensor, num_classes: int, class_weights=None, modalit
     return w * mw[modality.to(device).long().reshape(-1)]
 
 
+def weighted_mean(values: Tensor, labels: Tensor, num_classes: int, class_weights=None, modality: Tensor | None = None,
+                  modality_weights=None) -> Tensor:
+    """``sum_i c[y_i] m[mod_i] v_i / sum_i c[y_i]`` over the labelled rows: the reduction of every loss here.
+
+    Only the class weights are in the denominator, so modality weights keep their meaning in a batch of
+    one modality (normalise them over the training rows with :func:`normalise_modality_weights`). No
+    labelled row: 0, still attached to the graph.
+
+    Args:
+        values: ``[B]`` per-row losses.
+        labels, num_classes, class_weights, modality, modality_weights: as in :func:`sample_weights`.
+    """
+    w = sample_weights(labels, num_classes, class_weights, modality, modality_weights)  # [B]
+    labels = labels.long().reshape(-1)
+    c = _class_weight_vector(class_weights, num_classes, labels.device)[labels.clamp_min(0)] * (labels >= 0)  # [B]
+    return (w * values).sum() / c.sum().clamp_min(1e-12)
+
+
+def normalise_modality_weights(modality_weights, modality) -> Tensor:
+    """Scale modality weights to expectation 1 over rows with the given modalities (the training rows).
+
+    With uniform weights nothing changes; ``{"DBT": 5}`` on 90 % DM / 10 % DBT becomes DM 0.71, DBT 3.57,
+    so an average training batch keeps the loss scale of an unweighted one while a DM-only batch weighs
+    less than a DBT-only batch.
+
+    Args:
+        modality_weights: ``[M]`` by index into ``constants.MODALITIES`` (or a mapping, see
+            :func:`modality_weight_tensor`).
+        modality: ``[N]`` modality indices of the training rows.
+
+    Returns:
+        float32 ``[M]`` on the weights' device.
+    """
+    mw = (modality_weights.float() if isinstance(modality_weights, Tensor)
+          else modality_weight_tensor(modality_weights))  # [M]
+    counts = torch.bincount(torch.as_tensor(np.asarray(modality), dtype=torch.long).reshape(-1),
+                            minlength=mw.numel()).to(mw)  # [M]
+    expected = (counts * mw).sum() / counts.sum().clamp_min(1)
+    if float(expected) <= 0:
+        raise ValueError(f"modality weights {mw.tolist()} are 0 for every training row (modality counts "
+                         f"{counts.tolist()}); give the modalities you train on a positive weight")
+    return mw / expected
+
+
+class AdaptiveModalityWeights:
+    """Modality weights that follow each modality's running loss during training.
+
+    Rule (docs/modality_weighting.md): an exponential moving average ``L_m`` of the mean image→text loss
+    of modality ``m`` over the batches that hold it; the weights are ``base_m * (L_m / Lbar) ** power``,
+    clipped to ``[min_weight, max_weight]`` and renormalised to expectation 1 over the training rows
+    (``Lbar`` the same expectation of ``L``). ``power > 0`` gives the modality the model currently finds
+    hardest more weight (the rare, harder DBT of the study); ``power < 0`` is inverse-loss weighting
+    (a modality with a large loss scale is damped, as in uncertainty weighting). Everything stays on the
+    device (no host wait per step); under DDP every rank sees the gathered batch, so all agree.
+
+    Args:
+        base: ``[M]`` fixed weights (``data.modality_weights``) the adaptive factor multiplies.
+        train_modality: ``[N]`` modality indices of the training rows (the expectation's distribution).
+        momentum: EMA momentum per update (0.9: about the last 10 batches holding the modality).
+        power: exponent of the loss ratio.
+        min_weight, max_weight: bounds before renormalisation, so a modality never drops out or dominates.
+    """
+
+    def __init__(self, base: Tensor, train_modality, momentum: float = 0.9, power: float = 1.0,
+                 min_weight: float = 0.2, max_weight: float = 5.0):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"adaptive momentum must be in [0, 1), got {momentum}")
+        if not 0.0 < min_weight <= max_weight:
+            raise ValueError(f"adaptive weight bounds need 0 < min_weight <= max_weight, got {min_weight}, {max_weight}")
+        self.base = base.float()
+        counts = torch.bincount(torch.as_tensor(np.asarray(train_modality), dtype=torch.long).reshape(-1),
+                                minlength=self.base.numel())
+        self.freq = (counts.float() / counts.sum().clamp_min(1)).to(self.base.device)  # [M]
+        self.momentum, self.power = momentum, power
+        self.min_weight, self.max_weight = min_weight, max_weight
+        self.running = torch.full_like(self.base, float("nan"))  # [M]; NaN until a modality is seen
+        self.weights = normalise_modality_weights(self.base, train_modality).to(self.base.device)  # [M]
+
+    @torch.no_grad()
+    def update(self, row_loss: Tensor, labels: Tensor, modality: Tensor) -> Tensor:
+        """Fold one batch's per-row losses into the running losses; update ``weights`` in place.
+
+        Args:
+            row_loss: ``[B]`` per-row image→text losses (detached); rows with label -1 are ignored.
+            labels: ``[B]``.
+            modality: ``[B]``.
+
+        Returns:
+            the new weights ``[M]`` (the same tensor object, so a loss holding it sees the update).
+        """
+        m = self.base.numel()
+        keep = (labels.reshape(-1) >= 0).float()  # [B]
+        idx = modality.reshape(-1).long().to(self.base.device)
+        sums = torch.zeros(m, device=self.base.device).index_add_(0, idx, row_loss.reshape(-1).float() * keep)
+        counts = torch.zeros(m, device=self.base.device).index_add_(0, idx, keep)
+        mean = sums / counts.clamp_min(1)  # [M]
+        seen = counts > 0
+        first = seen & torch.isnan(self.running)
+        ema = self.momentum * self.running + (1 - self.momentum) * mean
+        self.running.copy_(torch.where(first, mean, torch.where(seen, ema, self.running)))
+        known = ~torch.isnan(self.running) & (self.freq > 0)
+        run = torch.where(known, self.running, torch.zeros_like(self.running))
+        lbar = (self.freq * run).sum() / (self.freq * known).sum().clamp_min(1e-12)
+        ratio = torch.where(known, run / lbar.clamp_min(1e-12), torch.ones_like(run)).clamp_min(1e-6)
+        w = (self.base * ratio ** self.power).clamp(self.min_weight, self.max_weight) * (self.base > 0)
+        self.weights.copy_(w / (self.freq * w).sum().clamp_min(1e-12))
+        return self.weights
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"running": self.running.tolist(), "weights": self.weights.tolist()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.running.copy_(torch.tensor(state["running"]))
+        self.weights.copy_(torch.tensor(state["weights"]))
+
+
 def _dist_active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and (
         torch.distributed.get_world_size() > 1
@@ -222,9 +350,10 @@ def _check_labels(labels: Tensor, num_classes: int) -> None:
 
 
 def _scale(logit_scale) -> Tensor | float:
+    # no clamp here (its gradient would be 0 above 100): the parameter is clamped after each optimizer step
     if isinstance(logit_scale, Tensor):
-        return logit_scale.exp().clamp(max=100.0)
-    return min(math.exp(float(logit_scale)), 100.0)
+        return logit_scale.exp()
+    return math.exp(float(logit_scale))
 
 
 def weighted_contrastive_loss(
@@ -236,6 +365,7 @@ def weighted_contrastive_loss(
     class_weights: Tensor | None = None,
     modality_weights: Tensor | None = None,
     return_terms: bool = False,
+    return_rows: bool = False,
 ):
     """Weighted image-text contrastive loss on one (already gathered) batch; see the module docstring.
 
@@ -243,11 +373,12 @@ def weighted_contrastive_loss(
         image_emb: ``[B, D]`` L2-normalised image embeddings.
         text_emb: ``[K, D]`` L2-normalised class text embeddings.
         labels: ``[B]`` class indices, -1 for unlabelled (ignored).
-        logit_scale: Log-space temperature (``MammoCLIP.logit_scale``); exponentiated and clamped at 100.
+        logit_scale: Log-space temperature (``MammoCLIP.logit_scale``), exponentiated (the loop clamps it).
         modality: ``[B]`` indices into ``constants.MODALITIES`` (needed only with modality weights).
         class_weights: ``[K]`` or None (all 1).
         modality_weights: ``{"DBT": 2.0}``, ``[M]`` by index, or None (all 1); see :func:`sample_weights`.
         return_terms: Also return ``(loss_i2t, loss_t2i)``.
+        return_rows: Also return the per-row image→text losses ``[B]`` (detached; for adaptive weights).
     """
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(f"expected image_emb [B, D] and text_emb [K, D], got {tuple(image_emb.shape)}, "
@@ -264,15 +395,14 @@ def weighted_contrastive_loss(
     logits = _scale(logit_scale) * image_emb.float() @ text_emb.float().t()  # [B, K]
 
     cw = _class_weight_vector(class_weights, num_classes, logits.device)  # [K]
-    w = sample_weights(labels, num_classes, cw, modality, modality_weights)  # [B], 0 for unlabelled rows
 
     # image -> text: weighted CE over the K classes
     ce = torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None]).squeeze(1)  # [B]
-    loss_i2t = (w * ce).sum() / w.sum().clamp_min(1e-12)
+    loss_i2t = weighted_mean(ce, labels, num_classes, cw, modality, modality_weights)
 
     # text -> image: every image of class k is a positive for prompt k; unlabelled rows take no part.
     # A finite fill (not -inf) keeps the gradient of an all-masked column finite (it is then multiplied by 0);
-    # |logits| <= 100, so exp(fill - logsumexp) is exactly 0 wherever a column has a real entry.
+    # |logits| <= exp(logit_scale) << 1e9, so exp(fill - logsumexp) is exactly 0 wherever a column has a real entry.
     fill = -1e9
     pos = F.one_hot(y, num_classes).bool() & keep[:, None]  # [B, K]
     present = pos.any(0)  # [K]
@@ -282,7 +412,8 @@ def weighted_contrastive_loss(
     loss_t2i = (cwp * (log_all - log_pos)).sum() / cwp.sum().clamp_min(1e-12)
 
     loss = 0.5 * (loss_i2t + loss_t2i)
-    return (loss, (loss_i2t, loss_t2i)) if return_terms else loss
+    out = (loss,) + (((loss_i2t, loss_t2i),) if return_terms else ()) + ((ce.detach(),) if return_rows else ())
+    return out if len(out) > 1 else loss
 
 
 class WeightedContrastiveLoss(nn.Module):
@@ -314,10 +445,12 @@ class WeightedContrastiveLoss(nn.Module):
         modality = modality.to(image_emb.device).long().reshape(-1)
         if self.gather_distributed and _dist_active():
             image_emb, labels, modality = gather_batch(image_emb, labels, modality, pad_to=self.gather_pad_to)
-        return weighted_contrastive_loss(
+        loss, rows = weighted_contrastive_loss(
             image_emb, text_emb, labels, logit_scale, modality=modality,
-            class_weights=self.class_weights, modality_weights=self.modality_weights,
+            class_weights=self.class_weights, modality_weights=self.modality_weights, return_rows=True,
         )
+        self.last_rows = (rows, labels, modality)  # [B] each (global batch): for adaptive modality weights
+        return loss
 
 
 def _labelled(logits: Tensor, labels: Tensor) -> Tensor:
@@ -329,7 +462,7 @@ def _labelled(logits: Tensor, labels: Tensor) -> Tensor:
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, modality: Tensor | None = None,
                            modality_weights=None, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy weighted by class × modality weight, normalised by the sum of weights.
+    """Cross-entropy weighted by class × modality weight, normalised by the sum of class weights.
 
     With no weights this equals ``F.cross_entropy(logits, labels, ignore_index=-1)``; with class weights
     only it equals ``F.cross_entropy(..., weight=class_weights)``. Labels of -1 are ignored (no labelled
@@ -341,8 +474,7 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights=None, m
     """
     y = _labelled(logits, labels)
     ce = F.cross_entropy(logits.float(), y.clamp_min(0), reduction="none", label_smoothing=label_smoothing)  # [B]
-    w = sample_weights(y, logits.shape[1], class_weights, modality, modality_weights)  # [B]
-    return (w * ce).sum() / w.sum().clamp_min(1e-12)
+    return weighted_mean(ce, y, logits.shape[1], class_weights, modality, modality_weights)
 
 
 def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, class_weights=None,
@@ -352,8 +484,7 @@ def focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0, class_weights
     y = _labelled(logits, labels)
     logp = F.log_softmax(logits.float(), dim=1).gather(1, y.clamp_min(0)[:, None]).squeeze(1)  # [B]
     loss = -((1.0 - logp.exp()).clamp_min(0.0) ** gamma) * logp
-    w = sample_weights(y, logits.shape[1], class_weights, modality, modality_weights)  # [B]
-    return (w * loss).sum() / w.sum().clamp_min(1e-12)
+    return weighted_mean(loss, y, logits.shape[1], class_weights, modality, modality_weights)
 
 
 class WeightedCrossEntropyLoss(nn.Module):

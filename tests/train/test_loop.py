@@ -150,7 +150,8 @@ def test_failed_train_leaves_no_run_folder(cache_dir, tmp_path, monkeypatch, fai
     def broken(*args, **kwargs):
         if failure == "interrupt":
             raise KeyboardInterrupt
-        return real(*args, **kwargs) * float("nan")
+        out = real(*args, **kwargs)  # the loss, or (loss, per-row losses) for the adaptive weights
+        return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
 
     monkeypatch.setattr(losses, "weighted_contrastive_loss", broken)
     with pytest.raises(KeyboardInterrupt if failure == "interrupt" else ValueError,

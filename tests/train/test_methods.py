@@ -2,6 +2,7 @@
 ``train()``, is checkpointed, validated and reloaded like a built-in one."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -78,3 +79,27 @@ def test_builtin_methods_are_registered():
         "contrastive": False, "finetune-ce": False, "linear-probe": True, "report-contrastive": False,
         "zeroshot": True}
     assert all(methods.get_method(n).name == n for n in methods.list_methods())
+
+
+def test_clamp_logit_scale_after_step():
+    from mammolens.models import create_model
+    from mammolens.train.methods.base import clamp_logit_scale
+
+    clip = create_model("tiny-clip", pretrained=None, image_size=64)
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(500.0))
+    clamp_logit_scale(clip)
+    assert clip.logit_scale.item() == pytest.approx(math.log(100.0))
+
+
+def test_adaptive_modality_weights_logged_per_epoch(cache_dir, tmp_path):
+    run = train(_cfg(cache_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, ood=False,
+                     modality_weighting="adaptive", adaptive_momentum=0.5), progress=False)
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    weights = [ln["modality_weights"] for ln in lines]
+    assert [sorted(w) for w in weights] == [["DBT", "DM", "s2D"]] * 2
+    assert any(abs(v - 1.0) > 1e-3 for w in weights for v in w.values())  # they moved
+    assert all(0 < ln["logit_scale"] <= 100.0 for ln in lines)
+    fixed = train(_cfg(cache_dir, tmp_path / "fixed", epochs=1, max_steps_per_epoch=1, ood=False), progress=False)
+    line = json.loads((fixed / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["modality_weights"] == {"DM": 1.0, "s2D": 1.0, "DBT": 1.0}

@@ -168,6 +168,7 @@ def _train_step_rate(model_name, task, image_size, batch_size, steps, warmup, pr
             loss = _step_loss(method, fwd, x, labels)
         loss.backward()
         opt.step()
+        method.after_step()  # the loop's step: the temperature clamp (and adaptive weights) included
         opt.zero_grad(set_to_none=True)
 
     for _ in range(warmup):

@@ -18,6 +18,7 @@ METHODS = ("contrastive", "zeroshot", "linear-probe", "finetune-ce", "report-con
 POOLINGS = ("mean", "attention")  # models.pooling (not imported here: it needs torch)
 PRECISIONS = ("auto", "fp32", "bf16")
 CLASS_WEIGHTINGS = ("inverse", "effective", "none")
+MODALITY_WEIGHTINGS = ("fixed", "adaptive")
 
 
 @dataclass
@@ -32,7 +33,8 @@ class DataCfg:
         fold: when set, rows whose ``fold`` column equals it form the validation set.
         val_frac: fraction of patients held out for validation when no split/fold says otherwise.
         modalities: keep only these modalities (e.g. ``["DM"]`` for a single-modality run); empty = all.
-        modality_weights: loss weight per modality (``{"DBT": 0.5}``); missing ones weigh 1.
+        modality_weights: loss weight per modality (``{"DBT": 0.5}``); missing ones weigh 1. Normalised to
+            expectation 1 over the training rows, so they keep their meaning in a one-modality batch.
     """
 
     cache: str = ""
@@ -60,6 +62,13 @@ class TrainCfg:
             + linear head, weighted cross-entropy), ``report-contrastive`` (exams ↔ their reports; batches
             of ``batch_size`` exams), or a method registered with ``train.methods.register_method``.
         class_weighting: ``inverse`` | ``effective`` | ``none`` class weights from the training labels.
+        modality_weighting: ``fixed`` (``data.modality_weights`` as given) or ``adaptive`` (those weights
+            times a factor that follows each modality's running loss, ``losses.AdaptiveModalityWeights``;
+            contrastive method; logged per epoch as ``modality_weights``; docs/modality_weighting.md).
+        adaptive_momentum: EMA momentum of the per-modality running loss (adaptive only).
+        adaptive_power: exponent of the loss ratio: > 0 weighs the currently harder modality up, < 0 down.
+        adaptive_min_weight: lower bound of an adaptive weight (before renormalisation).
+        adaptive_max_weight: upper bound of an adaptive weight (before renormalisation).
         warmup_steps: linear warm-up optimizer steps; when 0, ``warmup_frac`` of all steps.
         min_lr: the cosine schedule's floor.
         precision: ``auto`` (bf16 autocast on CUDA when supported, fp32 otherwise), ``fp32``, ``bf16``.
@@ -91,6 +100,11 @@ class TrainCfg:
     image_size: int | None = None
     method: str = "contrastive"
     class_weighting: str = "inverse"
+    modality_weighting: str = "fixed"
+    adaptive_momentum: float = 0.9
+    adaptive_power: float = 1.0
+    adaptive_min_weight: float = 0.2
+    adaptive_max_weight: float = 5.0
     epochs: int = 10
     batch_size: int = 32
     grad_accum: int = 1
@@ -130,6 +144,7 @@ class TrainCfg:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
         _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("modality_weighting", self.modality_weighting, MODALITY_WEIGHTINGS)
         for name in ("prompt_weight", "local_weight"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"TrainCfg.{name} must be >= 0 (0 turns the term off), got {getattr(self, name)}")

@@ -472,7 +472,7 @@ def _model_kwargs(cfg: TrainCfg) -> dict[str, Any]:
 def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
     """Data, model and loss weights: ``(MethodContext, cache, val dataset, val labels)``."""
     from mammolens.data.dataset import MammoDataset
-    from mammolens.losses import class_weights
+    from mammolens.losses import class_weights, normalise_modality_weights
     from mammolens.models import create_model
     from mammolens.train.methods.base import MethodContext
 
@@ -496,6 +496,8 @@ def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
         raise ValueError(f"data.modality_weights has unknown modalities {sorted(unknown)}; use {MODALITIES}")
     cw = class_weights(torch.as_tensor(labels_all[train_rows]), len(task.class_names), method=cfg.class_weighting)
     mw = torch.tensor([float(cfg.data.modality_weights.get(m, 1.0)) for m in MODALITIES])
+    if len(train_mod):  # expectation 1 over the training rows: the weights keep their meaning in every batch
+        mw = normalise_modality_weights(mw, train_mod)
     ctx = MethodContext(  # the weights go to the device once: a per-step copy from host memory would synchronise
         cfg=cfg, task=task, clip=clip, device=device, class_weights=cw.float().to(device),
         modality_weights=mw.to(device), train_ds=MammoDataset(cache, task, rows=train_rows),
@@ -669,6 +671,7 @@ def _train_epoch(method, model: nn.Module, loader, n_batches: int, size: int, op
             (out["loss"] / cfg.grad_accum).backward()
         if last_micro:
             opt.step()
+            method.after_step()  # e.g. clamp the temperature parameter, update adaptive modality weights
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1

@@ -7,6 +7,7 @@ A method answers five questions for the loop (``train.loop``):
 * ``build()``: which module to optimise and DDP-wrap (its trainable parameters are the optimizer's);
 * ``training_forward(model, batch)``: the loss of one batch (``{"loss": scalar, other scalars...}``;
   the other entries are averaged over the epoch and logged as ``train_<name>``);
+* ``after_step()``: called after every optimizer step (clamps the temperature; adaptive weights);
 * ``run_model()``: the ``RunModel`` (logits ``[B, K]``) for validation and the checkpoint;
 * ``log()``: extra scalars for the epoch's line in ``metrics.jsonl``.
 
@@ -18,6 +19,7 @@ the loop saves ``ctx.clip``'s weights and ``method.head``'s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +31,9 @@ from torch import Tensor, nn
 from mammolens.models.precision import autocast
 from mammolens.models.run import RunModel, build_run_model, zeroshot_head
 
-__all__ = ["MethodContext", "TrainMethod", "to_input", "extract_features", "warm_start_head"]
+__all__ = ["MethodContext", "TrainMethod", "clamp_logit_scale", "to_input", "extract_features", "warm_start_head"]
+
+MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclass
@@ -103,6 +107,10 @@ class TrainMethod:
         """
         raise NotImplementedError(f"method {self.name!r} has no training_forward(); a one_shot method implements fit()")
 
+    def after_step(self) -> None:
+        """After each optimizer step: clamp the temperature parameter (see :func:`clamp_logit_scale`)."""
+        clamp_logit_scale(self.ctx.clip)
+
     def fit(self) -> dict[str, float]:
         """One-shot methods: fit once; returns fields for the run's single ``metrics.jsonl`` line."""
         raise NotImplementedError(f"method {self.name!r} is not one_shot; the loop calls build() and training_forward()")
@@ -115,6 +123,18 @@ class TrainMethod:
     def log(self) -> dict[str, float]:
         """Extra scalars for the epoch's line (called once per epoch)."""
         return {}
+
+
+@torch.no_grad()
+def clamp_logit_scale(clip: nn.Module) -> None:
+    """Clamp ``clip.logit_scale`` in place to ``[0, log 100]`` (open_clip's training loop does the same).
+
+    Clamping the parameter after the step, not ``exp(scale)`` in the forward pass: a forward clamp has
+    zero gradient above 100, so a temperature that once crossed it could never come back.
+    """
+    scale = getattr(clip, "logit_scale", None)
+    if isinstance(scale, Tensor):
+        scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
 
 def warm_start_head(ctx: MethodContext) -> nn.Linear:

@@ -1,11 +1,14 @@
 """``contrastive``: weighted image-text contrastive fine-tuning of both towers against the task's class
-prompts (``losses.WeightedContrastiveLoss``, embeddings gathered over DDP ranks)."""
+prompts (``losses.WeightedContrastiveLoss``, embeddings gathered over DDP ranks). With
+``modality_weighting: adaptive`` the modality weights follow each modality's running loss
+(``losses.AdaptiveModalityWeights``, updated after every optimizer step, logged per epoch)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mammolens.losses import WeightedContrastiveLoss
+from mammolens.constants import MODALITIES
+from mammolens.losses import AdaptiveModalityWeights, WeightedContrastiveLoss
 from mammolens.train.methods import register_method
 from mammolens.train.methods.base import TrainMethod
 
@@ -32,11 +35,27 @@ class ContrastiveMethod(TrainMethod):
         ctx = self.ctx
         self.loss_fn = WeightedContrastiveLoss(class_weights=ctx.class_weights, modality_weights=ctx.modality_weights,
                                                gather_pad_to=ctx.cfg.batch_size)
+        self.adaptive = None
+        if ctx.cfg.modality_weighting == "adaptive":
+            cfg = ctx.cfg
+            self.adaptive = AdaptiveModalityWeights(
+                ctx.modality_weights, ctx.train_modality, momentum=cfg.adaptive_momentum, power=cfg.adaptive_power,
+                min_weight=cfg.adaptive_min_weight, max_weight=cfg.adaptive_max_weight)
+            self.loss_fn.modality_weights = self.adaptive.weights  # the loss reads the tensor updated in place
         return ContrastiveStep(ctx.clip, ctx.task)
 
     def training_forward(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         img, txt, scale = model(batch["image"])  # [B, D], [K, D], log-space scalar
         return {"loss": self.loss_fn(img.float(), txt.float(), batch["label"], scale, modality=batch["modality"])}
 
+    def after_step(self) -> None:
+        super().after_step()
+        if self.adaptive is not None:  # the losses of the batch(es) just stepped on, gathered over ranks
+            self.adaptive.update(*self.loss_fn.last_rows)
+
     def log(self) -> dict[str, float]:
-        return {"logit_scale": float(self.ctx.clip.logit_scale.detach().exp().clamp(max=100.0))}
+        weights = self.loss_fn.modality_weights
+        out = {"logit_scale": float(self.ctx.clip.logit_scale.detach().exp())}
+        if weights is not None:
+            out["modality_weights"] = dict(zip(MODALITIES, (round(float(w), 6) for w in weights)))
+        return out
