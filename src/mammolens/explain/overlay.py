@@ -83,7 +83,9 @@ def _font(size: int):
 
 
 def _title_lines(class_name: str, prob: float | None, method: str) -> list[str]:
-    return [method, f"class {class_name}", *([f"p={prob:.2f}"] if prob is not None else [])]
+    # a GradCAM map explains a class; a text map explains the sentence it was given
+    what = f"class {class_name}" if method == "GradCAM" else f'"{class_name}"'
+    return [method, what, *([f"p={prob:.2f}"] if prob is not None else [])]
 
 
 def heatmap_panel_width(height: int, class_name: str, prob: float | None = None, method: str = "GradCAM") -> int:
