@@ -1,4 +1,5 @@
-"""Regenerates sections 1 (class weighting) and 2 (mini-MIAS) of ``experiments/RESULTS.md`` in one run.
+"""Regenerates sections 1 (class weighting), 2 (mini-MIAS) and the issue-14 tables (fixed vs adaptive modality
+weighting, the single- vs multi-modality study) of ``experiments/RESULTS.md`` in one run.
 
 Runs ``experiments/weighting.py`` and ``experiments/mias.py`` with fixed seeds, adds a paired test to every
 comparison (seeds paired by seed; methods on one test set paired by patient) and writes the two sections
@@ -185,6 +186,17 @@ def mias_section(res: dict, before: dict | None, epochs: int, n_boot: int) -> st
     return "\n".join(out)
 
 
+# the settings of the issue-14 tables (5 seeds; small enough for a 2-core CPU in about two minutes)
+ADAPTIVE_ARGS = ["--epochs", "4", "--seeds", "0", "1", "2", "3", "4", "--n-train", "40", "--n-test", "24", "--size", "64"]
+STUDY_ARGS = ["--seeds", "0", "1", "2", "3", "4", "--folds", "2", "--epochs", "6", "--n-patients", "48",
+              "--n-external", "12", "--size", "64"]
+
+
+def _script_section(script: str, script_args: list[str], table: str) -> str:
+    return (f"Command (run by `make_results.py`): `PYTHONPATH=src python experiments/{script} --out OUT "
+            f"{' '.join(script_args)}`\n\n{table}")
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     pat = re.compile(rf"(<!-- make_results:{name} -->\n).*?(\n<!-- /make_results:{name} -->)", re.S)
     if not pat.search(text):
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--mias-before", type=Path, help="results.json of mias.py --cv 3 at an earlier commit")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["weighting", "mias"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["weighting", "mias", "adaptive", "study"])
     ap.add_argument("--weighting-json", type=Path,
                     help="reuse the runs of an earlier weighting.py call (its results_*.json) instead of training")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/mias/make_results.pkl of an earlier call")
@@ -234,6 +246,19 @@ def main(argv: list[str] | None = None) -> None:
             saved.write_bytes(pickle.dumps(res))
         before = json.loads(args.mias_before.read_text()) if args.mias_before else None
         text = replace_section(text, "mias", mias_section(res, before, args.epochs, args.n_boot))
+        args.results.write_text(text)
+    if "adaptive" not in args.skip:  # issue 14 §1: fixed vs adaptive modality weighting
+        import modality_adaptive
+
+        res = modality_adaptive.main(["--out", str(out / "adaptive"), *ADAPTIVE_ARGS])
+        text = replace_section(text, "adaptive", _script_section("modality_adaptive.py", ADAPTIVE_ARGS, res["markdown"]))
+        args.results.write_text(text)
+    if "study" not in args.skip:  # issue 14 §4: single- vs multi-modality study
+        import study_synthetic
+
+        study_synthetic.main(["--out", str(out / "study"), *STUDY_ARGS])
+        md = json.loads((out / "study" / "results.json").read_text())["markdown"]
+        text = replace_section(text, "study", _script_section("study_synthetic.py", STUDY_ARGS, md))
         args.results.write_text(text)
     print(f"RESULTS.md sections regenerated in {time.time() - t0:.0f}s")
 
