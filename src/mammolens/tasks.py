@@ -241,6 +241,29 @@ def get_task(task: str | PathLike | Task | Mapping[str, Any]) -> Task:
     raise ValueError(f"unknown task {name!r}; registered tasks: {list_tasks()} (or give a path to a task YAML file)")
 
 
+def resolve_task(task: Any) -> Task:
+    """A ``Task`` from a registered name (or task file), an inline dict (``Task`` fields) or a ``Task``."""
+    if isinstance(task, str):
+        return get_task(task)
+    if isinstance(task, Mapping):
+        try:
+            return Task(**task)
+        except TypeError as e:
+            raise ValueError(f"inline task {task!r} is not a valid Task ({e})") from None
+    return task
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    """``Task`` → plain dict of its init fields (tuples → lists), enough to rebuild it with ``resolve_task``
+    (what a checkpoint stores)."""
+    from dataclasses import fields
+
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {f.name: plain(getattr(task, f.name)) for f in fields(task) if f.init}
+
+
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
 

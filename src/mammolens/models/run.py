@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mammolens.tasks import resolve_task  # noqa: F401  (re-exported: the old import path)
+
 HEAD_METHODS = ("linear-probe", "finetune-ce")
 
 
@@ -101,20 +103,6 @@ def zeroshot_head(text_emb: torch.Tensor, logit_scale: torch.Tensor) -> nn.Linea
         head.weight.copy_(text_emb.float() * logit_scale.detach().float().exp().clamp(max=100.0))
         head.bias.zero_()
     return head
-
-
-def resolve_task(task: Any):
-    """A ``Task`` from a registered name, an inline dict (``Task`` fields) or a ``Task``."""
-    from mammolens.tasks import Task, get_task
-
-    if isinstance(task, str):
-        return get_task(task)
-    if isinstance(task, dict):
-        try:
-            return Task(**task)
-        except TypeError as e:
-            raise ValueError(f"inline task {task!r} is not a valid Task ({e})") from None
-    return task
 
 
 def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu") -> dict[str, Any]:

@@ -30,7 +30,8 @@ from torch import nn
 
 from mammolens.constants import MODALITIES
 from mammolens.models.precision import autocast, autocast_dtype, cuda_math
-from mammolens.models.run import RunModel, load_checkpoint, read_checkpoint, resolve_task  # noqa: F401
+from mammolens.models.run import RunModel, load_checkpoint, read_checkpoint  # noqa: F401
+from mammolens.tasks import resolve_task, task_dict
 from mammolens.models.run import load_run as _load_run
 from mammolens.threads import configure_threads, worker_threads
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
@@ -85,18 +86,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(Exception):
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _task_dict(task) -> dict[str, Any]:
-    """``Task`` → plain dict of its init fields (tuples → lists), enough to rebuild it."""
-    from dataclasses import fields
-
-    d = {f.name: getattr(task, f.name) for f in fields(task) if f.init}
-
-    def plain(v):
-        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
-
-    return {k: plain(v) for k, v in d.items()}
 
 
 def open_run_cache(cfg: TrainCfg, rank: int = 0, world: int = 1):
@@ -398,7 +387,7 @@ class _Run:
         self.base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
             "model_name": getattr(clip, "model_name", "") or cfg.model,
             "model_kwargs": dict(getattr(clip, "model_kwargs", None) or {"pretrained": cfg.pretrained, **model_kwargs}),
-            "task": _task_dict(task),
+            "task": task_dict(task),
             "preprocess": cache.cfg.to_dict(),
             "method": cfg.method,
             "cfg": cfg.to_dict(),
