@@ -48,19 +48,19 @@ def test_out_of_range_age_is_empty_with_a_warning(tmp_path, age, problem):
 def test_unparseable_pixel_spacing_is_empty_with_a_warning(tmp_path):
     path = _dm(tmp_path)
     ds = pydicom.dcmread(path)
-    ds["PixelSpacing"] = pydicom.DataElement(0x00280030, "DS", "0.1\\nope", validation_mode=0)
+    ds.PixelSpacing = ["0.1000", "0.1000"]
     ds.save_as(path)
-    with pytest.warns(UserWarning):
-        meta = dicom_meta(pydicom.dcmread(path, stop_before_pixels=True))
+    path.write_bytes(path.read_bytes().replace(b"0.1000\\0.1000", b"0.1000\\nope00"))
+    meta = dicom_meta(pydicom.dcmread(path, stop_before_pixels=True))
     assert meta["pixel_spacing"] is None and any("PixelSpacing" in w for w in meta["header_warnings"])
 
 
-def _probe(code: str) -> tuple[str, int]:
+def _probe(code: str, **env) -> tuple[str, int]:
     """Run ``code`` in a fresh interpreter; (its stdout, its peak RSS in KiB)."""
     script = ("import resource, sys\n" + code +
               "\nprint('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env})
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     return "\n".join(lines[:-1]), int(lines[-1].split()[1])
@@ -86,7 +86,11 @@ def test_huge_number_of_frames_is_refused_before_anything_allocates(tmp_path):
     assert growth < 100_000, f"peak RSS grew by {growth} KiB before the refusal"  # list(range(3e7)) is ~1.2 GB
 
 
-def test_pixel_data_longer_than_the_budget_is_refused_unread(tmp_path):
+@pytest.mark.parametrize("budget, message", [
+    ("", "more than Rows x Columns x Frames x BitsAllocated (8 x 6 x 1 x 16) declares"),
+    ("1e8", "declares 2,147,483,648 bytes, more than 100,000,000 pixels of 2 byte(s): it exceeds the pixel budget"),
+])
+def test_pixel_data_longer_than_the_budget_is_refused_unread(tmp_path, budget, message):
     """A sparse file whose pixel element declares 2 GB is refused from its header and size, never read."""
     path = _dm(tmp_path, "sparse.dcm")
     data = path.read_bytes()
@@ -97,8 +101,8 @@ def test_pixel_data_longer_than_the_budget_is_refused_unread(tmp_path):
     with open(path, "wb") as f:
         f.write(head)
         f.truncate(len(head) + declared)  # sparse: 2 GB on paper, nothing on disk
-    out, _ = _probe(_READ.format(path=str(path)))
-    assert "refused" in out and "exceeds the pixel budget" in out, out
+    out, _ = _probe(_READ.format(path=str(path)), MAMMOLENS_MAX_PIXELS=budget)
+    assert "refused" in out and message in out, out
     growth = int(out.split("GROWTH")[1])
     assert growth < 100_000, f"peak RSS grew by {growth} KiB: the pixel data were read"
 
