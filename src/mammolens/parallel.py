@@ -31,11 +31,11 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["DEFAULT_FILE_TIMEOUT", "NothingReadError", "file_timeout", "run_tasks", "describe_error"]
+__all__ = ["DEFAULT_FILE_TIMEOUT", "NothingReadError", "capture_messages", "file_timeout", "run_tasks", "describe_error"]
 
 DEFAULT_FILE_TIMEOUT = 120.0
 TIMEOUT_ENV = "MAMMOLENS_FILE_TIMEOUT"
-_QUIET_LOGGERS = ("pydicom",)  # libraries that print to the terminal on their own
+_QUIET_LOGGERS = ("pydicom", "highdicom", "PIL")  # libraries that print to the terminal (UIDs, names) on their own
 
 
 class NothingReadError(ValueError):
@@ -79,8 +79,10 @@ class _Collect(logging.Handler):
 
 
 @contextmanager
-def _quiet(sink: list[str]) -> Iterator[None]:
-    """Route pydicom's logger and Python warnings into ``sink`` instead of the terminal."""
+def capture_messages(sink: list[str]) -> Iterator[None]:
+    """Route the log records of pydicom, highdicom and PIL (their warnings quote UIDs and patient names) and
+    every Python warning into ``sink`` (one line each) instead of the terminal, for one file; the caller
+    decides what, scrubbed, reaches a table (``run_tasks`` appends them to a failed item's reason)."""
     saved = []
     for name in _QUIET_LOGGERS:
         lg = logging.getLogger(name)
@@ -113,7 +115,7 @@ def _call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str | None]:
     notes: list[str] = []
     start = _STDERR.seek(0, os.SEEK_END) if _STDERR is not None else 0
     try:
-        with _quiet(notes):
+        with capture_messages(notes):
             return fn(item), None
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import typer
 
+from mammolens.io.paths import display_path
 from mammolens.parallel import NothingReadError
 
 # ValueError covers ImageReadError, ManifestError, CacheError and NothingReadError; ImportError a missing extra.
@@ -103,8 +104,8 @@ def report_failures(failures, errors_file, limit: int = MAX_FAILED_SHOWN) -> Non
     """One short ``FAILED file: reason`` line per failure (stderr), at most ``limit``, then a count."""
     failures = list(failures)
     for name, reason in failures[:limit]:
-        reason = " ".join(str(reason).split())
-        typer.echo(f"FAILED {name}: {reason[:157] + '...' if len(reason) > 160 else reason}", err=True)
+        reason = display_path(" ".join(str(reason).split()))
+        typer.echo(f"FAILED {display_path(name)}: {reason[:157] + '...' if len(reason) > 160 else reason}", err=True)
     if len(failures) > limit:
         typer.echo(f"... and {len(failures) - limit} more, see {errors_file}", err=True)
 

@@ -14,12 +14,22 @@ def ingest_cli(
     workers: int = typer.Option(None, "--workers", "-j", help="Header-reading processes (default: all cores)."),
     pattern: list[str] = typer.Option(["*"], "--pattern", help="File-name glob(s) to consider (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    include_ids: bool = typer.Option(False, "--include-ids", help="Keep patient/study identifiers in errors.csv "
+                                     "and the FAILED lines (default: pseudonymised)."),
 ) -> None:
-    """Read every DICOM header under ROOT (no pixel decoding) and write OUT/manifest.parquet."""
-    from mammolens.data.ingest import ingest
+    """Read every DICOM header under ROOT (no pixel decoding) and write OUT/manifest.parquet.
 
-    manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern))
-    typer.echo(f"ingested {len(manifest)} image(s); {len(errors)} file(s) skipped")
+    errors.csv lists each file left out (kind "error": not DICOM, not a mammogram, a duplicate...) and each
+    image kept with a header field left empty (kind "warning": PatientAge 130Y...); paths relative to ROOT.
+    """
+    from mammolens.data.ingest import KIND_WARNING, ingest
+
+    manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern),
+                              include_ids=include_ids)
+    warned = errors["kind"] == KIND_WARNING
+    errors = errors[~warned]
+    typer.echo(f"ingested {len(manifest)} image(s); {len(errors)} file(s) skipped"
+               + (f"; {int(warned.sum())} warning(s) (header fields left empty, see errors.csv)" if warned.any() else ""))
     if len(manifest):
         for col in ("modality", "manufacturer", "laterality", "view"):
             counts = manifest[col].replace("", "?").value_counts()

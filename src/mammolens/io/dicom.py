@@ -457,7 +457,7 @@ def _check_declared_length(path: Path, ds, geometry: tuple[int, int, int, int], 
     if length is None or length == 0xFFFFFFFF:  # encapsulated (undefined length): fragments are checked after
         return
     limit, per_pixel = max_pixels_limit(max_pixels), max(1, geometry[3] // 8)
-    if length > limit * per_pixel:
+    if length > max(limit * per_pixel, _DEFER_SIZE):  # values under _DEFER_SIZE are read with the header
         raise ImageReadError(path, f"the pixel data element declares {length:,} bytes, more than {limit:,} pixels of "
                              f"{per_pixel} byte(s): it exceeds the pixel budget (max_pixels= or ${MAX_PIXELS_ENV} "
                              "raise it); not read")
@@ -866,6 +866,50 @@ def _convert_frames(path: Path, ds, stages: _Stages, indices, n_frames: int, mod
     return stages.to_display(x)
 
 
-__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "image_laterality",
+_ID_TAGS = {"PatientID": "patient_id", "PatientName": "patient_name", "AccessionNumber": "accession_number",
+            "StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
+            "SOPInstanceUID": "sop_instance_uid"}
+
+
+def header_identifiers(path: str | PathLike) -> dict[str, str]:
+    """The identifiers a file's header holds (``{manifest column: value}``: PatientID, PatientName,
+    AccessionNumber, the three UIDs), read best-effort so that an error about the file can be scrubbed
+    (``mammolens.privacy``); ``{}`` when the file has no readable header."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(resolve_path(path), force=True, stop_before_pixels=True, defer_size=1 << 16,
+                                 specific_tags=list(_ID_TAGS))
+            return {col: str(ds.get(kw, "") or "").strip() for kw, col in _ID_TAGS.items() if ds.get(kw)}
+    except Exception:  # noqa: BLE001 - not DICOM or broken: only the identifiers seen elsewhere are scrubbed
+        return {}
+
+
+def read_dicom_header(path: str | PathLike) -> dict:
+    """``dicom_meta`` of one image DICOM without decoding (or reading) its pixels, after the checks the
+    pixel reader makes from the header: a DICOM file, pixel data present, greyscale, a possible geometry,
+    no element longer than the file, native pixel data of the declared size, a complete DBT volume.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageReadError: any of the checks fails, or the header cannot be parsed.
+    """
+    path = Path(resolve_path(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"DICOM file not found: {display_path(path)}")
+    with image_read_guard(path):
+        ds = _load(path)
+        _check_image(path, ds)
+        meta = dicom_meta(ds)
+        _check_volume_complete(path, ds, meta["n_frames"])
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        geometry = (int(ds.Rows), int(ds.Columns), meta["n_frames"], int(ds.BitsAllocated))
+        _check_declared_length(path, ds, geometry, None, native=ts is None or not ts.is_encapsulated)
+        return meta
+
+
+__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "header_identifiers", "image_laterality",
            "looks_like_headerless_dicom", "normalise_manufacturer",
-           "read_dicom"]
+           "read_dicom", "read_dicom_header"]
