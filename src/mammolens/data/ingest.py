@@ -6,8 +6,15 @@ included). Each readable mammography image becomes one manifest row (a multi-fra
 images, truncated files — becomes one row of ``errors.csv`` with the reason. Images whose header says
 they are not mammograms (DX/CR of another body part, flat-field/QC/phantom images; rules in
 ``mammolens.io.gating``) go to ``errors.csv`` as "not a mammogram: ...", and a For Processing image
-whose view also exists For Presentation as "For Processing duplicate ...; not counted". Nothing is
-logged per file, so patient identifiers never reach the logs.
+whose view also exists For Presentation as "For Processing duplicate ...; not counted"; a file holding
+a SOPInstanceUID already seen as "duplicate SOPInstanceUID ...; not counted" (the first file in path order
+is kept). A header field out of range (``PatientAge 130Y``) never drops a file: the field is left empty
+and the file gets a ``kind=warning`` row. ``errors.csv`` columns: ``ERRORS_COLUMNS``.
+
+Nothing is logged per file, and ``errors.csv`` carries no identity unless ``include_ids``: paths relative
+to ``root``, identifier components and words pseudonymised (``privacy.scrub_report``); library warnings
+are captured per file (``parallel.capture_messages``). Non-UTF-8 file names are stored as
+``io.display_path`` text, which the readers resolve.
 """
 
 from __future__ import annotations
