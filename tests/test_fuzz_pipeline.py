@@ -40,10 +40,10 @@ def test_fuzz_corpus_through_ingest_preprocess_and_predict(corpus, app_env, monk
     t0 = time.perf_counter()
 
     # ingest: every DICOM-looking file is in the manifest or errors.csv, never both, never neither
-    manifest, errors = ingest(root / "corpus", root / "ingest", workers=2, progress=False)
+    manifest, errors = ingest(root / "corpus", root / "ingest", workers=2, progress=False, include_ids=True)
     base = root / "ingest"
     in_manifest = {str((base / p).resolve()) for p in manifest["image_path"]}
-    in_errors = {str(Path(p).resolve()) for p in errors["path"]}
+    in_errors = {str((root / "corpus" / p).resolve()) for p in errors["path"]}  # relative to the archive
     assert not in_manifest & in_errors
     assert files <= in_manifest | in_errors
     good_dicoms = {str(Path(p).resolve()) for p in good.loc[good["format"] == "dicom", "path"]}

@@ -165,9 +165,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+_JOBS = {
+    "run_tasks": "for _ in par.run_tasks(slow, range(8), 3, timeout=0):\n    pass\n",
+    # a preprocess over many slow files (a reader that never returns), as `mammolens preprocess` runs it
+    "preprocess": (
+        "import pandas as pd\n"
+        "from mammolens.data.cache import build_cache\n"
+        "rows = [dict(image_path=f'/nowhere/{i}.dcm', patient_id=f'p{i}', study_id=f's{i}', laterality='L',\n"
+        "             view='CC', modality='DM', manufacturer='', density='') for i in range(12)]\n"
+        "build_cache(pd.DataFrame(rows), sys.argv[1], {'size': 16}, workers=3, progress=False, reader=slow,\n"
+        "            timeout=0)\n"),
+}
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-@pytest.mark.parametrize("watchdog_only", [False, True])
-def test_workers_die_with_a_killed_parent(tmp_path, watchdog_only):
+@pytest.mark.parametrize("job, watchdog_only", [("run_tasks", False), ("run_tasks", True), ("preprocess", False)])
+def test_workers_die_with_a_killed_parent(tmp_path, job, watchdog_only):
     """kill -9 of the main process (no finally, no atexit) leaves no worker behind: PR_SET_PDEATHSIG, and
     the parent-pid watchdog where prctl is unavailable."""
     import signal
@@ -179,15 +192,14 @@ def test_workers_die_with_a_killed_parent(tmp_path, watchdog_only):
         "import os, sys, time\n"
         "import mammolens.parallel as par\n"
         + ("par._set_parent_death_signal = lambda: False\n" if watchdog_only else "")
-        + "def slow(x):\n"
+        + "def slow(x, **kw):\n"
         "    time.sleep(600)\n"
         "print('started', flush=True)\n"
-        "for _ in par.run_tasks(slow, range(8), 3, timeout=0):\n"
-        "    pass\n"
+        + _JOBS[job]
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while len(_children_of(proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     workers = _children_of(proc.pid)
