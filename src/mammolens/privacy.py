@@ -196,6 +196,9 @@ def scrub_errors(frame, rows: Iterable, path_col: str = "image_path",
     """``(paths, reasons)`` of the error rows ``rows`` (index labels) of a manifest-like DataFrame, without
     identity (:func:`scrub_report`): paths relative to the images' common folder, identifiers of the row and
     any identifier of the table found as a whole path component pseudonymised."""
+    rows = list(rows)
+    if not rows:
+        return [], []
     records = frame.to_dict("index")
     known = known_identifiers(ids_of(r) for r in records.values())
     paths = [str(p) for p in frame[path_col]] if len(frame) else []

@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 
 from mammolens.cli._app import app, finish, report_failures
+from mammolens.io.paths import display_path
 
 
 @app.command("ingest")
@@ -35,8 +36,9 @@ def ingest_cli(
             counts = manifest[col].replace("", "?").value_counts()
             typer.echo(f"  {col:<13} " + "  ".join(f"{k}: {v}" for k, v in counts.items()))
         typer.echo(f"  patients      {manifest['patient_id'].nunique()}  studies {manifest['study_id'].nunique()}")
-    typer.echo(f"manifest: {out / 'manifest.parquet'}")
-    typer.echo(f"errors:   {out / 'errors.csv'}")
+    typer.echo(f"manifest: {display_path(out / 'manifest.parquet')}")
+    typer.echo(f"errors:   {display_path(out / 'errors.csv')}")
     report_failures(zip(errors["path"], errors["reason"]), out / "errors.csv")
+    root = display_path(root)
     finish(len(manifest), len(errors), f"no file under {root} matched --pattern {' '.join(pattern)}" if not len(errors)
            else f"none of the {len(errors)} file(s) under {root} is a readable mammography DICOM (reasons in {out / 'errors.csv'})")
