@@ -16,7 +16,7 @@ from mammolens.data.cache import build_cache, open_cache
 from mammolens.data.ingest import ingest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ingest import write_mg_dicom  # noqa: E402
+from test_ingest import write_mg_dicom
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def test_non_utf8_file_name_survives_ingest_and_preprocess(tmp_path):
     (root / "junk.dcm").write_text("x")
     os.rename(root / "junk.dcm", _raw(root, b"junk\xff.dcm"))
     out = tmp_path / "data"
-    manifest, errors = ingest(root, out, workers=0, progress=False)
+    manifest, _ = ingest(root, out, workers=0, progress=False)
     assert len(manifest) == 2
     shown = sorted(Path(p).name for p in manifest["image_path"])
     assert shown == ["caf\\xe9.dcm", "ok.dcm"]  # escaped for display, UTF-8 everywhere
@@ -116,7 +116,7 @@ def test_ingest_failures_carry_no_identity(identified, tmp_path, workers, capfd)
 
 
 def test_preprocess_failures_carry_no_identity(identified, tmp_path, capfd):
-    root, good, planted = identified
+    root, _, planted = identified
     out = tmp_path / "data"
     ingest(root, out, workers=0, progress=False)
     m = pd.read_parquet(out / "manifest.parquet")

@@ -59,7 +59,7 @@ def _probe(code: str, **env) -> tuple[str, int]:
     """Run ``code`` in a fresh interpreter; (its stdout, its peak RSS in KiB)."""
     script = ("import resource, sys\n" + code +
               "\nprint('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env})
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
