@@ -117,6 +117,10 @@ def test_partial_tomosynthesis_volume_is_refused_not_a_mip(tmp_path):
     ds.save_as(path)
     with pytest.raises(ImageReadError, match="partial tomosynthesis volume: 2 frame.* 5 frames"):
         read_image(path)
+    from mammolens.io.dicom import read_dicom_header
+
+    with pytest.raises(ImageReadError, match="partial tomosynthesis volume"):  # ingest lists it too
+        read_dicom_header(path)
     assert read_image(write_dicom(tmp_path / "full.dcm", stack, sop_class="dbt", bits_stored=12)).shape == (8, 6)
 
 
