@@ -140,3 +140,76 @@ def test_run_tasks_worker_fd2_goes_to_the_reason_not_the_terminal(capfd):
     out = {i: err for i, _, err in run_tasks(_writes_fd2_then_panics, [1, 2], 2, timeout=30)}
     assert out[0] == "RuntimeError: decoder failed [thread '<unnamed>' panicked at src/lib.rs:487:24:]"
     assert "panicked" not in capfd.readouterr().err  # what a Rust decoder prints never reaches the terminal
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (read from /proc: psutil may not be installed)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+_JOBS = {
+    "run_tasks": "for _ in par.run_tasks(slow, range(8), 3, timeout=0):\n    pass\n",
+    # a preprocess over many slow files (a reader that never returns), as `mammolens preprocess` runs it
+    "preprocess": (
+        "import pandas as pd\n"
+        "from mammolens.data.cache import build_cache\n"
+        "rows = [dict(image_path=f'/nowhere/{i}.dcm', patient_id=f'p{i}', study_id=f's{i}', laterality='L',\n"
+        "             view='CC', modality='DM', manufacturer='', density='') for i in range(12)]\n"
+        "build_cache(pd.DataFrame(rows), sys.argv[1], {'size': 16}, workers=3, progress=False, reader=slow,\n"
+        "            timeout=0)\n"),
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("job, watchdog_only", [("run_tasks", False), ("run_tasks", True), ("preprocess", False)])
+def test_workers_die_with_a_killed_parent(tmp_path, job, watchdog_only):
+    """kill -9 of the main process (no finally, no atexit) leaves no worker behind: PR_SET_PDEATHSIG, and
+    the parent-pid watchdog where prctl is unavailable."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "import mammolens.parallel as par\n"
+        + ("par._set_parent_death_signal = lambda: False\n" if watchdog_only else "")
+        + "def slow(x, **kw):\n"
+        "    time.sleep(600)\n"
+        "print('started', flush=True)\n"
+        + _JOBS[job]
+    )
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 60
+    while len(_children_of(proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = _children_of(proc.pid)
+    assert len(workers) == 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 8
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # never leave them behind, whatever the result
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"{len(left)} worker(s) survived their parent"

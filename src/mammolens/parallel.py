@@ -13,7 +13,9 @@
 Each worker holds one item at a time, so the parent always knows which item a dead worker held; at
 most ``max_in_flight`` results wait in the parent (bounded memory). pydicom's log records and warnings
 raised while an item runs are kept off the terminal; when the item fails they end its reason.
-Workers ignore Ctrl-C; the parent stops and kills them. No torch here: low in the import order.
+Workers ignore Ctrl-C; the parent stops and kills them. Workers die with their parent, even after a
+``kill -9`` of it: ``PR_SET_PDEATHSIG`` on Linux plus a parent-pid watchdog thread (``_die_with_parent``).
+No torch here: low in the import order.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -31,11 +35,11 @@ from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["DEFAULT_FILE_TIMEOUT", "NothingReadError", "file_timeout", "run_tasks", "describe_error"]
+__all__ = ["DEFAULT_FILE_TIMEOUT", "NothingReadError", "capture_messages", "file_timeout", "run_tasks", "describe_error"]
 
 DEFAULT_FILE_TIMEOUT = 120.0
 TIMEOUT_ENV = "MAMMOLENS_FILE_TIMEOUT"
-_QUIET_LOGGERS = ("pydicom",)  # libraries that print to the terminal on their own
+_QUIET_LOGGERS = ("pydicom", "highdicom", "PIL")  # libraries that print to the terminal (UIDs, names) on their own
 
 
 class NothingReadError(ValueError):
@@ -79,8 +83,10 @@ class _Collect(logging.Handler):
 
 
 @contextmanager
-def _quiet(sink: list[str]) -> Iterator[None]:
-    """Route pydicom's logger and Python warnings into ``sink`` instead of the terminal."""
+def capture_messages(sink: list[str]) -> Iterator[None]:
+    """Route the log records of pydicom, highdicom and PIL (their warnings quote UIDs and patient names) and
+    every Python warning into ``sink`` (one line each) instead of the terminal, for one file; the caller
+    decides what, scrubbed, reaches a table (``run_tasks`` appends them to a failed item's reason)."""
     saved = []
     for name in _QUIET_LOGGERS:
         lg = logging.getLogger(name)
@@ -113,7 +119,7 @@ def _call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str | None]:
     notes: list[str] = []
     start = _STDERR.seek(0, os.SEEK_END) if _STDERR is not None else 0
     try:
-        with _quiet(notes):
+        with capture_messages(notes):
             return fn(item), None
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -125,7 +131,45 @@ def _call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str | None]:
             _STDERR.seek(0)
 
 
-def _worker_main(conn, fn, initializer, initargs) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_WATCHDOG_S = 0.5
+
+
+def _set_parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _die_with_parent(parent_pid: int | None, use_prctl: bool) -> None:
+    """A worker never outlives the job's process (``kill -9`` of it runs no ``finally``): the kernel kills
+    it (``PR_SET_PDEATHSIG``, set only when the pool was made by the main thread: the signal follows the
+    thread that forked) and a watchdog thread exits it once its parent pid changes (every other case)."""
+    if parent_pid is None:
+        return
+    if use_prctl:
+        _set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCHDOG_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mammolens-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn, fn, initializer, initargs, parent_pid: int | None = None, use_prctl: bool = True) -> None:
+    _die_with_parent(parent_pid, use_prctl)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills the workers
     faulthandler.disable()  # a crash is reported as one error row, not a stack dump on the terminal
     global _STDERR
@@ -162,7 +206,9 @@ def _death_reason(code: int | None) -> str:
 class _Worker:
     def __init__(self, ctx, fn, initializer, initargs):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, fn, initializer, initargs), daemon=True)
+        main = threading.current_thread() is threading.main_thread()
+        self.proc = ctx.Process(target=_worker_main, args=(child, fn, initializer, initargs, os.getpid(), main),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.task: int | None = None  # index of the item it holds

@@ -154,3 +154,62 @@ def pseudonymise_frame(df):
         if col in out:
             out[col] = [pseudonym(v, kind) for v in out[col]]
     return out
+
+
+def known_identifiers(id_lists: Iterable[Ids]) -> dict[str, str]:
+    """``{value: kind}`` of every identifier in ``id_lists`` (e.g. every header a job read), for
+    :func:`scrub_report`'s whole-component matching; values shorter than 4 characters are left out."""
+    known: dict[str, str] = {}
+    for ids in id_lists:
+        for value, kind in _pairs(ids):
+            if len(value) >= 4:
+                known.setdefault(value, kind)
+    return known
+
+
+def scrub_report(path: str | os.PathLike, reason: str, ids: Ids = (), root: str | os.PathLike | None = None,
+                 known: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """An error row's ``(file, reason)`` without identity, for ``ingest``/``preprocess`` tables and terminals.
+
+    ``file`` is ``path`` relative to ``root`` (the name alone when outside it) with every component that holds
+    one of ``ids`` (the file's own identifiers, :func:`scrub_path`) or equals one of ``known`` (every
+    identifier the job saw, :func:`known_identifiers`: an unreadable file in a PatientID folder) pseudonymised.
+    ``reason`` has ``ids`` scrubbed and the path, as given or absolute, replaced by ``file``. Both are
+    printable UTF-8 (``io.paths.display_path``).
+    """
+    from mammolens.io.paths import display_path
+
+    text = scrub_path(path, ids, root) if root is not None else scrub_path(Path(path).name, ids)
+    if known:
+        text = "/".join(pseudonym(part, known[part]) if part in known else part for part in text.split("/"))
+    reason = str(reason)
+    for form in sorted({str(path), str(Path(path).resolve()), os.path.abspath(path)}, key=len, reverse=True):
+        reason = reason.replace(form, text)
+    reason = scrub_text(reason, ids)
+    if known:
+        reason = " ".join(pseudonym(w, known[w]) if w in known else w for w in reason.split(" "))
+    return display_path(text), display_path(reason)
+
+
+def scrub_errors(frame, rows: Iterable, path_col: str = "image_path",
+                 reason_col: str = "error") -> tuple[list[str], list[str]]:
+    """``(paths, reasons)`` of the error rows ``rows`` (index labels) of a manifest-like DataFrame, without
+    identity (:func:`scrub_report`): paths relative to the images' common folder, identifiers of the row and
+    any identifier of the table found as a whole path component pseudonymised."""
+    rows = list(rows)
+    if not rows:
+        return [], []
+    records = frame.to_dict("index")
+    known = known_identifiers(ids_of(r) for r in records.values())
+    paths = [str(p) for p in frame[path_col]] if len(frame) else []
+    try:
+        root = os.path.commonpath([str(Path(p).resolve().parent) for p in paths]) if paths else None
+    except ValueError:  # relative and absolute mixed, or different drives
+        root = None
+    out_paths, out_reasons = [], []
+    for i in rows:
+        r = records[i]
+        p, reason = scrub_report(str(r[path_col]), str(r.get(reason_col) or ""), ids_of(r), root, known)
+        out_paths.append(p)
+        out_reasons.append(reason)
+    return out_paths, out_reasons

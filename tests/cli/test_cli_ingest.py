@@ -70,3 +70,25 @@ def test_ingest_cli_nothing_read_exits_3_and_says_why(tmp_path):
     assert res.exit_code == 3
     assert "none of the 14 file(s)" in res.output and "readable mammography DICOM" in res.output
     assert res.output.count("FAILED ") == 10 and "... and 4 more, see " in res.output  # short terminal list
+
+
+def test_exit_code_2_is_for_usage_errors_only():
+    import typer
+
+    from mammolens.cli._app import user_errors
+    from mammolens.io import ImageReadError
+    from mammolens.parallel import NothingReadError
+
+    def code(exc):
+        @user_errors
+        def command():
+            raise exc
+
+        try:
+            command()
+        except typer.Exit as e:
+            return e.exit_code
+
+    assert code(FileNotFoundError("gone")) == 2 and code(ValueError("--size must be > 0")) == 2
+    assert code(ImageReadError("a.dcm", "truncated")) == 3 and code(NothingReadError("no file")) == 3
+    assert code(UnicodeEncodeError("utf-8", "caf\udce9", 3, 4, "surrogates not allowed")) == 1

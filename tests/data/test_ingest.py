@@ -82,7 +82,7 @@ def test_ingest_writes_manifest_and_errors(archive, tmp_path, workers):
     assert row.loc["a.dcm", "manufacturer"] != "" and (m["density"] == "").all()
     assert row.loc["a.dcm", "patient_id"] == "P1" and row.loc["a.dcm", "study_id"] == "1.1"
     e = pd.read_csv(out / "errors.csv")
-    assert list(e.columns) == ["path", "reason"] and len(e) == 2
+    assert list(e.columns) == ["path", "reason", "kind"] and len(e) == 2 and set(e["kind"]) == {"error"}
 
 
 def Path_(p):

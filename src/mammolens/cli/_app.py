@@ -2,7 +2,8 @@
 
 Every command registered with ``@app.command`` runs inside :func:`user_errors`: the library's user errors
 (missing file, bad value, unreadable image, bad manifest, missing extra) print one ``error:`` line and exit
-2 (3 when nothing at all was read); ``MAMMOLENS_DEBUG=1`` re-raises them with their traceback. Commands
+2 for a usage error, never for a data problem (:func:`exit_code`: 3 when nothing at all was read or the one
+image given is unreadable); ``MAMMOLENS_DEBUG=1`` re-raises them with their traceback. Commands
 therefore only parse and print; none catches these errors itself.
 """
 
@@ -12,10 +13,24 @@ from collections.abc import Callable
 
 import typer
 
+from mammolens.io.paths import display_path
 from mammolens.parallel import NothingReadError
 
 # ValueError covers ImageReadError, ManifestError, CacheError and NothingReadError; ImportError a missing extra.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, ImportError)
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code of a user error: 2 only for the command line (flag, path, value, manifest or config
+    given); a data problem is never 2: an image that cannot be read, or nothing read at all, is 3; a file name
+    or text the data hold that cannot be encoded is 1."""
+    from mammolens.io import ImageReadError
+
+    if isinstance(e, (NothingReadError, ImageReadError)):
+        return EXIT_NOTHING_READ
+    if isinstance(e, UnicodeError):
+        return EXIT_SOME_FAILED
+    return EXIT_USAGE
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -28,8 +43,8 @@ def user_errors(fn: Callable) -> Callable:
         except USER_ERRORS as e:
             if os.environ.get("MAMMOLENS_DEBUG"):
                 raise
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(EXIT_NOTHING_READ if isinstance(e, NothingReadError) else EXIT_USAGE) from None
+            typer.secho(f"error: {display_path(str(e))}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(exit_code(e)) from None
 
     return run
 
@@ -103,8 +118,8 @@ def report_failures(failures, errors_file, limit: int = MAX_FAILED_SHOWN) -> Non
     """One short ``FAILED file: reason`` line per failure (stderr), at most ``limit``, then a count."""
     failures = list(failures)
     for name, reason in failures[:limit]:
-        reason = " ".join(str(reason).split())
-        typer.echo(f"FAILED {name}: {reason[:157] + '...' if len(reason) > 160 else reason}", err=True)
+        reason = display_path(" ".join(str(reason).split()))
+        typer.echo(f"FAILED {display_path(name)}: {reason[:157] + '...' if len(reason) > 160 else reason}", err=True)
     if len(failures) > limit:
         typer.echo(f"... and {len(failures) - limit} more, see {errors_file}", err=True)
 

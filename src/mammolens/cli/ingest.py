@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 
 from mammolens.cli._app import app, finish, report_failures
+from mammolens.io.paths import display_path
 
 
 @app.command("ingest")
@@ -14,19 +15,30 @@ def ingest_cli(
     workers: int = typer.Option(None, "--workers", "-j", help="Header-reading processes (default: all cores)."),
     pattern: list[str] = typer.Option(["*"], "--pattern", help="File-name glob(s) to consider (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    include_ids: bool = typer.Option(False, "--include-ids", help="Keep patient/study identifiers in errors.csv "
+                                     "and the FAILED lines (default: pseudonymised)."),
 ) -> None:
-    """Read every DICOM header under ROOT (no pixel decoding) and write OUT/manifest.parquet."""
-    from mammolens.data.ingest import ingest
+    """Read every DICOM header under ROOT (no pixel decoding) and write OUT/manifest.parquet.
 
-    manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern))
-    typer.echo(f"ingested {len(manifest)} image(s); {len(errors)} file(s) skipped")
+    errors.csv lists each file left out (kind "error": not DICOM, not a mammogram, a duplicate...) and each
+    image kept with a header field left empty (kind "warning": PatientAge 130Y...); paths relative to ROOT.
+    """
+    from mammolens.data.ingest import KIND_WARNING, ingest
+
+    manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern),
+                              include_ids=include_ids)
+    warned = errors["kind"] == KIND_WARNING
+    errors = errors[~warned]
+    typer.echo(f"ingested {len(manifest)} image(s); {len(errors)} file(s) skipped"
+               + (f"; {int(warned.sum())} warning(s) (header fields left empty, see errors.csv)" if warned.any() else ""))
     if len(manifest):
         for col in ("modality", "manufacturer", "laterality", "view"):
             counts = manifest[col].replace("", "?").value_counts()
             typer.echo(f"  {col:<13} " + "  ".join(f"{k}: {v}" for k, v in counts.items()))
         typer.echo(f"  patients      {manifest['patient_id'].nunique()}  studies {manifest['study_id'].nunique()}")
-    typer.echo(f"manifest: {out / 'manifest.parquet'}")
-    typer.echo(f"errors:   {out / 'errors.csv'}")
+    typer.echo(f"manifest: {display_path(out / 'manifest.parquet')}")
+    typer.echo(f"errors:   {display_path(out / 'errors.csv')}")
     report_failures(zip(errors["path"], errors["reason"]), out / "errors.csv")
+    root = display_path(root)
     finish(len(manifest), len(errors), f"no file under {root} matched --pattern {' '.join(pattern)}" if not len(errors)
            else f"none of the {len(errors)} file(s) under {root} is a readable mammography DICOM (reasons in {out / 'errors.csv'})")

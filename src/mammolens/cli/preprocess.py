@@ -24,6 +24,8 @@ def preprocess_cli(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry rows that failed before."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild a cache made from another manifest/config."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    include_ids: bool = typer.Option(False, "--include-ids", help="Show full paths and identifiers in the FAILED "
+                                     "lines (default: as in errors.csv, pseudonymised)."),
 ) -> None:
     """Crop, orient, resize and store every manifest image; resumable (rerun to continue)."""
     from mammolens.data.cache import PreprocessCfg, build_cache, open_cache
@@ -46,7 +48,12 @@ def preprocess_cli(
     if c["failed"]:
         typer.echo(f"errors: {path / 'errors.csv'}")
         failed = cache.index[cache.index["status"] == "failed"]
-        report_failures(zip(failed["image_path"], failed["error"]), path / "errors.csv")
+        if include_ids:
+            report_failures(zip(failed["image_path"], failed["error"]), path / "errors.csv")
+        else:
+            from mammolens.privacy import scrub_errors
+
+            report_failures(zip(*scrub_errors(cache.index, failed.index)), path / "errors.csv")
     if c["pending"]:
         typer.echo("incomplete: run the same command again to continue")
     finish(c["done"] + c["pending"], c["failed"], f"the manifest {manifest} lists no image" if not len(cache)

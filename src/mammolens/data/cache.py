@@ -7,7 +7,8 @@ A cache folder holds
   ``conversion`` (the reader's conversion record, JSON), ``flipped``, ``bbox``, ``orig_h``, ``orig_w``;
 - ``cache.json``: ``PreprocessCfg``, manifest hash, shape, counts, conversion summary, version, time;
 - ``progress.jsonl``: one line per finished row (how an interrupted build resumes);
-- ``errors.csv``: ``row, image_path, reason`` for every image that could not be read.
+- ``errors.csv``: ``row, image_path, reason`` for every image that could not be read (no identifiers: paths
+  relative to the images' common folder, identifier components pseudonymised; ``index.parquet`` has the rest).
 
 ``build_cache`` is parallel over processes (each worker writes its rows straight into ``images.u16``),
 resumable (rows already in ``progress.jsonl`` are skipped) and idempotent (a re-run does nothing).
@@ -33,6 +34,7 @@ import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
 from mammolens.parallel import run_tasks
+from mammolens.privacy import scrub_errors
 from mammolens.transforms.config import PreprocessCfg  # re-exported: it lives below data and transforms
 
 log = logging.getLogger(__name__)
@@ -360,9 +362,8 @@ def _write_outputs(out: Path, df: pd.DataFrame, records: dict[int, dict], meta: 
     index[["orig_h", "orig_w"]] = index[["orig_h", "orig_w"]].astype(np.int64)
     index.to_parquet(out / INDEX_FILE, index=False)
     failed = index[index["status"] == "failed"]
-    pd.DataFrame(
-        {"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}
-    ).to_csv(out / ERRORS_FILE, index=False)
+    paths, reasons = scrub_errors(index, failed.index)  # no identity, no absolute path (index.parquet has them)
+    pd.DataFrame({"row": failed["cache_row"], "image_path": paths, "reason": reasons}).to_csv(out / ERRORS_FILE, index=False)
     counts = index["status"].value_counts().to_dict()
     meta.update(
         complete=bool(counts.get("pending", 0) == 0),

@@ -6,8 +6,15 @@ included). Each readable mammography image becomes one manifest row (a multi-fra
 images, truncated files — becomes one row of ``errors.csv`` with the reason. Images whose header says
 they are not mammograms (DX/CR of another body part, flat-field/QC/phantom images; rules in
 ``mammolens.io.gating``) go to ``errors.csv`` as "not a mammogram: ...", and a For Processing image
-whose view also exists For Presentation as "For Processing duplicate ...; not counted". Nothing is
-logged per file, so patient identifiers never reach the logs.
+whose view also exists For Presentation as "For Processing duplicate ...; not counted"; a file holding
+a SOPInstanceUID already seen as "duplicate SOPInstanceUID ...; not counted" (the first file in path order
+is kept). A header field out of range (``PatientAge 130Y``) never drops a file: the field is left empty
+and the file gets a ``kind=warning`` row. ``errors.csv`` columns: ``ERRORS_COLUMNS``.
+
+Nothing is logged per file, and ``errors.csv`` carries no identity unless ``include_ids``: paths relative
+to ``root``, identifier components and words pseudonymised (``privacy.scrub_report``); library warnings
+are captured per file (``parallel.capture_messages``). Non-UTF-8 file names are stored as
+``io.display_path`` text, which the readers resolve.
 """
 
 from __future__ import annotations
@@ -23,14 +30,20 @@ import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
 from mammolens.io.gating import PROCESSING_DUPLICATE, mammography_gate, processing_duplicates
+from mammolens.io.paths import display_path
 from mammolens.parallel import run_tasks
+from mammolens.privacy import ids_of, known_identifiers, scrub_report
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ingest", "read_header", "scan_files"]
+__all__ = ["ERRORS_COLUMNS", "KIND_ERROR", "KIND_WARNING", "ingest", "read_header", "scan_files"]
 
 MANIFEST_FILE = "manifest.parquet"
 ERRORS_FILE = "errors.csv"
+KIND_ERROR, KIND_WARNING = "error", "warning"
+ERRORS_COLUMNS = ("path", "reason", "kind")
+"""Columns of ingest's ``errors.csv``: ``kind`` is ``error`` (the file is not in the manifest) or ``warning``
+(the file is in the manifest, a header field was left empty)."""
 EXTRA_COLUMNS = (
     "age", "frame", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "model",
     "presentation_intent", "photometric", "bits_stored", "transfer_syntax", "n_frames", "pixel_spacing",
@@ -54,52 +67,42 @@ def scan_files(root: str | PathLike, patterns: Sequence[str] = ("*",), exclude: 
 
 
 def read_header(path: str | PathLike) -> dict[str, Any]:
-    """Metadata of one mammography DICOM without decoding its pixels.
-
-    Uses ``mammolens.io.dicom.read_dicom_meta`` when the reader provides it; otherwise reads the header
-    with the pixel data deferred and checks the same things the pixel reader would (pixel data present,
-    greyscale, and for uncompressed data that the file is long enough to hold it).
+    """Metadata of one mammography DICOM without decoding its pixels (``io.dicom.read_dicom_header``: the
+    header checks the pixel reader makes — pixel data present, greyscale, not truncated, a complete DBT).
 
     Raises:
         ImageReadError: not DICOM, not a greyscale image, or truncated.
     """
-    from mammolens.io import ImageReadError, is_dicom
-    from mammolens.io import dicom as dcm
+    from mammolens.io.dicom import read_dicom_header
 
-    path = Path(path)
-    if hasattr(dcm, "read_dicom_meta"):
-        return dict(dcm.read_dicom_meta(path))
-    if not is_dicom(path):
-        raise ImageReadError(path, "not a DICOM file")
-    import warnings
+    return read_dicom_header(path)
 
-    import pydicom
 
+def _header_task(path: str) -> dict[str, Any]:
+    """One file in a worker: ``{"meta": ...}``, or ``{"error": reason, "ids": the file's identifiers}`` so that
+    the parent can scrub the reason (pydicom's messages, captured per file, may quote a UID or a name)."""
+    from mammolens.io.dicom import header_identifiers
+    from mammolens.parallel import capture_messages, describe_error
+
+    notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, defer_size=1024)  # big values (pixels) stay on disk
-    except Exception as exc:  # noqa: BLE001 — pydicom raises assorted errors on broken headers
-        raise ImageReadError(path, f"unreadable or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
-    dcm._check_image(path, ds)
-    raw = ds._dict.get(0x7FE00010)  # the raw (deferred) element: its length and offset, value unread
-    length = getattr(raw, "length", None)
-    tell = getattr(raw, "value_tell", None)
-    if length is not None and tell is not None and length != 0xFFFFFFFF:
-        if tell + length > path.stat().st_size:
-            raise ImageReadError(
-                path, f"truncated: pixel data needs {length} bytes, the file holds {path.stat().st_size - tell}"
-            )
-    return dcm.dicom_meta(ds)
+        with capture_messages(notes):
+            return {"meta": read_header(path)}
+    except Exception as exc:  # noqa: BLE001 - recorded per file; BaseException (decoder panics) goes to run_tasks
+        with capture_messages([]):
+            ids = header_identifiers(path)
+        return {"error": describe_error(exc, notes), "ids": ids}
 
 
 def _rel(path: str, base: Path) -> str:
+    """``path`` relative to ``base`` when they share a folder (else absolute), as ``display_path`` text
+    (the readers resolve it back to the file: ``io.paths``)."""
     p = Path(path).resolve()
     try:
         common = os.path.commonpath([str(p), str(base)])
     except ValueError:  # different drives
-        return str(p)
-    return os.path.relpath(p, base) if common not in ("/", "") else str(p)
+        return display_path(p)
+    return display_path(os.path.relpath(p, base) if common not in ("/", "") else p)
 
 
 def _row(path: str, meta: dict, base: Path) -> dict[str, Any]:
@@ -136,6 +139,7 @@ def ingest(
     progress: bool = True,
     patterns: Sequence[str] = ("*",),
     timeout: float | None = None,
+    include_ids: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan ``root`` and write ``out_dir/manifest.parquet`` and ``out_dir/errors.csv``.
 
@@ -148,10 +152,11 @@ def ingest(
         patterns: file-name globs to consider (default every file; DICOM is detected by content).
         timeout: seconds per file before its worker is killed and replaced (default
             ``MAMMOLENS_FILE_TIMEOUT`` or 120; see ``mammolens.parallel``).
+        include_ids: keep identifiers in ``errors.csv`` (paths stay relative to ``root``).
 
     Returns:
-        ``(manifest, errors)``: the manifest as written (paths as written) and the errors
-        (``path, reason``).
+        ``(manifest, errors)``: the manifest as written (paths as written) and ``errors.csv`` as written:
+        ``path, reason, kind`` (``ERRORS_COLUMNS``; module docstring).
     """
     from tqdm.auto import tqdm
 
@@ -165,31 +170,45 @@ def ingest(
     files = [str(p) for p in scan_files(root, patterns, exclude=[out])]
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     workers = max(0, min(workers, len(files)))
-    log.info("ingest: %d files under %s, %d workers", len(files), root, workers)
-    results: list[tuple[str, dict | None, str]] = []
+    log.info("ingest: %d files under %s, %d workers", len(files), display_path(root), workers)
+    results: list[tuple[str, dict | None, str, dict]] = []
     with tqdm(total=len(files), desc="ingest", unit="file", disable=not progress or not files) as bar:
-        for i, meta, err in run_tasks(read_header, files, workers, timeout=timeout):
-            results.append((files[i], meta, err or ""))
+        for i, res, err in run_tasks(_header_task, files, workers, timeout=timeout):
+            res = res or {}
+            results.append((files[i], res.get("meta"), err or res.get("error") or "", res.get("ids") or {}))
             bar.update(1)
     results.sort(key=lambda r: r[0])
-    rows, errors, row_paths = [], [], []
-    for path, meta, reason in results:
+    rows, errors, row_paths, warned = [], [], [], []
+    seen_sop: dict[str, str] = {}  # SOPInstanceUID -> the first file that holds it
+    for path, meta, reason, _ in results:
         gate_ok, gate_reason = mammography_gate(meta) if meta is not None else (True, "")
         if not gate_ok:  # "not a mammogram: ..." (io.gating): listed, never in the manifest
             meta, reason = None, gate_reason
+        sop = str((meta or {}).get("sop_instance_uid") or "")
         if meta is None:
             errors.append({"path": path, "reason": reason})
         elif not (meta.get("patient_id") or meta.get("study_instance_uid")):
             errors.append({"path": path, "reason": "no PatientID and no StudyInstanceUID: cannot group by patient"})
+        elif sop and sop in seen_sop:  # one image stored twice (copied exports): counted once
+            errors.append({"path": path, "reason": "duplicate SOPInstanceUID: the same image as {twin}; not counted",
+                           "twin": seen_sop[sop]})
         else:
+            if sop:
+                seen_sop[sop] = path
             rows.append(_row(path, meta, base))
             row_paths.append(path)
+            if meta.get("header_warnings"):
+                warned.append({"path": path, "reason": "; ".join(meta["header_warnings"]), "kind": KIND_WARNING})
     # one view stored For Presentation and For Processing counts once (training and evaluation alike)
     dupes = processing_duplicates([{**r, "study": r["study_id"]} for r in rows])
     for i, twin in dupes.items():
-        errors.append({"path": row_paths[i], "reason": f"{PROCESSING_DUPLICATE} ({Path(row_paths[twin]).name})"})
+        errors.append({"path": row_paths[i], "reason": f"{PROCESSING_DUPLICATE} ({{twin}})", "twin": row_paths[twin],
+                       "twin_name": True})
     rows = [r for i, r in enumerate(rows) if i not in dupes]
-    errors.sort(key=lambda e: e["path"])
+    kept = {p for i, p in enumerate(row_paths) if i not in dupes}
+    errors += [w for w in warned if w["path"] in kept]
+    errors = _scrub_errors(errors, results, root, include_ids)
+    errors.sort(key=lambda e: (e["path"], e["kind"]))
     cols = list(MANIFEST_REQUIRED) + list(EXTRA_COLUMNS)
     manifest = pd.DataFrame(rows, columns=cols)
     manifest["frame"] = manifest["frame"].astype("Int64")
@@ -199,7 +218,26 @@ def ingest(
         manifest[c] = pd.to_numeric(manifest[c], errors="coerce").astype("Int64")
     manifest = validate_manifest(manifest, source=str(out / MANIFEST_FILE))
     write_manifest(manifest, out / MANIFEST_FILE)
-    errors_df = pd.DataFrame(errors, columns=["path", "reason"])
+    errors_df = pd.DataFrame(errors, columns=list(ERRORS_COLUMNS))
     errors_df.to_csv(out / ERRORS_FILE, index=False)
-    log.info("ingest: %d images in the manifest, %d files in errors.csv", len(manifest), len(errors_df))
+    n_warn = int((errors_df["kind"] == KIND_WARNING).sum())
+    log.info("ingest: %d images in the manifest, %d files in errors.csv, %d warnings", len(manifest),
+             len(errors_df) - n_warn, n_warn)
     return manifest, errors_df
+
+
+def _scrub_errors(errors: list[dict], results: list, root: Path, include_ids: bool) -> list[dict]:
+    """``errors.csv`` rows: paths relative to ``root``; without ``include_ids``, every path component and
+    reason word that holds an identifier (the file's own, or any the job saw) pseudonymised
+    (``privacy.scrub_report``)."""
+    own = {path: [*ids_of(meta or {}), *ids_of(ids)] for path, meta, _, ids in results}
+    known = {} if include_ids else known_identifiers(own.values())
+    out = []
+    for e in errors:
+        ids = [] if include_ids else own.get(e["path"], [])
+        path, reason = scrub_report(e["path"], e["reason"], ids, root, known)
+        if "twin" in e:  # the other file's path, scrubbed with its own identifiers
+            twin = scrub_report(e["twin"], "", [] if include_ids else own.get(e["twin"], []), root, known)[0]
+            reason = reason.replace("{twin}", twin.rsplit("/", 1)[-1] if e.get("twin_name") else twin)
+        out.append({"path": path, "reason": reason, "kind": e.get("kind", KIND_ERROR)})
+    return out

@@ -1,7 +1,8 @@
 """Image input: one documented reader for mammography DICOM (``io.dicom``) and rasters (``io.images``).
 
 ``read_image(path)`` decides by content: a file with the DICOM preamble (``DICM`` at byte 128), or one
-pydicom can parse without it, goes to ``read_dicom``; PNG/PGM/TIFF/JPEG go to ``read_raster``.
+pydicom can parse without it, goes to ``read_dicom``; PNG/PGM/TIFF/JPEG go to ``read_raster``. Paths may
+be given as ``display_path`` text (undecodable bytes escaped ``\\xNN``; see ``io.paths``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mammolens.io._types import (
     image_read_guard,
     max_pixels_limit,
 )
+from mammolens.io.paths import display_path, resolve_path
 
 RASTER_SUFFIXES = (".png", ".pgm", ".pnm", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -50,9 +52,9 @@ def read_image(path: str | PathLike, **kw) -> MammoImage:
         ImageReadError: neither a readable DICOM nor a supported raster, or any failure reading it
             (corrupt data, a header that disagrees with the data, over the pixel budget, a decoder panic).
     """
-    path = Path(path)
+    path = Path(resolve_path(path))
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise FileNotFoundError(f"image not found: {display_path(path)}")
     with image_read_guard(path):
         dicom = is_dicom(path)
     if dicom:
@@ -70,5 +72,5 @@ def read_image(path: str | PathLike, **kw) -> MammoImage:
     )
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "META_KEYS", "ImageReadError", "MammoImage", "empty_meta",
-           "image_read_guard", "is_dicom", "max_pixels_limit", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_PIXELS_ENV", "META_KEYS", "ImageReadError", "MammoImage", "display_path",
+           "empty_meta", "image_read_guard", "is_dicom", "max_pixels_limit", "read_image", "resolve_path"]

@@ -38,10 +38,13 @@ def empty_meta() -> dict:
 
 
 class ImageReadError(ValueError):
-    """An image could not be read; ``path`` names the file and the message says why."""
+    """An image could not be read; ``path`` names the file (``io.paths.display_path`` text: printable
+    UTF-8 whatever bytes the name holds) and the message says why."""
 
     def __init__(self, path: str | PathLike, problem: str):
-        self.path = str(path)
+        from mammolens.io.paths import display_path
+
+        self.path = display_path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
@@ -76,7 +79,7 @@ def check_pixel_budget(path: str | PathLike, rows: int, columns: int, frames: in
     n = rows * columns * frames
     if n > limit:
         raise ImageReadError(
-            path, f"declared size {rows} x {columns}{f' x {frames} frames' if frames > 1 else ''} = {n:,} pixels "
+            path, f"declared size {rows} x {columns}{f' x {frames:,} frames' if frames > 1 else ''} = {n:,} pixels "
             f"exceeds the pixel budget of {limit:,} (max_pixels= or ${MAX_PIXELS_ENV} raise it); not decoded")
 
 

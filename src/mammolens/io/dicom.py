@@ -64,7 +64,6 @@ reader reads any greyscale image, ingest and ``Predictor`` act on the gate).
 
 from __future__ import annotations
 
-import re
 import struct
 import warnings
 from os import PathLike
@@ -72,9 +71,30 @@ from pathlib import Path
 
 import numpy as np
 
-from mammolens.constants import VIEWS
-from mammolens.io._types import ImageReadError, MammoImage, check_pixel_budget, empty_meta, image_read_guard
+from mammolens.io._types import (
+    MAX_PIXELS_ENV,
+    ImageReadError,
+    MammoImage,
+    check_pixel_budget,
+    empty_meta,
+    image_read_guard,
+    max_pixels_limit,
+)
 from mammolens.io.gating import GATE_KEYWORDS, gate_header
+from mammolens.io.header import (
+    S2D_KEYWORDS,
+    age_of,
+    first_value,
+    functional_group_item,
+    header_text,
+    image_laterality,
+    is_s2d,
+    laterality_of,
+    mammo_view,
+    normalise_manufacturer,
+    pixel_spacing_of,
+)
+from mammolens.io.paths import display_path, resolve_path
 
 READER_VERSION = "1.2"
 """Bumped whenever the conversion of stored values to pixels changes (caches record it)."""
@@ -91,38 +111,6 @@ SOP_BREAST_PROJ_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
 _PROCESSING_SOPS = {SOP_DM_PROCESSING, SOP_DX_PROCESSING, SOP_BREAST_PROJ_PROCESSING}
 _DBT_SOPS = {SOP_BREAST_TOMO, SOP_BREAST_PROJ_PRESENTATION, SOP_BREAST_PROJ_PROCESSING}
 
-S2D_KEYWORDS = (
-    "GENERATED_2D", "GENERATED 2D", "SYNTHETIC", "SYNTHESIZED", "SYNTHESISED", "C-VIEW", "CVIEW",
-    "C VIEW", "V-PREVIEW", "VPREVIEW", "V PREVIEW", "S-VIEW", "SVIEW", "INSIGHT 2D", "INSIGHT2D",
-    "2DSM", "S2D",
-)
-
-_VENDORS = (  # (substring of the lower-cased Manufacturer, normalised name); first match wins
-    ("hologic", "Hologic"), ("lorad", "Hologic"),
-    ("ge medical", "GE"), ("ge healthcare", "GE"), ("general electric", "GE"), ("gems", "GE"),
-    ("siemens", "Siemens"), ("fuji", "Fujifilm"), ("philips", "Philips"), ("sectra", "Philips"),
-    ("planmed", "Planmed"), ("giotto", "IMS"), ("agfa", "Agfa"), ("konica", "Konica Minolta"),
-    ("carestream", "Carestream"), ("kodak", "Carestream"), ("canon", "Canon"), ("toshiba", "Canon"),
-    ("metaltronica", "Metaltronica"), ("instrumentarium", "Instrumentarium"), ("varian", "Varian"),
-)
-
-_VIEW_MEANINGS = (  # (regex on the lower-cased code meaning, view); most specific first
-    (r"exaggerated.*lateral", "XCCL"), (r"exaggerated.*medial", "XCCM"),
-    (r"medio-?\s*lateral oblique", "MLO"), (r"latero-?\s*medial oblique", "LMO"),
-    (r"cranio-?\s*caudal.*(cleavage|valley)", "CV"), (r"cranio-?\s*caudal", "CC"),
-    (r"caudo-?\s*cranial", "FB"), (r"medio-?\s*lateral", "ML"), (r"latero-?\s*medial", "LM"),
-    (r"superolateral.*inferomedial", "SIO"), (r"axillary tail", "AT"),
-)
-_VIEW_CODES = {  # SNOMED-RT (SRT) and SNOMED CT codes of CID 4014
-    "R-10242": "CC", "399162004": "CC", "R-10226": "MLO", "399368009": "MLO",
-    "R-10224": "ML", "399260004": "ML", "R-10228": "LM", "399352003": "LM",
-    "R-1024A": "XCCL", "399192003": "XCCL", "R-1024B": "XCCM", "399101009": "XCCM",
-    "R-10244": "FB", "399196000": "FB", "R-102D0": "SIO", "399188001": "SIO",
-    "R-40AAA": "AT", "399265009": "AT",
-}
-_KNOWN_VIEWS = ("XCCL", "XCCM", "MLO", "CC", "ML", "LM", "FB", "SIO", "AT", "LMO", "CV")
-
-
 def looks_like_headerless_dicom(path: str | PathLike) -> bool:
     """True when pydicom parses a preamble-less file into a dataset with some standard attributes."""
     import pydicom
@@ -134,186 +122,56 @@ def looks_like_headerless_dicom(path: str | PathLike) -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------- helpers
-def _first(value):
-    """First item of a multi-valued element (or the value itself)."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return value[0] if len(value) else None
-    return value
-
-
-def _fg_item(ds, seq_keyword: str, frame: int | None):
-    """Item of a functional-group macro: per-frame (for ``frame``) first, then shared, else None."""
-    for fg_name, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        fg = ds.get(fg_name)
-        if not fg or idx is None or idx >= len(fg):
-            continue
-        seq = fg[idx].get(seq_keyword)
-        if seq:
-            return seq[0]
-    return None
-
-
-def _text(ds, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
-
-
-def normalise_manufacturer(name: str) -> str:
-    """Canonical vendor name (``"GE MEDICAL SYSTEMS"`` -> ``"GE"``); unknown names are returned stripped."""
-    low = (name or "").strip().lower()
-    for key, canonical in _VENDORS:
-        if key in low:
-            return canonical
-    if re.match(r"^ims\b", low):
-        return "IMS"
-    if re.match(r"^ge\b", low):
-        return "GE"
-    return (name or "").strip()
-
-
-_SIDE_RE = {
-    side: re.compile(rf"\b({word}|{side})\b|\b{side}_|\b{side}(CC|MLO|ML|LM|XCCL|XCCM|FB|SIO|AT)\b")
-    for side, word in (("L", "LEFT"), ("R", "RIGHT"))
-}
-
-
-def _laterality_from_text(text: str) -> str:
-    """"L"/"R" when exactly one side is named in free text ("LCC", "RIGHT MLO", "L_CC"), else ""."""
-    t = text.upper()
-    left, right = bool(_SIDE_RE["L"].search(t)), bool(_SIDE_RE["R"].search(t))
-    return ("L" if left else "R") if left != right else ""
-
-
-def _view_from_text(text: str) -> str:
-    t = text.upper()
-    for view in _KNOWN_VIEWS:
-        if re.search(rf"(\b|[LR_]){view}\b", t):
-            return view
-    return ""
-
-
-def _laterality(ds) -> tuple[str, str]:
-    for kw in ("ImageLaterality", "Laterality"):
-        v = _text(ds, kw).upper()
-        if v in ("L", "R"):
-            return v, kw
-    item = _fg_item(ds, "FrameAnatomySequence", 0)
-    if item is not None and str(item.get("FrameLaterality", "")).upper() in ("L", "R"):
-        return str(item.FrameLaterality).upper(), "FrameLaterality"
-    for kw in ("SeriesDescription", "ViewPosition", "ProtocolName", "StudyDescription", "ImageComments"):
-        v = _laterality_from_text(_text(ds, kw))
-        if v:
-            return v, kw
-    return "", ""
-
-
-def image_laterality(ds) -> str:
-    """``"L"``, ``"R"`` or ``""`` for a dataset, by the reader's rule: ImageLaterality, Laterality, the
-    enhanced FrameLaterality, then free text (SeriesDescription, ViewPosition, ProtocolName...)."""
-    return _laterality(ds)[0]
-
-
-def _view(ds) -> tuple[str, str]:
-    vp = _text(ds, "ViewPosition").upper().replace(" ", "")
-    if vp:
-        if vp in _KNOWN_VIEWS:
-            return vp, "ViewPosition"
-        found = _view_from_text(vp)
-        if found:
-            return found, "ViewPosition"
-    for item in ds.get("ViewCodeSequence", []) or []:
-        code = str(item.get("CodeValue", "")).strip()
-        if code in _VIEW_CODES:
-            return _VIEW_CODES[code], "ViewCodeSequence"
-        meaning = str(item.get("CodeMeaning", "")).lower()
-        for pattern, view in _VIEW_MEANINGS:
-            if re.search(pattern, meaning):
-                return view, "ViewCodeSequence"
-    for kw in ("SeriesDescription", "ProtocolName", "ImageComments"):
-        found = _view_from_text(_text(ds, kw))
-        if found:
-            return found, kw
-    return ("OTHER", "ViewPosition") if vp else ("", "")
-
-
-def _age(ds) -> float | None:
-    m = re.fullmatch(r"(\d{1,3})([DWMY]?)", _text(ds, "PatientAge").upper())
-    if not m:
-        return None
-    n = int(m.group(1))
-    return float({"D": n / 365.25, "W": n / 52.18, "M": n / 12.0}.get(m.group(2), n))
-
-
-def _pixel_spacing(ds) -> tuple[tuple[float, float] | None, str]:
-    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
-        v = ds.get(kw)
-        if v is not None and len(v) == 2:
-            return (float(v[0]), float(v[1])), kw
-    item = _fg_item(ds, "PixelMeasuresSequence", 0)
-    if item is not None and item.get("PixelSpacing") is not None:
-        v = item.PixelSpacing
-        return (float(v[0]), float(v[1])), "PixelMeasuresSequence"
-    return None, ""
-
-
-def _is_s2d(ds) -> bool:
-    text = (_text(ds, "ImageType") + " " + _text(ds, "SeriesDescription")).upper()
-    return any(k in text for k in S2D_KEYWORDS)
-
-
 def dicom_meta(ds) -> dict:
-    """Header metadata of a dataset (``META_KEYS`` plus a few ``*_source`` extras); no pixel access."""
+    """Header metadata of a dataset (``META_KEYS`` plus a few ``*_source`` extras); no pixel access.
+
+    A field whose value is out of range or unparseable (``PatientAge 130Y``, a ``PixelSpacing`` of text) is
+    left empty and described in ``meta["header_warnings"]`` (a list of lines; ``[]`` when clean).
+    """
     meta = empty_meta()
+    header_warnings: list[str] = []
     sop = str(ds.get("SOPClassUID", ""))
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if sop in _DBT_SOPS or n_frames > 1:
         modality = "DBT"
-    elif _is_s2d(ds):
+    elif is_s2d(ds):
         modality = "s2D"
     else:
         modality = "DM"
-    intent = _text(ds, "PresentationIntentType").upper()
+    intent = header_text(ds, "PresentationIntentType").upper()
     if not intent and sop:
         intent = "FOR PROCESSING" if sop in _PROCESSING_SOPS else "FOR PRESENTATION"
-    lat, lat_src = _laterality(ds)
-    view, view_src = _view(ds)
-    if view and view not in VIEWS:  # e.g. LMO, CV: kept as OTHER so the manifest vocabulary holds
-        view = "OTHER"
-    spacing, spacing_src = _pixel_spacing(ds)
-    gate_ok, gate_reason = gate_header({kw: _text(ds, kw) for kw in GATE_KEYWORDS}, view, view_src)
+    lat, lat_src = laterality_of(ds)
+    view, view_src = mammo_view(ds)  # e.g. LMO, CV: kept as OTHER so the manifest vocabulary holds
+    spacing, spacing_src = pixel_spacing_of(ds, header_warnings)
+    gate_ok, gate_reason = gate_header({kw: header_text(ds, kw) for kw in GATE_KEYWORDS}, view, view_src)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     bits = ds.get("BitsStored")
     meta.update(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         study_instance_uid=str(ds.get("StudyInstanceUID", "")),
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-        patient_id=_text(ds, "PatientID"),
+        patient_id=header_text(ds, "PatientID"),
         laterality=lat,
         view=view,
         modality=modality,
-        manufacturer=normalise_manufacturer(_text(ds, "Manufacturer")),
-        model=_text(ds, "ManufacturerModelName"),
+        manufacturer=normalise_manufacturer(header_text(ds, "Manufacturer")),
+        model=header_text(ds, "ManufacturerModelName"),
         presentation_intent=intent,
-        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        photometric=header_text(ds, "PhotometricInterpretation").upper(),
         bits_stored=int(bits) if bits is not None else None,
         transfer_syntax=str(ts) if ts else "",
         n_frames=n_frames,
         pixel_spacing=spacing,
-        age=_age(ds),
+        age=age_of(ds, header_warnings),
         sop_class_uid=sop,
-        manufacturer_raw=_text(ds, "Manufacturer"),
+        manufacturer_raw=header_text(ds, "Manufacturer"),
         laterality_source=lat_src,
         view_source=view_src,
         pixel_spacing_source=spacing_src,
         gate_ok=gate_ok,  # io.gating: only mammograms get a density
         gate_reason=gate_reason,
+        header_warnings=header_warnings,
     )
     return meta
 
@@ -432,7 +290,7 @@ def _modality_params(ds, frame: int | None):
     """(slope, intercept, modality LUT item or None, where found)."""
     if ds.get("ModalityLUTSequence"):
         return 1.0, 0.0, ds.ModalityLUTSequence[0], "ModalityLUTSequence"
-    for src, where in ((ds, "Rescale"), (_fg_item(ds, "PixelValueTransformationSequence", frame), "PixelValueTransformationSequence")):
+    for src, where in ((ds, "Rescale"), (functional_group_item(ds, "PixelValueTransformationSequence", frame), "PixelValueTransformationSequence")):
         if src is not None and ("RescaleSlope" in src or "RescaleIntercept" in src):
             slope, intercept = src.get("RescaleSlope", 1), src.get("RescaleIntercept", 0)
             slope = 1.0 if slope is None or slope == "" else _number(slope, "RescaleSlope")
@@ -458,14 +316,14 @@ def _voi_params(ds, frame: int | None):
     """(VOI LUT item or None, (center, width) or None, function) from top level or FrameVOILUTSequence."""
     src = ds
     if not (ds.get("VOILUTSequence") or "WindowCenter" in ds):
-        item = _fg_item(ds, "FrameVOILUTSequence", frame)
+        item = functional_group_item(ds, "FrameVOILUTSequence", frame)
         if item is not None:
             src = item
     lut = src.get("VOILUTSequence")
     lut_item = lut[0] if lut else None
     window = None
     if src.get("WindowCenter") is not None and src.get("WindowWidth") is not None:
-        c, w = _first(src.WindowCenter), _first(src.WindowWidth)
+        c, w = first_value(src.WindowCenter), first_value(src.WindowWidth)
         if c is not None and w is not None:
             window = (_number(c, "WindowCenter"), _number(w, "WindowWidth"))
             if window[1] <= 0:  # an invalid width: no usable window (the percentile window is used)
@@ -516,7 +374,7 @@ def _check_image(path: Path, ds) -> None:
         raise ImageReadError(path, f"DICOM without pixel data ({name}); not an image, nothing to read")
     if "PixelData" not in ds:
         raise ImageReadError(path, "float pixel data is not a mammogram (expected integer PixelData)")
-    photometric = _text(ds, "PhotometricInterpretation").upper()
+    photometric = header_text(ds, "PhotometricInterpretation").upper()
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or spp != 1:
         raise ImageReadError(
@@ -590,6 +448,26 @@ def _codestream(frag: bytes) -> tuple[str, int, int]:
     return "unknown", 0, 0
 
 
+def _check_declared_length(path: Path, ds, geometry: tuple[int, int, int, int], max_pixels: int | None, native: bool) -> None:
+    """Refuse, from the header and the file size alone (the value is not read), a pixel data element whose
+    declared length exceeds the pixel budget (at BitsAllocated a pixel) or, for native data, is not the size
+    the geometry declares (``_load`` already refused a length beyond the end of the file)."""
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    length = getattr(elem, "length", None)
+    if length is None or length == 0xFFFFFFFF:  # encapsulated (undefined length): fragments are checked after
+        return
+    limit, per_pixel = max_pixels_limit(max_pixels), max(1, geometry[3] // 8)
+    if length > max(limit * per_pixel, _DEFER_SIZE):  # values under _DEFER_SIZE are read with the header
+        raise ImageReadError(path, f"the pixel data element declares {length:,} bytes, more than {limit:,} pixels of "
+                             f"{per_pixel} byte(s): it exceeds the pixel budget (max_pixels= or ${MAX_PIXELS_ENV} "
+                             "raise it); not read")
+    need = (geometry[0] * geometry[1] * geometry[2] * geometry[3] + 7) // 8
+    if native and length > need + 1:
+        raise ImageReadError(
+            path, f"pixel data hold {length:,} bytes, {length - need:,} more than Rows x Columns x Frames "
+            f"x BitsAllocated ({' x '.join(map(str, geometry))}) declares: the header does not describe the data")
+
+
 def _check_pixel_data(path: Path, ds, frames: int, max_pixels: int | None, decoded_frames: int) -> None:
     """Refuse, before decoding, pixel data that cannot hold the declared geometry or exceeds the budget.
 
@@ -602,6 +480,7 @@ def _check_pixel_data(path: Path, ds, frames: int, max_pixels: int | None, decod
     rows, cols, alloc = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
     check_pixel_budget(path, rows, cols, decoded_frames, max_pixels)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    _check_declared_length(path, ds, (rows, cols, frames, alloc), max_pixels, native=ts is None or not ts.is_encapsulated)
     data = ds.PixelData
     if not isinstance(data, (bytes, bytearray)):
         return
@@ -764,9 +643,9 @@ def read_dicom(
             budget, non-finite header numbers or results, undecodable pixel data, or any other failure
             (decoder panics included).
     """
-    path = Path(path)
+    path = Path(resolve_path(path))
     if not path.is_file():
-        raise FileNotFoundError(f"DICOM file not found: {path}")
+        raise FileNotFoundError(f"DICOM file not found: {display_path(path)}")
     if dbt not in DBT_MODES:
         raise ValueError(f"dbt must be one of {DBT_MODES}, got {dbt!r}")
     if voi_prefer not in ("lut", "window"):
@@ -776,178 +655,261 @@ def read_dicom(
 
 
 def _read_dicom(path: Path, dbt, slab, frame, apply_voi, voi_prefer, percentiles, log, max_pixels) -> MammoImage:
-    import pydicom
-
+    """The conversion rules of the module docstring, stage by stage (each stage is a function below)."""
     ds = _load(path)
     _check_image(path, ds)
     meta = dicom_meta(ds)
     n_frames = meta["n_frames"]
-    bits_alloc = int(ds.BitsAllocated)
-    bits = int(ds.get("BitsStored", bits_alloc) or bits_alloc)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    photometric = meta["photometric"]
-
-    # which frames, and how they are reduced
-    if frame is not None:
-        if not -n_frames <= frame < n_frames:
-            raise ValueError(f"{path}: frame {frame} out of range for {n_frames} frame(s)")
-        indices, mode = [frame % n_frames], "frame"
-    elif n_frames == 1:
-        indices, mode = [0], "single"
-    elif dbt == "center":
-        indices, mode = [n_frames // 2], "center"
-    elif dbt == "slab":
-        start, stop = slab if slab is not None else (n_frames // 3, max(n_frames // 3 + 1, 2 * n_frames // 3))
-        indices = list(range(n_frames))[slice(start, stop)]
-        if not indices:
-            raise ValueError(f"{path}: slab {slab} selects no frame of {n_frames}")
-        mode = "slab"
-    else:
-        indices, mode = list(range(n_frames)), dbt
-
+    _check_volume_complete(path, ds, n_frames)
+    indices, mode = _frame_selection(path, n_frames, dbt, slab, frame)
     # whole stack when most frames are needed (see _frames), else only those
     decoded = n_frames if n_frames == 1 or len(indices) > n_frames // 2 else len(indices)
     _check_pixel_data(path, ds, n_frames, max_pixels, decoded)
-    ref_frame = indices[len(indices) // 2]
-    try:
-        slope, intercept, mlut, mlut_src = _modality_params(ds, ref_frame)
-        voi_lut, window, function = _voi_params(ds, ref_frame)
-    except ValueError as exc:
-        raise ImageReadError(path, f"invalid header value: {exc}") from None
-    if mlut is None and max(abs(v * slope + intercept) for v in _stored_range(bits, signed)) > 1e38:
-        raise ImageReadError(path, f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} overflow float32 "
-                             f"for {bits}-bit values")
-    # Presentation LUT Shape INVERSE (PS3.3 C.11.6) also means "invert for display". Conformant DX/MG files
-    # pair it with MONOCHROME1 (one inversion described twice, applied once); some CR/DX writers put it on
-    # MONOCHROME2 images, which then also need inverting.
-    plut_shape = _text(ds, "PresentationLUTShape").upper()
-    inverted = photometric == "MONOCHROME1" or plut_shape == "INVERSE"
-    bright_is_high = (not inverted) == (slope >= 0)
+    stages = _Stages(path, ds, meta, indices[len(indices) // 2], apply_voi, voi_prefer, percentiles, log)
+    stages.conversion.update(dbt=mode, frames=[indices[0], indices[-1] + 1] if mode in ("slab", "mip", "frames")
+                             else list(indices), n_frames=n_frames)
+    if len(indices) == 1 and mode != "slab" and not stages.signed and stages.bits <= 16:
+        x = _convert_by_table(path, ds, stages, indices, n_frames)
+    else:
+        x = _convert_frames(path, ds, stages, indices, n_frames, mode)
+    conversion = stages.conversion
+    conversion["inverted"] = stages.inverted
+    conversion["photometric"] = meta["photometric"]
+    conversion["presentation_lut_shape"] = stages.plut_shape or None
+    pixels = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(path, f"conversion produced NaN/Inf pixels (modality LUT {stages.mlut_src}, VOI "
+                             f"{conversion.get('voi')}): the header's numbers do not fit the data")
+    return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=display_path(path))
 
-    def to_modality(raw: np.ndarray) -> np.ndarray:
-        raw = _mask_bits(raw, bits, signed)
-        if mlut is not None:
-            out, _ = _lut_apply(raw.astype(np.float32, copy=False), mlut)
+
+def _check_volume_complete(path: Path, ds, n_frames: int) -> None:
+    """Refuse a partial tomosynthesis volume: fewer frames than its per-frame functional groups describe
+    (an interrupted export; a MIP of the frames present would look like a whole breast and get a density)."""
+    sop = str(ds.get("SOPClassUID", ""))
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    described = len(per_frame) if per_frame is not None else 0
+    if sop in _DBT_SOPS and described > n_frames:
+        raise ImageReadError(path, f"partial tomosynthesis volume: {n_frames} frame(s) stored but its per-frame "
+                             f"functional groups describe {described} frames; not assessable")
+
+
+def _frame_selection(path: Path, n_frames: int, dbt: str, slab, frame) -> tuple[range, str]:
+    """Which frames are read (a ``range``: nothing proportional to ``NumberOfFrames`` is built) and the mode."""
+    if frame is not None:
+        if not -n_frames <= frame < n_frames:
+            raise ValueError(f"{display_path(path)}: frame {frame} out of range for {n_frames} frame(s)")
+        f = frame % n_frames
+        return range(f, f + 1), "frame"
+    if n_frames == 1:
+        return range(1), "single"
+    if dbt == "center":
+        return range(n_frames // 2, n_frames // 2 + 1), "center"
+    if dbt == "slab":
+        start, stop = slab if slab is not None else (n_frames // 3, max(n_frames // 3 + 1, 2 * n_frames // 3))
+        indices = range(n_frames)[slice(start, stop)]
+        if not indices:
+            raise ValueError(f"{display_path(path)}: slab {slab} selects no frame of {n_frames}")
+        return indices, "slab"
+    return range(n_frames), dbt
+
+
+class _Stages:
+    """Stages 2-6 of the module docstring for one file: bits, modality LUT, VOI and display inversion,
+    decided from the header alone; ``conversion`` records each choice."""
+
+    def __init__(self, path: Path, ds, meta: dict, ref_frame: int, apply_voi: bool, voi_prefer: str,
+                 percentiles, log: bool):
+        self.path, self.percentiles, self.log = path, percentiles, log
+        bits_alloc = int(ds.BitsAllocated)
+        self.bits = int(ds.get("BitsStored", bits_alloc) or bits_alloc)
+        self.signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        try:
+            self.slope, self.intercept, self.mlut, self.mlut_src = _modality_params(ds, ref_frame)
+            self.voi_lut, self.window, self.function = _voi_params(ds, ref_frame)
+        except ValueError as exc:
+            raise ImageReadError(path, f"invalid header value: {exc}") from None
+        if self.mlut is None and max(abs(v * self.slope + self.intercept)
+                                     for v in _stored_range(self.bits, self.signed)) > 1e38:
+            raise ImageReadError(path, f"RescaleSlope {self.slope:g} and RescaleIntercept {self.intercept:g} "
+                                 f"overflow float32 for {self.bits}-bit values")
+        # Presentation LUT Shape INVERSE (PS3.3 C.11.6) also means "invert for display". Conformant DX/MG files
+        # pair it with MONOCHROME1 (one inversion described twice, applied once); some CR/DX writers put it on
+        # MONOCHROME2 images, which then also need inverting.
+        self.plut_shape = header_text(ds, "PresentationLUTShape").upper()
+        self.inverted = meta["photometric"] == "MONOCHROME1" or self.plut_shape == "INVERSE"
+        self.bright_is_high = (not self.inverted) == (self.slope >= 0)
+        self.processing = meta["presentation_intent"] == "FOR PROCESSING"
+        self.voi_kind = _voi_kind(apply_voi, self.processing, self.voi_lut, self.window, voi_prefer)
+        import pydicom
+
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        self.conversion: dict = {
+            "reader": "mammolens.io.dicom",
+            "reader_version": READER_VERSION,
+            "pydicom_version": pydicom.__version__,
+            "transfer_syntax": meta["transfer_syntax"],
+            "transfer_syntax_name": getattr(ts, "name", "") if hasattr(ds, "file_meta") else "",
+            "bits_allocated": bits_alloc,
+            "bits_stored": self.bits,
+            "signed": self.signed,
+            "modality_lut": self.mlut_src,
+            "rescale": [self.slope, self.intercept],
+        }
+
+    def to_modality(self, raw: np.ndarray) -> np.ndarray:
+        """Stages 2-3: bits masked (sign-extended), then the modality LUT or rescale; float32."""
+        raw = _mask_bits(raw, self.bits, self.signed)
+        if self.mlut is not None:
+            out, _ = _lut_apply(raw.astype(np.float32, copy=False), self.mlut)
             return out
         x = raw.astype(np.float32)
-        if slope != 1.0:
-            x *= slope
-        if intercept != 0.0:
-            x += intercept
+        if self.slope != 1.0:
+            x *= self.slope
+        if self.intercept != 0.0:
+            x += self.intercept
         return x
 
-    conversion: dict = {
-        "reader": "mammolens.io.dicom",
-        "reader_version": READER_VERSION,
-        "pydicom_version": pydicom.__version__,
-        "transfer_syntax": meta["transfer_syntax"],
-        "transfer_syntax_name": getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", "")
-        if hasattr(ds, "file_meta") else "",
-        "bits_allocated": bits_alloc,
-        "bits_stored": bits,
-        "signed": signed,
-        "modality_lut": mlut_src,
-        "rescale": [slope, intercept],
-        "dbt": mode,
-        "frames": [indices[0], indices[-1] + 1] if mode in ("slab", "mip", "frames") else indices,
-        "n_frames": n_frames,
-    }
-
-    # VOI: which transform (decided from the header alone)
-    processing = meta["presentation_intent"] == "FOR PROCESSING"
-    if not apply_voi:
-        voi_kind = "none"
-    elif processing or (voi_lut is None and window is None):
-        voi_kind = "percentile"
-    elif voi_lut is not None and (voi_prefer == "lut" or window is None):
-        voi_kind = "lut"
-    else:
-        voi_kind = "window"
-
-    def to_display(x: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-        """VOI (+ the display inversion of rule 6) on float32 modality values, in place where possible.
+    def to_display(self, x: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        """Stages 5-6: VOI and the display inversion on float32 modality values, in place where possible.
 
         ``counts``: ``x`` is a table of every stored value and ``counts`` their frequencies in the image.
         """
-        if voi_kind == "none":
-            lo, hi = _stored_range(bits, signed)
-            if mlut is None:
-                lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+        conversion = self.conversion
+        if self.voi_kind == "none":
+            lo, hi = _stored_range(self.bits, self.signed)
+            if self.mlut is None:
+                lo, hi = sorted((lo * self.slope + self.intercept, hi * self.slope + self.intercept))
             else:
-                lo, hi = 0.0, 2.0 ** int(mlut.LUTDescriptor[2]) - 1
+                lo, hi = 0.0, 2.0 ** int(self.mlut.LUTDescriptor[2]) - 1
             x -= lo
             x /= max(hi - lo, 1e-6)
             np.clip(x, 0.0, 1.0, out=x)
             conversion["voi"] = "none"
-        elif voi_kind == "percentile":
-            x, info = _percentile_window(x, percentiles, log, counts)
-            conversion["voi"] = f"{'log+' if log else ''}percentile {percentiles[0]:g}-{percentiles[1]:g}"
+        elif self.voi_kind == "percentile":
+            x, info = _percentile_window(x, self.percentiles, self.log, counts)
+            pct = self.percentiles
+            conversion["voi"] = f"{'log+' if self.log else ''}percentile {pct[0]:g}-{pct[1]:g}"
             conversion.update(info)
-            if processing:
+            if self.processing:
                 conversion["voi_reason"] = "FOR PROCESSING image: VOI attributes ignored"
-        elif voi_kind == "lut":
+        elif self.voi_kind == "lut":
             try:
-                x, out_bits = _lut_apply(x, voi_lut)
+                x, out_bits = _lut_apply(x, self.voi_lut)
             except Exception as exc:
-                raise ImageReadError(path, f"malformed VOI LUT Sequence: {exc}") from exc
+                raise ImageReadError(self.path, f"malformed VOI LUT Sequence: {exc}") from exc
             x /= float(2**out_bits - 1)
             np.clip(x, 0.0, 1.0, out=x)
             conversion["voi"] = "voi_lut"
-            conversion["voi_lut_descriptor"] = [int(v) for v in voi_lut.LUTDescriptor]
+            conversion["voi_lut_descriptor"] = [int(v) for v in self.voi_lut.LUTDescriptor]
         else:
-            c, w = window
-            x = _window(x, c, w, function)
+            c, w = self.window
+            x = _window(x, c, w, self.function)
             conversion["voi"] = f"window {c:g}/{w:g}"
-            conversion["voi_function"] = function
-        if inverted:
+            conversion["voi_function"] = self.function
+        if self.inverted:
             np.subtract(1.0, x, out=x)
         return x
 
-    if len(indices) == 1 and mode != "slab" and not signed and bits <= 16:
-        # One frame of unsigned integers: every stage above is a function of the stored value, so run
-        # them once on each value the dtype can hold (256 or 65,536 of them, junk high bits masked as
-        # the image would be) and gather: the same float32 operations on the same values, in one pass
-        # over the image. The percentile window reads its percentiles from the value histogram (exact
-        # over every pixel).
-        raw = _native_frame(ds, n_frames)
-        if raw is None:
-            _, raw = next(_frames(path, ds, indices, n_frames))
-            if raw.dtype.kind != "u" or raw.dtype.itemsize > 2:
-                raw = _mask_bits(raw, bits, False).astype(np.uint16 if bits > 8 else np.uint8)
-        values = np.arange(2 ** (8 * raw.dtype.itemsize), dtype=raw.dtype)
-        counts = _value_counts(raw, values.size) if voi_kind == "percentile" else None
-        table = to_display(to_modality(values), counts)
-        x = _gather(np.ascontiguousarray(table, dtype=np.float32), raw)
-    else:
-        acc = None
-        stack = []
-        for _, raw in _frames(path, ds, indices, n_frames):
-            x = to_modality(raw)
-            if mode == "frames":
-                stack.append(x)
-            elif acc is None:
-                acc = x
-            elif mode == "mip":
-                (np.maximum if bright_is_high else np.minimum)(acc, x, out=acc)
-            else:  # slab: running sum
-                acc += x
+
+def _voi_kind(apply_voi: bool, processing: bool, voi_lut, window, voi_prefer: str) -> str:
+    """Which VOI transform applies (rule 5): ``none``, ``percentile``, ``lut`` or ``window``."""
+    if not apply_voi:
+        return "none"
+    if processing or (voi_lut is None and window is None):
+        return "percentile"
+    if voi_lut is not None and (voi_prefer == "lut" or window is None):
+        return "lut"
+    return "window"
+
+
+def _convert_by_table(path: Path, ds, stages: _Stages, indices, n_frames: int) -> np.ndarray:
+    """One frame of unsigned integers through one lookup table.
+
+    Every stage is a function of the stored value, so they run once on each value the dtype can hold (256
+    or 65,536 of them, junk high bits masked as the image would be) and the image is gathered: the same
+    float32 operations on the same values, in one pass over the image. The percentile window reads its
+    percentiles from the value histogram (exact over every pixel).
+    """
+    raw = _native_frame(ds, n_frames)
+    if raw is None:
+        _, raw = next(_frames(path, ds, indices, n_frames))
+        if raw.dtype.kind != "u" or raw.dtype.itemsize > 2:
+            raw = _mask_bits(raw, stages.bits, False).astype(np.uint16 if stages.bits > 8 else np.uint8)
+    values = np.arange(2 ** (8 * raw.dtype.itemsize), dtype=raw.dtype)
+    counts = _value_counts(raw, values.size) if stages.voi_kind == "percentile" else None
+    table = stages.to_display(stages.to_modality(values), counts)
+    return _gather(np.ascontiguousarray(table, dtype=np.float32), raw)
+
+
+def _convert_frames(path: Path, ds, stages: _Stages, indices, n_frames: int, mode: str) -> np.ndarray:
+    """Frames to modality values, reduced (rule 4: MIP in the display-bright direction, slab mean, or the
+    stack for ``frames``), then VOI."""
+    acc = None
+    stack = []
+    for _, raw in _frames(path, ds, indices, n_frames):
+        x = stages.to_modality(raw)
         if mode == "frames":
-            x = np.stack(stack)  # [F, H, W]
-        else:
-            x = acc  # [H, W]
-            if mode == "slab":
-                x /= len(indices)
-        x = to_display(x)
-    conversion["inverted"] = inverted
-    conversion["photometric"] = photometric
-    conversion["presentation_lut_shape"] = plut_shape or None
-    pixels = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(pixels).all():
-        raise ImageReadError(path, f"conversion produced NaN/Inf pixels (modality LUT {mlut_src}, VOI "
-                             f"{conversion.get('voi')}): the header's numbers do not fit the data")
-    return MammoImage(pixels=pixels, meta=meta, conversion=conversion, path=str(path))
+            stack.append(x)
+        elif acc is None:
+            acc = x
+        elif mode == "mip":
+            (np.maximum if stages.bright_is_high else np.minimum)(acc, x, out=acc)
+        else:  # slab: running sum
+            acc += x
+    if mode == "frames":
+        x = np.stack(stack)  # [F, H, W]
+    else:
+        x = acc  # [H, W]
+        if mode == "slab":
+            x /= len(indices)
+    return stages.to_display(x)
 
 
-__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "image_laterality",
+_ID_TAGS = {"PatientID": "patient_id", "PatientName": "patient_name", "AccessionNumber": "accession_number",
+            "StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
+            "SOPInstanceUID": "sop_instance_uid"}
+
+
+def header_identifiers(path: str | PathLike) -> dict[str, str]:
+    """The identifiers a file's header holds (``{manifest column: value}``: PatientID, PatientName,
+    AccessionNumber, the three UIDs), read best-effort so that an error about the file can be scrubbed
+    (``mammolens.privacy``); ``{}`` when the file has no readable header."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(resolve_path(path), force=True, stop_before_pixels=True, defer_size=1 << 16,
+                                 specific_tags=list(_ID_TAGS))
+            return {col: str(ds.get(kw, "") or "").strip() for kw, col in _ID_TAGS.items() if ds.get(kw)}
+    except Exception:  # noqa: BLE001 - not DICOM or broken: only the identifiers seen elsewhere are scrubbed
+        return {}
+
+
+def read_dicom_header(path: str | PathLike) -> dict:
+    """``dicom_meta`` of one image DICOM without decoding (or reading) its pixels, after the checks the
+    pixel reader makes from the header: a DICOM file, pixel data present, greyscale, a possible geometry,
+    no element longer than the file, native pixel data of the declared size, a complete DBT volume.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageReadError: any of the checks fails, or the header cannot be parsed.
+    """
+    path = Path(resolve_path(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"DICOM file not found: {display_path(path)}")
+    with image_read_guard(path):
+        ds = _load(path)
+        _check_image(path, ds)
+        meta = dicom_meta(ds)
+        _check_volume_complete(path, ds, meta["n_frames"])
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        geometry = (int(ds.Rows), int(ds.Columns), meta["n_frames"], int(ds.BitsAllocated))
+        _check_declared_length(path, ds, geometry, None, native=ts is None or not ts.is_encapsulated)
+        return meta
+
+
+__all__ = ["DBT_MODES", "READER_VERSION", "S2D_KEYWORDS", "dicom_meta", "header_identifiers", "image_laterality",
            "looks_like_headerless_dicom", "normalise_manufacturer",
-           "read_dicom"]
+           "read_dicom", "read_dicom_header"]

@@ -8,8 +8,10 @@ Gate rules (``mammography_gate``), in order:
 2. Modality ``MG`` or a mammography SOP class (digital mammography For Presentation/For Processing,
    breast tomosynthesis, breast projection) is accepted.
 3. Anything else (DX, CR, secondary capture, no Modality) is accepted only when the header says it
-   shows a breast: BodyPartExamined ``BREAST``, or a mammography view (CC, MLO, ML, ...) in ViewPosition
-   or ViewCodeSequence. Otherwise it is rejected ("not a mammogram: DX image of ABDOMEN").
+   shows a breast: BodyPartExamined ``BREAST``, or, when BodyPartExamined is empty, a mammography view
+   (CC, MLO, ML, ...) in ViewPosition or ViewCodeSequence. A BodyPartExamined naming another part
+   (CHEST, ABDOMEN, HAND...) is rejected whatever the view says ("not a mammogram: DX image of CHEST"),
+   and so is an image with neither.
 
 Rasters (PNG/TIFF/...) have no header and pass the gate; rows of a manifest made by a dataset adapter
 carry no gate result and pass too. Dedupe (``processing_duplicates``): when the same view (study,
@@ -21,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from mammolens.io.header import header_text, mammo_view
 
 __all__ = [
     "GATE_KEYWORDS", "MAMMOGRAPHY_SOP_CLASSES", "NOT_A_MAMMOGRAM", "PROCESSING_DUPLICATE", "gate_header",
@@ -57,7 +61,7 @@ def gate_header(header: Mapping[str, str], view: str = "", view_source: str = ""
     Args:
         header: ``{keyword: text}`` for the keywords of ``GATE_KEYWORDS`` (multi-valued elements
             joined with backslashes); missing keywords count as empty.
-        view: the view the reader found (``io.dicom.dicom_meta``), used by rule 3.
+        view: the view the reader found (``io.header.mammo_view``), used by rule 3.
         view_source: the attribute the view came from; only ViewPosition/ViewCodeSequence count.
 
     Returns:
@@ -79,7 +83,7 @@ def gate_header(header: Mapping[str, str], view: str = "", view_source: str = ""
         return True, ""
     if body == "BREAST":
         return True, ""
-    if view and view != "OTHER" and view_source in _MAMMO_VIEW_SOURCES:
+    if not body and view and view != "OTHER" and view_source in _MAMMO_VIEW_SOURCES:
         return True, ""
     kind = modality or _SOP_NAMES.get(sop, "") or "DICOM"
     part = f"of {body}" if body else "without a breast body part or a mammography view"
@@ -97,10 +101,8 @@ def mammography_gate(ds_or_meta: Any) -> tuple[bool, str]:
     Returns:
         ``(ok, reason)``: ``reason`` is "" when accepted.
     """
-    if not isinstance(ds_or_meta, Mapping):
-        from mammolens.io.dicom import dicom_meta  # lazy: io.dicom imports this module
-
-        ds_or_meta = dicom_meta(ds_or_meta)
+    if not isinstance(ds_or_meta, Mapping):  # a Dataset: the rules on its header (as io.dicom.dicom_meta does)
+        return gate_header({kw: header_text(ds_or_meta, kw) for kw in GATE_KEYWORDS}, *mammo_view(ds_or_meta))
     if ds_or_meta.get("gate_ok") is None:
         return True, ""
     return bool(ds_or_meta["gate_ok"]), str(ds_or_meta.get("gate_reason") or "")
