@@ -194,3 +194,15 @@ def test_saved_config_uses_the_method_section_and_round_trips(tmp_path):
     assert list(saved).index("method") == list(saved).index("image_size") + 1  # where `method` always was
     assert load_cfg(path) == cfg
     assert cfg_from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_registered_methods_declared_terms_are_its_valid_terms(monkeypatch):
+    from mammolens.train import methods
+
+    class Toy(methods.TrainMethod):
+        terms = {"main": 1.0, "aux": 0.0}
+
+    monkeypatch.setitem(methods._REGISTRY, "toy-terms", Toy)
+    assert cfg_from_dict({"method": "toy-terms"}, ["method.terms.aux=0.3"]).method_cfg.terms == {"main": 1.0, "aux": 0.3}
+    with pytest.raises(ValueError, match="its terms: main, aux"):
+        cfg_from_dict({"method": {"name": "toy-terms", "terms": {"other": 1.0}}})
