@@ -11,7 +11,8 @@ import typer
 
 from mammolens.cli._app import app
 
-_SET_HELP = "Override a config key: --set epochs=3 --set data.modalities=[DM] --set method.terms.prompt=0.5 (repeatable)."
+_SET_HELP = ("Override a config key: --set epochs=3 --set data.modalities=[DM] --set method.terms.prompt=0.5 "
+             "(repeatable).")
 
 
 def _rank0() -> bool:

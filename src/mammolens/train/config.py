@@ -465,3 +465,17 @@ def save_cfg(cfg: TrainCfg, path: str | os.PathLike) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return p
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best"):
+    """``models.run.load_run`` (the one run loader) with the run's config as a ``TrainCfg``.
+
+    Returns:
+        the ``LoadedRun``; its ``cfg`` is the ``TrainCfg`` (from the checkpoint, or the run's
+        ``config.yaml`` for a checkpoint without one). Unpacks as ``model, task, cfg = load_run(...)``.
+    """
+    from mammolens.models.run import load_run as load
+
+    run = load(run_dir, device=device, which=which)
+    cfg = cfg_from_dict(run.cfg, source=f"run {run_dir}") if run.cfg else load_cfg(Path(run_dir) / "config.yaml")
+    return dataclasses.replace(run, cfg=cfg)
