@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         extra = ({"method": {"name": "report-contrastive", "terms": {"prompt": 0.0, "sentence_patch": 1.0},
                              "pooling": "mean"}} if args.method == "report-contrastive" else {"method": "contrastive"})
-        cfg = TrainCfg(data={"cache": str(cache_dir), "report_column": "report"}, task=args.task, model="tiny-clip", image_size=args.size,
+        cfg = TrainCfg(data={"cache": str(cache_dir)}, task=args.task, model="tiny-clip", image_size=args.size,
                        batch_size=16, lr=1e-3, precision="fp32", workers=0, device="cpu", overwrite=True,
                        epochs=args.epochs, seed=0, out_dir=str(root / f"run_{args.method}"), **extra)
         run_dir = train(cfg, rows=(rows["train"], rows["val"]))
