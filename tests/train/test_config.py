@@ -206,3 +206,14 @@ def test_a_registered_methods_declared_terms_are_its_valid_terms(monkeypatch):
     assert cfg_from_dict({"method": "toy-terms"}, ["method.terms.aux=0.3"]).method_cfg.terms == {"main": 1.0, "aux": 0.3}
     with pytest.raises(ValueError, match="its terms: main, aux"):
         cfg_from_dict({"method": {"name": "toy-terms", "terms": {"other": 1.0}}})
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_use_the_current_keys(path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # no old flat key left in configs/
+        cfg = load_cfg(path)
+    if cfg.method == "report-contrastive":
+        assert cfg.method_cfg.terms["prompt"] == 0.5 and cfg.method_cfg.pooling == "attention"
