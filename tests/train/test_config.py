@@ -217,3 +217,20 @@ def test_example_configs_use_the_current_keys(path):
         cfg = load_cfg(path)
     if cfg.method == "report-contrastive":
         assert cfg.method_cfg.terms["prompt"] == 0.5 and cfg.method_cfg.pooling == "attention"
+
+
+@pytest.mark.parametrize("method", ["contrastive", "report-contrastive"])
+def test_train_load_run_gives_an_old_runs_config_as_a_train_cfg(tmp_path, method):
+    from _run_fixtures import old_run
+
+    from mammolens.models.run import LoadedRun
+    from mammolens.train import load_run
+
+    with pytest.warns(DeprecationWarning, match=r"run .*pooling -> method\.pooling"):
+        run = load_run(old_run(method, tmp_path / "run"))
+    model, task, cfg = run  # unpacks as documented
+    assert isinstance(run, LoadedRun) and isinstance(cfg, TrainCfg) and cfg.method == method == run.method
+    with pytest.warns(DeprecationWarning):
+        assert cfg == load_cfg(tmp_path / "run" / "config.yaml")
+    if method == "report-contrastive":
+        assert cfg.method_cfg.pooling == "attention"
