@@ -110,7 +110,8 @@ def test_method_plain_name_gets_the_methods_default_terms():
     ("max_sentences", 4, "method.max_sentences", lambda c: c.method_cfg.max_sentences),
     ("modality_weighting", "adaptive", "method.modality_weighting.mode",
      lambda c: c.method_cfg.modality_weighting.mode),
-    ("adaptive_momentum", 0.5, "method.modality_weighting.momentum", lambda c: c.method_cfg.modality_weighting.momentum),
+    ("adaptive_momentum", 0.5, "method.modality_weighting.momentum",
+     lambda c: c.method_cfg.modality_weighting.momentum),
     ("adaptive_power", -1.0, "method.modality_weighting.power", lambda c: c.method_cfg.modality_weighting.power),
     ("adaptive_min_weight", 0.1, "method.modality_weighting.min_weight",
      lambda c: c.method_cfg.modality_weighting.min_weight),
@@ -175,7 +176,8 @@ def test_set_overrides_nested_method_keys(tmp_path):
     cfg = load_cfg(p, ["method.terms.prompt=0.5", "method.pooling=attention", "method.modality_weighting.power=2"])
     assert cfg.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 1.0, "prompt": 0.5}
     assert cfg.method_cfg.pooling == "attention" and cfg.method_cfg.modality_weighting.power == 2.0
-    p.write_text("method:\n  name: report-contrastive\n  terms: {prompt: 0.5, sentence_patch: 0.0}\n  pooling: attention\n")
+    p.write_text("method:\n  name: report-contrastive\n  terms: {prompt: 0.5, sentence_patch: 0.0}\n"
+                 "  pooling: attention\n")
     cfg = load_cfg(p, ["method.terms.prompt=0.7"])  # one term changed, the file's others kept
     assert cfg.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 0.0, "prompt": 0.7}
     other = load_cfg(p, ["method=contrastive"])  # another method: the file's terms are dropped, settings kept
@@ -203,7 +205,8 @@ def test_a_registered_methods_declared_terms_are_its_valid_terms(monkeypatch):
         terms = {"main": 1.0, "aux": 0.0}
 
     monkeypatch.setitem(methods._REGISTRY, "toy-terms", Toy)
-    assert cfg_from_dict({"method": "toy-terms"}, ["method.terms.aux=0.3"]).method_cfg.terms == {"main": 1.0, "aux": 0.3}
+    cfg = cfg_from_dict({"method": "toy-terms"}, ["method.terms.aux=0.3"])
+    assert cfg.method_cfg.terms == {"main": 1.0, "aux": 0.3}
     with pytest.raises(ValueError, match="its terms: main, aux"):
         cfg_from_dict({"method": {"name": "toy-terms", "terms": {"other": 1.0}}})
 
