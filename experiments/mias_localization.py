@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--method", default="contrastive", choices=["contrastive", "report-contrastive"],
-                    help="label-trained (class prompts) or report-trained (manifest `report`, prompt_weight 0)")
+                    help="label-trained (class prompts) or report-trained (manifest `report`, prompt term 0)")
     ap.add_argument("--task", default="mias", help="task of the run (labels for contrastive, prompts for scoring)")
     ap.add_argument("--run", default=None, help="score this existing run folder (trained on the same split) instead")
     ap.add_argument("--name", default=None, help="run name in the table")
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.run:
         run_dir = Path(args.run)
     else:
-        extra = ({"method": "report-contrastive", "report_column": "report", "prompt_weight": 0.0, "local_weight": 1.0,
-                  "pooling": "mean"} if args.method == "report-contrastive" else {"method": "contrastive"})
+        extra = ({"method": {"name": "report-contrastive", "terms": {"prompt": 0.0, "sentence_patch": 1.0},
+                             "pooling": "mean"}} if args.method == "report-contrastive" else {"method": "contrastive"})
         cfg = TrainCfg(data={"cache": str(cache_dir)}, task=args.task, model="tiny-clip", image_size=args.size,
                        batch_size=16, lr=1e-3, precision="fp32", workers=0, device="cpu", overwrite=True,
                        epochs=args.epochs, seed=0, out_dir=str(root / f"run_{args.method}"), **extra)

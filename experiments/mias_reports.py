@@ -6,7 +6,7 @@ patients; test patients are never seen). Arms, all ``tiny-clip`` random init on 
 * ``zeroshot``: random init, no training (method ``zeroshot``);
 * ``label``: method ``contrastive`` on task ``abnormality`` (class prompts, normal vs benign/malignant);
 * ``report``: method ``report-contrastive`` on the same training films with their annotation reports,
-  ``prompt_weight 0`` (labels reach it only through the report text), ``local_weight 1``, mean pooling.
+  ``method.terms.prompt: 0`` (labels reach it only through the report text), ``sentence_patch: 1``, mean pooling.
 
 Checkpoints: ``best`` by validation abnormality AUC for every arm (so the report arm's checkpoint choice did
 see the 48 validation labels); the ``last`` checkpoints of the label and report arms are scored too.
@@ -156,8 +156,8 @@ def main(argv=None) -> dict:
                 batch_size=16, lr=1e-3, precision="fp32", workers=0, device="cpu", overwrite=True,
                 epochs=args.epochs, seed=args.seed)
     extra = {"zeroshot": {"method": "zeroshot"}, "label": {"method": "contrastive"},
-             "report": {"method": "report-contrastive", "report_column": "report", "prompt_weight": 0.0,
-                        "local_weight": 1.0, "pooling": "mean"}}
+             "report": {"method": {"name": "report-contrastive", "terms": {"prompt": 0.0, "sentence_patch": 1.0},
+                                   "pooling": "mean"}}}
     dirs, times = {}, {}
     for arm in ARMS:
         out_dir = root / f"run_{arm}_s{args.seed}"

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
             t1 = time.time()
             cfg = TrainCfg(data={"cache": str(train_cache), "val_frac": 0.25}, model="tiny-clip", image_size=args.size,
                            epochs=args.epochs, batch_size=16, lr=1e-3, precision="fp32", workers=0, seed=seed,
-                           modality_weighting=arm, adaptive_power=args.power, device="cpu", ood=False,
+                           method={"name": "contrastive", "modality_weighting": {"mode": arm, "power": args.power}},
+                           device="cpu", ood=False,
                            out_dir=str(root / f"run_{arm}_s{seed}"), overwrite=True)
             run_dir = train(cfg, progress=False)
             model, task, _ = load_run(run_dir, which="best")

@@ -33,6 +33,7 @@ SUB_LAYERS = {
     "pipeline": 4,  # the package root loads its names lazily from the modules below
     "pipeline.executor": 1, "pipeline.aggregate": 2, "pipeline.prepare": 3,
     "pipeline.encode": 4, "pipeline.features": 4,
+    "train.__main__": 7,  # an entry point (python -m / torchrun -m mammolens.train): runs the cli's train command
 }
 LAYERS.update({k: v for k, v in SUB_LAYERS.items() if "." not in k})
 APPLICATION = {"train", "workflows", "bench", "study", "cli", "serve", "__main__"}  # the library never imports these
@@ -81,7 +82,7 @@ def test_layout_lower_layers_never_import_higher_ones():
         if not src or not dst or src == dst:
             continue
         layer = {**LAYERS, **SUB_LAYERS}
-        if layer[dst] > layer[src] or (dst in APPLICATION and src not in APPLICATION):
+        if layer[dst] > layer[src] or (dst in APPLICATION and src.split(".")[0] not in APPLICATION):
             bad.append(f"{module}:{line} imports {target}")
     assert bad == []
 

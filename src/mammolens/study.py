@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mammolens.constants import MODALITIES
+from mammolens.evaluation.stats import paired_bootstrap  # lives there; importable from here as before
 
 log = logging.getLogger(__name__)
 
@@ -83,37 +84,6 @@ class StudyCfg:
             raise ValueError(f"inner_val_frac must be in (0, 1), got {self.inner_val_frac}")
         if not (self.manifest or self.cache):
             raise ValueError("a study needs data: set manifest (a manifest file) or cache (a preprocessed folder)")
-
-
-def paired_bootstrap(metric_fn, y_true, probs_a, probs_b, groups, n_boot: int = 1000, seed: int = 0,
-                     alpha: float = 0.05) -> dict[str, float]:
-    """Difference ``metric(a) − metric(b)`` on the same rows, with a paired patient-bootstrap CI and p.
-
-    Each replicate resamples patients (``groups``) once and scores both models on the same rows; p is
-    the two-sided bootstrap p-value ``2 * min(#(d <= 0) + 1, #(d >= 0) + 1) / (n + 1)`` (capped at 1).
-
-    Returns:
-        ``{"diff", "lo", "hi", "p", "n_valid"}``.
-    """
-    import warnings
-
-    from mammolens.evaluation.stats import bootstrap_indices
-
-    y, a, b = np.asarray(y_true), np.asarray(probs_a), np.asarray(probs_b)
-    diff = metric_fn(y, a) - metric_fn(y, b)
-    reps = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for idx in bootstrap_indices(len(y), groups, n_boot, seed):
-            reps.append(metric_fn(y[idx], a[idx]) - metric_fn(y[idx], b[idx]))
-    d = np.asarray(reps, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if not d.size or not math.isfinite(diff):
-        return {"diff": float(diff), "lo": math.nan, "hi": math.nan, "p": math.nan, "n_valid": int(d.size)}
-    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-    # (count + 1) / (n + 1): a finite number of replicates cannot show p = 0
-    p = min(1.0, 2.0 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (d.size + 1))
-    return {"diff": float(diff), "lo": float(lo), "hi": float(hi), "p": p, "n_valid": int(d.size)}
 
 
 def _accuracy(y, p) -> float:

@@ -86,3 +86,46 @@ def test_train_val_test_split_zero_val_and_bad_fractions():
     assert set(split) == {"train", "test"}
     with pytest.raises(ValueError, match="val \\+ test < 1"):
         train_val_test_split(df, val=0.5, test=0.5)
+
+
+def _index():
+    """8 patients × 2 images; p0's images are DBT, p7 is the test split, p6 unlabelled, p5's image 1 failed."""
+    rows = []
+    for p in range(8):
+        for i in range(2):
+            rows.append({"patient_id": f"p{p}", "modality": "DBT" if p == 0 else "DM",
+                         "split": "test" if p == 7 else ("val" if p in (1, 2) else "train"),
+                         "fold": p % 2, "status": "failed" if (p, i) == (5, 1) else "done"})
+    labels = np.array([-1 if r["patient_id"] == "p6" else 0 for r in rows])
+    return pd.DataFrame(rows), labels
+
+
+def test_split_rows_precedence_and_filters():
+    from mammolens.data.splits import split_rows
+
+    index, labels = _index()
+    patients = index["patient_id"].to_numpy()
+    tr, va = split_rows(index, labels)  # the split column holds val rows
+    assert set(patients[va]) == {"p1", "p2"} and set(patients[tr]) == {"p0", "p3", "p4", "p5"}
+    assert 11 not in tr  # p5's failed image
+    tr, va = split_rows(index, labels, fold=1)  # a fold wins over the split column
+    assert set(patients[va]) == {"p1", "p3", "p5"} and "p7" not in set(patients[tr])  # test rows never used
+    tr, va = split_rows(index, labels, modalities=["DBT"], split_column="none", val_frac=0.0)
+    assert set(patients[tr]) == {"p0"} and len(va) == 0
+    tr, va = split_rows(index, labels, split_column="none", val_frac=0.5, seed=3)
+    assert not set(patients[tr]) & set(patients[va]) and len(set(patients[va])) == 4  # round(0.5 × 7 labelled)
+    assert np.array_equal(va, split_rows(index, labels, split_column="none", val_frac=0.5, seed=3)[1])
+    with pytest.raises(ValueError, match="no 'fold' column"):
+        split_rows(index.drop(columns="fold"), labels, fold=0)
+
+
+def test_split_rows_old_import_path_takes_the_train_cfg():
+    from mammolens.train.config import TrainCfg
+    from mammolens.train.loop import split_rows
+
+    index, labels = _index()
+    cfg = TrainCfg(data={"fold": 1})
+    tr, va = split_rows(index, labels, cfg)
+    assert set(index["patient_id"].to_numpy()[va]) == {"p1", "p3", "p5"}
+    with pytest.raises(ValueError, match="no labelled training rows"):
+        split_rows(index, np.full(len(index), -1), cfg)

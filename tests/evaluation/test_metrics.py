@@ -230,3 +230,19 @@ def test_check_labels_and_probs_are_public_and_name_the_problem():
     with pytest.raises(ValueError, match=r"\[N, K\]"):
         M.check_probs(y, np.full((2, 2), 0.5))
     assert M.dense_indices(["A", "B", "C", "D"], ["C", "D"]) == [2, 3]
+
+
+def test_val_metrics_scalars_and_old_import_path():
+    from mammolens.evaluation.metrics import macro_auc, val_metrics
+
+    y = np.array([0, 1, 2, 2])
+    p = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    m = val_metrics(y, p, ["a", "b", "c"])
+    assert m["val_accuracy"] == 0.75 and m["val_recall_c"] == 0.5 and m["val_recall_a"] == 1.0
+    assert m["val_balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert m["val_nll"] == pytest.approx(-np.mean(np.log([0.7, 0.7, 0.7, 0.1])))
+    assert m["val_macro_auc"] == macro_auc(y, p)
+    assert val_metrics(np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"]) == {}
+    from mammolens.train.loop import val_metrics as old
+
+    assert old is val_metrics

@@ -351,3 +351,20 @@ def test_clustered_tests_have_power_against_a_better_model():
     rates = _rejection_rates(200, effect=1.0, seed=1)
     print("power at effect 1.0:", rates)
     assert rates["delong_clustered"] > 0.5
+
+
+def test_paired_bootstrap_difference_ci_and_old_import_path():
+    from mammolens import study
+    from mammolens.evaluation.stats import paired_bootstrap
+
+    assert study.paired_bootstrap is paired_bootstrap  # moved from study.py, still importable there
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    good = np.eye(2)[y] * 0.8 + 0.1  # right on every row
+    bad = np.full((200, 2), 0.5)
+    groups = np.repeat(np.arange(100), 2)
+    acc = lambda t, p: float(np.mean(p.argmax(1) == t))  # noqa: E731
+    r = paired_bootstrap(acc, y, good, good, groups, n_boot=50)
+    assert r["diff"] == 0.0 and r["lo"] == 0.0 and r["hi"] == 0.0 and r["p"] == 1.0 and r["n_valid"] == 50
+    r = paired_bootstrap(acc, y, good, bad, groups, n_boot=50)
+    assert r["diff"] == pytest.approx(1 - np.mean(y == 0)) and r["lo"] > 0 and r["p"] == pytest.approx(2 / 51)

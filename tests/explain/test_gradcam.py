@@ -1,4 +1,4 @@
-"""Tests for mammolens.explain.gradcam / overlay / explain_images (CPU, tiny random models)."""
+"""Tests for mammolens.explain.gradcam / overlay (CPU, tiny random models)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from mammolens.explain import (
     HiResCAM,
     OutputIndexTarget,
     TokenLayout,
-    explain_images,
     find_target_layer,
     overlay,
     save_overlay,
@@ -403,7 +402,7 @@ def test_hirescam_vit_mass_in_the_only_quadrant_the_model_reads(size):
 
 
 # --------------------------------------------------------------------------------------------------
-# Overlays and explain_images.
+# Overlays.
 # --------------------------------------------------------------------------------------------------
 def test_overlay_blends_image_and_colormap():
     img = np.zeros((8, 10), np.float32)
@@ -432,52 +431,3 @@ def test_save_overlay_writes_png(tmp_path):
         assert np.array_equal(np.asarray(im), overlay(np.full((6, 10), 0.2, np.float32), cam))
 
 
-def test_explain_images_writes_pngs_and_records(tmp_path):
-    from PIL import Image
-
-    model = make_model("timm_vit_reg4")
-    model.image_size = 96
-    g = np.random.default_rng(0)
-    arr = g.random((120, 100)).astype(np.float32)
-    png_in = tmp_path / "in.png"
-    Image.fromarray((g.random((50, 60)) * 255).astype(np.uint8)).save(png_in)
-
-    recs = explain_images(model, None, [arr, png_in], tmp_path / "out")
-    assert len(recs) == 2
-    for rec in recs:
-        assert set(rec) == {"image", "class", "class_index", "score", "probs", "png"}
-        assert rec["class"] == str(rec["class_index"])
-        assert np.isclose(sum(rec["probs"].values()), 1.0, atol=1e-5)
-        with Image.open(rec["png"]) as im:
-            assert im.size == (96, 96)
-    # the predicted class is the most similar one
-    x = F.interpolate(torch.from_numpy(arr)[None, None], size=(96, 96), mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        sims = model.encode_image(x) @ model.class_embeddings(None).T
-    assert recs[0]["class_index"] == int(sims.argmax())
-    assert np.isclose(recs[0]["score"], float(sims.max()), atol=1e-5)
-
-    fixed = explain_images(model, "density", [arr], tmp_path / "out2", class_index=3)
-    assert fixed[0]["class"] == "D" and fixed[0]["png"].endswith("0000_image_D.png")
-    assert list(fixed[0]["probs"]) == ["A", "B", "C", "D"]
-    assert np.isclose(fixed[0]["score"], float(sims[0, 3]), atol=1e-5)
-    with pytest.raises(ValueError, match="class_index"):
-        explain_images(model, None, [arr], tmp_path / "out3", class_index=7)
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        explain_images(model, None, [tmp_path / "missing.png"], tmp_path / "out4")
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        explain_images(model, None, [arr * 300], tmp_path / "out5")
-
-
-def test_explain_images_with_registry_tiny_clip(tmp_path):
-    from PIL import Image
-
-    model = registry_model("tiny-clip", 64)
-    arr = np.random.default_rng(1).random((80, 72)).astype(np.float32)
-    (rec,) = explain_images(model, "density", [arr], tmp_path, method="hirescam")
-    assert rec["class"] in ("A", "B", "C", "D") and rec["class"] == "ABCD"[rec["class_index"]]
-    assert -1.0 <= rec["score"] <= 1.0
-    with Image.open(rec["png"]) as im:
-        assert im.size == (64, 64)
-    with pytest.raises(ValueError, match="method"):
-        explain_images(model, "density", [arr], tmp_path, method="lime")

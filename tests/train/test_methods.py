@@ -94,7 +94,8 @@ def test_clamp_logit_scale_after_step():
 
 def test_adaptive_modality_weights_logged_per_epoch(cache_dir, tmp_path):
     run = train(_cfg(cache_dir, tmp_path / "run", epochs=2, max_steps_per_epoch=2, ood=False,
-                     modality_weighting="adaptive", adaptive_momentum=0.5), progress=False)
+                     method={"name": "contrastive", "modality_weighting": {"mode": "adaptive", "momentum": 0.5}}),
+                progress=False)
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     weights = [ln["modality_weights"] for ln in lines]
     assert [sorted(w) for w in weights] == [["DBT", "DM", "s2D"]] * 2

@@ -56,7 +56,8 @@ def test_exam_dataset_without_report_column_says_how_to_fix(cache_dir):  # noqa:
 def test_report_method_step_on_exams_with_1_to_4_views(cache_dir, tmp_path, pooling):  # noqa: F811
     torch.manual_seed(0)
     images = _exams_with_1_to_4_views(cache_dir)
-    cfg = _cfg(cache_dir, tmp_path / "run", method="report-contrastive", pooling=pooling, prompt_weight=0.5)
+    cfg = _cfg(cache_dir, tmp_path / "run", method={"name": "report-contrastive", "pooling": pooling,
+                                                    "terms": {"prompt": 0.5}})
     clip = create_model("tiny-clip", image_size=64)
     k = len(get_task("density").class_names)
     ctx = MethodContext(cfg=cfg, task=get_task("density"), clip=clip, device=torch.device("cpu"),
@@ -67,13 +68,32 @@ def test_report_method_step_on_exams_with_1_to_4_views(cache_dir, tmp_path, pool
     step = method.build()
     out = method.training_forward(step, batch)
     val = {k: float(v.detach()) for k, v in out.items()}
-    assert set(out) == {"loss", "coarse", "local", "prompt"}
+    assert set(out) == {"loss", "exam_report", "sentence_patch", "prompt"}  # logged by term name
     assert all(np.isfinite(v) and v > 0 for v in val.values())
-    assert val["loss"] == pytest.approx(val["coarse"] + val["local"] + 0.5 * val["prompt"], rel=1e-5)
+    assert val["loss"] == pytest.approx(val["exam_report"] + val["sentence_patch"] + 0.5 * val["prompt"], rel=1e-5)
     out["loss"].backward()
     assert clip.visual.conv1.weight.grad.abs().sum() > 0 and clip.clip.token_embedding.weight.grad.abs().sum() > 0
     if pooling == "attention":
         assert step.pool.score.weight.grad is not None
+
+
+def test_report_method_loss_is_the_weighted_sum_of_its_terms(cache_dir, tmp_path):  # noqa: F811
+    """Each term's weight scales it (``exam_report`` included); a term of weight 0 is not computed."""
+    torch.manual_seed(0)
+    images = _exams_with_1_to_4_views(cache_dir)
+    cfg = _cfg(cache_dir, tmp_path / "run", method={"name": "report-contrastive",
+                                                    "terms": {"exam_report": 2.0, "sentence_patch": 0.0, "prompt": 0.5}})
+    clip = create_model("tiny-clip", image_size=64)
+    ctx = MethodContext(cfg=cfg, task=get_task("density"), clip=clip, device=torch.device("cpu"),
+                        class_weights=torch.ones(4), modality_weights=torch.ones(3), train_ds=images)
+    method = get_method("report-contrastive")(ctx)
+    exams = method.train_dataset()
+    step = method.build()
+    assert not step.tokens  # no patch tokens asked for: the sentence_patch term is off
+    out = method.training_forward(step, ExamDataset.collate([exams[i] for i in range(len(exams))]))
+    assert set(out) == {"loss", "exam_report", "prompt"}
+    val = {k: float(v.detach()) for k, v in out.items()}
+    assert val["loss"] == pytest.approx(2.0 * val["exam_report"] + 0.5 * val["prompt"], rel=1e-6)
 
 
 def test_encode_report_keeps_sentences_beyond_the_context_length():
@@ -99,15 +119,17 @@ def test_report_contrastive_trains_end_to_end_and_reads_like_a_prompt_run(cache_
     from mammolens.inference import Predictor
     from mammolens.workflows import evaluate_run
 
-    run = train(_cfg(cache_dir, tmp_path / "run", method="report-contrastive", epochs=1, batch_size=4,
-                     max_steps_per_epoch=2, pooling="attention", prompt_weight=0.5), progress=False)
+    run = train(_cfg(cache_dir, tmp_path / "run", method={"name": "report-contrastive", "pooling": "attention",
+                                                          "terms": {"prompt": 0.5}},
+                     epochs=1, batch_size=4, max_steps_per_epoch=2), progress=False)
     assert {"config.yaml", "metrics.jsonl", "summary.json", "ood.npz"} <= {p.name for p in run.iterdir()}
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
-    assert line["step"] == 2 and np.isfinite([line["train_coarse"], line["train_local"], line["train_prompt"]]).all()
+    assert line["step"] == 2 and np.isfinite([line["train_exam_report"], line["train_sentence_patch"],
+                                                line["train_prompt"]]).all()
     assert 0.0 <= line["val_macro_auc"] <= 1.0
     model, task, cfg = load_run(run)
-    assert cfg.method == "report-contrastive" and cfg.pooling == "attention" and model.head is None
+    assert cfg.method == "report-contrastive" and cfg.method_cfg.pooling == "attention" and model.head is None
     with torch.no_grad():
         probs = model.predict(torch.rand(2, 1, 64, 64))
     assert probs.shape == (2, 4) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
@@ -125,6 +147,6 @@ def test_report_settings_are_checked(cache_dir, tmp_path):  # noqa: F811
 
     assert config.POOLINGS == POOLINGS  # the config checks names without importing torch
     with pytest.raises(ValueError, match="pooling='max' is not one of: mean, attention"):
-        _cfg(cache_dir, tmp_path, method="report-contrastive", pooling="max")
-    with pytest.raises(ValueError, match="local_weight must be >= 0"):
-        _cfg(cache_dir, tmp_path, method="report-contrastive", local_weight=-1)
+        _cfg(cache_dir, tmp_path, method={"name": "report-contrastive", "pooling": "max"})
+    with pytest.raises(ValueError, match="sentence_patch must be >= 0"):
+        _cfg(cache_dir, tmp_path, method={"name": "report-contrastive", "terms": {"sentence_patch": -1}})

@@ -1,29 +1,47 @@
-"""`mammolens train --config FILE` and `mammolens cv --config FILE --folds K`."""
+"""`mammolens train --config FILE` and `mammolens cv --config FILE --folds K`.
 
+``python -m mammolens.train`` (and ``torchrun -m mammolens.train``) run the same ``train`` command
+(``train/__main__.py``); under torchrun only rank 0 prints.
+"""
+
+import os
 from pathlib import Path
 
 import typer
 
 from mammolens.cli._app import app
 
-_SET_HELP = "Override a config key: --set epochs=3 --set data.modalities=[DM] (repeatable)."
+_SET_HELP = ("Override a config key: --set epochs=3 --set data.modalities=[DM] --set method.terms.prompt=0.5 "
+             "(repeatable).")
+
+
+def _rank0() -> bool:
+    """Not a torchrun worker other than the first (those train, they do not print)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @app.command("train")
 def train_cli(
     config: Path = typer.Option(..., "--config", "-c", help="YAML TrainCfg (examples in configs/)."),
     overrides: list[str] = typer.Option([], "--set", "-s", help=_SET_HELP),
+    folds: int = typer.Option(0, "--folds", "-k", help="Run K-fold cross-validation instead of one run "
+                              "(the same as `mammolens cv --folds K`); 0: one run."),
 ) -> None:
-    """Train a run (contrastive, zeroshot, linear-probe or finetune-ce) and print its folder and best metric.
+    """Train a run (contrastive, zeroshot, linear-probe, finetune-ce or report-contrastive) and print its
+    folder and best metric.
 
     Several GPUs: torchrun --nproc-per-node N -m mammolens.train --config FILE
     """
+    if folds:
+        return _cross_validate(config, folds, overrides)
     import json
 
     from mammolens.train import load_cfg, train
 
     cfg = load_cfg(config, overrides)
     run_dir = train(cfg)
+    if not _rank0():  # summary.json is written by rank 0
+        return
     summary = json.loads((run_dir / "summary.json").read_text())
     typer.echo(f"run: {run_dir}")
     best = summary.get("best_metric")
@@ -38,10 +56,16 @@ def cv_cli(
     overrides: list[str] = typer.Option([], "--set", "-s", help=_SET_HELP),
 ) -> None:
     """Patient-level k-fold cross-validation: one run per fold under OUT_DIR/fold_i, pooled OOF metrics."""
+    _cross_validate(config, folds, overrides)
+
+
+def _cross_validate(config: Path, folds: int, overrides: list[str]) -> None:
     from mammolens.train import cross_validate, load_cfg
 
     cfg = load_cfg(config, overrides)
     res = cross_validate(cfg, k=folds)
+    if not _rank0():
+        return
     typer.echo(f"{folds}-fold CV ({res['n_patients']} patients, {res['n_images']} images): "
                f"{Path(cfg.out_dir) / 'cv_metrics.json'}")
     for key in ("macro_auc", "balanced_accuracy", "accuracy"):

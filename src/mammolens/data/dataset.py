@@ -151,7 +151,7 @@ class ExamDataset(Dataset):
         if missing:
             raise ValueError(f"exam batches need the index column(s) {missing}, which {images.cache.path} lacks; "
                              f"write reports into the manifest's {report_column!r} column (one text per exam, "
-                             "repeated on its views) and preprocess again, or set report_column")
+                             "repeated on its views) and preprocess again, or set data.report_column")
         if max_views < 1 or max_sentences < 1:
             raise ValueError(f"max_views and max_sentences must be >= 1, got {max_views} and {max_sentences}")
         self.images, self.tokenize = images, tokenize

@@ -1,4 +1,5 @@
-"""Patient-level splits: stratified group k-fold and train/val/test, so no patient is in two parts.
+"""Patient-level splits: stratified group k-fold and train/val/test, so no patient is in two parts; and
+``split_rows``, the training/validation rows of a cache index for one run.
 
 Rows without a label (empty or NaN in ``label_col``) are kept: they form their own stratum, so they are
 spread over the folds like a class, and they always follow their patient's group.
@@ -11,7 +12,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+__all__ = ["patient_kfold", "train_val_test_split", "split_rows", "VAL_NAMES"]
+
 _UNLABELLED = "__unlabelled__"
+VAL_NAMES = ("val", "valid", "validation", "dev")  # split-column values that mean validation
 
 
 def _strata(df: pd.DataFrame, label_col: str, group_col: str) -> tuple[np.ndarray, np.ndarray]:
@@ -110,3 +114,40 @@ def train_val_test_split(
         folds = _kfold_ids(labels[rest], groups[rest], k, seed + 1)
         split[rest[folds == 0]] = "val"
     return pd.Series(split, index=df.index, name="split")
+
+
+def split_rows(index: pd.DataFrame, labels: np.ndarray, *, split_column: str = "split", fold: int | None = None,
+               val_frac: float = 0.2, modalities=(), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positional rows of a cache index for training and validation (disjoint by patient).
+
+    Order of precedence: ``fold`` with a ``fold`` column (its rows are validation); ``split_column``
+    holding train/val (``VAL_NAMES``); otherwise a random ``val_frac`` of patients (``seed``). Unlabelled
+    (``labels < 0``), failed (``status`` not done), test and filtered-out (``modalities``) rows are dropped.
+
+    Raises:
+        ValueError: ``fold`` is set but the index has no ``fold`` column.
+    """
+    keep = labels >= 0
+    if "status" in index.columns:
+        keep &= (index["status"].astype(str) == "done").to_numpy()
+    if modalities:
+        keep &= index["modality"].astype(str).isin(modalities).to_numpy()
+    split = index[split_column].astype(str).str.lower().to_numpy() if split_column in index.columns else None
+    if split is not None:
+        keep &= split != "test"
+    if fold is not None:
+        if "fold" not in index.columns:
+            raise ValueError(f"data.fold={fold} but the cache index has no 'fold' column; add one or unset data.fold")
+        is_val = (index["fold"].to_numpy() == fold)
+    elif split is not None and np.isin(split[keep], VAL_NAMES).any():
+        is_val = np.isin(split, VAL_NAMES)
+    else:
+        patients = index["patient_id"].astype(str).to_numpy()
+        uniq = np.unique(patients[keep])
+        rng = np.random.default_rng(seed)
+        n_val = int(round(val_frac * len(uniq)))
+        if val_frac > 0 and len(uniq) > 1:
+            n_val = min(max(n_val, 1), len(uniq) - 1)
+        val_patients = set(rng.permutation(uniq)[:n_val].tolist())
+        is_val = np.array([p in val_patients for p in patients], dtype=bool)
+    return np.flatnonzero(keep & ~is_val), np.flatnonzero(keep & is_val)

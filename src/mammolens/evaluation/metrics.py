@@ -39,6 +39,7 @@ __all__ = [
     "roc_auc_ovr",
     "roc_curve",
     "scalar_metrics",
+    "val_metrics",
 ]
 
 
@@ -408,3 +409,23 @@ def compute_metrics(
 def flatten_metrics(metrics: dict) -> dict[str, float]:
     """The flat scalar view of a :func:`compute_metrics` dict."""
     return dict(metrics["scalars"])
+
+
+def val_metrics(labels, probs, class_names: Sequence[str]) -> dict[str, float]:
+    """The validation scalars of a training epoch (one ``metrics.jsonl`` line): ``val_macro_auc``,
+    ``val_balanced_accuracy``, ``val_accuracy``, ``val_nll`` and ``val_recall_<class>``; ``{}`` for no rows."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    if len(labels) == 0:
+        return {}
+    k = probs.shape[1]
+    pred = probs.argmax(1)
+    rec = precision_recall_f1(labels, pred, num_classes=k)["recall"]
+    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+    out = {
+        "val_macro_auc": macro_auc(labels, probs, warn=False),
+        "val_balanced_accuracy": balanced_accuracy(labels, pred),
+        "val_accuracy": float(np.mean(pred == labels)),
+        "val_nll": nll,
+    }
+    out.update({f"val_recall_{c}": float(r) for c, r in zip(class_names, rec)})
+    return out

@@ -36,6 +36,7 @@ __all__ = [
     "delong_test",
     "mcnemar_test",
     "metrics_with_ci",
+    "paired_bootstrap",
 ]
 
 
@@ -389,3 +390,30 @@ def _clustered_mcnemar(ca: np.ndarray, cb: np.ndarray, groups) -> dict:
     stat = float(d.sum()) ** 2 / den
     return {"b": b, "c": c, "n_discordant": b + c, "statistic": stat, "p": float(math.erfc(math.sqrt(stat / 2.0))),
             "method": method}
+
+
+def paired_bootstrap(metric_fn, y_true, probs_a, probs_b, groups, n_boot: int = 1000, seed: int = 0,
+                     alpha: float = 0.05) -> dict[str, float]:
+    """Difference ``metric(a) − metric(b)`` on the same rows, with a paired patient-bootstrap CI and p.
+
+    Each replicate resamples patients (``groups``) once and scores both models on the same rows; p is
+    the two-sided bootstrap p-value ``2 * min(#(d <= 0) + 1, #(d >= 0) + 1) / (n + 1)`` (capped at 1).
+
+    Returns:
+        ``{"diff", "lo", "hi", "p", "n_valid"}``.
+    """
+    y, a, b = np.asarray(y_true), np.asarray(probs_a), np.asarray(probs_b)
+    diff = metric_fn(y, a) - metric_fn(y, b)
+    reps = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for idx in bootstrap_indices(len(y), groups, n_boot, seed):
+            reps.append(metric_fn(y[idx], a[idx]) - metric_fn(y[idx], b[idx]))
+    d = np.asarray(reps, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not d.size or not math.isfinite(diff):
+        return {"diff": float(diff), "lo": math.nan, "hi": math.nan, "p": math.nan, "n_valid": int(d.size)}
+    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+    # (count + 1) / (n + 1): a finite number of replicates cannot show p = 0
+    p = min(1.0, 2.0 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (d.size + 1))
+    return {"diff": float(diff), "lo": float(lo), "hi": float(hi), "p": p, "n_valid": int(d.size)}

@@ -190,21 +190,24 @@ def create_app(
     Returns:
         A ``fastapi.FastAPI`` application (run it with uvicorn, or :func:`serve`).
     """
-    fastapi = _import_fastapi()  # annotations below must resolve at runtime: no __future__ import
-    from fastapi import HTTPException, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import FileResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-
-    from mammolens._version import __version__
-
+    fastapi = _import_fastapi()  # first: a missing extra is reported before any bad value
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-    limit = int(max_upload_mb * 1024 * 1024)
+    app = _secured_app(fastapi, allowed_hosts, api_docs)
     info = _model_info(predictor)
-    lock = threading.Lock()  # one prediction at a time: the model is shared and not re-entrant
+    _add_page_routes(app, info, max_upload_mb, max_pixels)
+    _add_predict_route(app, predictor, info, max_upload_mb, max_pixels)
+    return app
+
+
+def _secured_app(fastapi, allowed_hosts: Sequence[str], api_docs: bool):
+    """An empty FastAPI app behind the security middleware, with the static files mounted and the
+    API docs pages on only when asked for."""
+    from fastapi.staticfiles import StaticFiles
+
+    from mammolens._version import __version__
 
     docs = {"openapi_url": "/openapi.json", "docs_url": "/docs", "redoc_url": "/redoc"} if api_docs else {}
     app = fastapi.FastAPI(
@@ -216,36 +219,14 @@ def create_app(
     docs_paths = ["/docs", "/redoc"] if api_docs else []
     app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts, docs_paths=docs_paths)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
 
-    def too_large() -> HTTPException:
-        return HTTPException(
-            status_code=413,
-            detail=f"upload too large: the limit is {max_upload_mb:g} MB per request "
-            "(start the server with --max-upload-mb to change it, or send fewer files)",
-        )
 
-    def pixel_error(path: Path, kind: str | None) -> str | None:
-        """Why a file must not be decoded, from its header alone; None when it may."""
-        try:
-            geometry = declared_geometry(path, kind)
-        except ValueError as e:
-            return str(e)
-        if geometry is None:
-            return None  # unreadable header: the predictor's reader reports why
-        w, h, frames = geometry
-        size = f"{w}×{h}" + (f"×{frames} frames" if frames > 1 else "")
-        if w * h > max_pixels:
-            return (
-                f"image too large: {size} = {w * h / 1e6:.0f} M pixels per frame, above this server's limit "
-                f"of {max_pixels / 1e6:g} M pixels (start the server with --max-pixels to raise it)"
-            )
-        budget = max_pixels_limit()
-        if w * h * frames > budget:
-            return (
-                f"image too large: {size} = {w * h * frames / 1e6:.0f} M pixels in all, above the reader's "
-                f"budget of {budget / 1e6:g} M pixels (set MAMMOLENS_MAX_PIXELS to raise it)"
-            )
-        return None
+def _add_page_routes(app, info: dict, max_upload_mb: float, max_pixels: int) -> None:
+    """``/`` (the page) and ``/api/health`` (version, limits, model)."""
+    from fastapi.responses import FileResponse
+
+    from mammolens._version import __version__
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -261,7 +242,98 @@ def create_app(
             **info,
         }
 
-    def _predict(paths: list[Path]) -> dict:
+
+def _too_large(max_upload_mb: float):
+    """The HTTP 413 of an upload above the request limit."""
+    from fastapi import HTTPException
+
+    return HTTPException(
+        status_code=413,
+        detail=f"upload too large: the limit is {max_upload_mb:g} MB per request "
+        "(start the server with --max-upload-mb to change it, or send fewer files)",
+    )
+
+
+def _pixel_error(path: Path, kind: str | None, max_pixels: int) -> str | None:
+    """Why a file must not be decoded, from its header alone; None when it may."""
+    try:
+        geometry = declared_geometry(path, kind)
+    except ValueError as e:
+        return str(e)
+    if geometry is None:
+        return None  # unreadable header: the predictor's reader reports why
+    w, h, frames = geometry
+    size = f"{w}×{h}" + (f"×{frames} frames" if frames > 1 else "")
+    if w * h > max_pixels:
+        return (
+            f"image too large: {size} = {w * h / 1e6:.0f} M pixels per frame, above this server's limit "
+            f"of {max_pixels / 1e6:g} M pixels (start the server with --max-pixels to raise it)"
+        )
+    budget = max_pixels_limit()
+    if w * h * frames > budget:
+        return (
+            f"image too large: {size} = {w * h * frames / 1e6:.0f} M pixels in all, above the reader's "
+            f"budget of {budget / 1e6:g} M pixels (set MAMMOLENS_MAX_PIXELS to raise it)"
+        )
+    return None
+
+
+async def _receive_uploads(request, tmpdir: Path, limit: int, max_upload_mb: float) -> list:
+    """Stream the request's files into ``tmpdir`` (bytes counted as they arrive: chunked bodies have no
+    Content-Length); a bad, oversized or empty upload becomes its HTTP error."""
+    from fastapi import HTTPException
+
+    try:
+        uploads = await receive_files(
+            request.stream(),
+            request.headers.get("content-type", ""),
+            tmpdir,
+            max_bytes=limit,
+            max_body=limit + _BODY_SLACK,
+        )
+    except TooManyFiles as e:
+        raise HTTPException(status_code=413, detail=str(e)) from e
+    except UploadTooLarge as e:
+        raise _too_large(max_upload_mb) from e
+    except BadUpload as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+    if not uploads:
+        raise HTTPException(
+            status_code=400,
+            detail="no files received: send multipart/form-data with one or more 'files' parts",
+        )
+    return uploads
+
+
+def _screen_uploads(uploads: list, max_pixels: int) -> tuple[list[Path], list[dict]]:
+    """``(paths the predictor may read, errors)``: files of an unsupported type or too many pixels (from
+    their header) are listed in errors and deleted, never decoded."""
+    paths: list[Path] = []
+    errors: list[dict] = []
+    for up in uploads:
+        kind = sniff_kind(up.head)
+        if kind is None and not up.name.lower().endswith((".dcm", ".dicom")):
+            reason = "unsupported file type: expected DICOM (.dcm) or PNG/JPEG/TIFF/PGM"
+        else:
+            reason = _pixel_error(up.path, kind, max_pixels)
+        if reason is not None:
+            errors.append({"file": up.name, "reason": reason})
+            up.path.unlink()
+            continue
+        paths.append(up.path)
+    return paths, errors
+
+
+def _add_predict_route(app, predictor: Predictor, info: dict, max_upload_mb: float, max_pixels: int) -> None:
+    """``POST /api/predict``: receive → screen → predict (one at a time) → whitelisted response."""
+    from fastapi import HTTPException, Request  # annotations must resolve at runtime: no __future__ import
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+
+    limit = int(max_upload_mb * 1024 * 1024)
+    lock = threading.Lock()  # one prediction at a time: the model is shared and not re-entrant
+
+    def predict_locked(paths: list[Path]) -> dict:
         with lock:
             return predictor.predict_files(paths)
 
@@ -269,45 +341,15 @@ def create_app(
     async def predict(request: Request):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit + _BODY_SLACK:
-            raise too_large()  # refuse before reading the body
+            raise _too_large(max_upload_mb)  # refuse before reading the body
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mammolens-upload-") as tmp:
             tmpdir = Path(tmp)
-            try:  # chunked bodies have no Content-Length: bytes are counted as they arrive
-                uploads = await receive_files(
-                    request.stream(),
-                    request.headers.get("content-type", ""),
-                    tmpdir,
-                    max_bytes=limit,
-                    max_body=limit + _BODY_SLACK,
-                )
-            except TooManyFiles as e:
-                raise HTTPException(status_code=413, detail=str(e)) from e
-            except UploadTooLarge as e:
-                raise too_large() from e
-            except BadUpload as e:
-                raise HTTPException(status_code=400, detail=str(e)) from e
-            if not uploads:
-                raise HTTPException(
-                    status_code=400,
-                    detail="no files received: send multipart/form-data with one or more 'files' parts",
-                )
-            paths: list[Path] = []
-            errors: list[dict] = []
-            for up in uploads:
-                kind = sniff_kind(up.head)
-                if kind is None and not up.name.lower().endswith((".dcm", ".dicom")):
-                    reason = "unsupported file type: expected DICOM (.dcm) or PNG/JPEG/TIFF/PGM"
-                else:
-                    reason = pixel_error(up.path, kind)
-                if reason is not None:
-                    errors.append({"file": up.name, "reason": reason})
-                    up.path.unlink()
-                    continue
-                paths.append(up.path)
+            uploads = await _receive_uploads(request, tmpdir, limit, max_upload_mb)
+            paths, errors = _screen_uploads(uploads, max_pixels)
             if paths:
                 try:
-                    raw = await run_in_threadpool(_predict, paths)
+                    raw = await run_in_threadpool(predict_locked, paths)
                 except (ValueError, FileNotFoundError) as e:
                     # messages name temp files only; map them back to upload names
                     msg = str(e).replace(str(tmpdir) + "/", "")
@@ -326,8 +368,6 @@ def create_app(
             out["elapsed_s"],
         )
         return JSONResponse(out)
-
-    return app
 
 
 def served_hosts(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:

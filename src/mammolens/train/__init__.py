@@ -3,14 +3,14 @@
 Heavy imports (torch models, data) happen inside the functions, so ``import mammolens.train`` is cheap.
 """
 
-from mammolens.train.config import DataCfg, TrainCfg, load_cfg, save_cfg
+from mammolens.train.config import DataCfg, MethodCfg, TrainCfg, load_cfg, load_run, save_cfg
 
-__all__ = ["DataCfg", "TrainCfg", "load_cfg", "save_cfg", "train", "load_run", "predict_cache", "cross_validate",
-           "RunModel"]
+__all__ = ["DataCfg", "MethodCfg", "TrainCfg", "load_cfg", "save_cfg", "train", "load_run", "predict_cache",
+           "cross_validate", "RunModel"]
 
 
 def __getattr__(name: str):
-    if name in ("train", "load_run", "predict_cache", "load_checkpoint"):
+    if name in ("train", "predict_cache", "load_checkpoint"):
         from mammolens.train import loop
 
         return getattr(loop, name)

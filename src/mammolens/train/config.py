@@ -2,23 +2,47 @@
 
 YAML and CLI flags only fill the dataclasses; the resolved config is written next to each run's outputs
 (``config.yaml``) so the run can be rebuilt and resumed exactly.
+
+The training method's settings live in one ``method:`` section (``MethodCfg``): its name, its named and
+weighted loss terms (each ``TrainMethod`` declares its own, with defaults, in ``terms``), and the settings
+only methods read (pooling, sentences per report, modality weighting). ``method: contrastive`` (a plain
+name) is short for ``method: {name: contrastive}``. The flat keys of earlier versions (``prompt_weight``,
+``local_weight``, ``pooling``, ``max_sentences``, ``modality_weighting``, ``adaptive_*``,
+``report_column``) still load, with a deprecation message naming the new key (``LEGACY_KEYS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-METHODS = ("contrastive", "zeroshot", "linear-probe", "finetune-ce", "report-contrastive")  # built in (train.methods)
+log = logging.getLogger(__name__)
+
 POOLINGS = ("mean", "attention")  # models.pooling (not imported here: it needs torch)
 PRECISIONS = ("auto", "fp32", "bf16")
 CLASS_WEIGHTINGS = ("inverse", "effective", "none")
 MODALITY_WEIGHTINGS = ("fixed", "adaptive")
+
+# flat keys of earlier versions -> where they live now (they still load, with a deprecation message)
+LEGACY_KEYS = {
+    "prompt_weight": "method.terms.prompt",
+    "local_weight": "method.terms.sentence_patch",
+    "pooling": "method.pooling",
+    "max_sentences": "method.max_sentences",
+    "modality_weighting": "method.modality_weighting.mode",
+    "adaptive_momentum": "method.modality_weighting.momentum",
+    "adaptive_power": "method.modality_weighting.power",
+    "adaptive_min_weight": "method.modality_weighting.min_weight",
+    "adaptive_max_weight": "method.modality_weighting.max_weight",
+    "report_column": "data.report_column",
+}
 
 
 @dataclass
@@ -35,6 +59,7 @@ class DataCfg:
         modalities: keep only these modalities (e.g. ``["DM"]`` for a single-modality run); empty = all.
         modality_weights: loss weight per modality (``{"DBT": 0.5}``); missing ones weigh 1. Normalised to
             expectation 1 over the training rows, so they keep their meaning in a one-modality batch.
+        report_column: the index column with each exam's report text (``report-contrastive``).
     """
 
     cache: str = ""
@@ -45,6 +70,59 @@ class DataCfg:
     val_frac: float = 0.2
     modalities: list[str] = field(default_factory=list)
     modality_weights: dict[str, float] = field(default_factory=dict)
+    report_column: str = "report"
+
+
+@dataclass
+class ModalityWeightingCfg:
+    """How the modality weights evolve during training (``method.modality_weighting``; docs/modality_weighting.md).
+
+    Attributes:
+        mode: ``fixed`` (``data.modality_weights`` as given) or ``adaptive`` (those weights times a factor
+            that follows each modality's running loss, ``losses.AdaptiveModalityWeights``; contrastive
+            method; logged per epoch as ``modality_weights``). A plain ``adaptive`` is short for
+            ``{mode: adaptive}``.
+        momentum: EMA momentum of the per-modality running loss (adaptive only).
+        power: exponent of the loss ratio: > 0 weighs the currently harder modality up, < 0 down.
+        min_weight: lower bound of an adaptive weight (before renormalisation).
+        max_weight: upper bound of an adaptive weight (before renormalisation).
+    """
+
+    mode: str = "fixed"
+    momentum: float = 0.9
+    power: float = 1.0
+    min_weight: float = 0.2
+    max_weight: float = 5.0
+
+
+@dataclass
+class MethodCfg:
+    """The ``method:`` section without its name: loss terms and the settings methods read.
+
+    Attributes:
+        terms: weight of each named loss term of the method (``{"prompt": 0.5}``); the method's own
+            ``TrainMethod.terms`` give the names and the defaults of those not set. A term of weight 0 is
+            not computed. Unknown names are an error that lists the method's terms.
+        pooling: ``report-contrastive``: exam/breast embedding from its views, ``mean`` or ``attention``.
+        max_sentences: ``report-contrastive``: at most this many sentences per report.
+        modality_weighting: ``ModalityWeightingCfg`` (``fixed`` or ``adaptive`` and the adaptive rule's knobs).
+    """
+
+    terms: dict[str, float] = field(default_factory=dict)
+    pooling: str = "mean"
+    max_sentences: int = 32
+    modality_weighting: ModalityWeightingCfg = field(default_factory=ModalityWeightingCfg)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modality_weighting, str):
+            self.modality_weighting = ModalityWeightingCfg(mode=self.modality_weighting)
+        elif isinstance(self.modality_weighting, dict):
+            self.modality_weighting = _from_dict(ModalityWeightingCfg, self.modality_weighting,
+                                                 "method.modality_weighting")
+        _check_choice("method.pooling", self.pooling, POOLINGS)
+        _check_choice("method.modality_weighting.mode", self.modality_weighting.mode, MODALITY_WEIGHTINGS)
+        if int(self.max_sentences) < 1:
+            raise ValueError(f"TrainCfg.method.max_sentences must be >= 1, got {self.max_sentences}")
 
 
 @dataclass
@@ -57,18 +135,18 @@ class TrainCfg:
         pretrained: ``None``, ``hf-hub:ORG/REPO``, ``local-dir:PATH`` or a weights file.
         model_kwargs: extra keyword arguments for ``create_model``.
         image_size: network input size; ``None`` keeps the model's; the cache is resized on the device.
-        method: ``contrastive`` (weighted image-text contrastive fine-tuning), ``zeroshot`` (no
-            training), ``linear-probe`` (frozen image tower + linear layer), ``finetune-ce`` (image tower
-            + linear head, weighted cross-entropy), ``report-contrastive`` (exams ↔ their reports; batches
-            of ``batch_size`` exams), or a method registered with ``train.methods.register_method``.
+        method: the method's name: ``contrastive`` (weighted image-text contrastive fine-tuning),
+            ``zeroshot`` (no training), ``linear-probe`` (frozen image tower + linear layer), ``finetune-ce``
+            (image tower + linear head, weighted cross-entropy), ``report-contrastive`` (exams ↔ their
+            reports; batches of ``batch_size`` exams), or a method registered with
+            ``train.methods.register_method``. In YAML and ``to_dict`` it is the ``name`` of the ``method:``
+            section, whose other keys fill ``method_cfg``.
+        method_cfg: the rest of the ``method:`` section (``MethodCfg``: terms, pooling...). The name stays a
+            plain string in ``method`` (not inside ``MethodCfg``) so that ``cfg.method == "contrastive"``,
+            ``get_method(cfg.method)`` and the checkpoint's and summary's ``method`` keep working unchanged;
+            only the dict form (YAML, ``config.yaml``) nests it, and Python callers may pass that form too
+            (``TrainCfg(method={"name": "report-contrastive", "terms": {"prompt": 0.5}})``).
         class_weighting: ``inverse`` | ``effective`` | ``none`` class weights from the training labels.
-        modality_weighting: ``fixed`` (``data.modality_weights`` as given) or ``adaptive`` (those weights
-            times a factor that follows each modality's running loss, ``losses.AdaptiveModalityWeights``;
-            contrastive method; logged per epoch as ``modality_weights``; docs/modality_weighting.md).
-        adaptive_momentum: EMA momentum of the per-modality running loss (adaptive only).
-        adaptive_power: exponent of the loss ratio: > 0 weighs the currently harder modality up, < 0 down.
-        adaptive_min_weight: lower bound of an adaptive weight (before renormalisation).
-        adaptive_max_weight: upper bound of an adaptive weight (before renormalisation).
         warmup_steps: linear warm-up optimizer steps; when 0, ``warmup_frac`` of all steps.
         min_lr: the cosine schedule's floor.
         precision: ``auto`` (bf16 autocast on CUDA when supported, fp32 otherwise), ``fp32``, ``bf16``.
@@ -85,11 +163,6 @@ class TrainCfg:
         ood: at the end, fit the training-embedding distribution for the out-of-distribution check and
             write it to ``out_dir/ood.npz`` (``models.ood``).
         ood_max_images: at most this many training images (evenly spaced) are embedded for that fit.
-        report_column: ``report-contrastive``: the index column with each exam's report text.
-        pooling: ``report-contrastive``: exam/breast embedding from its views, ``mean`` or ``attention``.
-        prompt_weight: ``report-contrastive``: weight of the class-weighted prompt loss on the views (0 = off).
-        local_weight: ``report-contrastive``: weight of the sentence ↔ patch loss (0 = off; needs a ViT).
-        max_sentences: ``report-contrastive``: at most this many sentences per report.
     """
 
     data: DataCfg = field(default_factory=DataCfg)
@@ -99,12 +172,8 @@ class TrainCfg:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
     method: str = "contrastive"
+    method_cfg: MethodCfg = field(default_factory=MethodCfg)
     class_weighting: str = "inverse"
-    modality_weighting: str = "fixed"
-    adaptive_momentum: float = 0.9
-    adaptive_power: float = 1.0
-    adaptive_min_weight: float = 0.2
-    adaptive_max_weight: float = 5.0
     epochs: int = 10
     batch_size: int = 32
     grad_accum: int = 1
@@ -129,33 +198,71 @@ class TrainCfg:
     device: str = "auto"
     ood: bool = True
     ood_max_images: int = 2048
-    report_column: str = "report"
-    pooling: str = "mean"
-    prompt_weight: float = 0.0
-    local_weight: float = 1.0
-    max_sentences: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             self.data = _from_dict(DataCfg, self.data, "data")
+        if isinstance(self.method, dict):  # the YAML form: {name: ..., terms: ..., ...}
+            section = _method_section(self.method, "method")
+            if self.method_cfg != MethodCfg() and len(section) > 1:
+                raise ValueError("TrainCfg got method settings twice (in method and in method_cfg); give them once")
+            self.method = section.pop("name", "contrastive")
+            if section:
+                self.method_cfg = section
+        if isinstance(self.method_cfg, dict):
+            self.method_cfg = _from_dict(MethodCfg, self.method_cfg, "method")
         from mammolens.train.methods import list_methods
 
         _check_choice("method", self.method, tuple(list_methods()))
+        self.method_cfg.terms = resolve_terms(self.method, self.method_cfg.terms)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("modality_weighting", self.modality_weighting, MODALITY_WEIGHTINGS)
-        for name in ("prompt_weight", "local_weight"):
-            if not float(getattr(self, name)) >= 0:
-                raise ValueError(f"TrainCfg.{name} must be >= 0 (0 turns the term off), got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_sentences"):
+        for name in ("epochs", "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainCfg.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.data.val_frac < 1.0:
             raise ValueError(f"data.val_frac must be in [0, 1), got {self.data.val_frac}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data in the YAML form: the ``method:`` section holds the name, the terms and the settings."""
+        out = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key == "method":
+                out["method"] = {"name": value, **dataclasses.asdict(self.method_cfg)}
+            elif key != "method_cfg":
+                out[key] = value
+        return out
+
+
+def resolve_terms(method: str, terms: dict[str, Any]) -> dict[str, float]:
+    """The weights of ``method``'s loss terms: ``terms`` over the method's defaults (``TrainMethod.terms``),
+    in the method's order.
+
+    Raises:
+        ValueError: a name the method does not declare (the message lists its terms), a weight that is
+            not a number >= 0, or every weight 0.
+    """
+    from mammolens.train.methods import get_method
+
+    declared = dict(getattr(get_method(method), "terms", None) or {})
+    unknown = sorted(set(terms or {}) - set(declared))
+    if unknown:
+        valid = ", ".join(declared) if declared else "none (it has no weighted loss terms)"
+        raise ValueError(f"unknown loss term(s) {', '.join('method.terms.' + k for k in unknown)} for method "
+                         f"{method!r}; its terms: {valid}")
+    out = {}
+    for name, default in declared.items():
+        value = (terms or {}).get(name, default)
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"method.terms.{name} expects a number, got {value!r}") from None
+        if not weight >= 0:
+            raise ValueError(f"TrainCfg.method.terms.{name} must be >= 0 (0 turns the term off), got {value}")
+        out[name] = weight
+    if out and not any(w > 0 for w in out.values()):
+        raise ValueError(f"every loss term of method {method!r} weighs 0 ({', '.join(out)}); give one a weight > 0")
+    return out
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -233,6 +340,71 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _method_section(value: Any, where: str) -> dict[str, Any]:
+    """``method:`` as given (a name or a mapping) -> a new mapping (``{"name": ...}`` for a plain name)."""
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: method must be a method name or a mapping (name, terms, ...), "
+                         f"got {type(value).__name__}")
+    section = dict(value)
+    valid = {"name"} | {f.name for f in dataclasses.fields(MethodCfg)}
+    unknown = sorted(set(section) - valid)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join('method.' + k for k in unknown)}; "
+                         f"valid keys in method: {', '.join(sorted(valid))}")
+    if isinstance(section.get("terms"), dict):
+        section["terms"] = dict(section["terms"])
+    if isinstance(section.get("modality_weighting"), str):
+        section["modality_weighting"] = {"mode": section["modality_weighting"]}
+    elif isinstance(section.get("modality_weighting"), dict):
+        section["modality_weighting"] = dict(section["modality_weighting"])
+    return section
+
+
+def _method_name(d: dict[str, Any]) -> str | None:
+    m = d.get("method")
+    return m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None
+
+
+def _upgrade(d: dict[str, Any], method: str, where: str) -> dict[str, Any]:
+    """A copy of the config dict ``d`` in the current form: ``method`` as a mapping, and the flat keys of
+    earlier versions (``LEGACY_KEYS``) moved to their new place with one deprecation message naming the
+    new keys. A term of a method other than ``method`` (``prompt_weight`` in an old contrastive run's
+    config.yaml) is dropped, as it was ignored then."""
+    if "method_cfg" in d:
+        raise ValueError(f"{where}: write the method settings in the method: section (method.terms, "
+                         "method.pooling...), not method_cfg")
+    d = dict(d)
+    if "method" in d:
+        d["method"] = _method_section(d["method"], where)
+    moved = []
+    for old, new in LEGACY_KEYS.items():
+        if old not in d:
+            continue
+        value = d.pop(old)
+        *parents, leaf = new.split(".")
+        if parents == ["method", "terms"]:
+            from mammolens.train.methods import get_method
+
+            if leaf not in (getattr(get_method(method), "terms", None) or {}):
+                moved.append(f"{old} -> {new} (ignored: method {method} has no {leaf} term)")
+                continue
+        node = d
+        for p in parents:
+            node[p] = dict(node[p]) if isinstance(node.get(p), dict) else {}
+            node = node[p]
+        if leaf in node:
+            raise ValueError(f"{where}: both {old} (old name) and {new} are set; keep only {new}")
+        node[leaf] = value
+        moved.append(f"{old} -> {new}")
+    if moved:
+        msg = f"deprecated config key(s) in {where}: {'; '.join(moved)}. Write the new keys (docs/training.md)"
+        warnings.warn(msg, DeprecationWarning, stacklevel=3)
+        log.warning(msg)
+    return d
+
+
 def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in upd.items():
@@ -243,9 +415,27 @@ def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cfg_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> TrainCfg:
-    """Build a ``TrainCfg`` from a plain dict plus ``key=value`` overrides."""
-    return _from_dict(TrainCfg, _merge(d or {}, parse_overrides(overrides)))
+def cfg_from_dict(d: dict[str, Any], overrides: list[str] | None = None, *, source: str = "the config") -> TrainCfg:
+    """Build a ``TrainCfg`` from a plain dict plus ``key=value`` overrides.
+
+    The dict is in the YAML form (``method:`` a name or a section); old flat keys are moved to their new
+    place with a deprecation message (``LEGACY_KEYS``). Overrides merge key by key
+    (``method.terms.prompt=0.5`` keeps the file's other terms); an override that changes the method's name
+    drops the file's ``method.terms`` (they name the other method's losses) and keeps its other settings.
+    ``source`` names the dict in messages (a file's path).
+    """
+    d, upd = d or {}, parse_overrides(overrides)
+    method = _method_name(upd) or _method_name(d) or TrainCfg.method
+    d, upd = _upgrade(d, method, source), _upgrade(upd, method, "the --set overrides")
+    if "method" in d and "method" in upd and _method_name(upd) not in (None, _method_name(d) or TrainCfg.method):
+        d["method"] = {k: v for k, v in d["method"].items() if k != "terms"}
+    merged = _merge(d, upd)
+    section = merged.pop("method", None)
+    if section is not None:
+        if "name" in section:
+            merged["method"] = section.pop("name")
+        merged["method_cfg"] = _from_dict(MethodCfg, section, "method")
+    return _from_dict(TrainCfg, merged)
 
 
 def load_cfg(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainCfg:
@@ -266,12 +456,26 @@ def load_cfg(path: str | os.PathLike | None = None, overrides: list[str] | None 
             raise ValueError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(d, dict):
             raise ValueError(f"config file {p} must hold a mapping of keys, got {type(d).__name__}")
-    return cfg_from_dict(d, overrides)
+    return cfg_from_dict(d, overrides, source=f"config file {path}" if path is not None else "the config")
 
 
 def save_cfg(cfg: TrainCfg, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML (``load_cfg`` reads it back to an equal ``TrainCfg``)."""
+    """Write the resolved config as YAML in the current form (``load_cfg`` reads it back to an equal ``TrainCfg``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return p
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best"):
+    """``models.run.load_run`` (the one run loader) with the run's config as a ``TrainCfg``.
+
+    Returns:
+        the ``LoadedRun``; its ``cfg`` is the ``TrainCfg`` (from the checkpoint, or the run's
+        ``config.yaml`` for a checkpoint without one). Unpacks as ``model, task, cfg = load_run(...)``.
+    """
+    from mammolens.models.run import load_run as load
+
+    run = load(run_dir, device=device, which=which)
+    cfg = cfg_from_dict(run.cfg, source=f"run {run_dir}") if run.cfg else load_cfg(Path(run_dir) / "config.yaml")
+    return dataclasses.replace(run, cfg=cfg)

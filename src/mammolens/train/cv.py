@@ -56,7 +56,9 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     from mammolens.data.dataset import MammoDataset
     from mammolens.data.splits import patient_kfold, train_val_test_split
     from mammolens.privacy import pseudonymise_frame
-    from mammolens.train.loop import load_run, open_run_cache, predict_cache, resolve_task, split_rows, val_metrics
+    from mammolens.evaluation.metrics import val_metrics
+    from mammolens.train.config import load_run
+    from mammolens.train.loop import open_run_cache, predict_cache, resolve_task, split_rows
     from mammolens.train.loop import train as train_run
 
     if isinstance(cfg, (str, os.PathLike)):

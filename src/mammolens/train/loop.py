@@ -29,20 +29,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammolens.constants import MODALITIES
+from mammolens.data.splits import VAL_NAMES  # noqa: F401  (the old import path)
+from mammolens.data.splits import split_rows as _split_rows
+from mammolens.evaluation.metrics import val_metrics
 from mammolens.models.precision import autocast, autocast_dtype, cuda_math
 from mammolens.models.run import RunModel, load_checkpoint, read_checkpoint  # noqa: F401
 from mammolens.tasks import resolve_task, task_dict
-from mammolens.models.run import load_run as _load_run
 from mammolens.threads import configure_threads, worker_threads
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
+from mammolens.train.config import load_run  # noqa: F401  (the old import path: one loader, models.run.load_run)
 from mammolens.train.methods import get_method
 from mammolens.train.methods.base import extract_features, to_input
 
 log = logging.getLogger(__name__)
 
 __all__ = ["train", "load_run", "predict_cache", "resolve_task", "open_run_cache", "split_rows"]
-
-VAL_NAMES = ("val", "valid", "validation", "dev")
 
 
 # ----------------------------------------------------------------------------------------- setup helpers
@@ -112,38 +113,11 @@ def open_run_cache(cfg: TrainCfg, rank: int = 0, world: int = 1):
 
 
 def split_rows(index, labels: np.ndarray, cfg: TrainCfg) -> tuple[np.ndarray, np.ndarray]:
-    """Positional rows of the cache index for training and validation (disjoint by patient).
-
-    Order of precedence: ``data.fold`` with a ``fold`` column; ``data.split_column`` holding train/val;
-    otherwise a random ``data.val_frac`` of patients. Unlabelled, failed, test and filtered-out rows
-    are dropped.
-    """
+    """``data.splits.split_rows`` with the run's ``cfg.data`` and ``cfg.seed``; refuses an empty training
+    set when the method needs training rows."""
     d = cfg.data
-    keep = labels >= 0
-    if "status" in index.columns:
-        keep &= (index["status"].astype(str) == "done").to_numpy()
-    if d.modalities:
-        keep &= index["modality"].astype(str).isin(d.modalities).to_numpy()
-    split = index[d.split_column].astype(str).str.lower().to_numpy() if d.split_column in index.columns else None
-    if split is not None:
-        keep &= split != "test"
-    if d.fold is not None:
-        if "fold" not in index.columns:
-            raise ValueError(f"data.fold={d.fold} but the cache index has no 'fold' column; add one or unset data.fold")
-        is_val = (index["fold"].to_numpy() == d.fold)
-    elif split is not None and np.isin(split[keep], VAL_NAMES).any():
-        is_val = np.isin(split, VAL_NAMES)
-    else:
-        patients = index["patient_id"].astype(str).to_numpy()
-        uniq = np.unique(patients[keep])
-        rng = np.random.default_rng(cfg.seed)
-        n_val = int(round(d.val_frac * len(uniq)))
-        if d.val_frac > 0 and len(uniq) > 1:
-            n_val = min(max(n_val, 1), len(uniq) - 1)
-        val_patients = set(rng.permutation(uniq)[:n_val].tolist())
-        is_val = np.array([p in val_patients for p in patients], dtype=bool)
-    train_rows = np.flatnonzero(keep & ~is_val)
-    val_rows = np.flatnonzero(keep & is_val)
+    train_rows, val_rows = _split_rows(index, labels, split_column=d.split_column, fold=d.fold, val_frac=d.val_frac,
+                                       modalities=d.modalities, seed=cfg.seed)
     if len(train_rows) == 0 and get_method(cfg.method).needs_training_rows:
         raise ValueError(
             "no labelled training rows left after the split/modality filter "
@@ -183,26 +157,6 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return f
-
-
-# ----------------------------------------------------------------------------------------------- metrics
-def val_metrics(labels: np.ndarray, probs: np.ndarray, class_names) -> dict[str, float]:
-    from mammolens.evaluation.metrics import balanced_accuracy, macro_auc, precision_recall_f1
-
-    if len(labels) == 0:
-        return {}
-    k = probs.shape[1]
-    pred = probs.argmax(1)
-    rec = precision_recall_f1(labels, pred, num_classes=k)["recall"]
-    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
-    out = {
-        "val_macro_auc": macro_auc(labels, probs, warn=False),
-        "val_balanced_accuracy": balanced_accuracy(labels, pred),
-        "val_accuracy": float(np.mean(pred == labels)),
-        "val_nll": nll,
-    }
-    out.update({f"val_recall_{c}": float(r) for c, r in zip(class_names, rec)})
-    return out
 
 
 @torch.no_grad()
@@ -258,18 +212,6 @@ def _find_resume(cfg: TrainCfg, run_dir: Path) -> Path | None:
     if not p.is_file():
         raise FileNotFoundError(f"resume checkpoint {p} does not exist (point resume at a run dir or a .pt file)")
     return p
-
-
-def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best"):
-    """Rebuild a run's model from its checkpoint.
-
-    Returns:
-        ``(model, task, cfg)``: a ``RunModel`` in eval mode (``model(x) -> logits [B, K]``,
-        ``model.predict(x) -> probs``), the ``Task`` and the ``TrainCfg``.
-    """
-    run = _load_run(run_dir, device=device, which=which)
-    cfg = cfg_from_dict(run.cfg) if run.cfg else load_cfg(Path(run_dir) / "config.yaml")
-    return run.model, run.task, cfg
 
 
 def _set_grad_checkpointing(clip: nn.Module) -> None:

@@ -71,12 +71,16 @@ class TrainMethod:
 
     Attributes:
         name: the registered name (``TrainCfg.method``), set by ``register_method``.
+        terms: the method's named loss terms and their default weights (``{"contrastive": 1.0}``); the
+            config's ``method.terms`` overrides them (``ctx.cfg.method_cfg.terms`` holds every one,
+            resolved) and may name no other. Empty: no weighted terms.
         one_shot: no epoch loop; ``fit()`` is called once.
         needs_training_rows: the run refuses an empty training set.
         head: a linear head on the image embedding (saved in checkpoints), or None (prompt methods).
     """
 
     name: ClassVar[str] = ""
+    terms: ClassVar[dict[str, float]] = {}
     one_shot: ClassVar[bool] = False
     needs_training_rows: ClassVar[bool] = True
 

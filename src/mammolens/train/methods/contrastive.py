@@ -1,7 +1,7 @@
 """``contrastive``: weighted image-text contrastive fine-tuning of both towers against the task's class
-prompts (``losses.WeightedContrastiveLoss``, embeddings gathered over DDP ranks). With
-``modality_weighting: adaptive`` the modality weights follow each modality's running loss
-(``losses.AdaptiveModalityWeights``, updated after every optimizer step, logged per epoch)."""
+prompts (``losses.WeightedContrastiveLoss``, embeddings gathered over DDP ranks; one term,
+``contrastive``). With ``method.modality_weighting: adaptive`` the modality weights follow each modality's
+running loss (``losses.AdaptiveModalityWeights``, updated after every optimizer step, logged per epoch)."""
 
 from __future__ import annotations
 
@@ -31,22 +31,26 @@ class ContrastiveStep(nn.Module):
 class ContrastiveMethod(TrainMethod):
     """Both towers and the temperature trained by the weighted contrastive loss."""
 
+    terms = {"contrastive": 1.0}
+
     def build(self) -> nn.Module:
         ctx = self.ctx
+        self.weight = ctx.cfg.method_cfg.terms["contrastive"]
         self.loss_fn = WeightedContrastiveLoss(class_weights=ctx.class_weights, modality_weights=ctx.modality_weights,
                                                gather_pad_to=ctx.cfg.batch_size)
         self.adaptive = None
-        if ctx.cfg.modality_weighting == "adaptive":
-            cfg = ctx.cfg
+        mw = ctx.cfg.method_cfg.modality_weighting
+        if mw.mode == "adaptive":
             self.adaptive = AdaptiveModalityWeights(
-                ctx.modality_weights, ctx.train_modality, momentum=cfg.adaptive_momentum, power=cfg.adaptive_power,
-                min_weight=cfg.adaptive_min_weight, max_weight=cfg.adaptive_max_weight)
+                ctx.modality_weights, ctx.train_modality, momentum=mw.momentum, power=mw.power,
+                min_weight=mw.min_weight, max_weight=mw.max_weight)
             self.loss_fn.modality_weights = self.adaptive.weights  # the loss reads the tensor updated in place
         return ContrastiveStep(ctx.clip, ctx.task)
 
     def training_forward(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         img, txt, scale = model(batch["image"])  # [B, D], [K, D], log-space scalar
-        return {"loss": self.loss_fn(img.float(), txt.float(), batch["label"], scale, modality=batch["modality"])}
+        loss = self.loss_fn(img.float(), txt.float(), batch["label"], scale, modality=batch["modality"])
+        return {"loss": self.weight * loss}
 
     def after_step(self) -> None:
         super().after_step()

@@ -1,5 +1,5 @@
 """``finetune-ce``: the image tower and a linear head (warm-started from the zero-shot classifier)
-trained with weighted cross-entropy; the text tower stays frozen."""
+trained with weighted cross-entropy (one term, ``cross_entropy``); the text tower stays frozen."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class HeadStep(nn.Module):
 
 @register_method("finetune-ce")
 class FinetuneCEMethod(TrainMethod):
+    terms = {"cross_entropy": 1.0}
+
     def __init__(self, ctx):
         super().__init__(ctx)
         self.head = warm_start_head(ctx)
@@ -34,5 +36,6 @@ class FinetuneCEMethod(TrainMethod):
 
     def training_forward(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = model(batch["image"]).float()  # [B, K]
-        return {"loss": weighted_cross_entropy(logits, batch["label"], class_weights=self.ctx.class_weights,
-                                               modality=batch["modality"], modality_weights=self.ctx.modality_weights)}
+        loss = weighted_cross_entropy(logits, batch["label"], class_weights=self.ctx.class_weights,
+                                      modality=batch["modality"], modality_weights=self.ctx.modality_weights)
+        return {"loss": self.ctx.cfg.method_cfg.terms["cross_entropy"] * loss}

@@ -7,12 +7,15 @@ exam (1..8, missing views allowed) and its report split into sentences (``report
   sentence, so a report longer than the context keeps its later sentences) and the report embedding
   is the mean of its sentences; a breast's text is the mean of its side's, the bilateral and the
   exam-level sentences.
-* Coarse: exam and breast embeddings pooled from their views (``models.pooling``, ``pooling: mean |
-  attention``) against report and breast texts; every pair of the same exam is a positive, never a
-  negative (``losses.exam_report_loss``).
-* Fine (``local_weight``): each sentence attends over each view's patch tokens; the attention-weighted
-  image context is contrasted over the batch of (sentence, view) pairs (``losses.sentence_patch_loss``).
-* Labels (``prompt_weight``): the class-weighted prompt loss on the views (label text as extra pairs).
+* Coarse (term ``exam_report``, default weight 1): exam and breast embeddings pooled from their views
+  (``models.pooling``, ``method.pooling: mean | attention``) against report and breast texts; every pair
+  of the same exam is a positive, never a negative (``losses.exam_report_loss``).
+* Fine (term ``sentence_patch``, default 1): each sentence attends over each view's patch tokens; the
+  attention-weighted image context is contrasted over the batch of (sentence, view) pairs
+  (``losses.sentence_patch_loss``).
+* Labels (term ``prompt``, default 0): the class-weighted prompt loss on the views (label text as extra pairs).
+
+The loss is the weighted sum of the terms (``method.terms``); a term of weight 0 is not computed.
 
 The run is a prompt run: validation, ``evaluate`` and ``Predictor`` score images against the class
 prompts, as for ``contrastive``. The attention pool is a training aid and is not in checkpoints (a
@@ -98,12 +101,14 @@ class ReportStep(nn.Module):
 class ReportContrastiveMethod(TrainMethod):
     """Both towers and the temperature trained on exam ↔ report pairs (see the module docstring)."""
 
+    terms = {"exam_report": 1.0, "sentence_patch": 1.0, "prompt": 0.0}
+
     def train_dataset(self):
         from mammolens.data.dataset import ExamDataset
 
         cfg = self.ctx.cfg
-        return ExamDataset(self.ctx.train_ds, report_column=cfg.report_column, max_views=MAX_VIEWS,
-                           max_sentences=cfg.max_sentences, tokenize=self.ctx.clip.tokenizer)
+        return ExamDataset(self.ctx.train_ds, report_column=cfg.data.report_column, max_views=MAX_VIEWS,
+                           max_sentences=cfg.method_cfg.max_sentences, tokenize=self.ctx.clip.tokenizer)
 
     def build(self) -> nn.Module:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -111,31 +116,33 @@ class ReportContrastiveMethod(TrainMethod):
         # terms use the rank's own exams
         self.loss_fn = WeightedContrastiveLoss(class_weights=ctx.class_weights, modality_weights=ctx.modality_weights,
                                                gather_pad_to=cfg.batch_size * MAX_VIEWS)
-        return ReportStep(ctx.clip, ctx.task, cfg.pooling, tokens=cfg.local_weight > 0,
-                          prompts=cfg.prompt_weight > 0).to(ctx.device)
+        w = cfg.method_cfg.terms
+        return ReportStep(ctx.clip, ctx.task, cfg.method_cfg.pooling, tokens=w["sentence_patch"] > 0,
+                          prompts=w["prompt"] > 0).to(ctx.device)
 
     def training_forward(self, model: nn.Module, batch: dict) -> dict[str, Tensor]:
-        cfg = self.ctx.cfg
+        w = self.ctx.cfg.method_cfg.terms
         o = model(batch["image"], batch["view_exam"], batch["laterality"], batch["exam_views"],
                   batch["sentence_tokens"], batch["sentence_exam"], batch["sentence_side"])
-        n_exams = o["exam"].shape[0]
-        exams = torch.arange(n_exams, device=o["exam"].device)
-        breast_exam = torch.arange(2 * n_exams, device=exams.device).div(2, rounding_mode="floor")
-        images = torch.cat([o["exam"], o["breast"][o["breast_has"]]])
-        image_exam = torch.cat([exams, breast_exam[o["breast_has"]]])
-        texts = torch.cat([o["report"][o["report_has"]], o["breast_text"][o["breast_text_has"]]])
-        text_exam = torch.cat([exams[o["report_has"]], breast_exam[o["breast_text_has"]]])
-        coarse = exam_report_loss(images, texts, image_exam, text_exam, o["scale"])
-        out = {"coarse": coarse}
-        loss = coarse
-        if cfg.local_weight > 0:
-            out["local"] = sentence_patch_loss(o["sentence"], o["patches"], batch["sentence_exam"], batch["view_exam"],
-                                               o["scale"])
-            loss = loss + cfg.local_weight * out["local"]
-        if cfg.prompt_weight > 0:
+        out: dict[str, Tensor] = {}  # term name -> its loss (logged as train_<name>)
+        if w["exam_report"] > 0:
+            n_exams = o["exam"].shape[0]
+            exams = torch.arange(n_exams, device=o["exam"].device)
+            breast_exam = torch.arange(2 * n_exams, device=exams.device).div(2, rounding_mode="floor")
+            images = torch.cat([o["exam"], o["breast"][o["breast_has"]]])
+            image_exam = torch.cat([exams, breast_exam[o["breast_has"]]])
+            texts = torch.cat([o["report"][o["report_has"]], o["breast_text"][o["breast_text_has"]]])
+            text_exam = torch.cat([exams[o["report_has"]], breast_exam[o["breast_text_has"]]])
+            out["exam_report"] = exam_report_loss(images, texts, image_exam, text_exam, o["scale"])
+        if w["sentence_patch"] > 0:
+            out["sentence_patch"] = sentence_patch_loss(o["sentence"], o["patches"], batch["sentence_exam"],
+                                                        batch["view_exam"], o["scale"])
+        if w["prompt"] > 0:
             out["prompt"] = self.loss_fn(o["view"].float(), o["classes"].float(), batch["label"], o["scale"],
                                          modality=batch["modality"])
-            loss = loss + cfg.prompt_weight * out["prompt"]
+        loss = None
+        for name, value in out.items():  # the weighted sum, in the terms' order
+            loss = w[name] * value if loss is None else loss + w[name] * value
         return {"loss": loss, **out}
 
     def log(self) -> dict[str, float]:
