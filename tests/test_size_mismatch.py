@@ -56,7 +56,7 @@ def test_size_mismatch_run_sizes_differ(mismatch_env):
 def test_size_mismatch_predict_api_and_cli(mismatch_env, tmp_path):
     from mammolens.inference import Predictor
 
-    root, run, files = mismatch_env
+    _, run, files = mismatch_env
     p = Predictor.from_run(run, device="cpu", workers=0, batch_size=4)
     res = p.predict(files[:4], explain=True, overlay_dir=tmp_path / "ov")
     assert len(res.images) == 4 and res.errors.empty
@@ -91,7 +91,7 @@ def test_size_mismatch_explain_api_and_cli(mismatch_env, tmp_path, kind):
 
     from mammolens.workflows import explain_run, explain_sentences
 
-    root, run, files = mismatch_env
+    _, run, files = mismatch_env
     if kind == "gradcam":
         recs = explain_run(run, files[:2], tmp_path / "api", device="cpu")
         pngs = [r["overlay"] for r in recs]

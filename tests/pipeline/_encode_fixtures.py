@@ -22,9 +22,9 @@ class EncodeEnv:
 def _train_cfg(cache: Path, out: Path, **kw):
     from mammolens.train.config import cfg_from_dict
 
-    base = dict(data=dict(cache=str(cache), val_frac=0.34), task="density", model="tiny-clip", image_size=64,
-                method="contrastive", epochs=1, batch_size=8, lr=1e-3, precision="fp32", augment=False, workers=0,
-                seed=0, out_dir=str(out), device="cpu")
+    base = {"data": {"cache": str(cache), "val_frac": 0.34}, "task": "density", "model": "tiny-clip", "image_size": 64,
+            "method": "contrastive", "epochs": 1, "batch_size": 8, "lr": 1e-3, "precision": "fp32", "augment": False,
+            "workers": 0, "seed": 0, "out_dir": str(out), "device": "cpu"}
     base.update(kw)
     return cfg_from_dict(base)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _encode_fixtures import _train_cfg, encode_env  # noqa: F401 — session fixture
+
 from mammolens.pipeline import encode as enc
 
 

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from _encode_fixtures import encode_env  # noqa: F401 — session fixture
+
 from mammolens.pipeline import encode as enc
 from mammolens.pipeline import features as feat
 

@@ -168,7 +168,7 @@ def cache_features(run, cache, rows: np.ndarray | None = None, *, tokens: bool =
     emb = np.concatenate(emb_parts).astype(np.float32, copy=False)  # [N, D]
     hw = _enc.model_input_size(model)
     meta = {"key": key, **ident, "which": which, "run_name": run_dir.resolve().name,
-            "cache_name": Path(cache.path).resolve().name, "n": int(len(rows)), "dim": int(emb.shape[1]),
+            "cache_name": Path(cache.path).resolve().name, "n": len(rows), "dim": int(emb.shape[1]),
             "tokens": bool(tokens), "input_size": list(hw) if hw else None,
             "seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tok = np.concatenate(tok_parts) if tokens else None

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from mammolens.models.run import RunModel, build_run_model, zeroshot_head
 from mammolens.pipeline import encode as _enc
-from mammolens.pipeline.encode import to_input  # noqa: F401  (re-exported: the old import path)
+from mammolens.pipeline.encode import to_input
 
+# to_input is re-exported (the old import path; it lives in pipeline.encode)
 __all__ = ["MethodContext", "TrainMethod", "clamp_logit_scale", "to_input", "extract_features", "warm_start_head"]
 
 MAX_LOGIT_SCALE = math.log(100.0)
