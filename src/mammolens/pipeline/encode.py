@@ -146,8 +146,8 @@ def _forward(model: nn.Module, x: Tensor, want: frozenset[str]) -> dict[str, Ten
     out: dict[str, Tensor] = {}
     needs_logits = bool(want & {"probs", "logits"})
     if "tokens" in want:
-        clip = getattr(model, "clip", model)
-        emb, out["tokens"] = clip.encode_image_tokens(x)  # [B, D], [B, N, D]
+        tokens_fn = getattr(model, "encode_image_tokens", None) or model.clip.encode_image_tokens
+        emb, out["tokens"] = tokens_fn(x)  # [B, D], [B, N, D]
         if needs_logits:
             out["logits"] = _head_logits(model, emb)
     elif needs_logits and "embedding" in want and hasattr(model, "logits_and_embedding"):
