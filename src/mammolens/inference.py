@@ -45,7 +45,7 @@ import torch
 from mammolens.data.cache import PreprocessCfg
 from mammolens.io.gating import PROCESSING_DUPLICATE, processing_duplicates
 from mammolens.io.naming import parse_view_name, read_sidecar
-from mammolens.models.precision import autocast, autocast_dtype
+from mammolens.models.precision import autocast_dtype
 from mammolens.privacy import ids_of, pseudonym, relative_path, scrub_path, scrub_text
 from mammolens.transforms.quality import QualityCfg
 from mammolens.parallel import run_tasks
@@ -231,13 +231,13 @@ class Predictor:
             return [names.index("dense")]
         return None
 
-    @torch.no_grad()
     def predict_tensor(self, x: torch.Tensor) -> np.ndarray:
-        """Class probabilities ``[B, K]`` for images ``[B, 1, S, S]`` in [0, 1]."""
-        x = x.to(self.device, non_blocking=True)
-        with autocast(self.device, self._dtype):
-            logits = self.model(x).float()  # [B, K]
-        return torch.softmax(logits, dim=-1).cpu().numpy()
+        """Class probabilities ``[B, K]`` for images ``[B, 1, S, S]`` in [0, 1] (any ``S``: ``pipeline.encode``
+        resizes to the run's input size)."""
+        from mammolens.pipeline import encode as _enc
+
+        return _enc.encode(self.model, [x], ("probs",), device=self.device, precision=self._dtype,
+                           task=self.task)["probs"]
 
     def predict_array(self, pixels: np.ndarray, laterality: str | None = None) -> dict[str, float]:
         """Probabilities for one image given as an array (``[H, W]`` in [0, 1], any size)."""
@@ -373,16 +373,17 @@ class Predictor:
             out[i] = ids if err is None else []
         return out
 
-    @torch.no_grad()
     def _probs_and_ood(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``[B, K]`` and out-of-distribution scores ``[B]`` (NaN without an OOD model) from one
-        forward pass of the image tower."""
-        if self.ood is None or not hasattr(self.model, "logits_and_embedding"):
+        forward pass of the image tower (``pipeline.encode``, called once per batch: the workers keep reading
+        the next files meanwhile)."""
+        from mammolens.pipeline import encode as _enc
+
+        if self.ood is None:
             return self.predict_tensor(x), np.full(len(x), np.nan)
-        with autocast(self.device, self._dtype):
-            logits, emb = self.model.logits_and_embedding(x.to(self.device, non_blocking=True))  # [B, K], [B, D]
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        return probs, self.ood.score(emb.float().cpu().numpy())
+        out = _enc.encode(self.model, [x], ("probs", "embedding"), device=self.device, precision=self._dtype,
+                          task=self.task)  # [B, K], [B, D]
+        return out["probs"], self.ood.score(out["embedding"])
 
     def _row_base(self, r, root, include_ids) -> dict[str, Any]:
         meta = r["meta"]

@@ -159,20 +159,17 @@ def _device(device: str) -> str:
 
 
 def embed_cache(model, cache, rows: np.ndarray | None = None, batch_size: int = 64,
-                device: str = "cpu") -> np.ndarray:
+                device: str = "cpu", precision: str = "fp32") -> np.ndarray:
     """Normalised image embeddings ``[N, D]`` (float32) of cache rows (all rows when ``rows`` is None),
-    in row order, with a run's image tower (``model.encode_image``)."""
-    import torch
+    in row order, with a run's image tower through ``pipeline.encode`` (resized to the model's input size,
+    autocast)."""
+    from mammolens.pipeline import encode as _enc
 
     rows = np.arange(len(cache.index)) if rows is None else np.asarray(rows)
     model = model.to(device).eval()
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(rows), batch_size):
-            x = torch.from_numpy(np.stack([cache.get(int(r)) for r in rows[lo:lo + batch_size]]))[:, None]
-            out.append(model.encode_image(x.to(device)).float().cpu().numpy())  # [B, D]
-    dim = int(out[0].shape[1]) if out else 0
-    return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
+    batches = (np.stack([cache.get(int(r)) for r in rows[lo:lo + batch_size]]) for lo in range(0, len(rows), batch_size))
+    emb = _enc.encode(model, batches, ("embedding",), device=device, precision=precision)["embedding"]
+    return emb if len(rows) else np.zeros((0, 0), dtype=np.float32)
 
 
 def _keys(index: pd.DataFrame) -> pd.DataFrame:
@@ -200,6 +197,7 @@ def build_run_index(run_dir: str | PathLike, cache_dir: str | PathLike, out: str
 
     from mammolens.data.cache import open_cache
     from mammolens.models.run import load_run
+    from mammolens.pipeline import features as _features
 
     cfg = cfg or IndexCfg()
     t0 = time.perf_counter()
@@ -209,7 +207,9 @@ def build_run_index(run_dir: str | PathLike, cache_dir: str | PathLike, out: str
     ok = np.flatnonzero((index["status"] == "done").to_numpy()) if "status" in index else np.arange(len(index))
     if not len(ok):
         raise ValueError(f"cache {Path(cache_dir).name} has no readable image to index")
-    emb = embed_cache(run.model, cache, ok, batch_size, _device(device))  # [N, D]
+    # through the feature cache (RUN/features): a second index of the same run and cache embeds nothing
+    feats = _features.cache_features(run, cache, ok, batch_size=batch_size, device=_device(device))
+    emb = np.asarray(feats.embeddings)  # [N, D]
     vindex = VectorIndex.build(emb, cfg)
     out_dir = Path(out) if out else Path(run_dir) / "index"
     vindex.save(out_dir)
@@ -245,19 +245,20 @@ def _query_embedding(run_dir, text: str | None, image: str | PathLike | None, de
     import torch
 
     from mammolens.inference import Predictor
+    from mammolens.pipeline import encode as _enc
 
     if (text is None) == (image is None):
         raise ValueError("search needs exactly one query: a text or --image FILE")
     p = Predictor.from_run(run_dir, device=device, workers=0)
-    with torch.no_grad():
-        if text is not None:
+    if text is not None:
+        with torch.no_grad():
             return p.model.encode_text([text]).float().cpu().numpy()  # [1, D]
-        rec = next(iter(p.iter_batches([image])))[0]
-        if rec.get("error"):
-            raise ValueError(f"query image {Path(image).name} cannot be used: {rec['error']}")
-        # the preprocessed tile is uint16, as in the cache
-        x = torch.from_numpy(np.asarray(rec["pixels"], dtype=np.float32) / 65535.0)[None, None].to(p.device)
-        return p.model.encode_image(x).float().cpu().numpy()  # [1, D]
+    rec = next(iter(p.iter_batches([image])))[0]
+    if rec.get("error"):
+        raise ValueError(f"query image {Path(image).name} cannot be used: {rec['error']}")
+    # the preprocessed tile is uint16, as in the cache; encode resizes it to the run's input size
+    x = torch.from_numpy(np.asarray(rec["pixels"], dtype=np.float32) / 65535.0)[None, None]
+    return _enc.encode(p.model, [x], ("embedding",), device=p.device, precision=p.precision)["embedding"]  # [1, D]
 
 
 def search_run(run_dir: str | PathLike, text: str | None = None, image: str | PathLike | None = None,

@@ -46,11 +46,13 @@ def _cache_for(run, data: str | PathLike, out_dir: Path, workers: int | None, pr
     return cache_dir
 
 
-def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.DataFrame:
-    """The predictions contract for every successfully cached row of a cache."""
+def _predict_cache(run, cache_dir: Path, batch_size: int, device: str,
+                   embeddings: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+    """The predictions contract for every successfully cached row of a cache; with ``embeddings``, also
+    their image embeddings ``[N, D]`` from the same forward pass (``pipeline.encode``), in row order."""
     from mammolens.data.cache import open_cache
     from mammolens.data.dataset import MammoDataset
-    from mammolens.train.loop import predict_cache
+    from mammolens.pipeline import encode as _enc
 
     cache = open_cache(cache_dir, allow_incomplete=True)
     index = cache.index
@@ -61,7 +63,10 @@ def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.Dat
         raise NothingReadError(f"none of the {len(index)} image(s) of {cache_dir} could be read "
                                f"(reasons in {cache_dir / 'errors.csv'})")
     ds = MammoDataset(cache, run.task, rows=ok)
-    probs = np.asarray(predict_cache(run.model, run.task, ds, batch_size=batch_size, device=device))  # [N, K]
+    model = run.model.to(device)
+    out = _enc.encode(model, _enc.loader(ds, batch_size, 0, device), ("probs", "embedding") if embeddings else ("probs",),
+                      device=device, task=run.task)
+    probs = out["probs"]  # [N, K]
     from mammolens.data.manifest import without_report_text
 
     df = without_report_text(index.iloc[ok].reset_index(drop=True))  # report text never leaves the machine
@@ -70,7 +75,7 @@ def _predict_cache(run, cache_dir: Path, batch_size: int, device: str) -> pd.Dat
     for k, c in enumerate(names):
         df[f"prob_{c}"] = probs[:, k]
     df["pred"] = [names[i] for i in probs.argmax(1)]
-    return df
+    return (df, out["embedding"]) if embeddings else df
 
 
 REPORT_MAX_SIDE = 1024  # gallery figures are embedded in report.html: big enough to read, small enough to mail
@@ -174,7 +179,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     work = Path(tempfile.mkdtemp(prefix=".cache-", dir=out_dir))  # the caches hold the manifest: deleted below
     try:
         cache_dir = _cache_for(run, data, work, workers, progress)
-        preds = _predict_cache(run, cache_dir, batch_size, device)
+        preds, emb = _predict_cache(run, cache_dir, batch_size, device, embeddings=True)
         failures = _failures(cache_dir, out_dir / "errors.csv")
         cmp_preds = None
         if compare is not None:
@@ -189,7 +194,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
                                       dense_classes=dense)
         gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
-        result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device)
+        result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device, emb)
         localization = _localization(run_dir, data, out_dir, n_boot, seed, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -223,12 +228,14 @@ def _spaced(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, RETRIEVAL_QUERIES)).round().astype(int))
 
 
-def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, device: str) -> dict[str, dict]:
+def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, device: str,
+               img: np.ndarray | None = None) -> dict[str, dict]:
     """Retrieval metrics of the run's embeddings on the evaluated images (``retrieval`` in metrics.json).
 
     With finding labels (the task's column): image→text and text→image against the class prompts, and
     image→image (the query itself left out), relevant = same label. With a ``report`` column: image→report
-    and report→image, one text per exam, relevant = same exam. Report text is never logged.
+    and report→image, one text per exam, relevant = same exam. Report text is never logged. ``img``: the
+    rows' image embeddings when the caller has them (``_predict_cache(..., embeddings=True)``), else embedded here.
     """
     import torch
 
@@ -239,7 +246,8 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
     if preds.empty:
         return {}
     cache = open_cache(cache_dir, allow_incomplete=True)
-    img = embed_cache(run.model, cache, preds["cache_row"].to_numpy(), batch_size, device)  # [N, D]
+    if img is None:
+        img = embed_cache(run.model, cache, preds["cache_row"].to_numpy(), batch_size, device)  # [N, D]
     # report text is dropped from the predictions (it can name the patient): read it from the cache's index
     texts = cache.index["report"].to_numpy()[preds["cache_row"].to_numpy()] if "report" in cache.index else None
     out: dict[str, dict] = {}

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mammolens.pipeline.encode import resize_to_model
+
 __all__ = [
     "BaseCAM",
     "ClassSimilarityTarget",
@@ -278,7 +280,8 @@ class BaseCAM:
         """Class-activation maps for a batch.
 
         Args:
-            x: images ``[B, C, H, W]`` as the model expects them.
+            x: images ``[B, C, H, W]``; resized to ``model.image_size`` first when the model has one
+                (``pipeline.encode.resize_to_model``), the maps coming back at ``x``'s size.
             target: callable ``output -> [B]`` scores (e.g. :class:`ClassSimilarityTarget`), or class
                 index/indices into a ``[B, K]`` output.
 
@@ -295,8 +298,9 @@ class BaseCAM:
         self.model.eval()
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                # A leaf that requires grad makes the graph exist even for frozen weights.
-                x_in = x.detach().clone().requires_grad_(True)
+                # At the model's input size (a run trained at 64 px explains 96-px tiles); a leaf that
+                # requires grad makes the graph exist even for frozen weights.
+                x_in = resize_to_model(x.detach(), self.model).clone().requires_grad_(True)
                 self._acts, self._tower_hw = None, None
                 output = self.forward_fn(x_in)
                 if self._acts is None:
@@ -310,7 +314,7 @@ class BaseCAM:
                 (grads_raw,) = torch.autograd.grad(scores.sum(), acts_raw, allow_unused=True)
                 if grads_raw is None:
                     grads_raw = torch.zeros_like(acts_raw)
-            tower_hw = self._tower_hw or tuple(x.shape[-2:])
+            tower_hw = self._tower_hw or tuple(x_in.shape[-2:])
             acts = self._spatial(acts_raw.detach().float(), tower_hw)  # [B, C, h, w]
             grads = self._spatial(grads_raw.detach().float(), tower_hw)  # [B, C, h, w]
             cam = (self.weights(acts, grads) * acts).sum(dim=1, keepdim=True).relu()  # [B, 1, h, w]

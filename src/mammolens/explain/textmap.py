@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammolens.explain.gradcam import ClassSimilarityTarget, find_image_tower, normalise_maps, tokens_to_grid, token_layout
+from mammolens.pipeline.encode import resize_to_model
 
 __all__ = ["PatchFeatures", "TextPatchMap", "patch_features", "target_embedding", "text_embeddings", "text_explainer"]
 
@@ -25,8 +26,8 @@ __all__ = ["PatchFeatures", "TextPatchMap", "patch_features", "target_embedding"
 class PatchFeatures(nn.Module):
     """Hooks an image tower and returns its patch tokens before and after the projection.
 
-    ``forward(x)`` runs ``model.encode_image(x)`` (so grey → RGB, normalisation and resizing happen as in
-    prediction) and returns ``(features [B, C, gh, gw], embeddings [B, D, gh, gw], pooled [B, D])``:
+    ``forward(x)`` resizes ``x`` to the model's input size (``pipeline.encode.resize_to_model``) and runs
+    ``model.encode_image`` (so grey → RGB and normalisation happen as in prediction); it returns ``(features [B, C, gh, gw], embeddings [B, D, gh, gw], pooled [B, D])``:
     features are the normed patch tokens (the "channels" FActOR attributes), embeddings their projection
     into the joint space, pooled the model's own image embedding.
 
@@ -66,6 +67,7 @@ class PatchFeatures(nn.Module):
             if args and torch.is_tensor(args[0]) and args[0].ndim == 4:
                 self._hw = tuple(args[0].shape[-2:])
 
+        x = resize_to_model(x, self.model)  # the run's input size (a cache's tiles may be larger)
         handles = [self.hooked.register_forward_hook(save), self.visual.register_forward_pre_hook(save_hw)]
         try:
             pooled = self.model.encode_image(x)  # [B, D]

@@ -16,7 +16,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    # filled in by the modules' owners: "prepare": "prepare", "Prepared": "prepare", "encode": "encode", ...
+    # filled in by the modules' owners: "prepare": "prepare", "Prepared": "prepare", ...
+    # (no "encode" entry: ``mammolens.pipeline.encode`` is the module; its function is ``encode.encode``)
+    "iter_encode": "encode",
+    "to_input": "encode",
+    "resize_to_model": "encode",
+    "cache_features": "features",
+    "Features": "features",
 }
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mammolens.constants import MODALITIES
@@ -159,38 +158,22 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float):
     return f
 
 
-@torch.no_grad()
 def predict_cache(model: nn.Module, task, dataset, batch_size: int = 64, device: str | torch.device | None = None,
                   workers: int = 0, precision: str = "fp32") -> np.ndarray:
-    """Class probabilities ``[N, K]`` for every sample of ``dataset`` (in dataset order).
+    """Class probabilities ``[N, K]`` for every sample of ``dataset`` (in dataset order), through
+    ``pipeline.encode`` (resized to the model's input size, autocast, inference mode).
 
     Args:
         model: a ``RunModel`` (or a bare ``MammoCLIP``: the task's prompts are used).
         dataset: a ``MammoDataset`` (or any dataset yielding ``{"image": [1, S, S]}``).
     """
-    from torch.utils.data import DataLoader
+    from mammolens.pipeline import encode as _enc
 
+    if len(dataset) == 0:
+        return np.zeros((0, len(task.class_names)), dtype=np.float32)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    if isinstance(model, RunModel):
-        fn = model
-    else:
-        text = model.class_embeddings(task)  # [K, D]
-        fn = lambda x: model(x, text)  # noqa: E731
-    dtype = autocast_dtype(precision, device)
-    size = int(getattr(model, "image_size", 0) or 0)
-    out = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=device.type == "cuda"):
-        x = batch["image"]
-        x = to_input(x, size or x.shape[-1], device)
-        with autocast(device, dtype):
-            logits = fn(x)  # [B, K]
-        out.append(F.softmax(logits.float(), dim=-1).cpu())
-    model.train(was_training)
-    k = len(task.class_names)
-    return torch.cat(out).numpy() if out else np.zeros((0, k), dtype=np.float32)
+    batches = _enc.loader(dataset, batch_size, workers, device)
+    return _enc.encode(model, batches, ("probs",), device=device, precision=precision, task=task)["probs"]
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -25,12 +25,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mammolens.models.precision import autocast
 from mammolens.models.run import RunModel, build_run_model, zeroshot_head
+from mammolens.pipeline import encode as _enc
+from mammolens.pipeline.encode import to_input
 
+# to_input is re-exported (the old import path; it lives in pipeline.encode)
 __all__ = ["MethodContext", "TrainMethod", "clamp_logit_scale", "to_input", "extract_features", "warm_start_head"]
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -148,25 +149,10 @@ def warm_start_head(ctx: MethodContext) -> nn.Linear:
         return zeroshot_head(ctx.clip.class_embeddings(ctx.task).float(), ctx.clip.logit_scale).to(ctx.device)
 
 
-def to_input(x: Tensor, size: int, device: torch.device) -> Tensor:
-    """Batch ``[B, 1, S, S]`` → device, resized to the network's input size."""
-    x = x.to(device, non_blocking=True)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 @torch.no_grad()
 def extract_features(model: RunModel, ds, batch_size: int, workers: int, device, dtype) -> Tensor:
-    """Frozen image embeddings ``[N, D]`` (float32, CPU) of a dataset, in its order."""
-    from torch.utils.data import DataLoader
-
+    """Frozen image embeddings ``[N, D]`` (float32, CPU) of a dataset, in its order (``pipeline.encode``)."""
     model.eval()
-    size = int(model.image_size)
-    out = []
-    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers):
-        with autocast(device, dtype):
-            out.append(model.encode_image(to_input(batch["image"], size, device)).float().cpu())
-    return torch.cat(out)
+    emb = _enc.encode(model, _enc.loader(ds, batch_size, workers, device), ("embedding",), device=device,
+                      precision=dtype)["embedding"]  # [N, D]
+    return torch.from_numpy(emb)
