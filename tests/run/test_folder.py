@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mammolens.models import create_model
-from mammolens.run import (RunError, RunFolder, cache_fingerprint, config_hash, lineage, load_run, verify_run)
+from mammolens.run import RunError, RunFolder, cache_fingerprint, config_hash, lineage, load_run, verify_run
 from mammolens.run.model import LinearHead, PromptHead, head_specs
 from mammolens.tasks import resolve_task, task_dict
 

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from mammolens.models import create_model
-from mammolens.run.model import (HEAD_KINDS, Head, LinearHead, PromptHead, RunModel, build_heads, head_specs,
-                                 register_head_kind)
+from mammolens.run.model import (
+    HEAD_KINDS,
+    Head,
+    LinearHead,
+    PromptHead,
+    RunModel,
+    build_heads,
+    head_specs,
+    register_head_kind,
+)
 from mammolens.tasks import resolve_task
 
 
