@@ -210,7 +210,7 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | PathLike, device: str = "auto", which: str = "best", **kw) -> "Predictor":
         """Load a run folder written by ``mammolens train``."""
-        from mammolens.models.run import load_run
+        from mammolens.run import load_run
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():

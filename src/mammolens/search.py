@@ -196,8 +196,8 @@ def build_run_index(run_dir: str | PathLike, cache_dir: str | PathLike, out: str
     import time
 
     from mammolens.data.cache import open_cache
-    from mammolens.models.run import load_run
     from mammolens.pipeline import features as _features
+    from mammolens.run import load_run
 
     cfg = cfg or IndexCfg()
     t0 = time.perf_counter()

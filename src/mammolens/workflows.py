@@ -168,7 +168,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     import torch
 
     from mammolens.evaluation.report import evaluate_predictions, to_jsonable, write_report
-    from mammolens.models.run import load_run
+    from mammolens.run import load_run
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -540,7 +540,7 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     from mammolens.explain.overlay import render_heatmap
     from mammolens.inference import DISPLAY_MAX_SIDE, find_images
     from mammolens.io import ImageReadError, read_image
-    from mammolens.models.run import load_run
+    from mammolens.run import load_run
 
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}.")
@@ -596,7 +596,7 @@ def localization_eval(run_dir: str | PathLike, manifest: pd.DataFrame, texts=DEF
     from mammolens.data.cache import PreprocessCfg
     from mammolens.evaluation.localization import lesion_mask_from_row, localization_scores, mean_with_ci, paired_tests
     from mammolens.io import read_image
-    from mammolens.models.run import load_run
+    from mammolens.run import load_run
     from mammolens.privacy import pseudonym
     from mammolens.transforms.breast import breast_mask
 

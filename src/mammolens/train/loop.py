@@ -12,7 +12,6 @@ resumed CPU run bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from mammolens.data.splits import VAL_NAMES  # noqa: F401  (the old import path)
 from mammolens.data.splits import split_rows as _split_rows
 from mammolens.evaluation.metrics import val_metrics
 from mammolens.models.precision import autocast, autocast_dtype, cuda_math
-from mammolens.models.run import RunModel, load_checkpoint, read_checkpoint  # noqa: F401
+from mammolens.run.folder import CHECKPOINT_FORMAT, RunFolder, lineage, load_checkpoint, read_checkpoint  # noqa: F401
+from mammolens.run.model import RunModel, head_specs
 from mammolens.tasks import resolve_task, task_dict
 from mammolens.threads import configure_threads, worker_threads
 from mammolens.train.config import TrainCfg, cfg_from_dict, load_cfg, save_cfg
@@ -177,12 +178,6 @@ def predict_cache(model: nn.Module, task, dataset, batch_size: int = 64, device:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _find_resume(cfg: TrainCfg, run_dir: Path) -> Path | None:
     if cfg.resume is False or cfg.resume in ("", None):
         return None
@@ -299,18 +294,22 @@ def train(cfg: TrainCfg | dict | str | os.PathLike, *, rows: tuple[np.ndarray, n
 
 class _Run:
     """The run folder's side of training: validation, ``metrics.jsonl``, checkpoints, ``summary.json``
-    (written by rank 0 only)."""
+    (written by rank 0 only, through ``run.folder.RunFolder``)."""
 
     def __init__(self, cfg: TrainCfg, rank: int, method, cache, val_ds, val_labels: np.ndarray):
         self.cfg, self.rank, self.method, self.val_ds, self.val_labels = cfg, rank, method, val_ds, val_labels
-        self.dir = Path(cfg.out_dir)
-        self.ckpt_dir = self.dir / "checkpoints"
+        self.folder = RunFolder(cfg.out_dir)
+        self.dir = self.folder.root
+        self.ckpt_dir = self.folder.checkpoints
         ctx = method.ctx
         clip, task = ctx.clip, ctx.task
         self.n_train, self.n_val = len(ctx.train_ds), len(val_ds)
         model_kwargs = _model_kwargs(cfg)
+        model_name = getattr(clip, "model_name", "") or cfg.model
+        self.lineage = lineage(model_name, cfg.pretrained, cache, cfg.to_dict())
         self.base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
-            "model_name": getattr(clip, "model_name", "") or cfg.model,
+            "format": CHECKPOINT_FORMAT,
+            "model_name": model_name,
             "model_kwargs": dict(getattr(clip, "model_kwargs", None) or {"pretrained": cfg.pretrained, **model_kwargs}),
             "task": task_dict(task),
             "preprocess": cache.cfg.to_dict(),
@@ -319,6 +318,7 @@ class _Run:
             "class_weights": ctx.class_weights.cpu().tolist(),
             "n_train": self.n_train,
             "n_val": self.n_val,
+            "lineage": self.lineage,
         }
 
     def validate(self) -> dict[str, float]:
@@ -330,38 +330,34 @@ class _Run:
         return val_metrics(self.val_labels, probs, ctx.task.class_names)
 
     def save(self, state: dict[str, Any], best: bool) -> None:
-        """``checkpoints/last.pt`` (model, head, ``state``); also ``best.pt`` when ``best``."""
+        """``checkpoints/last.pt`` (backbone, heads, method state, ``state``); also ``best.pt`` when ``best``."""
         if self.rank != 0:
             return
-        head = self.method.head
+        model = self.method.run_model()
         ck = dict(self.base_ckpt)
         ck["state_dict"] = {k: v.detach().cpu() for k, v in self.method.ctx.clip.state_dict().items()}
-        ck["head_state_dict"] = None if head is None else {k: v.detach().cpu() for k, v in head.state_dict().items()}
+        ck["heads"] = head_specs(model.heads)
+        ck["primary_head"] = model.primary
+        ck["method_state"] = self.method.state_dict()
         ck.update(state)
-        _atomic_save(ck, self.ckpt_dir / "last.pt")
-        if best:
-            shutil.copyfile(self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt")
+        self.folder.save_checkpoint(ck, best=best)
 
     def restore(self, ck: dict[str, Any]) -> None:
+        """The backbone and the method's state (its head, adaptive weights, pool...) of a checkpoint."""
         self.method.ctx.clip.load_state_dict(ck["state_dict"])
-        if self.method.head is not None and ck.get("head_state_dict") is not None:
-            self.method.head.load_state_dict(ck["head_state_dict"])
+        state = ck.get("method_state")
+        if state is None:  # format 0: only the head was saved
+            state = {"head": ck.get("head_state_dict")}
+        self.method.load_state_dict(state)
 
     def write_line(self, rec: dict[str, Any]) -> None:
         if self.rank == 0:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            self.folder.append_metrics(rec)
 
     def keep_lines(self, upto_epoch: int) -> None:
         """Drop ``metrics.jsonl`` lines after ``upto_epoch`` (a resumed run redoes them; 0: all)."""
-        path = self.dir / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= upto_epoch]
-        if kept:
-            path.write_text("".join(ln + "\n" for ln in kept))
-        else:
-            path.unlink()
+        if self.rank == 0:
+            self.folder.keep_metrics(upto_epoch)
 
     def finish(self, best_metric, best_epoch: int, epochs_done: int, stopped_early: bool = False) -> Path:
         if self.rank == 0:
@@ -370,9 +366,9 @@ class _Run:
                        "monitor": "val_macro_auc", "epochs": epochs_done, "stopped_early": stopped_early,
                        "n_train": self.n_train, "n_val": self.n_val}
             if cfg.ood and self.n_train >= 2:
-                summary["ood"] = _write_ood(self.dir, ctx.clip, self.method.head, ctx.task, cfg.method,
-                                            ctx.train_ds, cfg, ctx.device)
-            (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+                summary["ood"] = _write_ood(self.folder, self.method, ctx.train_ds, cfg, ctx.device)
+            summary["lineage"] = self.lineage
+            self.folder.write_summary(summary)
         return self.dir
 
 
@@ -448,40 +444,92 @@ def _wrap(module: nn.Module, cfg: TrainCfg, world: int, device: torch.device) ->
 
 
 def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, stop_after, progress: bool) -> Path:
-    run_dir = Path(cfg.out_dir)
-    resume_path = _find_resume(cfg, run_dir)
-    if resume_path is None and (run_dir / "checkpoints" / "last.pt").exists() and not cfg.overwrite:
-        raise FileExistsError(
-            f"{run_dir} already holds a run; set resume=true to continue it, overwrite=true to restart it, "
-            "or choose another out_dir"
-        )
-    if rank == 0:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_cfg(cfg, run_dir / "config.yaml")
+    resume_path = _open_run_folder(cfg, rank)
     _seed_everything(cfg.seed)
     ctx, cache, val_ds, val_labels = _setup(cfg, rank, world, device, rows)
     method = get_method(cfg.method)(ctx)
     run = _Run(cfg, rank, method, cache, val_ds, val_labels)
-    t_start = time.perf_counter()
-
     if method.one_shot:  # zero-shot, linear probe: fitted once, one metrics line
+        return _fit_once(run, method, progress)
+    parts = _training_parts(method, cfg, device, rank, world, int(getattr(ctx.clip, "image_size", cache.cfg.size)))
+    pos = _Position()
+    if resume_path is not None:
+        pos = _resume(run, parts, resume_path)
+        if pos.stopped:
+            return run.finish(pos.best, pos.best_epoch, pos.epoch, stopped_early=True)
+    else:
         run.keep_lines(0)
-        rec: dict[str, Any] = {"epoch": 1, "step": 0, **method.fit(), **run.validate()}
-        rec["epoch_time_s"] = time.perf_counter() - t_start
-        run.write_line(rec)
-        _say(progress, rec, method.name, rec["epoch_time_s"])
-        best = rec.get("val_macro_auc")
-        best = None if best is None or not math.isfinite(best) else best
-        run.save({"epoch": 1, "step": rec["step"], "optimizer": None, "scheduler": None, "scaler": None,
-                  "rng": _rng_state(), "best_metric": best, "best_epoch": 1, "bad_epochs": 0, "stopped": True},
-                 best=True)
-        return run.finish(best, 1, 1)
+    model = _wrap(parts.module, cfg, world, device)
+    return _run_epochs(run, method, parts, model, pos, world, stop_after, progress)
 
-    size = int(getattr(ctx.clip, "image_size", cache.cfg.size))
+
+def _open_run_folder(cfg: TrainCfg, rank: int) -> Path | None:
+    """Refuse to overwrite a finished run by accident; create the folder and write ``config.yaml``.
+    Returns the checkpoint to resume from, or None."""
+    folder = RunFolder(cfg.out_dir)
+    resume_path = _find_resume(cfg, folder.root)
+    if resume_path is None and folder.checkpoint("last").exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{folder.root} already holds a run; set resume=true to continue it, overwrite=true to restart it, "
+            "or choose another out_dir"
+        )
+    if rank == 0:
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_cfg(cfg, folder.config)
+    return resume_path
+
+
+def _fit_once(run: _Run, method, progress: bool) -> Path:
+    """A one-shot method (zero-shot, linear probe): ``fit()`` once, one metrics line, one checkpoint."""
+    t_start = time.perf_counter()
+    run.keep_lines(0)
+    rec: dict[str, Any] = {"epoch": 1, "step": 0, **method.fit(), **run.validate()}
+    rec["epoch_time_s"] = time.perf_counter() - t_start
+    run.write_line(rec)
+    _say(progress, rec, method.name, rec["epoch_time_s"])
+    best = rec.get("val_macro_auc")
+    best = None if best is None or not math.isfinite(best) else best
+    run.save({"epoch": 1, "step": rec["step"], "optimizer": None, "scheduler": None, "scaler": None,
+              "rng": _rng_state(), "best_metric": best, "best_epoch": 1, "bad_epochs": 0, "stopped": True},
+             best=True)
+    return run.finish(best, 1, 1)
+
+
+@dataclass
+class _Parts:
+    """What the epoch loop steps: the method's module, optimizer, schedule, scaler, loader, augmentation."""
+
+    module: nn.Module
+    opt: Any
+    sched: Any
+    scaler: Any
+    loader: Any
+    n_batches: int
+    size: int
+    augment: Any
+
+
+@dataclass
+class _Position:
+    """Where a run stands (what a checkpoint saves besides the weights): epochs done, optimizer steps, the
+    best validation metric and its epoch, epochs without improvement, early-stopped."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    bad: int = 0
+    stopped: bool = False
+
+
+def _training_parts(method, cfg: TrainCfg, device: torch.device, rank: int, world: int, size: int) -> _Parts:
+    """The module to optimise (``method.build()``, also kept as ``method.module``), AdamW, the cosine
+    schedule over the run's steps, the loader and the GPU augmentation."""
     module = method.build()
+    method.module = module
     opt = _optimizer(module, cfg, device)
-    train_loader = _make_loader(method.train_dataset(), cfg, device, rank, world, train=True)
-    n_batches = len(train_loader)
+    loader = _make_loader(method.train_dataset(), cfg, device, rank, world, train=True)
+    n_batches = len(loader)
     if cfg.max_steps_per_epoch:
         n_batches = min(n_batches, cfg.max_steps_per_epoch * cfg.grad_accum)
     sched = _schedule(opt, cfg, n_batches)
@@ -493,63 +541,77 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
         augment = GpuAugment()
         if isinstance(augment, nn.Module):
             augment = augment.to(device)
+    return _Parts(module, opt, sched, scaler, loader, n_batches, size, augment)
 
-    start_epoch, step, best, best_epoch, bad = 0, 0, None, 0, 0
-    if resume_path is not None:
-        ck = read_checkpoint(resume_path)
-        run.restore(ck)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
-        start_epoch, step = int(ck["epoch"]), int(ck["step"])
-        best, best_epoch, bad = ck.get("best_metric"), int(ck.get("best_epoch", 0)), int(ck.get("bad_epochs", 0))
-        run.keep_lines(start_epoch)
-        if ck.get("stopped"):
-            return run.finish(best, best_epoch, start_epoch, stopped_early=True)
-        log.info("resumed from %s at epoch %d, step %d", resume_path, start_epoch, step)
+
+def _resume(run: _Run, parts: _Parts, resume_path: Path) -> _Position:
+    """Restore weights, method state, optimizer, schedule, scaler and RNG from a checkpoint."""
+    ck = read_checkpoint(resume_path)
+    run.restore(ck)
+    parts.opt.load_state_dict(ck["optimizer"])
+    parts.sched.load_state_dict(ck["scheduler"])
+    if ck.get("scaler"):
+        parts.scaler.load_state_dict(ck["scaler"])
+    _set_rng_state(ck["rng"])
+    pos = _Position(int(ck["epoch"]), int(ck["step"]), ck.get("best_metric"), int(ck.get("best_epoch", 0)),
+                    int(ck.get("bad_epochs", 0)), bool(ck.get("stopped")))
+    run.keep_lines(pos.epoch)
+    if not pos.stopped:
+        log.info("resumed from %s at epoch %d, step %d", resume_path, pos.epoch, pos.step)
+    return pos
+
+
+def _loop_state(parts: _Parts, pos: _Position) -> dict[str, Any]:
+    """The checkpoint's resume fields (beside the model and the method state)."""
+    return {"epoch": pos.epoch, "step": pos.step, "optimizer": parts.opt.state_dict(),
+            "scheduler": parts.sched.state_dict(), "scaler": parts.scaler.state_dict(), "rng": _rng_state(),
+            "best_metric": pos.best, "best_epoch": pos.best_epoch, "bad_epochs": pos.bad, "stopped": pos.stopped}
+
+
+def _track_best(pos: _Position, rec: dict[str, Any], patience: int) -> bool:
+    """Update ``pos`` with an epoch's validation macro AUC; True when it improved on the best."""
+    auc = rec.get("val_macro_auc")
+    improved = auc is not None and math.isfinite(auc) and (pos.best is None or auc > pos.best)
+    if improved:
+        pos.best, pos.best_epoch, pos.bad = float(auc), pos.epoch, 0
     else:
-        run.keep_lines(0)
-    model = _wrap(module, cfg, world, device)
+        pos.bad += 1
+    pos.stopped = patience > 0 and pos.bad >= patience and pos.best is not None
+    return improved
 
-    epochs_done, stopped_early = start_epoch, False
+
+def _run_epochs(run: _Run, method, parts: _Parts, model: nn.Module, pos: _Position, world: int, stop_after,
+                progress: bool) -> Path:
+    """The epoch loop: train, validate, log, checkpoint; early stopping and ``stop_after``."""
+    cfg, rank = run.cfg, run.rank
+    start_epoch, t_start = pos.epoch, time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         # per-epoch seeds: the sampler order and the augmentation do not depend on earlier epochs
-        train_loader.sampler.set_epoch(epoch)
+        parts.loader.sampler.set_epoch(epoch)
         torch.manual_seed(cfg.seed + 1009 * (epoch + 1) + 1_000_003 * rank)
-        module.train()
+        parts.module.train()
         t0 = time.perf_counter()
-        rec, step = _train_epoch(method, model, train_loader, n_batches, size, opt, sched, augment, step, epoch,
-                                 world, progress)
+        rec, pos.step = _train_epoch(method, model, parts.loader, parts.n_batches, parts.size, parts.opt,
+                                     parts.sched, parts.augment, pos.step, epoch, world, progress)
         rec.update(method.log())
         rec.update(run.validate())
         rec["epoch_time_s"] = time.perf_counter() - t0
         run.write_line(rec)
-        epochs_done = epoch + 1
+        pos.epoch = epoch + 1
         elapsed = time.perf_counter() - t_start
         _say(progress, rec, f"epoch {epoch + 1}/{cfg.epochs}", elapsed,
-             eta=elapsed / (epochs_done - start_epoch) * (cfg.epochs - epochs_done))
-
-        auc = rec.get("val_macro_auc")
-        improved = auc is not None and math.isfinite(auc) and (best is None or auc > best)
-        if improved:
-            best, best_epoch, bad = float(auc), epoch + 1, 0
-        else:
-            bad += 1
-        stopped_early = cfg.patience > 0 and bad >= cfg.patience and best is not None
-        state = {"epoch": epoch + 1, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": _rng_state(), "best_metric": best, "best_epoch": best_epoch,
-                 "bad_epochs": bad, "stopped": stopped_early}
-        run.save(state, best=improved or (best is None and not (run.ckpt_dir / "best.pt").exists()) or not run.n_val)
+             eta=elapsed / (pos.epoch - start_epoch) * (cfg.epochs - pos.epoch))
+        improved = _track_best(pos, rec, cfg.patience)
+        run.save(_loop_state(parts, pos),
+                 best=improved or (pos.best is None and not run.folder.checkpoint("best").exists()) or not run.n_val)
         if world > 1:
             torch.distributed.barrier()
-        if stopped_early:
-            log.info("early stopping after epoch %d: no better val macro AUC for %d epochs", epoch + 1, bad)
+        if pos.stopped:
+            log.info("early stopping after epoch %d: no better val macro AUC for %d epochs", pos.epoch, pos.bad)
             break
-        if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
+        if stop_after is not None and pos.epoch - start_epoch >= stop_after:
             break
-    return run.finish(best, best_epoch, epochs_done, stopped_early)
+    return run.finish(pos.best, pos.best_epoch, pos.epoch, pos.stopped)
 
 
 def _train_epoch(method, model: nn.Module, loader, n_batches: int, size: int, opt, sched, augment, step: int,
@@ -613,8 +675,7 @@ def _train_epoch(method, model: nn.Module, loader, n_batches: int, size: int, op
     return rec, step
 
 
-def _write_ood(run_dir: Path, clip: nn.Module, head: nn.Module | None, task, method: str, train_ds, cfg: TrainCfg,
-               device) -> dict[str, Any]:
+def _write_ood(folder: RunFolder, method, train_ds, cfg: TrainCfg, device) -> dict[str, Any]:
     """Fit the out-of-distribution model on the best checkpoint's training embeddings; write ``ood.npz``.
 
     At most ``cfg.ood_max_images`` training images (evenly spaced) are embedded: the fit needs the
@@ -623,18 +684,17 @@ def _write_ood(run_dir: Path, clip: nn.Module, head: nn.Module | None, task, met
     from mammolens.models.ood import fit_ood
 
     t0 = time.perf_counter()
-    ck = load_checkpoint(run_dir, "best")  # the weights Predictor uses by default
+    ck = load_checkpoint(folder.root, "best")  # the weights Predictor uses by default
+    clip = method.ctx.clip
     clip.load_state_dict(ck["state_dict"])  # training is over: the live model may be replaced
-    if head is not None and ck.get("head_state_dict") is not None:
-        head.load_state_dict(ck["head_state_dict"])
     n = len(train_ds)
     sel = np.unique(np.linspace(0, n - 1, min(n, cfg.ood_max_images)).round().astype(int))
     sub = torch.utils.data.Subset(train_ds, sel.tolist())
-    model = RunModel(clip, None, nn.Linear(1, 1), method)  # only encode_image is used
+    model = RunModel(clip, None, nn.Linear(1, 1), cfg.method)  # only encode_image is used
     emb = extract_features(model, sub, cfg.batch_size, cfg.workers, device,
                            autocast_dtype(cfg.precision, device)).numpy()  # [N, D]
     ood = fit_ood(emb, checkpoint="best", epoch=int(ck.get("epoch") or 0))
-    ood.save(run_dir)
-    info = {"file": "ood.npz", **ood.info, "seconds": round(time.perf_counter() - t0, 2)}
+    ood.save(folder.root)
+    info = {"file": folder.ood.name, **ood.info, "seconds": round(time.perf_counter() - t0, 2)}
     log.info("out-of-distribution model: %d training embeddings, threshold %.3g", ood.info["n"], ood.threshold)
     return info

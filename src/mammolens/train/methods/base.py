@@ -9,12 +9,15 @@ A method answers five questions for the loop (``train.loop``):
   the other entries are averaged over the epoch and logged as ``train_<name>``);
 * ``after_step()``: called after every optimizer step (clamps the temperature; adaptive weights);
 * ``run_model()``: the ``RunModel`` (logits ``[B, K]``) for validation and the checkpoint;
-* ``log()``: extra scalars for the epoch's line in ``metrics.jsonl``.
+* ``log()``: extra scalars for the epoch's line in ``metrics.jsonl``;
+* ``state_dict()`` / ``load_state_dict(state)``: what the method owns beyond ``ctx.clip`` and the
+  optimizer (its head, adaptive modality weights, a pooling module...), saved as ``method_state`` in
+  every checkpoint and restored on resume, so that a resumed run continues bit-identically.
 
 A method with ``one_shot = True`` has no epoch loop: the loop calls ``fit()`` once instead (zero-shot,
-linear probe). What a method trains must be expressible as a ``RunModel`` (prompt embeddings, or a linear
-``head`` on the image embedding), because that is what ``models.run.load_run`` rebuilds from a checkpoint:
-the loop saves ``ctx.clip``'s weights and ``method.head``'s.
+linear probe). What a method predicts with must be expressible as a ``RunModel`` (a backbone plus named
+heads of a registered kind, ``run.model``), because that is what ``run.load_run`` rebuilds from a
+checkpoint: the loop saves ``ctx.clip``'s weights and ``run_model()``'s heads (``run.model.head_specs``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class TrainMethod:
         one_shot: no epoch loop; ``fit()`` is called once.
         needs_training_rows: the run refuses an empty training set.
         head: a linear head on the image embedding (saved in checkpoints), or None (prompt methods).
+        module: what ``build()`` returned, set by the loop (None before, and for one-shot methods).
     """
 
     name: ClassVar[str] = ""
@@ -88,6 +92,7 @@ class TrainMethod:
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
         self.head: nn.Module | None = None
+        self.module: nn.Module | None = None
 
     def train_dataset(self):
         """The dataset the training loader draws batches from: ``ctx.train_ds`` (images), or one built
@@ -128,6 +133,20 @@ class TrainMethod:
     def log(self) -> dict[str, float]:
         """Extra scalars for the epoch's line (called once per epoch)."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own state for checkpoints (plain data and CPU tensors; ``weights_only`` loadable):
+        by default the head's weights. Subclasses add what they own (``super().state_dict() | {...}``)."""
+        return {} if self.head is None else {"head": _cpu(self.head.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (called by the loop on resume, after ``build()``)."""
+        if self.head is not None and state.get("head") is not None:
+            self.head.load_state_dict(state["head"])
+
+
+def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
 @torch.no_grad()

@@ -1,9 +1,12 @@
 """``contrastive``: weighted image-text contrastive fine-tuning of both towers against the task's class
 prompts (``losses.WeightedContrastiveLoss``, embeddings gathered over DDP ranks; one term,
 ``contrastive``). With ``method.modality_weighting: adaptive`` the modality weights follow each modality's
-running loss (``losses.AdaptiveModalityWeights``, updated after every optimizer step, logged per epoch)."""
+running loss (``losses.AdaptiveModalityWeights``, updated after every optimizer step, logged per epoch, saved in
+the method state of every checkpoint so that a resumed run continues with them)."""
 
 from __future__ import annotations
+
+import logging
 
 from torch import Tensor, nn
 
@@ -11,6 +14,8 @@ from mammolens.constants import MODALITIES
 from mammolens.losses import AdaptiveModalityWeights, WeightedContrastiveLoss
 from mammolens.train.methods import register_method
 from mammolens.train.methods.base import TrainMethod
+
+log = logging.getLogger(__name__)
 
 
 class ContrastiveStep(nn.Module):
@@ -63,3 +68,18 @@ class ContrastiveMethod(TrainMethod):
         if weights is not None:
             out["modality_weights"] = dict(zip(MODALITIES, (round(float(w), 6) for w in weights)))
         return out
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if getattr(self, "adaptive", None) is not None:
+            state["adaptive_modality_weights"] = self.adaptive.state_dict()  # running losses and weights
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if getattr(self, "adaptive", None) is not None:
+            if "adaptive_modality_weights" not in state:  # a checkpoint of an earlier mammolens
+                log.warning("the checkpoint has no adaptive modality weights (written before they were saved): "
+                            "they restart from the fixed weights")
+                return
+            self.adaptive.load_state_dict(state["adaptive_modality_weights"])

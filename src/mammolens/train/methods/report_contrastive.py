@@ -18,8 +18,9 @@ exam (1..8, missing views allowed) and its report split into sentences (``report
 The loss is the weighted sum of the terms (``method.terms``); a term of weight 0 is not computed.
 
 The run is a prompt run: validation, ``evaluate`` and ``Predictor`` score images against the class
-prompts, as for ``contrastive``. The attention pool is a training aid and is not in checkpoints (a
-resumed run restarts it from the mean).
+prompts, as for ``contrastive``; they score single images, so the pool is not used for prediction. The
+pool's weights (attention pooling) are a training aid saved in the method state of every checkpoint
+(``pool``), so that a resumed run continues with them.
 """
 
 from __future__ import annotations
@@ -147,3 +148,14 @@ class ReportContrastiveMethod(TrainMethod):
 
     def log(self) -> dict[str, float]:
         return {"logit_scale": float(self.ctx.clip.logit_scale.detach().exp().clamp(max=100.0))}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.module is not None:  # the pool's weights (none for mean pooling)
+            state["pool"] = {k: v.detach().cpu().clone() for k, v in self.module.pool.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.module is not None and state.get("pool") is not None:
+            self.module.pool.load_state_dict(state["pool"])
