@@ -154,3 +154,23 @@ def pseudonymise_frame(df):
         if col in out:
             out[col] = [pseudonym(v, kind) for v in out[col]]
     return out
+
+
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """A path (or any text holding one) as printable UTF-8: bytes that are not UTF-8 (a Latin-1 ``é`` in a
+    file name on a Linux share, which Python holds as a lone surrogate) are shown as ``\\xNN``
+    (``caf\\xe9.dcm``), so tables, JSON, HTML and the terminal never fail with "surrogates not allowed".
+
+    The file itself is still opened by its real name (``os.fsdecode`` round-trips it); this is for display only.
+    """
+    raw = os.fspath(path)
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+            return raw
+        except UnicodeEncodeError:
+            try:
+                raw = raw.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a surrogate that no file name decodes to
+                return raw.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
