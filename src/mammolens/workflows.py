@@ -377,87 +377,147 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     """Predict files/folders/archives with a run and write every output a user or a PACS needs.
 
     Writes into ``out``: ``images.csv``, ``breasts.csv``, ``exams.csv`` (+ one ``results.json`` with
-    all three), ``errors.csv`` (file, reason), ``overlays/*.png`` (GradCAM of the predicted class)
-    and, for DICOM inputs, ``dicom/<study>/density_sr.dcm`` (Comprehensive SR with the coded breast
-    composition) and ``dicom/<study>/overlay_*.dcm`` (Secondary Capture heat maps), both in the
-    source study. Identifiers appear only inside the DICOM files (a PACS needs them) unless
-    ``include_ids`` asks for them in the tables too.
+    all three), ``errors.csv`` (file, reason), ``overlays/*.png`` (GradCAM of the predicted class; bounded
+    names, see ``inference.overlay_name``, given relative to ``out`` in the tables) and, for DICOM inputs,
+    ``dicom/<study>/density_sr.dcm`` (Comprehensive SR with the coded breast composition) and
+    ``dicom/<study>/overlay_*.dcm`` (Secondary Capture heat maps), both in the source study. Each study's
+    DICOM outputs are written in isolation: a study whose outputs cannot be made is listed in ``errors.csv``
+    (file ``study-…``) and the others are still written. Identifiers appear only inside the DICOM files (a
+    PACS needs them) unless ``include_ids`` asks for them in the tables too. Every CSV goes through
+    ``csvsafe.write_csv`` (formula cells escaped).
     """
+    from mammolens.csvsafe import write_csv
     from mammolens.inference import Predictor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers, precision=precision)
+    writer = _DicomOutputs(p, out / "dicom", overlays) if dicom else None
     res = p.predict(inputs, explain=overlays, overlay_dir=out / "overlays" if overlays else None,
-                    include_ids=include_ids, progress=progress, sidecar=sidecar)
-    res.images.to_csv(out / "images.csv", index=False)
-    res.breasts.to_csv(out / "breasts.csv", index=False)
-    res.exams.to_csv(out / "exams.csv", index=False)
-    res.errors.to_csv(out / "errors.csv", index=False)
+                    include_ids=include_ids, progress=progress, sidecar=sidecar,
+                    on_image=writer.on_image if writer is not None else None)
+    if "overlay" in res.images:  # relative to the output folder, as the privacy section promises
+        res.images["overlay"] = [_relative_to(o, out) for o in res.images["overlay"]]
+    n_sr = 0
+    if writer is not None and len(res.images):
+        n_sr, dicom_errors = _write_dicom_outputs(p, res, writer)
+        if dicom_errors:
+            res.errors = pd.concat([res.errors, pd.DataFrame(dicom_errors, columns=["file", "reason"])],
+                                   ignore_index=True)
+    write_csv(res.images, out / "images.csv")
+    write_csv(res.breasts, out / "breasts.csv")
+    write_csv(res.exams, out / "exams.csv")
+    write_csv(res.errors, out / "errors.csv")
     images = res.images.drop(columns=["overlay_png"], errors="ignore")
     payload = {"model": dict(p.model_info), "classes": p.class_names,  # not-assessable rows: null, not NaN
                "images": images.astype(object).where(images.notna(), None).to_dict("records"),
                "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
                "errors": res.errors.to_dict("records"), "warnings": res.warnings}
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
-    n_sr = 0
-    if dicom and len(res.images):
-        n_sr = _write_dicom_outputs(p, res, out / "dicom", overlays)
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     n_na = int((~res.images["assessable"].astype(bool)).sum()) if len(res.images) else 0
     return {"out_dir": str(out), "n_images": int(len(res.images)), "n_not_assessable": n_na,
             "n_breasts": int(len(res.breasts)),
-            "n_exams": int(len(res.exams)), "n_failed": res.n_failed, "n_sr": n_sr,
+            "n_exams": int(len(res.exams)), "n_failed": int(len(res.errors)), "n_sr": n_sr,
             "errors": res.errors.to_dict("records"), "warnings": res.warnings}
 
 
-def _write_dicom_outputs(p, res, out: Path, overlays: bool) -> int:
-    """One SR per DICOM study and one Secondary Capture per overlay; returns the SR count."""
-    import pydicom
-    from pydicom.uid import generate_uid
+def _relative_to(path, folder: Path):
+    """``path`` relative to ``folder`` (POSIX) when it lies inside; other values unchanged."""
+    if not isinstance(path, str) or not path:
+        return path
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return path
 
+
+_REF_IDS = {"PatientID": "patient_id", "PatientName": "patient_name", "AccessionNumber": "accession_number",
+            "StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
+            "SOPInstanceUID": "sop_instance_uid"}
+
+
+class _DicomOutputs:
+    """The DICOM outputs of one ``predict_to_dir`` call, built from the prediction records alone.
+
+    ``on_image`` (``Predictor.predict``'s hook) keeps each DICOM image's source reference (the worker's
+    ``dicom_ref``: ``io.dicom_out.source_reference``) and writes its Secondary Capture from the overlay RGB in
+    memory; :func:`_write_dicom_outputs` writes one SR per study at the end. No header is parsed again and no
+    overlay PNG is re-read. A study whose output fails is removed whole and listed once.
+    """
+
+    def __init__(self, p, out: Path, overlays: bool):
+        self.p, self.out, self.overlays = p, out, overlays
+        self.refs: dict[str, dict] = {}  # source path -> source reference
+        self.sc: dict[str, Path] = {}  # source path -> its Secondary Capture
+        self.series: dict[str, str] = {}  # study -> the overlay series UID
+        self.failed: dict[str, str] = {}  # study -> why its DICOM output could not be written
+        self.count: dict[str, int] = {}  # study -> overlays written
+
+    def on_image(self, row: dict, rec: dict, rgb) -> None:
+        from pydicom.uid import generate_uid
+
+        from mammolens.io.dicom_out import reference_dataset, write_overlay_sc
+
+        ref = rec.get("dicom_ref") or {}
+        if not ref:
+            return  # a raster: no DICOM output
+        study = row["study_id"]
+        self.refs[rec["path"]] = ref
+        if not self.overlays or rgb is None or study in self.failed:
+            return
+        n = self.count[study] = self.count.get(study, 0) + 1
+        try:
+            self.sc[rec["path"]] = write_overlay_sc(
+                reference_dataset(ref), rgb, self.out / study / f"overlay_{n:03d}.dcm",
+                f"mammolens GradCAM, predicted density {row['pred']}",
+                series_instance_uid=self.series.setdefault(study, generate_uid()), instance_number=n)
+        except Exception as e:  # noqa: BLE001 — one study's output never stops the others
+            self.fail(study, "Secondary Capture", e, [ref])
+
+    def fail(self, study: str, what: str, e: Exception, refs: list[dict]) -> None:
+        from mammolens.privacy import ids_of, scrub_text
+
+        ids = [i for r in refs for i in ids_of({col: r.get(kw) for kw, col in _REF_IDS.items()})]
+        msg = " ".join(str(e).split())[:300]
+        self.failed.setdefault(study, f"DICOM output not written ({what}, {type(e).__name__}): {scrub_text(msg, ids)}")
+        log.warning("no DICOM output for %s: %s", study, self.failed[study])
+        shutil.rmtree(self.out / study, ignore_errors=True)
+
+
+def _write_dicom_outputs(p, res, writer: _DicomOutputs) -> tuple[int, list[dict[str, str]]]:
+    """One SR per DICOM study (from the records' source references) after ``writer`` wrote the Secondary
+    Captures; returns the SR count and one ``errors`` row per study whose outputs could not be written."""
     from mammolens.inference import class_probs
-    from mammolens.io import is_dicom
-    from mammolens.io.dicom_out import write_density_sr, write_overlay_sc
+    from mammolens.io.dicom_out import reference_dataset, write_density_sr
 
-    images = res.images.assign(source_path=res.sources)
-    images = images[images["assessable"].astype(bool)]  # not-assessable images are no evidence for a density
+    kept = set(res.sources)
+    for src, sc in list(writer.sc.items()):  # a For Processing twin dropped after its overlay was made
+        if src not in kept:
+            Path(sc).unlink(missing_ok=True)
+    by_study: dict[str, list[str]] = {}  # source paths stay out of DataFrames: they may not be valid UTF-8
+    for sid, ok, src in zip(res.images["study_id"], res.images["assessable"].astype(bool), res.sources):
+        if ok:  # not-assessable images are no evidence for a density
+            by_study.setdefault(sid, []).append(src)
     n_sr = 0
-    for study, grp in images.groupby("study_id", sort=True):
-        headers, srcs = [], []
-        for r in grp.itertuples():
-            src = r.source_path
-            if not is_dicom(src):
-                continue
-            try:
-                headers.append(pydicom.dcmread(src, stop_before_pixels=True))
-                srcs.append(r)
-            except Exception as e:  # noqa: BLE001 — the prediction exists; only the DICOM output is skipped
-                log.warning("no DICOM output for %s: %s", r.file, e)
-        if not headers:
+    for study in sorted(by_study):
+        refs = [writer.refs[s] for s in by_study[study] if s in writer.refs]
+        if not refs or study in writer.failed:
             continue
-        exam = res.exams[res.exams["study_id"] == study].iloc[0]
-        breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": class_probs(b, p.class_names),
-                    **({"dense": bool(b["dense"])} if "dense" in b else {})}
-                   for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
-                   if b["laterality"] in ("L", "R")]
-        result = {"pred": exam["pred"], "probs": class_probs(exam, p.class_names), "breasts": breasts,
-                  "model": {"name": f"mammolens:{p.name}"}}
-        if "dense" in exam:
-            result["dense"] = bool(exam["dense"])
-        write_density_sr(headers, result, out / study / "density_sr.dcm")
-        n_sr += 1
-        if overlays:
-            from PIL import Image
-
-            series = generate_uid()
-            for i, (ds, r) in enumerate(zip(headers, srcs), start=1):
-                ov = getattr(r, "overlay", None)
-                if isinstance(ov, str) and Path(ov).is_file():
-                    rgb = np.asarray(Image.open(ov).convert("RGB"))
-                    write_overlay_sc(ds, rgb, out / study / f"overlay_{i:03d}.dcm",
-                                     f"mammolens GradCAM, predicted density {r.pred}",
-                                     series_instance_uid=series, instance_number=i)
-    return n_sr
+        try:
+            exam = res.exams[res.exams["study_id"] == study].iloc[0]
+            breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": class_probs(b, p.class_names),
+                        **({"dense": bool(b["dense"])} if "dense" in b else {})}
+                       for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
+                       if b["laterality"] in ("L", "R")]
+            result = {"pred": exam["pred"], "probs": class_probs(exam, p.class_names), "breasts": breasts,
+                      "model": {"name": f"mammolens:{p.name}"}}
+            if "dense" in exam:
+                result["dense"] = bool(exam["dense"])
+            write_density_sr([reference_dataset(r) for r in refs], result, writer.out / study / "density_sr.dcm")
+            n_sr += 1
+        except Exception as e:  # noqa: BLE001 — one study's output never stops the others
+            writer.fail(study, "density SR", e, refs)
+    return n_sr, [{"file": study, "reason": reason} for study, reason in sorted(writer.failed.items())]
 
 
 # ---------------------------------------------------------------------------- sentence maps (issue 13)
