@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -591,7 +592,7 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     from mammolens.explain import MAP_KINDS
     from mammolens.explain.overlay import render_heatmap
     from mammolens.inference import DISPLAY_MAX_SIDE, find_images
-    from mammolens.io import ImageReadError, read_image
+    from mammolens.io import ImageReadError, is_dicom, read_image
     from mammolens.models.run import load_run
 
     if kind not in MAP_KINDS:
@@ -602,14 +603,27 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     model = run.model.to(device).eval()
     pre = PreprocessCfg.from_dict(run.preprocess)
     factor = fit_factor(run_dir, texts, device=device) if kind == "factor" else None
+    from mammolens.io.dicom_out import read_source_reference, reference_dataset
+    from mammolens.privacy import display_path, ids_of, scrub_path, scrub_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recs: list[dict[str, Any]] = []
-    for i, path in enumerate(find_images(images)):
+    files = find_images(images)
+    root = os.path.commonpath([str(p.parent.resolve()) for p in files]) if files else None
+    seen: set[tuple[str, str]] = set()  # identifiers of every header read: scrubbed from every record shown
+
+    def shown(path) -> str:  # the path as the tables show it: relative to the inputs' folder, never absolute
+        return display_path(scrub_path(path, [], root))
+
+    for i, path in enumerate(files):
+        ref = read_source_reference(path) if is_dicom(path) else {}
+        seen.update(ids_of({col: ref.get(kw) for kw, col in _REF_IDS.items()}))
         try:
             img = read_image(path)
         except (ImageReadError, OSError) as e:
-            recs.append({"file": str(path), "error": str(e)})
+            msg = str(e).replace(str(Path(path).resolve()), shown(path)).replace(str(path), shown(path))
+            recs.append({"file": shown(path), "error": msg})
             continue
         display, maps, _ = _image_maps(model, img.pixels, pre, (img.meta or {}).get("laterality"), texts, kind,
                                        factor, device, DISPLAY_MAX_SIDE)
@@ -619,17 +633,21 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
             from PIL import Image
 
             Image.fromarray(rgb).save(png)
-            rec = {"file": str(path), "text": text, "kind": kind, "overlay": str(png)}
-            if dicom and (img.meta or {}).get("sop_instance_uid"):
-                import pydicom
-
+            rec = {"file": shown(path), "text": text, "kind": kind, "overlay": str(png)}
+            if dicom and ref:
                 from mammolens.io.dicom_out import write_overlay_sc
 
                 sc = png.with_suffix(".dcm")
-                write_overlay_sc(pydicom.dcmread(path, stop_before_pixels=True), rgb, sc,
-                                 f"mammolens {MAP_TITLES[kind]} map: {text}"[:64])
-                rec["dicom"] = str(sc)
+                try:  # values that do not validate are dropped; an output that cannot be made is listed
+                    write_overlay_sc(reference_dataset(ref), rgb, sc, f"mammolens {MAP_TITLES[kind]} map: {text}"[:64])
+                    rec["dicom"] = str(sc)
+                except Exception as e:  # noqa: BLE001 — one file's DICOM output never stops the others
+                    recs.append({"file": shown(path), "error": f"DICOM output not written ({type(e).__name__}): {e}"})
             recs.append(rec)
+    for r in recs:  # names and UIDs of every header read (a failed file's folder may carry them)
+        r["file"] = display_path(scrub_path(r["file"], seen))
+        if "error" in r:
+            r["error"] = display_path(scrub_text(r["error"], seen))
     return recs
 
 
