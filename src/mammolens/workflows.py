@@ -166,8 +166,11 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     from mammolens.evaluation.report import evaluate_predictions, to_jsonable, write_report
     from mammolens.models.run import load_run
 
+    from mammolens.models.ood import check_ood
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_ood(run_dir)  # an ood.npz that is not plain data is refused by every command alike
     run = load_run(run_dir)
     out_dir = Path(out) if out else Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -595,10 +598,13 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     from mammolens.io import ImageReadError, is_dicom, read_image
     from mammolens.models.run import load_run
 
+    from mammolens.models.ood import check_ood
+
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_ood(run_dir)
     run = load_run(run_dir, device=device)
     model = run.model.to(device).eval()
     pre = PreprocessCfg.from_dict(run.preprocess)
