@@ -42,11 +42,11 @@ class Recorder:
 
 
 def test_pixel_budget_counts_every_file_of_a_request():
-    budget = PixelBudget(100)
-    assert budget.take((5, 5, 2)) is None and budget.used == 50
-    reason = budget.take((10, 6, 1))
-    assert "request" in reason and "100" in reason and budget.used == 50  # refused: not counted
-    assert budget.take((5, 10, 1)) is None and budget.used == 100
+    budget = PixelBudget(100_000_000)
+    assert budget.take((5000, 5000, 2)) is None and budget.used == 50_000_000
+    reason = budget.take((10000, 6000, 1))
+    assert "request" in reason and "100 M pixels" in reason and budget.used == 50_000_000  # refused: not counted
+    assert budget.take((5000, 10000, 1)) is None and budget.used == 100_000_000
 
 
 def test_request_pixel_budget_refuses_files_past_it_before_decoding():

@@ -38,7 +38,9 @@ from mammolens.io import max_pixels_limit
 from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
 from mammolens.serve.upload import (
     BadUpload,
+    PixelBudget,
     TooManyFiles,
+    UploadAborted,
     UploadTooLarge,
     declared_geometry,
     receive_files,
@@ -285,6 +287,8 @@ def create_app(
                 raise HTTPException(status_code=413, detail=str(e)) from e
             except UploadTooLarge as e:
                 raise too_large() from e
+            except UploadAborted as e:  # logged once by receive_files; the client is gone
+                raise HTTPException(status_code=400, detail=str(e)) from None
             except BadUpload as e:
                 raise HTTPException(status_code=400, detail=str(e)) from e
             if not uploads:
@@ -294,12 +298,13 @@ def create_app(
                 )
             paths: list[Path] = []
             errors: list[dict] = []
+            budget = PixelBudget()  # declared pixels over all files of this request
             for up in uploads:
                 kind = sniff_kind(up.head)
                 if kind is None and not up.name.lower().endswith((".dcm", ".dicom")):
                     reason = "unsupported file type: expected DICOM (.dcm) or PNG/JPEG/TIFF/PGM"
                 else:
-                    reason = pixel_error(up.path, kind)
+                    reason = pixel_error(up.path, kind) or budget.check(up.path, kind)
                 if reason is not None:
                     errors.append({"file": up.name, "reason": reason})
                     up.path.unlink()
