@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammolens.csvsafe import write_csv
 from mammolens.privacy import pseudonymise_frame
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ def _localization(run_dir, data, out_dir: Path, n_boot: int, seed: int, device: 
                             gallery_dir=out_dir / "localization")
     if not loc["n_images"]:
         return None
-    loc["per_image"].to_csv(out_dir / "localization.csv", index=False)
+    write_csv(loc["per_image"], out_dir / "localization.csv")
     return loc
 
 
@@ -300,7 +301,7 @@ def _failures(cache_dir: Path, errors_csv: Path) -> int:
     index = open_cache(cache_dir, allow_incomplete=True).index
     failed = index[index["status"] == "failed"]
     paths = pseudonymise_frame(index)["image_path"][failed.index] if len(failed) else []
-    pd.DataFrame({"image_path": list(paths), "reason": list(failed["error"])}).to_csv(errors_csv, index=False)
+    write_csv(pd.DataFrame({"image_path": list(paths), "reason": list(failed["error"])}), errors_csv)
     return int(len(failed))
 
 
@@ -358,8 +359,8 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
     study = sorted((out / "external" / "dicom").iterdir())[0]
     pred = Predictor.from_run(run_dir, workers=0).predict(study, explain=True, overlay_dir=out / "predict" / "overlays")
     (out / "predict").mkdir(parents=True, exist_ok=True)
-    pred.images.to_csv(out / "predict" / "images.csv", index=False)
-    pred.exams.to_csv(out / "predict" / "exams.csv", index=False)
+    write_csv(pred.images, out / "predict" / "images.csv")
+    write_csv(pred.exams, out / "predict" / "exams.csv")
     steps["predict"] = time.perf_counter() - t0 - sum(steps.values())
     exam = pred.exams.iloc[0] if len(pred.exams) else None
     return {
@@ -390,7 +391,6 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     PACS needs them) unless ``include_ids`` asks for them in the tables too. Every CSV goes through
     ``csvsafe.write_csv`` (formula cells escaped).
     """
-    from mammolens.csvsafe import write_csv
     from mammolens.inference import Predictor
 
     out = Path(out)

@@ -360,9 +360,11 @@ def _write_outputs(out: Path, df: pd.DataFrame, records: dict[int, dict], meta: 
     index[["orig_h", "orig_w"]] = index[["orig_h", "orig_w"]].astype(np.int64)
     index.to_parquet(out / INDEX_FILE, index=False)
     failed = index[index["status"] == "failed"]
-    pd.DataFrame(
+    from mammolens.csvsafe import write_csv
+
+    write_csv(pd.DataFrame(
         {"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}
-    ).to_csv(out / ERRORS_FILE, index=False)
+    ), out / ERRORS_FILE)
     counts = index["status"].value_counts().to_dict()
     meta.update(
         complete=bool(counts.get("pending", 0) == 0),
@@ -495,9 +497,10 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
     index["cache_row"] = np.arange(n, dtype=np.int64)
     index.to_parquet(out / INDEX_FILE, index=False)
     failed = index[index["status"] == "failed"]
-    pd.DataFrame({"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}).to_csv(
-        out / ERRORS_FILE, index=False
-    )
+    from mammolens.csvsafe import write_csv
+
+    write_csv(pd.DataFrame({"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}),
+              out / ERRORS_FILE)
     from mammolens._version import __version__
 
     manifest_cols = [c for c in index.columns if c not in ("cache_row", "status", "error", "conversion", "flipped", "bbox", "orig_h", "orig_w")]

@@ -200,6 +200,8 @@ def ingest(
     manifest = validate_manifest(manifest, source=str(out / MANIFEST_FILE))
     write_manifest(manifest, out / MANIFEST_FILE)
     errors_df = pd.DataFrame(errors, columns=["path", "reason"])
-    errors_df.to_csv(out / ERRORS_FILE, index=False)
+    from mammolens.csvsafe import write_csv
+
+    write_csv(errors_df, out / ERRORS_FILE)  # formula cells escaped (mammolens.csvsafe)
     log.info("ingest: %d images in the manifest, %d files in errors.csv", len(manifest), len(errors_df))
     return manifest, errors_df
