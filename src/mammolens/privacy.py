@@ -137,17 +137,17 @@ def scrub_path(path: str | os.PathLike, ids: Ids, root: str | os.PathLike | None
     text = relative_path(path, root) if root is not None else Path(path).as_posix()
     pairs = _pairs(ids)
     names = name_tokens(ids)
-    return "/".join(_scrub_name(_replace(part, pairs, whole=True), names) for part in text.split("/"))
+    # names first: a pseudonym written for an ID (``patient-…``) must not be read as a name word
+    return "/".join(_replace(_scrub_name(part, names), pairs, whole=True) for part in text.split("/"))
 
 
 def scrub_text(text: str, ids: Ids) -> str:
     """``text`` (e.g. an error message) with every identifier of 4+ characters in ``ids`` pseudonymised, and
     every word-run that spells a patient name (:func:`name_tokens`) replaced by its pseudonym."""
-    text = _replace(text, _pairs(ids), whole=False)
     names = name_tokens(ids)
-    if not names:
-        return text
-    return " ".join("/".join(_scrub_name(c, names) for c in w.split("/")) for w in text.split(" "))
+    if names:  # names first: a pseudonym written for an ID (``patient-…``) must not be read as a name word
+        text = " ".join("/".join(_scrub_name(c, names) for c in w.split("/")) for w in text.split(" "))
+    return _replace(text, _pairs(ids), whole=False)
 
 
 # words of a path that are not names even when a patient is called so (views, sides, file kinds)
@@ -163,13 +163,13 @@ def _words(text: str) -> list[str]:
 
 def name_tokens(ids: Ids) -> set[str]:
     """The words of the patient names in ``ids`` (kind ``name``): a DICOM PersonName ``FAMILY^GIVEN^MIDDLE``
-    split at ``^``, spaces and punctuation, lower case; words shorter than 3 characters and words that
-    name views, sides or file kinds (``_NOT_NAMES``) are left out (they would rewrite ``L_CC.dcm``)."""
+    split at ``^``, spaces and punctuation, lower case; words shorter than 3 characters, numbers and words
+    that name views, sides or file kinds (``_NOT_NAMES``) are left out (they would rewrite ``L_CC.dcm``)."""
     items = ids.items() if isinstance(ids, Mapping) else ids
     out: set[str] = set()
     for kind, value in items:
         if kind == "name" and value is not None and value == value:
-            out.update(w for w in _words(str(value)) if len(w) >= 3 and w not in _NOT_NAMES)
+            out.update(w for w in _words(str(value)) if len(w) >= 3 and not w.isdigit() and w not in _NOT_NAMES)
     return out
 
 
