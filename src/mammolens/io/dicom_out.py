@@ -127,8 +127,7 @@ def source_reference(ds: Dataset) -> dict[str, str]:
             value = ds.get(kw)
             if value is None or (isinstance(value, (list, tuple)) and not value):
                 continue
-            out[kw] = "\\".join(map(str, value)) if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1 \
-                else str(value)
+            out[kw] = "\\".join(map(str, value)) if _multi(value) else str(value)
         except Exception:  # noqa: BLE001 — a value pydicom cannot parse is simply not copied
             continue
     try:
@@ -152,6 +151,12 @@ def read_source_reference(path: str | Path) -> dict[str, str]:
         return {}
 
 
+def _multi(value) -> bool:
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, (list, tuple, MultiValue))
+
+
 def _valid(elem) -> bool:
     """Whether an element's value is one a validator accepts (VR format, and for PatientOrientation two
     direction codes made of A/P/L/R/H/F: a view name such as ``CC`` found there is refused)."""
@@ -161,15 +166,14 @@ def _valid(elem) -> bool:
     if elem.VR == "SQ":
         return True
     try:
-        values = elem.value if isinstance(elem.value, (list, tuple)) or getattr(elem, "VM", 1) > 1 else [elem.value]
+        values = elem.value if _multi(elem.value) else [elem.value]
         for v in values:
             if v is not None and not isinstance(v, bytes):
                 validate_value(elem.VR, v, config.RAISE)
     except Exception:  # noqa: BLE001 — pydicom raises ValueError or others on a malformed value
         return False
     if elem.keyword == "PatientOrientation":
-        parts = list(elem.value) if isinstance(elem.value, (list, tuple)) or getattr(elem, "VM", 1) > 1 else \
-            [p for p in str(elem.value).split("\\") if p]
+        parts = list(elem.value) if _multi(elem.value) else [p for p in str(elem.value).split("\\") if p]
         return len(parts) == 2 and all(p and set(p) <= set("APLRHF") for p in map(str, parts))
     return True
 
