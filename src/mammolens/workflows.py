@@ -631,8 +631,12 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
             msg = str(e).replace(str(Path(path).resolve()), shown(path)).replace(str(path), shown(path))
             recs.append({"file": shown(path), "error": msg})
             continue
-        display, maps, _ = _image_maps(model, img.pixels, pre, (img.meta or {}).get("laterality"), texts, kind,
-                                       factor, device, DISPLAY_MAX_SIDE)
+        try:  # an image the preprocessing refuses is that file's problem (a data problem, never exit 2)
+            display, maps, _ = _image_maps(model, img.pixels, pre, (img.meta or {}).get("laterality"), texts, kind,
+                                           factor, device, DISPLAY_MAX_SIDE)
+        except ValueError as e:
+            recs.append({"file": shown(path), "error": f"cannot be mapped: {e}"})
+            continue
         for t, (text, m) in enumerate(zip(texts, maps)):
             rgb = render_heatmap(display, m, text, method=MAP_TITLES[kind])
             png = out / f"{i:04d}_{kind}_{t}.png"
