@@ -359,6 +359,8 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
     study = sorted((out / "external" / "dicom").iterdir())[0]
     pred = Predictor.from_run(run_dir, workers=0).predict(study, explain=True, overlay_dir=out / "predict" / "overlays")
     (out / "predict").mkdir(parents=True, exist_ok=True)
+    if "overlay" in pred.images:
+        pred.images["overlay"] = [_relative_to(o, out / "predict") for o in pred.images["overlay"]]
     write_csv(pred.images, out / "predict" / "images.csv")
     write_csv(pred.exams, out / "predict" / "exams.csv")
     steps["predict"] = time.perf_counter() - t0 - sum(steps.values())
