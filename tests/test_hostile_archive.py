@@ -114,7 +114,7 @@ def _cli(*args, timeout=600) -> subprocess.CompletedProcess:
     env = {**os.environ, "MAMMOLENS_FILE_TIMEOUT": "30", "PYTHONIOENCODING": "utf-8"}
     env.pop("MAMMOLENS_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "mammolens", *map(str, args)], capture_output=True, text=True,
-                          errors="backslashreplace", env=env, timeout=timeout)
+                          errors="backslashreplace", env=env, timeout=timeout, check=False)
 
 
 def _peak_rss_mb() -> float:

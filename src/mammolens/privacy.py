@@ -168,7 +168,7 @@ def name_tokens(ids: Ids) -> set[str]:
     items = ids.items() if isinstance(ids, Mapping) else ids
     out: set[str] = set()
     for kind, value in items:
-        if kind == "name" and value is not None and value == value:
+        if kind == "name" and value is not None and value == value:  # noqa: PLR0124 — not NaN
             out.update(w for w in _words(str(value)) if len(w) >= 3 and not w.isdigit() and w not in _NOT_NAMES)
     return out
 

@@ -82,8 +82,7 @@ def test_aborted_upload_logs_one_line_not_a_traceback(tmp_path, caplog):
         return await receive_files(body(), "multipart/form-data; boundary=xyz", tmp_path, max_bytes=10**6,
                                    max_body=10**6)
 
-    with caplog.at_level(logging.INFO, logger="mammolens.serve"):
-        with pytest.raises(UploadAborted):
-            asyncio.run(run())
+    with caplog.at_level(logging.INFO, logger="mammolens.serve"), pytest.raises(UploadAborted):
+        asyncio.run(run())
     lines = [r for r in caplog.records if "aborted" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None and "\n" not in lines[0].getMessage()

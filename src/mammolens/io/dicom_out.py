@@ -48,8 +48,8 @@ from mammolens.constants import DENSITY_CLASSES
 from mammolens.io.dicom import image_laterality
 
 __all__ = [
-    "DENSITY_CODES",
     "DENSE_FLAG_CODE",
+    "DENSITY_CODES",
     "REFERENCE_KEYWORDS",
     "read_source_reference",
     "reference_dataset",
@@ -128,7 +128,7 @@ def source_reference(ds: Dataset) -> dict[str, str]:
             if value is None or (isinstance(value, (list, tuple)) and not value):
                 continue
             out[kw] = "\\".join(map(str, value)) if _multi(value) else str(value)
-        except Exception:  # noqa: BLE001 — a value pydicom cannot parse is simply not copied
+        except Exception:  # noqa: BLE001, S112 — a value pydicom cannot parse is simply not copied
             continue
     try:
         lat = image_laterality(ds)
@@ -189,7 +189,7 @@ def reference_dataset(ref: Mapping[str, str]) -> Dataset:
         try:
             setattr(trial, kw, value.split("\\") if "\\" in str(value) else value)
             elem = trial[kw]
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S112 — a value that cannot be set is left out
             continue
         if _valid(elem):
             ds.add(elem)
@@ -206,7 +206,7 @@ def _header(ds: Dataset) -> Dataset:
         try:
             if not _valid(elem):
                 continue
-        except Exception:  # noqa: BLE001 — an element whose value cannot even be parsed
+        except Exception:  # noqa: BLE001, S112 — an element whose value cannot even be parsed
             continue
         out.add(copy.deepcopy(elem))
     out.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
