@@ -24,8 +24,10 @@ batch; at most a few batches are in flight, so memory stays flat on any number o
 
 Privacy: outputs carry a pseudonymous ``study`` key (a keyed hash of the StudyInstanceUID, see
 ``mammolens.privacy``) instead of identifiers, and folder/file names in the ``file`` column and in
-error rows that contain a PatientID or a Study/Series/SOP Instance UID are pseudonymised too;
-``include_ids=True`` keeps them and adds ``patient_id`` and ``study_instance_uid``.
+error rows that contain a PatientID, a word of the PatientName (any case or separator), the
+AccessionNumber or a Study/Series/SOP Instance UID are pseudonymised too; ``include_ids=True`` keeps them
+and adds ``patient_id`` and ``study_instance_uid``. File names that are not valid UTF-8 are shown escaped
+(``privacy.display_path``); overlay files get bounded names (:func:`overlay_name`).
 """
 
 from __future__ import annotations
