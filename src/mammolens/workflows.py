@@ -596,7 +596,7 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     from mammolens.data.cache import PreprocessCfg
     from mammolens.explain import MAP_KINDS
     from mammolens.explain.overlay import render_heatmap
-    from mammolens.inference import DISPLAY_MAX_SIDE, find_images
+    from mammolens.inference import DISPLAY_MAX_SIDE, find_inputs
     from mammolens.io import ImageReadError, is_dicom, read_image
     from mammolens.models.run import load_run
 
@@ -617,13 +617,16 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recs: list[dict[str, Any]] = []
-    files = find_images(images)
-    root = os.path.commonpath([str(p.parent.resolve()) for p in files]) if files else None
+    files, problems = find_inputs(images)  # FIFOs, devices, loops, folders named *.dcm: listed, never opened
+    every = [*files, *(q for q, _ in problems)]
+    root = os.path.commonpath([str(p.parent.resolve()) for p in every]) if every else None
     seen: set[tuple[str, str]] = set()  # identifiers of every header read: scrubbed from every record shown
 
     def shown(path) -> str:  # the path as the tables show it: relative to the inputs' folder, never absolute
         return display_path(scrub_path(path, [], root))
 
+    for q, why in problems:
+        recs.append({"file": display_path(q.name), "error": why})
     for i, path in enumerate(files):
         ref = read_source_reference(path) if is_dicom(path) else {}
         seen.update(ids_of({col: ref.get(kw) for kw, col in _REF_IDS.items()}))
