@@ -19,7 +19,7 @@ PKG = SRC / "mammolens"
 # Top-level module or subpackage of mammolens -> layer (lower numbers sit lower).
 LAYERS = {
     "_version": 0, "_optional": 0, "constants": 0, "threads": 0,
-    "io": 1, "parallel": 1, "privacy": 1,
+    "io": 1, "parallel": 1, "privacy": 1, "csvsafe": 1,
     "transforms": 2, "tasks": 2, "reports": 2,
     "data": 3,
     "models": 4, "losses": 4,

@@ -24,14 +24,20 @@ batch; at most a few batches are in flight, so memory stays flat on any number o
 
 Privacy: outputs carry a pseudonymous ``study`` key (a keyed hash of the StudyInstanceUID, see
 ``mammolens.privacy``) instead of identifiers, and folder/file names in the ``file`` column and in
-error rows that contain a PatientID or a Study/Series/SOP Instance UID are pseudonymised too;
-``include_ids=True`` keeps them and adds ``patient_id`` and ``study_instance_uid``.
+error rows that contain a PatientID, a word of the PatientName (any case or separator), the
+AccessionNumber or a Study/Series/SOP Instance UID are pseudonymised too; ``include_ids=True`` keeps them
+and adds ``patient_id`` and ``study_instance_uid``. File names that are not valid UTF-8 are shown escaped
+(``privacy.display_path``); overlay files get bounded names (:func:`overlay_name`).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
+import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -46,7 +52,7 @@ from mammolens.data.cache import PreprocessCfg
 from mammolens.io.gating import PROCESSING_DUPLICATE, processing_duplicates
 from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast_dtype
-from mammolens.privacy import ids_of, pseudonym, relative_path, scrub_path, scrub_text
+from mammolens.privacy import display_path, ids_of, pseudonym, relative_path, scrub_path, scrub_text
 from mammolens.transforms.quality import QualityCfg
 from mammolens.parallel import run_tasks
 
@@ -81,26 +87,115 @@ def find_images(inputs: str | PathLike | Iterable[str | PathLike]) -> list[Path]
     """Files to predict: a file, a folder (walked recursively) or several of them.
 
     In folders, files with an image suffix and suffix-less files (DICOM archives often have none)
-    are taken; hidden files are skipped. Order is sorted and stable.
+    are taken; hidden files are skipped. Order is sorted and stable. Entries that are not regular files
+    (FIFOs, devices, symlink loops, folders named ``*.dcm``) are left out: :func:`find_inputs` lists them.
     """
+    return find_inputs(inputs)[0]
+
+
+def file_type_problem(path: str | PathLike) -> str | None:
+    """Why ``path`` cannot be an image file, from ``os.lstat``/``os.stat`` alone (nothing is opened, so a
+    FIFO or a device never blocks); None for a regular file (or a symlink to one)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop: the link never reaches a file"
+        return f"broken symlink or unreadable entry ({e.strerror})"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory, not an image file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not an image file: never opened"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not an image file: never opened"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not an image file"
+    return "not a regular file"
+
+
+def _candidate(name: str) -> bool:
+    suffix = os.path.splitext(name)[1]
+    return not name.startswith(".") and (suffix.lower() in IMAGE_SUFFIXES or suffix == "")
+
+
+def find_inputs(inputs: str | PathLike | Iterable[str | PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(files, problems)``: the files :func:`find_images` returns, and ``(path, reason)`` for every entry
+    with an image name (or a given input) that is not a regular file (:func:`file_type_problem`): FIFOs,
+    devices, symlink loops, folders named ``*.dcm``. Folders are walked without following symlinked
+    folders (a loop cannot recurse). A given input that does not exist raises ``FileNotFoundError``."""
     if isinstance(inputs, (str, PathLike)):
         inputs = [inputs]
     out: list[Path] = []
+    problems: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
-        if p.is_file():
-            out.append(p)
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES or f.suffix == ""):
+        if not os.path.lexists(p):
+            raise FileNotFoundError(f"input not found: {display_path(p)}")
+        if os.path.isdir(p):
+            found: list[Path] = []
+            for dirpath, dirnames, filenames in os.walk(p):
+                d = Path(dirpath)
+                dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+                for n in dirnames:
+                    if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES:  # a folder named x.dcm: listed, walked
+                        problems.append((d / n, "a directory, not an image file"))
+                for n in filenames:
+                    if _candidate(n):
+                        found.append(d / n)
+            for f in sorted(found):
+                why = file_type_problem(f)
+                if why is None:
                     out.append(f)
+                else:
+                    problems.append((f, why))
+            continue
+        why = file_type_problem(p)
+        if why is None:
+            out.append(p)
         else:
-            raise FileNotFoundError(f"input not found: {p}")
-    return out
+            problems.append((p, why))
+    return out, sorted(set(problems))
+
+
+def _lexical_rel(path: Path, root) -> str:
+    """``path`` relative to ``root`` with only its parent resolved (a symlink loop cannot be resolved)."""
+    try:
+        return (path.parent.resolve() / path.name).relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def overlay_name(rel: str, suffix: str = "_gradcam.png") -> str:
+    """A bounded, filesystem-safe overlay file name for an image shown as ``rel`` in the tables: a short
+    ASCII stem of its file name and 12 hex of a hash of ``rel`` (unique per image), e.g.
+    ``L_CC_3f9a0c1d2e4b_gradcam.png``; never longer than 96 bytes whatever the input path.
+
+    ``rel`` is the already scrubbed name (``images.csv``'s ``file``), so the hash reveals nothing the table
+    does not show."""
+    shown = display_path(rel)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(shown).stem).strip("._")[:40] or "image"
+    digest = hashlib.sha256(shown.encode("utf-8")).hexdigest()[:12]
+    return f"{stem}_{digest}{suffix}"
 
 
 _META_KEYS = ("laterality", "view", "modality", "manufacturer", "presentation_intent", "study_instance_uid",
-              "sop_instance_uid", "patient_id")
+              "sop_instance_uid", "patient_id", "patient_name", "accession_number")
+
+
+def _dicom_reference(path: str, img) -> dict[str, str]:
+    """The DICOM outputs' source reference of a DICOM input (``io.dicom_out.source_reference``), ``{}`` for a
+    raster. Read here, in the worker, beside the image (a header-only read of a few tags); the main process
+    never parses the header again."""
+    if (img.conversion or {}).get("reader") != "mammolens.io.dicom":
+        return {}
+    from mammolens.io.dicom_out import read_source_reference
+
+    return read_source_reference(path)
 
 
 def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | None) -> dict[str, Any] | None:
@@ -131,13 +226,15 @@ def _load_one(path: str, cfg_dict: dict, quality: dict | None = None, display: i
 
     cfg = PreprocessCfg.from_dict(cfg_dict)
     img = read_image(path, dbt=cfg.dbt)
-    meta = img.meta or {}
+    meta = dict(img.meta or {})
+    ref = _dicom_reference(path, img)
+    meta.update(patient_name=ref.get("PatientName", ""), accession_number=ref.get("AccessionNumber", ""))
     gate_ok, gate_reason = mammography_gate(meta)
     if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
         return {"path": path, "error": gate_reason}
     bad = _quality_check(path, img.pixels, meta, quality)
     if bad is not None:
-        return bad
+        return {**bad, "dicom_ref": ref}
     arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
     rec = {
         "path": path,
@@ -148,6 +245,7 @@ def _load_one(path: str, cfg_dict: dict, quality: dict | None = None, display: i
         "orig_shape": info.get("orig_shape"),
         "error": None,
         "quality_reason": "",
+        "dicom_ref": ref,  # what the SR / Secondary Capture copy (io.dicom_out.source_reference)
     }
     if display > 0:
         rec["display"], _ = display_copy(img.pixels, display)
@@ -273,7 +371,8 @@ class Predictor:
     # ---------------------------------------------------------------------------------- prediction
     def predict(self, inputs, *, explain: bool = False, overlay_dir: str | PathLike | None = None,
                 include_ids: bool = False, progress: bool = False, root: str | PathLike | None = None,
-                class_name: str | None = None, sidecar: str | PathLike | None = None) -> PredictionResult:
+                class_name: str | None = None, sidecar: str | PathLike | None = None,
+                on_image=None) -> PredictionResult:
         """Predict files/folders; aggregate per breast and exam; collect errors.
 
         Args:
@@ -287,6 +386,10 @@ class Predictor:
             class_name: explain this class instead of each image's predicted class.
             sidecar: a CSV (``path, patient, study, laterality, view``; ``io.naming.read_sidecar``) that
                 groups files into exams and names their side and view; its values win over headers.
+            on_image: called as ``on_image(row, record, rgb)`` for every predicted image, with its
+                ``images`` row, the worker's record (``path``, ``meta``, ``dicom_ref``...) and the overlay
+                RGB array (None without ``explain``): the DICOM outputs are written from it, so nothing is
+                read twice.
 
         Images whose header says they are not mammograms are listed in ``errors`` ("not a mammogram:
         ..."), and so is a For Processing image whose view also came For Presentation; neither gets a
@@ -294,13 +397,15 @@ class Predictor:
         """
         from mammolens.evaluation.aggregate import aggregate_breast, aggregate_exam
 
-        paths = find_images(inputs)
+        paths, problems = find_inputs(inputs)
         hints = read_sidecar(sidecar) if sidecar is not None else {}
         if class_name is not None and class_name not in self.class_names:
             raise ValueError(f"class {class_name!r} is not one of this run's classes {self.class_names}")
-        if root is None and paths:
-            root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
+        if root is None and (paths or problems):
+            root = Path(os.path.commonpath([str(p.parent.resolve()) for p in [*paths, *(q for q, _ in problems)]]))
         rows, failed, sources, intents = [], [], [], []
+        for q, why in problems:  # FIFOs, devices, loops, folders named *.dcm: listed, never opened
+            failed.append((str(q), display_path(_lexical_rel(q, root)), why))
         seen_ids: set[tuple[str, str]] = set()  # identifiers of the images read: scrubbed from error rows too
         no_study = 0
 
@@ -318,7 +423,7 @@ class Predictor:
                     rel = relative_path(r["path"], root)
                     # the reason names the file as the tables do (no absolute path into the archive)
                     reason = r["error"].replace(str(Path(r["path"]).resolve()), rel).replace(r["path"], rel)
-                    failed.append((r["path"], rel, reason))
+                    failed.append((r["path"], display_path(rel), display_path(reason)))
                 else:
                     seen_ids.update((k, str(v)) for k, v in ids_of(r["meta"] or {}))
             for r in batch:  # failed the image checks in the worker: a row without a density
@@ -336,10 +441,14 @@ class Predictor:
                 target = probs.argmax(1) if class_name is None else np.full(len(ok), self.class_names.index(class_name))
                 cams = list(classifier_cams(self.model, x.to(self.device), target)) if explain and ok else [None] * len(ok)
                 for r, p, k, cam, sc in zip(ok, probs, target, cams, scores):
-                    add(self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc), int(k)), r)
+                    row, rgb = self._image_row(r, p, cam, root, overlay_dir, include_ids, float(sc), int(k))
+                    add(row, r)
+                    if on_image is not None:
+                        on_image(row, r, rgb)
             bar.update(len(batch))
         bar.close()
-        own = [[]] * len(failed) if include_ids else self._header_ids([path for path, _, _ in failed])
+        special = {str(q) for q, _ in problems}  # never opened, not even for their header's identifiers
+        own = [[]] * len(failed) if include_ids else self._header_ids([path for path, _, _ in failed], special)
         errors = [_error_row(rel, reason, [*seen_ids, *ids], include_ids) for (_, rel, reason), ids in zip(failed, own)]
         for e in errors:
             log.debug("skipped %s: %s", e["file"], e["reason"])
@@ -365,12 +474,15 @@ class Predictor:
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
                                 self.class_names, sources, warnings)
 
-    def _header_ids(self, paths: list[str]) -> list[list[tuple[str, object]]]:
+    def _header_ids(self, paths: list[str], skip: set[str] = frozenset()) -> list[list[tuple[str, object]]]:
         """The header identifiers of files that failed, read in the worker pool (a hostile header can crash
-        or hang a parser: not in this process); a file whose header cannot be read gives none."""
+        or hang a parser: not in this process); a file whose header cannot be read, or in ``skip`` (not a
+        regular file), gives none."""
         out: list[list[tuple[str, object]]] = [[] for _ in paths]
-        for i, ids, err in run_tasks(_header_ids, paths, min(self.workers, len(paths)), timeout=self.timeout):
-            out[i] = ids if err is None else []
+        todo = [i for i, q in enumerate(paths) if q not in skip]
+        for j, ids, err in run_tasks(_header_ids, [paths[i] for i in todo], min(self.workers, len(todo)),
+                                     timeout=self.timeout):
+            out[todo[j]] = ids if err is None else []
         return out
 
     def _probs_and_ood(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -389,7 +501,7 @@ class Predictor:
         meta = r["meta"]
         rel = relative_path(r["path"], root) if include_ids else scrub_path(r["path"], ids_of(meta), root)
         row: dict[str, Any] = {
-            "file": rel,
+            "file": display_path(rel),  # non-UTF-8 bytes of a file name shown as \xNN
             "study_id": study_key(r.get("group") or meta.get("study_instance_uid") or "", str(Path(r["path"]).parent)),
             "laterality": meta.get("laterality") or "",
             "view": meta.get("view") or "",
@@ -413,7 +525,8 @@ class Predictor:
         return row
 
     def _image_row(self, r, p, cam, root, overlay_dir, include_ids, score: float = float("nan"),
-                   explained: int | None = None) -> dict[str, Any]:
+                   explained: int | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+        """An ``images`` row for a predicted image and its overlay RGB (None without a heat map)."""
         row = self._row_base(r, root, include_ids)
         rel = row["file"]
         for c, v in zip(self.class_names, p):
@@ -422,18 +535,19 @@ class Predictor:
         if self._dense_idx is not None:
             row["dense"] = bool(sum(p[i] for i in self._dense_idx) >= 0.5)
         row.update(assessable=True, quality_reason="", ood_score=score)
+        rgb = None
         if cam is not None:
             c = self.class_names[int(np.argmax(p)) if explained is None else explained]
             rgb = heatmap_on_original(r["display"], cam, r["geometry"], c, float(p[self.class_names.index(c)]))
             row["gradcam_class"] = c
-            if overlay_dir is not None:
-                out = Path(overlay_dir) / (Path(rel).with_suffix("").as_posix().replace("/", "__") + "_gradcam.png")
+            if overlay_dir is not None:  # bounded name: a long or deep input path cannot exceed NAME_MAX
+                out = Path(overlay_dir) / overlay_name(rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 _save_png(out, rgb)
                 row["overlay"] = str(out)
             else:
                 row["overlay_png"] = _png_bytes(rgb)
-        return row
+        return row, rgb
 
 
     def predict_files(self, paths: Sequence[str | PathLike]) -> dict[str, Any]:
@@ -546,16 +660,17 @@ def _error_row(rel: str, reason: str, ids: list, include_ids: bool) -> dict[str,
     has one, and of every image read in this call) are pseudonymised in its path and reason, so a file that
     failed inside a PatientID/StudyUID folder does not leak the folder names."""
     if include_ids:
-        return {"file": rel, "reason": reason}
-    return {"file": scrub_path(rel, ids), "reason": scrub_text(reason, ids)}
+        return {"file": display_path(rel), "reason": display_path(reason)}
+    return {"file": display_path(scrub_path(rel, ids)), "reason": display_path(scrub_text(reason, ids))}
 
 
 def _header_ids(path: str) -> list[tuple[str, object]]:
     """Identifiers in a DICOM header that may be readable although its pixels are not (else none)."""
     import pydicom
 
-    tags = {"PatientID": "patient_id", "StudyInstanceUID": "study_instance_uid",
-            "SeriesInstanceUID": "series_instance_uid", "SOPInstanceUID": "sop_instance_uid"}
+    tags = {"PatientID": "patient_id", "PatientName": "patient_name", "AccessionNumber": "accession_number",
+            "StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
+            "SOPInstanceUID": "sop_instance_uid"}
     try:  # values are parsed lazily: every access stays inside the guard
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(tags), defer_size=4096)
         return ids_of({col: str(ds.get(tag, "") or "") for tag, col in tags.items()})

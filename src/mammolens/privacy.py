@@ -89,7 +89,9 @@ def pseudonym(value: object, kind: str = "study", key: bytes | None = None) -> s
         kind: what it is (``patient``, ``study``, ``series``, ``sop``...); part of the alias and the hash.
         key: the secret; default :func:`secret_key`.
     """
-    mac = hmac.new(key if key is not None else secret_key(), f"{kind}:{value}".encode(), hashlib.sha256)
+    # surrogateescape: a path holding non-UTF-8 bytes (a Latin-1 file name) still gets its alias
+    mac = hmac.new(key if key is not None else secret_key(), f"{kind}:{value}".encode("utf-8", "surrogateescape"),
+                   hashlib.sha256)
     return f"{kind}-{mac.hexdigest()[:ALIAS_HEX]}"
 
 
@@ -134,12 +136,53 @@ def scrub_path(path: str | os.PathLike, ids: Ids, root: str | os.PathLike | None
     """
     text = relative_path(path, root) if root is not None else Path(path).as_posix()
     pairs = _pairs(ids)
-    return "/".join(_replace(part, pairs, whole=True) for part in text.split("/"))
+    names = name_tokens(ids)
+    # names first: a pseudonym written for an ID (``patient-…``) must not be read as a name word
+    return "/".join(_replace(_scrub_name(part, names), pairs, whole=True) for part in text.split("/"))
 
 
 def scrub_text(text: str, ids: Ids) -> str:
-    """``text`` (e.g. an error message) with every identifier of 4+ characters in ``ids`` pseudonymised."""
+    """``text`` (e.g. an error message) with every identifier of 4+ characters in ``ids`` pseudonymised, and
+    every word-run that spells a patient name (:func:`name_tokens`) replaced by its pseudonym."""
+    names = name_tokens(ids)
+    if names:  # names first: a pseudonym written for an ID (``patient-…``) must not be read as a name word
+        text = " ".join("/".join(_scrub_name(c, names) for c in w.split("/")) for w in text.split(" "))
     return _replace(text, _pairs(ids), whole=False)
+
+
+# words of a path that are not names even when a patient is called so (views, sides, file kinds)
+_NOT_NAMES = frozenset({"dcm", "dicom", "dic", "png", "tif", "tiff", "jpg", "jpeg", "left", "right", "mlo", "cc",
+                        "study", "series", "image", "images", "mammo", "breast", "the", "and", "for"})
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
+
+
+def name_tokens(ids: Ids) -> set[str]:
+    """The words of the patient names in ``ids`` (kind ``name``): a DICOM PersonName ``FAMILY^GIVEN^MIDDLE``
+    split at ``^``, spaces and punctuation, lower case; words shorter than 3 characters, numbers and words
+    that name views, sides or file kinds (``_NOT_NAMES``) are left out (they would rewrite ``L_CC.dcm``)."""
+    items = ids.items() if isinstance(ids, Mapping) else ids
+    out: set[str] = set()
+    for kind, value in items:
+        if kind == "name" and value is not None and value == value:  # noqa: PLR0124 — not NaN
+            out.update(w for w in _words(str(value)) if len(w) >= 3 and not w.isdigit() and w not in _NOT_NAMES)
+    return out
+
+
+def _scrub_name(part: str, names: set[str]) -> str:
+    """A path component (or word) holding any word of a patient's name, in any case, order or separator
+    (``ZZNAME^ALICE``, ``zzname alice``, ``Alice.Zzname_2.dcm``), replaced by a keyed pseudonym of itself;
+    the file suffix is kept. Components without a name word are returned unchanged."""
+    if not names or not names.intersection(_words(part)):
+        return part
+    stem, dot, suffix = part.rpartition(".")
+    if not dot or not suffix.isalnum() or len(suffix) > 5 or not stem:
+        stem, suffix = part, ""
+    return pseudonym(" ".join(_words(stem)), "name") + (f".{suffix}" if suffix else "")
 
 
 def pseudonymise_frame(df):
@@ -213,3 +256,11 @@ def scrub_errors(frame, rows: Iterable, path_col: str = "image_path",
         out_paths.append(p)
         out_reasons.append(reason)
     return out_paths, out_reasons
+
+
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """A path (or text holding one) as printable UTF-8, undecodable bytes as ``\\xNN`` (``caf\\xe9.dcm``):
+    ``io.paths.display_path``, the one implementation, under the name the output code imports."""
+    from mammolens.io.paths import display_path as _display
+
+    return _display(path)

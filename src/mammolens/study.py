@@ -244,7 +244,9 @@ def _fmt(v, digits: int = 3) -> str:
 
 def _write(out: Path, table: list[dict[str, Any]], cfg: StudyCfg, task: str) -> list[str]:
     df = pd.DataFrame(table)
-    df.to_csv(out / "study.csv", index=False)
+    from mammolens.csvsafe import write_csv
+
+    write_csv(df, out / "study.csv")
     safe = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
     meta = {"task": task, "seeds": list(cfg.seeds), "folds": cfg.folds, "inner_val_frac": cfg.inner_val_frac,
             "modalities": list(cfg.modalities), "n_external": len(cfg.external), "n_boot": cfg.n_boot,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammolens.csvsafe import write_csv
 from mammolens.privacy import pseudonymise_frame
 
 log = logging.getLogger(__name__)
@@ -170,8 +172,11 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     from mammolens.evaluation.report import evaluate_predictions, to_jsonable, write_report
     from mammolens.run import load_run
 
+    from mammolens.models.ood import check_ood
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_ood(run_dir)  # an ood.npz that is not plain data is refused by every command alike
     run = load_run(run_dir)
     out_dir = Path(out) if out else Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +297,7 @@ def _localization(run_dir, data, out_dir: Path, n_boot: int, seed: int, device: 
                             gallery_dir=out_dir / "localization")
     if not loc["n_images"]:
         return None
-    loc["per_image"].to_csv(out_dir / "localization.csv", index=False)
+    write_csv(loc["per_image"], out_dir / "localization.csv")
     return loc
 
 
@@ -304,7 +309,7 @@ def _failures(cache_dir: Path, errors_csv: Path) -> int:
     index = open_cache(cache_dir, allow_incomplete=True).index
     failed = index[index["status"] == "failed"]
     paths = pseudonymise_frame(index)["image_path"][failed.index] if len(failed) else []
-    pd.DataFrame({"image_path": list(paths), "reason": list(failed["error"])}).to_csv(errors_csv, index=False)
+    write_csv(pd.DataFrame({"image_path": list(paths), "reason": list(failed["error"])}), errors_csv)
     return int(len(failed))
 
 
@@ -362,8 +367,10 @@ def run_demo(out: str | PathLike = "mammolens-demo", n_patients: int = 48, n_ext
     study = sorted((out / "external" / "dicom").iterdir())[0]
     pred = Predictor.from_run(run_dir, workers=0).predict(study, explain=True, overlay_dir=out / "predict" / "overlays")
     (out / "predict").mkdir(parents=True, exist_ok=True)
-    pred.images.to_csv(out / "predict" / "images.csv", index=False)
-    pred.exams.to_csv(out / "predict" / "exams.csv", index=False)
+    if "overlay" in pred.images:
+        pred.images["overlay"] = [_relative_to(o, out / "predict") for o in pred.images["overlay"]]
+    write_csv(pred.images, out / "predict" / "images.csv")
+    write_csv(pred.exams, out / "predict" / "exams.csv")
     steps["predict"] = time.perf_counter() - t0 - sum(steps.values())
     exam = pred.exams.iloc[0] if len(pred.exams) else None
     return {
@@ -385,87 +392,146 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     """Predict files/folders/archives with a run and write every output a user or a PACS needs.
 
     Writes into ``out``: ``images.csv``, ``breasts.csv``, ``exams.csv`` (+ one ``results.json`` with
-    all three), ``errors.csv`` (file, reason), ``overlays/*.png`` (GradCAM of the predicted class)
-    and, for DICOM inputs, ``dicom/<study>/density_sr.dcm`` (Comprehensive SR with the coded breast
-    composition) and ``dicom/<study>/overlay_*.dcm`` (Secondary Capture heat maps), both in the
-    source study. Identifiers appear only inside the DICOM files (a PACS needs them) unless
-    ``include_ids`` asks for them in the tables too.
+    all three), ``errors.csv`` (file, reason), ``overlays/*.png`` (GradCAM of the predicted class; bounded
+    names, see ``inference.overlay_name``, given relative to ``out`` in the tables) and, for DICOM inputs,
+    ``dicom/<study>/density_sr.dcm`` (Comprehensive SR with the coded breast composition) and
+    ``dicom/<study>/overlay_*.dcm`` (Secondary Capture heat maps), both in the source study. Each study's
+    DICOM outputs are written in isolation: a study whose outputs cannot be made is listed in ``errors.csv``
+    (file ``study-…``) and the others are still written. Identifiers appear only inside the DICOM files (a
+    PACS needs them) unless ``include_ids`` asks for them in the tables too. Every CSV goes through
+    ``csvsafe.write_csv`` (formula cells escaped).
     """
     from mammolens.inference import Predictor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers, precision=precision)
+    writer = _DicomOutputs(p, out / "dicom", overlays) if dicom else None
     res = p.predict(inputs, explain=overlays, overlay_dir=out / "overlays" if overlays else None,
-                    include_ids=include_ids, progress=progress, sidecar=sidecar)
-    res.images.to_csv(out / "images.csv", index=False)
-    res.breasts.to_csv(out / "breasts.csv", index=False)
-    res.exams.to_csv(out / "exams.csv", index=False)
-    res.errors.to_csv(out / "errors.csv", index=False)
+                    include_ids=include_ids, progress=progress, sidecar=sidecar,
+                    on_image=writer.on_image if writer is not None else None)
+    if "overlay" in res.images:  # relative to the output folder, as the privacy section promises
+        res.images["overlay"] = [_relative_to(o, out) for o in res.images["overlay"]]
+    n_sr = 0
+    if writer is not None and len(res.images):
+        n_sr, dicom_errors = _write_dicom_outputs(p, res, writer)
+        if dicom_errors:
+            res.errors = pd.concat([res.errors, pd.DataFrame(dicom_errors, columns=["file", "reason"])],
+                                   ignore_index=True)
+    write_csv(res.images, out / "images.csv")
+    write_csv(res.breasts, out / "breasts.csv")
+    write_csv(res.exams, out / "exams.csv")
+    write_csv(res.errors, out / "errors.csv")
     images = res.images.drop(columns=["overlay_png"], errors="ignore")
     payload = {"model": dict(p.model_info), "classes": p.class_names,  # not-assessable rows: null, not NaN
                "images": images.astype(object).where(images.notna(), None).to_dict("records"),
                "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
                "errors": res.errors.to_dict("records"), "warnings": res.warnings}
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
-    n_sr = 0
-    if dicom and len(res.images):
-        n_sr = _write_dicom_outputs(p, res, out / "dicom", overlays)
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     n_na = int((~res.images["assessable"].astype(bool)).sum()) if len(res.images) else 0
     return {"out_dir": str(out), "n_images": int(len(res.images)), "n_not_assessable": n_na,
             "n_breasts": int(len(res.breasts)),
-            "n_exams": int(len(res.exams)), "n_failed": res.n_failed, "n_sr": n_sr,
+            "n_exams": int(len(res.exams)), "n_failed": int(len(res.errors)), "n_sr": n_sr,
             "errors": res.errors.to_dict("records"), "warnings": res.warnings}
 
 
-def _write_dicom_outputs(p, res, out: Path, overlays: bool) -> int:
-    """One SR per DICOM study and one Secondary Capture per overlay; returns the SR count."""
-    import pydicom
-    from pydicom.uid import generate_uid
+def _relative_to(path, folder: Path):
+    """``path`` relative to ``folder`` (POSIX) when it lies inside; other values unchanged."""
+    if not isinstance(path, str) or not path:
+        return path
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return path
 
+
+_REF_IDS = {"PatientID": "patient_id", "PatientName": "patient_name", "AccessionNumber": "accession_number",
+            "StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
+            "SOPInstanceUID": "sop_instance_uid"}
+
+
+class _DicomOutputs:
+    """The DICOM outputs of one ``predict_to_dir`` call, built from the prediction records alone.
+
+    ``on_image`` (``Predictor.predict``'s hook) keeps each DICOM image's source reference (the worker's
+    ``dicom_ref``: ``io.dicom_out.source_reference``) and writes its Secondary Capture from the overlay RGB in
+    memory; :func:`_write_dicom_outputs` writes one SR per study at the end. No header is parsed again and no
+    overlay PNG is re-read. A study whose output fails is removed whole and listed once.
+    """
+
+    def __init__(self, p, out: Path, overlays: bool):
+        self.p, self.out, self.overlays = p, out, overlays
+        self.refs: dict[str, dict] = {}  # source path -> source reference
+        self.sc: dict[str, Path] = {}  # source path -> its Secondary Capture
+        self.series: dict[str, str] = {}  # study -> the overlay series UID
+        self.failed: dict[str, str] = {}  # study -> why its DICOM output could not be written
+        self.count: dict[str, int] = {}  # study -> overlays written
+
+    def on_image(self, row: dict, rec: dict, rgb) -> None:
+        from pydicom.uid import generate_uid
+
+        from mammolens.io.dicom_out import reference_dataset, write_overlay_sc
+
+        ref = rec.get("dicom_ref") or {}
+        if not ref:
+            return  # a raster: no DICOM output
+        study = row["study_id"]
+        self.refs[rec["path"]] = ref
+        if not self.overlays or rgb is None or study in self.failed:
+            return
+        n = self.count[study] = self.count.get(study, 0) + 1
+        try:
+            self.sc[rec["path"]] = write_overlay_sc(
+                reference_dataset(ref), rgb, self.out / study / f"overlay_{n:03d}.dcm",
+                f"mammolens GradCAM, predicted density {row['pred']}",
+                series_instance_uid=self.series.setdefault(study, generate_uid()), instance_number=n)
+        except Exception as e:  # noqa: BLE001 — one study's output never stops the others
+            self.fail(study, "Secondary Capture", e, [ref])
+
+    def fail(self, study: str, what: str, e: Exception, refs: list[dict]) -> None:
+        from mammolens.privacy import ids_of, scrub_text
+
+        ids = [i for r in refs for i in ids_of({col: r.get(kw) for kw, col in _REF_IDS.items()})]
+        msg = " ".join(str(e).split())[:300]
+        self.failed.setdefault(study, f"DICOM output not written ({what}, {type(e).__name__}): {scrub_text(msg, ids)}")
+        log.warning("no DICOM output for %s: %s", study, self.failed[study])
+        shutil.rmtree(self.out / study, ignore_errors=True)
+
+
+def _write_dicom_outputs(p, res, writer: _DicomOutputs) -> tuple[int, list[dict[str, str]]]:
+    """One SR per DICOM study (from the records' source references) after ``writer`` wrote the Secondary
+    Captures; returns the SR count and one ``errors`` row per study whose outputs could not be written."""
     from mammolens.inference import class_probs
-    from mammolens.io import is_dicom
-    from mammolens.io.dicom_out import write_density_sr, write_overlay_sc
+    from mammolens.io.dicom_out import reference_dataset, write_density_sr
 
-    images = res.images.assign(source_path=res.sources)
-    images = images[images["assessable"].astype(bool)]  # not-assessable images are no evidence for a density
+    kept = set(res.sources)
+    for src, sc in list(writer.sc.items()):  # a For Processing twin dropped after its overlay was made
+        if src not in kept:
+            Path(sc).unlink(missing_ok=True)
+    by_study: dict[str, list[str]] = {}  # source paths stay out of DataFrames: they may not be valid UTF-8
+    for sid, ok, src in zip(res.images["study_id"], res.images["assessable"].astype(bool), res.sources):
+        if ok:  # not-assessable images are no evidence for a density
+            by_study.setdefault(sid, []).append(src)
     n_sr = 0
-    for study, grp in images.groupby("study_id", sort=True):
-        headers, srcs = [], []
-        for r in grp.itertuples():
-            src = r.source_path
-            if not is_dicom(src):
-                continue
-            try:
-                headers.append(pydicom.dcmread(src, stop_before_pixels=True))
-                srcs.append(r)
-            except Exception as e:  # noqa: BLE001 — the prediction exists; only the DICOM output is skipped
-                log.warning("no DICOM output for %s: %s", r.file, e)
-        if not headers:
+    for study in sorted(by_study):
+        refs = [writer.refs[s] for s in by_study[study] if s in writer.refs]
+        if not refs or study in writer.failed:
             continue
-        exam = res.exams[res.exams["study_id"] == study].iloc[0]
-        breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": class_probs(b, p.class_names),
-                    **({"dense": bool(b["dense"])} if "dense" in b else {})}
-                   for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
-                   if b["laterality"] in ("L", "R")]
-        result = {"pred": exam["pred"], "probs": class_probs(exam, p.class_names), "breasts": breasts,
-                  "model": {"name": f"mammolens:{p.name}"}}
-        if "dense" in exam:
-            result["dense"] = bool(exam["dense"])
-        write_density_sr(headers, result, out / study / "density_sr.dcm")
-        n_sr += 1
-        if overlays:
-            from PIL import Image
-
-            series = generate_uid()
-            for i, (ds, r) in enumerate(zip(headers, srcs), start=1):
-                ov = getattr(r, "overlay", None)
-                if isinstance(ov, str) and Path(ov).is_file():
-                    rgb = np.asarray(Image.open(ov).convert("RGB"))
-                    write_overlay_sc(ds, rgb, out / study / f"overlay_{i:03d}.dcm",
-                                     f"mammolens GradCAM, predicted density {r.pred}",
-                                     series_instance_uid=series, instance_number=i)
-    return n_sr
+        try:
+            exam = res.exams[res.exams["study_id"] == study].iloc[0]
+            breasts = [{"laterality": b["laterality"], "pred": b["pred"], "probs": class_probs(b, p.class_names),
+                        **({"dense": bool(b["dense"])} if "dense" in b else {})}
+                       for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
+                       if b["laterality"] in ("L", "R")]
+            result = {"pred": exam["pred"], "probs": class_probs(exam, p.class_names), "breasts": breasts,
+                      "model": {"name": f"mammolens:{p.name}"}}
+            if "dense" in exam:
+                result["dense"] = bool(exam["dense"])
+            write_density_sr([reference_dataset(r) for r in refs], result, writer.out / study / "density_sr.dcm")
+            n_sr += 1
+        except Exception as e:  # noqa: BLE001 — one study's output never stops the others
+            writer.fail(study, "density SR", e, refs)
+    return n_sr, [{"file": study, "reason": reason} for study, reason in sorted(writer.failed.items())]
 
 
 # ---------------------------------------------------------------------------- sentence maps (issue 13)
@@ -538,46 +604,73 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     from mammolens.data.cache import PreprocessCfg
     from mammolens.explain import MAP_KINDS
     from mammolens.explain.overlay import render_heatmap
-    from mammolens.inference import DISPLAY_MAX_SIDE, find_images
-    from mammolens.io import ImageReadError, read_image
+    from mammolens.inference import DISPLAY_MAX_SIDE, find_inputs
+    from mammolens.io import ImageReadError, is_dicom, read_image
     from mammolens.run import load_run
+
+    from mammolens.models.ood import check_ood
 
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; choose one of {list(MAP_KINDS)}.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_ood(run_dir)
     run = load_run(run_dir, device=device)
     model = run.model.to(device).eval()
     pre = PreprocessCfg.from_dict(run.preprocess)
     factor = fit_factor(run_dir, texts, device=device) if kind == "factor" else None
+    from mammolens.io.dicom_out import read_source_reference, reference_dataset
+    from mammolens.privacy import display_path, ids_of, scrub_path, scrub_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recs: list[dict[str, Any]] = []
-    for i, path in enumerate(find_images(images)):
+    files, problems = find_inputs(images)  # FIFOs, devices, loops, folders named *.dcm: listed, never opened
+    every = [*files, *(q for q, _ in problems)]
+    root = os.path.commonpath([str(p.parent.resolve()) for p in every]) if every else None
+    seen: set[tuple[str, str]] = set()  # identifiers of every header read: scrubbed from every record shown
+
+    def shown(path) -> str:  # the path as the tables show it: relative to the inputs' folder, never absolute
+        return display_path(scrub_path(path, [], root))
+
+    for q, why in problems:
+        recs.append({"file": display_path(q.name), "error": why})
+    for i, path in enumerate(files):
+        ref = read_source_reference(path) if is_dicom(path) else {}
+        seen.update(ids_of({col: ref.get(kw) for kw, col in _REF_IDS.items()}))
         try:
             img = read_image(path)
         except (ImageReadError, OSError) as e:
-            recs.append({"file": str(path), "error": str(e)})
+            msg = str(e).replace(str(Path(path).resolve()), shown(path)).replace(str(path), shown(path))
+            recs.append({"file": shown(path), "error": msg})
             continue
-        display, maps, _ = _image_maps(model, img.pixels, pre, (img.meta or {}).get("laterality"), texts, kind,
-                                       factor, device, DISPLAY_MAX_SIDE)
+        try:  # an image the preprocessing refuses is that file's problem (a data problem, never exit 2)
+            display, maps, _ = _image_maps(model, img.pixels, pre, (img.meta or {}).get("laterality"), texts, kind,
+                                           factor, device, DISPLAY_MAX_SIDE)
+        except ValueError as e:
+            recs.append({"file": shown(path), "error": f"cannot be mapped: {e}"})
+            continue
         for t, (text, m) in enumerate(zip(texts, maps)):
             rgb = render_heatmap(display, m, text, method=MAP_TITLES[kind])
             png = out / f"{i:04d}_{kind}_{t}.png"
             from PIL import Image
 
             Image.fromarray(rgb).save(png)
-            rec = {"file": str(path), "text": text, "kind": kind, "overlay": str(png)}
-            if dicom and (img.meta or {}).get("sop_instance_uid"):
-                import pydicom
-
+            rec = {"file": shown(path), "text": text, "kind": kind, "overlay": str(png)}
+            if dicom and ref:
                 from mammolens.io.dicom_out import write_overlay_sc
 
                 sc = png.with_suffix(".dcm")
-                write_overlay_sc(pydicom.dcmread(path, stop_before_pixels=True), rgb, sc,
-                                 f"mammolens {MAP_TITLES[kind]} map: {text}"[:64])
-                rec["dicom"] = str(sc)
+                try:  # values that do not validate are dropped; an output that cannot be made is listed
+                    write_overlay_sc(reference_dataset(ref), rgb, sc, f"mammolens {MAP_TITLES[kind]} map: {text}"[:64])
+                    rec["dicom"] = str(sc)
+                except Exception as e:  # noqa: BLE001 — one file's DICOM output never stops the others
+                    recs.append({"file": shown(path), "error": f"DICOM output not written ({type(e).__name__}): {e}"})
             recs.append(rec)
+    for r in recs:  # names and UIDs of every header read (a failed file's folder may carry them)
+        r["file"] = display_path(scrub_path(r["file"], seen))
+        if "error" in r:
+            r["error"] = display_path(scrub_text(r["error"], seen))
     return recs
 
 

@@ -62,3 +62,30 @@ def test_ood_bad_input_raises():
         fit_ood(np.full((4, 8), np.nan))
     with pytest.raises(ValueError, match=r"embeddings must be \[N, 32\]"):
         fit_ood(_cluster(20)).score(np.zeros((2, 7)))
+
+
+def _with_object_array(run_dir, key):
+    """``ood.npz`` of a fitted model with ``key`` replaced by (or added as) a pickled object array."""
+    fit_ood(_cluster(50), checkpoint="best").save(run_dir)
+    with np.load(run_dir / OOD_FILE, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[key] = np.array([{"evil": 1}], dtype=object)
+    np.savez(run_dir / OOD_FILE, **arrays)
+
+
+@pytest.mark.parametrize("key", ["info", "mean", "extra"])
+def test_load_ood_refuses_object_arrays_clearly(tmp_path, key):
+    from mammolens.models.ood import OODFileError
+
+    _with_object_array(tmp_path, key)
+    with pytest.raises(OODFileError, match=r"ood\.npz.*object arrays.*delete it") as e:
+        load_ood(tmp_path)
+    assert isinstance(e.value, ValueError)  # a user error (exit 2 in the CLI), never unpickled
+
+
+def test_load_ood_refuses_missing_or_misshapen_arrays(tmp_path):
+    from mammolens.models.ood import OODFileError
+
+    np.savez(tmp_path / OOD_FILE, mean=np.zeros(3))
+    with pytest.raises(OODFileError, match="missing"):
+        load_ood(tmp_path)

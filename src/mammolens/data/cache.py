@@ -362,8 +362,10 @@ def _write_outputs(out: Path, df: pd.DataFrame, records: dict[int, dict], meta: 
     index[["orig_h", "orig_w"]] = index[["orig_h", "orig_w"]].astype(np.int64)
     index.to_parquet(out / INDEX_FILE, index=False)
     failed = index[index["status"] == "failed"]
+    from mammolens.csvsafe import write_csv
+
     paths, reasons = scrub_errors(index, failed.index)  # no identity, no absolute path (index.parquet has them)
-    pd.DataFrame({"row": failed["cache_row"], "image_path": paths, "reason": reasons}).to_csv(out / ERRORS_FILE, index=False)
+    write_csv(pd.DataFrame({"row": failed["cache_row"], "image_path": paths, "reason": reasons}), out / ERRORS_FILE)
     counts = index["status"].value_counts().to_dict()
     meta.update(
         complete=bool(counts.get("pending", 0) == 0),
@@ -496,9 +498,10 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
     index["cache_row"] = np.arange(n, dtype=np.int64)
     index.to_parquet(out / INDEX_FILE, index=False)
     failed = index[index["status"] == "failed"]
-    pd.DataFrame({"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}).to_csv(
-        out / ERRORS_FILE, index=False
-    )
+    from mammolens.csvsafe import write_csv
+
+    write_csv(pd.DataFrame({"row": failed["cache_row"], "image_path": failed["image_path"], "reason": failed["error"]}),
+              out / ERRORS_FILE)
     from mammolens._version import __version__
 
     manifest_cols = [c for c in index.columns if c not in ("cache_row", "status", "error", "conversion", "flipped", "bbox", "orig_h", "orig_w")]

@@ -322,7 +322,9 @@ def make_fuzz_corpus(out_dir: str | PathLike, n: int = 300, seed: int = 0,
     df["format"] = [{".png": "png", ".tif": "tiff"}.get(Path(p).suffix, "dicom") for p in df["path"]]
     geometry = pd.DataFrame([_declared(Path(p)) for p in df["path"]])
     df = pd.concat([df, geometry], axis=1)
-    df.to_csv(out_dir / "corpus.csv", index=False)
+    from mammolens.csvsafe import write_csv
+
+    write_csv(df, out_dir / "corpus.csv")
     return df
 
 

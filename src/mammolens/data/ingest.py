@@ -219,7 +219,9 @@ def ingest(
     manifest = validate_manifest(manifest, source=str(out / MANIFEST_FILE))
     write_manifest(manifest, out / MANIFEST_FILE)
     errors_df = pd.DataFrame(errors, columns=list(ERRORS_COLUMNS))
-    errors_df.to_csv(out / ERRORS_FILE, index=False)
+    from mammolens.csvsafe import write_csv
+
+    write_csv(errors_df, out / ERRORS_FILE)  # formula cells escaped (mammolens.csvsafe)
     n_warn = int((errors_df["kind"] == KIND_WARNING).sum())
     log.info("ingest: %d images in the manifest, %d files in errors.csv, %d warnings", len(manifest),
              len(errors_df) - n_warn, n_warn)

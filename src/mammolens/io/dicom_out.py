@@ -48,8 +48,12 @@ from mammolens.constants import DENSITY_CLASSES
 from mammolens.io.dicom import image_laterality
 
 __all__ = [
-    "DENSITY_CODES",
     "DENSE_FLAG_CODE",
+    "DENSITY_CODES",
+    "REFERENCE_KEYWORDS",
+    "read_source_reference",
+    "reference_dataset",
+    "source_reference",
     "write_density_sr",
     "write_overlay_sc",
 ]
@@ -103,11 +107,106 @@ def _version() -> str:
     return __version__
 
 
+REFERENCE_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+    "StudyDescription", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "PatientOrientation",
+    "ImageLaterality", "Laterality", "BodyPartExamined",
+)
+"""What an SR or Secondary Capture needs from a source image: patient and study modules, the reference UIDs,
+laterality and orientation (``source_reference``)."""
+
+
+def source_reference(ds: Dataset) -> dict[str, str]:
+    """The ``REFERENCE_KEYWORDS`` of a parsed header as plain strings (picklable, a few hundred bytes): what a
+    worker that already read the header hands on so that the DICOM outputs need no second read. The
+    laterality is the one the reader finds (also the enhanced FrameLaterality of a DBT volume)."""
+    out: dict[str, str] = {}
+    for kw in REFERENCE_KEYWORDS:
+        try:
+            value = ds.get(kw)
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                continue
+            out[kw] = "\\".join(map(str, value)) if _multi(value) else str(value)
+        except Exception:  # noqa: BLE001, S112 — a value pydicom cannot parse is simply not copied
+            continue
+    try:
+        lat = image_laterality(ds)
+    except Exception:  # noqa: BLE001
+        lat = ""
+    if lat in ("L", "R"):
+        out["ImageLaterality"] = lat
+    return out
+
+
+def read_source_reference(path: str | Path) -> dict[str, str]:
+    """:func:`source_reference` of a file's header (pixels never read); ``{}`` when it cannot be parsed."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096,
+                             specific_tags=[*REFERENCE_KEYWORDS, "SharedFunctionalGroupsSequence", "FrameLaterality"])
+        return source_reference(ds)
+    except Exception:  # noqa: BLE001 — not DICOM or broken: no reference, the DICOM outputs say why
+        return {}
+
+
+def _multi(value) -> bool:
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, (list, tuple, MultiValue))
+
+
+def _valid(elem) -> bool:
+    """Whether an element's value is one a validator accepts (VR format, and for PatientOrientation two
+    direction codes made of A/P/L/R/H/F: a view name such as ``CC`` found there is refused)."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    if elem.VR == "SQ":
+        return True
+    try:
+        values = elem.value if _multi(elem.value) else [elem.value]
+        for v in values:
+            if v is not None and not isinstance(v, bytes):
+                validate_value(elem.VR, v, config.RAISE)
+    except Exception:  # noqa: BLE001 — pydicom raises ValueError or others on a malformed value
+        return False
+    if elem.keyword == "PatientOrientation":
+        parts = list(elem.value) if _multi(elem.value) else [p for p in str(elem.value).split("\\") if p]
+        return len(parts) == 2 and all(p and set(p) <= set("APLRHF") for p in map(str, parts))
+    return True
+
+
+def reference_dataset(ref: Mapping[str, str]) -> Dataset:
+    """A header-only source dataset built from a :func:`source_reference` dict; values that do not
+    validate are left out (the writers then fill their Type 2 placeholders)."""
+    ds = Dataset()
+    for kw, value in ref.items():
+        if kw not in REFERENCE_KEYWORDS or value in (None, ""):
+            continue
+        trial = Dataset()
+        try:
+            setattr(trial, kw, value.split("\\") if "\\" in str(value) else value)
+            elem = trial[kw]
+        except Exception:  # noqa: BLE001, S112 — a value that cannot be set is left out
+            continue
+        if _valid(elem):
+            ds.add(elem)
+    return ds
+
+
 def _header(ds: Dataset) -> Dataset:
-    """Header-only copy of a source dataset (no pixels) with Type 2 study/patient fields present."""
+    """Header-only copy of a source dataset (no pixels) with Type 2 study/patient fields present; only
+    values that validate are copied (a non-conformant source value must not stop the output)."""
     out = Dataset()
     for elem in ds:
         if elem.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            continue
+        try:
+            if not _valid(elem):
+                continue
+        except Exception:  # noqa: BLE001, S112 — an element whose value cannot even be parsed
             continue
         out.add(copy.deepcopy(elem))
     out.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
@@ -408,8 +507,8 @@ def write_overlay_sc(
             raise ValueError(f"source dataset has no {key}; pass the DICOM image the overlay belongs to")
     ref = _header(source_ds)
     lat = image_laterality(ref)  # also the enhanced FrameLaterality (DBT) and text, as the reader finds it
-    orientation = getattr(ref, "PatientOrientation", None)
-    known_orientation = bool(orientation) and len(orientation) == 2
+    orientation = getattr(ref, "PatientOrientation", None)  # only a valid one survives _header
+    known_orientation = bool(orientation) and "PatientOrientation" in ref and _valid(ref["PatientOrientation"])
     # highdicom needs an orientation for PATIENT coordinates; a placeholder is blanked below
     kw: dict[str, Any] = {
         "coordinate_system": "PATIENT",

@@ -98,11 +98,57 @@ def fit_ood(emb: np.ndarray, rank: int = 32, shrinkage: float = 0.1, quantile: f
     return model
 
 
+_OOD_KEYS = ("mean", "components", "eigvals", "resid_scale", "threshold", "info")
+
+
+class OODFileError(ValueError):
+    """A run's ``ood.npz`` that mammolens did not write (object arrays, missing or misshapen arrays)."""
+
+
 def load_ood(run_dir: str | PathLike) -> OODModel | None:
-    """The run's ``ood.npz``, or None when the run has none (runs trained before it existed)."""
+    """The run's ``ood.npz``, or None when the run has none (runs trained before it existed).
+
+    The one loader every command uses (``predict``, ``explain``, ``evaluate``, ``serve`` through
+    ``Predictor.from_run`` or :func:`check_ood`): every array in the file is read as plain data
+    (``allow_pickle=False``), so a file holding object arrays (pickled Python objects, which can run code)
+    is refused whole, under any key, with the same message.
+
+    Raises:
+        OODFileError: object arrays, a missing array, or arrays whose shapes do not fit together.
+    """
     path = Path(run_dir) / OOD_FILE
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return OODModel(z["mean"], z["components"], z["eigvals"], float(z["resid_scale"]), float(z["threshold"]),
-                        json.loads(str(z["info"])))
+    fix = ("delete it to run without the out-of-distribution check (or retrain the run to fit a new one); "
+           "mammolens never writes pickled data")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # every key: an unused object array is refused too
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise OODFileError(f"{path}: holds object arrays (pickled Python objects), which mammolens will not "
+                               f"load; {fix}") from None
+        raise OODFileError(f"{path}: not a readable .npz of arrays ({e}); {fix}") from None
+    except (OSError, EOFError) as e:
+        raise OODFileError(f"{path}: not a readable .npz of arrays ({e}); {fix}") from None
+    missing = [k for k in _OOD_KEYS if k not in arrays]
+    if missing:
+        raise OODFileError(f"{path}: arrays {missing} are missing; {fix}")
+    try:
+        model = OODModel(np.asarray(arrays["mean"], dtype=np.float64), np.asarray(arrays["components"], dtype=np.float64),
+                         np.asarray(arrays["eigvals"], dtype=np.float64), float(arrays["resid_scale"]),
+                         float(arrays["threshold"]), json.loads(str(arrays["info"])))
+    except (TypeError, ValueError) as e:
+        raise OODFileError(f"{path}: arrays of the wrong kind ({e}); {fix}") from None
+    d = model.mean.shape
+    if (model.mean.ndim != 1 or model.components.ndim != 2 or model.components.shape[0] != d[0]
+            or model.eigvals.shape != (model.components.shape[1],) or not isinstance(model.info, dict)):
+        raise OODFileError(f"{path}: array shapes do not fit together (mean {model.mean.shape}, components "
+                           f"{model.components.shape}, eigvals {model.eigvals.shape}); {fix}")
+    return model
+
+
+def check_ood(run_dir: str | PathLike) -> None:
+    """Refuse a run whose ``ood.npz`` is not plain data (:func:`load_ood`'s errors), for commands that do not
+    use the out-of-distribution model themselves (``evaluate``, ``explain --map``)."""
+    load_ood(run_dir)

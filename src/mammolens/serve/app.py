@@ -38,7 +38,9 @@ from mammolens.io import max_pixels_limit
 from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
 from mammolens.serve.upload import (
     BadUpload,
+    PixelBudget,
     TooManyFiles,
+    UploadAborted,
     UploadTooLarge,
     declared_geometry,
     receive_files,
@@ -295,6 +297,8 @@ async def _receive_uploads(request, tmpdir: Path, limit: int, max_upload_mb: flo
         raise HTTPException(status_code=413, detail=str(e)) from e
     except UploadTooLarge as e:
         raise _too_large(max_upload_mb) from e
+    except UploadAborted as e:  # logged once by receive_files; the client is gone
+        raise HTTPException(status_code=400, detail=str(e)) from None
     except BadUpload as e:
         raise HTTPException(status_code=400, detail=str(e)) from e
     if not uploads:
@@ -306,16 +310,18 @@ async def _receive_uploads(request, tmpdir: Path, limit: int, max_upload_mb: flo
 
 
 def _screen_uploads(uploads: list, max_pixels: int) -> tuple[list[Path], list[dict]]:
-    """``(paths the predictor may read, errors)``: files of an unsupported type or too many pixels (from
-    their header) are listed in errors and deleted, never decoded."""
+    """``(paths the predictor may read, errors)``: files of an unsupported type, too many pixels (from
+    their header) or beyond the request's pixel budget (``upload.PixelBudget``, all files together) are
+    listed in errors and deleted, never decoded."""
     paths: list[Path] = []
     errors: list[dict] = []
+    budget = PixelBudget()  # declared pixels over all files of this request
     for up in uploads:
         kind = sniff_kind(up.head)
         if kind is None and not up.name.lower().endswith((".dcm", ".dicom")):
             reason = "unsupported file type: expected DICOM (.dcm) or PNG/JPEG/TIFF/PGM"
         else:
-            reason = _pixel_error(up.path, kind, max_pixels)
+            reason = _pixel_error(up.path, kind, max_pixels) or budget.check(up.path, kind)
         if reason is not None:
             errors.append({"file": up.name, "reason": reason})
             up.path.unlink()

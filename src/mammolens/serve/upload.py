@@ -4,10 +4,13 @@ A multipart body is parsed as it arrives and each file part is written straight 
 temporary folder, so nothing is spooled elsewhere and the byte limit stops the transfer as soon as it
 is crossed (chunked bodies have no Content-Length to check in advance). The pixel limit is checked
 from each file's header (PNG IHDR, JPEG SOF, TIFF IFD, PGM header, DICOM Rows × Columns × Frames)
-before anything decodes it: a few hundred kilobytes of PNG can declare gigabytes of pixels.
+before anything decodes it: a few hundred kilobytes of PNG can declare gigabytes of pixels. A request
+also has a pixel budget over all its files (``PixelBudget``, ``REQUEST_MAX_PIXELS``) and at most
+``MAX_FILES`` files; a client that disconnects mid-upload costs one log line (``UploadAborted``).
 """
 
 import importlib
+import logging
 import re
 import warnings
 from collections.abc import AsyncIterator
@@ -17,9 +20,13 @@ from pathlib import Path, PurePosixPath
 from mammolens._optional import optional_import
 
 __all__ = [
+    "MAX_FILES",
+    "REQUEST_MAX_PIXELS",
     "BadUpload",
+    "PixelBudget",
     "ReceivedFile",
     "TooManyFiles",
+    "UploadAborted",
     "UploadTooLarge",
     "declared_geometry",
     "receive_files",
@@ -27,6 +34,10 @@ __all__ = [
     "sniff_kind",
 ]
 
+log = logging.getLogger("mammolens.serve")
+
+MAX_FILES = 64  # files per request: a study has 4-8 views; more is a folder dropped by mistake
+REQUEST_MAX_PIXELS = 200_000_000  # declared pixels over all files of a request (frames counted): ~0.8 GB as float32
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _HEAD = 132  # enough to see the DICOM preamble + "DICM"
 
@@ -41,6 +52,46 @@ class TooManyFiles(UploadTooLarge):
 
 class BadUpload(ValueError):
     """The request body is not a usable multipart upload (HTTP 400)."""
+
+
+class UploadAborted(BadUpload):
+    """The client went away before the body was complete (logged as one line; no response can be sent)."""
+
+
+class PixelBudget:
+    """The pixels one request may bring, counted from each file's header (``declared_geometry``) before
+    anything decodes it: a 154 KB PNG can declare 9000×9000 16-bit pixels (650 MB once decoded), and several
+    of them in one request add up.
+
+    Args:
+        total: declared pixels (width × height × frames) allowed over all files of the request.
+    """
+
+    def __init__(self, total: int = REQUEST_MAX_PIXELS):
+        if total <= 0:
+            raise ValueError(f"the request pixel budget must be positive, got {total}")
+        self.total, self.used = int(total), 0
+
+    def take(self, geometry: tuple[int, int, int] | None) -> str | None:
+        """Count a file's ``(width, height, frames)``; the reason it is refused (not counted) when it would
+        cross the budget, else None. An unknown geometry (None) is not counted: the reader refuses it."""
+        if geometry is None:
+            return None
+        w, h, frames = geometry
+        n = int(w) * int(h) * max(int(frames), 1)
+        if self.used + n > self.total:
+            return (f"image too large for this request: {n / 1e6:.0f} M pixels on top of {self.used / 1e6:.0f} M "
+                    f"already received, above the budget of {self.total / 1e6:g} M pixels per request "
+                    "(send fewer or smaller files per request)")
+        self.used += n
+        return None
+
+    def check(self, path: Path, kind: str | None) -> str | None:
+        """:meth:`take` for a received file, its geometry read from its header."""
+        try:
+            return self.take(declared_geometry(path, kind))
+        except ValueError as e:
+            return str(e)
 
 
 @dataclass
@@ -196,7 +247,7 @@ async def receive_files(
     *,
     max_bytes: int,
     max_body: int,
-    max_files: int = 2000,
+    max_files: int = MAX_FILES,
 ) -> list[ReceivedFile]:
     """Parse a ``multipart/form-data`` body as it streams in, writing file parts into ``dest``.
 
@@ -213,6 +264,7 @@ async def receive_files(
 
     Raises:
         UploadTooLarge: a limit was crossed; reading stopped there, at most one chunk past it.
+        UploadAborted: the client disconnected mid-body (one log line, no traceback).
         BadUpload: not multipart/form-data, or a malformed body.
     """
     MultipartParser, parse_options_header, FormParserError = _multipart()
@@ -231,6 +283,11 @@ async def receive_files(
         parser.finalize()
     except FormParserError as e:
         raise BadUpload(f"malformed multipart body: {e}") from e
+    except Exception as e:
+        if type(e).__name__ != "ClientDisconnect":  # starlette's, without importing the web stack here
+            raise
+        log.info("upload aborted by the client after %d bytes", received)
+        raise UploadAborted("upload aborted by the client") from None
     finally:
         writer.close()
     return writer.files

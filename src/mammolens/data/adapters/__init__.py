@@ -100,7 +100,9 @@ def import_dataset(name: str, src: str | PathLike, out: str | PathLike | None = 
         write_manifest(plain, out / "manifest.parquet")
         err_path = out / "errors.csv"
         if errors:
-            errors_frame(errors).to_csv(err_path, index=False)
+            from mammolens.csvsafe import write_csv
+
+            write_csv(errors_frame(errors), err_path)
         elif err_path.exists():
             err_path.unlink()  # stale from an earlier import
     return df
