@@ -23,7 +23,7 @@ import pandas as pd
 
 from mammolens.constants import MANIFEST_REQUIRED
 from mammolens.io.gating import PROCESSING_DUPLICATE, mammography_gate, processing_duplicates
-from mammolens.parallel import run_tasks
+from mammolens.pipeline.executor import get_executor
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def ingest(
     log.info("ingest: %d files under %s, %d workers", len(files), root, workers)
     results: list[tuple[str, dict | None, str]] = []
     with tqdm(total=len(files), desc="ingest", unit="file", disable=not progress or not files) as bar:
-        for i, meta, err in run_tasks(read_header, files, workers, timeout=timeout):
+        for i, meta, err in get_executor("local", workers=workers).map(read_header, files, ordered=False, timeout=timeout):
             results.append((files[i], meta, err or ""))
             bar.update(1)
     results.sort(key=lambda r: r[0])
