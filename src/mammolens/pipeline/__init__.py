@@ -17,6 +17,12 @@ from typing import Any
 
 _EXPORTS = {
     # filled in by the modules' owners: "prepare": "prepare", "Prepared": "prepare", "encode": "encode", ...
+    "Prepared": "prepare",  # the function: ``from mammolens.pipeline.prepare import prepare``
+    "Executor": "executor",
+    "LocalExecutor": "executor",
+    "get_executor": "executor",
+    "aggregate_breast": "aggregate",
+    "aggregate_exam": "aggregate",
 }
 
 
