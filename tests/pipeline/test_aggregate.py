@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammolens.evaluation.aggregate import aggregate_breast, aggregate_exam
+from mammolens.pipeline.aggregate import aggregate_breast, aggregate_exam
 
 CLASSES = ["A", "B", "C", "D"]
 
