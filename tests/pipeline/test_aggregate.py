@@ -86,3 +86,74 @@ def test_aggregate_errors_name_the_problem():
         aggregate_breast(_frame(ROWS).drop(columns="laterality"), CLASSES)
     with pytest.raises(ValueError, match="densest"):
         aggregate_exam(_frame(ROWS), CLASSES, how="median")
+
+
+# ------------------------------------------------------------------------------------- the dense rule
+def test_task_dense_classes_per_registered_task():
+    from mammolens.tasks import get_task
+
+    got = {n: get_task(n).dense_classes for n in ("density", "dense", "mias", "pathology", "abnormality")}
+    assert got == {"density": ("C", "D"), "dense": ("dense",), "mias": (), "pathology": (), "abnormality": ()}
+
+
+def test_task_dense_classes_round_trip_validation_and_legacy_default():
+    from mammolens.tasks import Task, dense_classes_of, get_task, resolve_task, task_dict
+
+    t = Task(name="two", label_column="c", class_names=("fatty", "heavy"), dense_classes=("heavy",))
+    assert Task.from_dict(t.to_dict()) == t and resolve_task(task_dict(t)) == t
+    assert t.to_dict()["dense_classes"] == ["heavy"]
+    with pytest.raises(ValueError, match=r"dense_classes \['X'\] are not among"):
+        Task(name="two", label_column="c", class_names=("a", "b"), dense_classes=("X",))
+    # no field (a YAML file, a task stored by an older mammolens): the registered task's, else the old rule
+    assert Task(name="y", label_column="c", class_names=("fatty", "dense")).dense_classes == ("dense",)
+    assert Task(name="y", label_column="d", class_names=("A", "B", "C", "D")).dense_classes == ("C", "D")
+    assert Task(name="y", label_column="d", class_names=("F", "G", "D")).dense_classes == ()
+    old = task_dict(get_task("dense"))
+    del old["dense_classes"]
+    assert resolve_task(old).dense_classes == ("dense",)
+    assert dense_classes_of(type("Stub", (), {"class_names": ("A", "B", "C", "D")})()) == ("C", "D")
+
+
+def test_add_dense_and_dense_indices():
+    from mammolens.pipeline.aggregate import add_dense, dense_indices
+
+    assert dense_indices(CLASSES, ("C", "D")) == [2, 3]
+    assert dense_indices(CLASSES, ()) is None and dense_indices(["F", "G", "D"], ("C",)) is None
+    e = add_dense(aggregate_exam(_frame(ROWS), CLASSES), CLASSES, [2, 3])
+    assert (e["dense"] == (e["prob_C"] + e["prob_D"] >= 0.5)).all()
+    assert "dense" not in add_dense(aggregate_exam(_frame(ROWS), CLASSES), CLASSES, None)
+
+
+def test_old_density_run_reports_dense_as_before(tmp_path):
+    """A run stored before ``Task.dense_classes`` (its checkpoint's task has no such field) still gets the
+    C+D rule in Predictor (images, breasts, exams) and in evaluate."""
+    import torch
+    from PIL import Image
+
+    from _run_fixtures import old_run
+    from mammolens.data.synthetic import render_breast
+    from mammolens.inference import Predictor
+    from mammolens.models.run import load_run
+    from mammolens.tasks import dense_classes_of
+    from mammolens.transforms.quality import QualityCfg
+
+    run_dir = old_run("contrastive", tmp_path / "run")
+    assert "dense_classes" not in torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)["task"]
+    assert dense_classes_of(load_run(run_dir).task) == ("C", "D")  # what evaluate_run passes
+    p = Predictor.from_run(run_dir, device="cpu", workers=0, quality=QualityCfg(ood=False))
+    (tmp_path / "imgs").mkdir()
+    for i, (lat, view) in enumerate([("L", "CC"), ("L", "MLO"), ("R", "CC")]):
+        img = render_breast(np.random.default_rng(i), (128, 104), lat, view, 0.4)[0]
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(tmp_path / "imgs" / f"x_{lat}_{view}.png")
+    res = p.predict(tmp_path / "imgs")
+    assert len(res.images) == 3 and res.images["assessable"].all() and len(res.exams) == 3
+    for df in (res.images, res.breasts, res.exams):
+        assert (df["dense"] == (df["prob_C"] + df["prob_D"] >= 0.5)).all()
+
+
+def test_old_import_path_still_works():
+    from mammolens.evaluation import aggregate_exam as from_package
+    from mammolens.evaluation.aggregate import aggregate_breast as old_breast
+    from mammolens.pipeline.aggregate import aggregate_breast as new_breast
+
+    assert old_breast is new_breast and from_package is aggregate_exam
