@@ -312,3 +312,44 @@ def test_build_cache_keeps_pydicom_warnings_off_the_terminal(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Invalid value" not in proc.stderr + proc.stdout
     assert open_cache(tmp_path / "c").index["status"].tolist() == ["done"]
+
+
+# ------------------------------------------------------------------------------------ the quality gate
+def test_build_cache_lists_quality_refused_images_in_errors_and_never_trains_on_them(png_manifest, tmp_path):
+    from mammolens.data.dataset import MammoDataset
+    from mammolens.tasks import get_task
+
+    df = png_manifest.iloc[:3].copy()
+    flat = tmp_path / "imgs" / "flat.png"
+    Image.fromarray(np.full((120, 90), 128, np.uint8)).save(flat)  # what Predictor calls not assessable
+    df.loc[1, "image_path"] = str(flat)
+    out = build_cache(df, tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False, reader=png_reader)
+    c = open_cache(out)
+    assert list(c.index["status"]) == ["done", "failed", "done"]
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors["row"].tolist() == [1] and errors["image_path"].tolist() == [str(flat)]
+    assert errors["reason"][0].startswith("ValueError: not assessable: constant image")
+    assert len(MammoDataset(c, get_task("density"))) == 2  # the refused row is not trainable
+    # the gate turned off: the same image is cached (today's images, if a user asks for it)
+    off = open_cache(build_cache(df, tmp_path / "c_off", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                                 reader=png_reader, quality=QualityCfg(enabled=False)))
+    assert (off.index["status"] == "done").all()
+
+
+def test_cache_json_records_the_quality_gate_and_a_cache_without_it_is_stale(png_manifest, tmp_path):
+    from mammolens.transforms.quality import QUALITY_VERSION
+
+    df = png_manifest.iloc[:2]
+    cfg = PreprocessCfg(size=SIZE)
+    out = build_cache(df, tmp_path / "c", cfg, workers=0, progress=False, reader=png_reader)
+    meta = json.loads((out / "cache.json").read_text())
+    assert meta["quality"] == {"version": QUALITY_VERSION, "cfg": QualityCfg().to_dict()}
+    build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader)  # same gate: resumed, nothing to do
+    with pytest.raises(CacheError, match="different image quality gate"):
+        build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader, quality=QualityCfg(min_side=100))
+    del meta["quality"]  # a cache written before the gate was recorded
+    (out / "cache.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="without the image quality gate"):
+        build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader)
+    build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader, overwrite=True)
+    assert json.loads((out / "cache.json").read_text())["quality"]["version"] == QUALITY_VERSION
