@@ -217,9 +217,9 @@ def _check_existing(out: Path, fp: dict[str, Any], n_bytes: int, overwrite: bool
     (``overwrite``) or raise ``CacheError`` naming what differs."""
     meta_path, images_path = out / META_FILE, out / IMAGES_FILE
     if not meta_path.exists():
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            if images_path.exists() or (out / INDEX_FILE).exists():
-                raise CacheError(f"{out} holds cache files without {META_FILE}; pass overwrite=True to rebuild it")
+        if (out.exists() and any(out.iterdir()) and not overwrite
+                and (images_path.exists() or (out / INDEX_FILE).exists())):
+            raise CacheError(f"{out} holds cache files without {META_FILE}; pass overwrite=True to rebuild it")
         return
     try:
         old = json.loads(meta_path.read_text())

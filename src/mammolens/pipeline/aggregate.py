@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["aggregate_breast", "aggregate_exam", "add_dense", "dense_indices"]
+__all__ = ["add_dense", "aggregate_breast", "aggregate_exam", "dense_indices"]
 
 DENSE_THRESHOLD = 0.5
 

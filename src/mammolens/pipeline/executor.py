@@ -30,7 +30,7 @@ from typing import Any
 
 from mammolens.parallel import run_tasks
 
-__all__ = ["Executor", "LocalExecutor", "get_executor", "register_executor", "list_executors"]
+__all__ = ["Executor", "LocalExecutor", "get_executor", "list_executors", "register_executor"]
 
 
 class Executor:

@@ -43,7 +43,7 @@ import numpy as np
 from mammolens.transforms.config import PreprocessCfg
 from mammolens.transforms.quality import QualityCfg
 
-__all__ = ["Prepared", "prepare", "parse_frame", "PREPARED_META_KEYS", "STATUSES"]
+__all__ = ["PREPARED_META_KEYS", "STATUSES", "Prepared", "parse_frame", "prepare"]
 
 PREPARED_META_KEYS = ("laterality", "view", "modality", "manufacturer", "presentation_intent", "study_instance_uid",
                       "sop_instance_uid", "patient_id")
