@@ -65,7 +65,9 @@ def test_fuzz_corpus_through_ingest_preprocess_and_predict(corpus, app_env, monk
     assert set(idx["status"]) <= {"done", "failed"}
     assert (idx.loc[idx["status"] == "failed", "error"].str.len() > 0).all()
     status = dict(zip(idx["abs"], idx["status"]))
-    assert all(status[p] == "done" for p in good_dicoms)
+    reason = dict(zip(idx["abs"], idx["error"]))
+    # a good DICOM is cached, or refused by the quality gate that prediction applies too (never a read error)
+    assert [p for p in good_dicoms if status[p] != "done" and not reason[p].startswith("ValueError: not assessable")] == []
     must_fail = {str(Path(p).resolve()) for p in bad["path"]} & set(status)
     assert [p for p in must_fail if status[p] != "failed"] == []
     done = cache.images[np.flatnonzero(idx["status"] == "done")]

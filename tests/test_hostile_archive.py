@@ -157,9 +157,6 @@ def test_hostile_archive_predict_end_to_end(app_env, tmp_path):  # noqa: F811
     assert _peak_rss_mb() < RSS_LIMIT_MB, _peak_rss_mb()
 
 
-@pytest.mark.xfail(strict=True, reason="input side of issue 20 (w-input): ingest aborts with exit 2 on a "
-                   "non-UTF-8 name and on PatientAge 130Y, lets a CT with a view through the gate, counts a "
-                   "duplicate SOPInstanceUID twice and prints identity in its FAILED lines")
 def test_hostile_archive_input_side(app_env, tmp_path):  # noqa: F811
     root = tmp_path / "archive"
     root.mkdir()

@@ -15,9 +15,9 @@ def cohort(tmp_path_factory):
     from mammolens.data.synthetic import make_cohort
 
     root = tmp_path_factory.mktemp("study")
-    make_cohort(root / "cohort", n_patients=12, seed=0, image_size=(64, 56), dbt_frames=2, density_probs=[0.25] * 4)
+    make_cohort(root / "cohort", n_patients=12, seed=0, image_size=(64, 64), dbt_frames=2, density_probs=[0.25] * 4)
     build_cache(root / "cohort" / "manifest.parquet", root / "cache", PreprocessCfg(size=32), workers=0, progress=False)
-    make_cohort(root / "ext", n_patients=4, seed=1, image_size=(64, 56), dbt_frames=2, density_probs=[0.25] * 4)
+    make_cohort(root / "ext", n_patients=4, seed=1, image_size=(64, 64), dbt_frames=2, density_probs=[0.25] * 4)
     return root
 
 

@@ -61,8 +61,10 @@ def test_train_loader_workers_get_one_thread_and_train_sets_threads(tmp_path, re
     from mammolens.train import loop
 
     make_cohort(tmp_path / "c", n_patients=4, seed=0, modalities=("DM",), image_size=(64, 52))
+    from mammolens.transforms.quality import QualityCfg
+
     cache = build_cache(tmp_path / "c" / "manifest.parquet", tmp_path / "cache", PreprocessCfg(size=32), workers=0,
-                        progress=False)
+                        progress=False, quality=QualityCfg(enabled=False))  # 52-px images: below min_side
     seen = {}
     real = loop._make_loader
 

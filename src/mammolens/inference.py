@@ -17,8 +17,9 @@ embedding (``models.ood``) after the forward pass. Images that fail keep their r
 ``assessable=False`` and ``quality_reason``, no probabilities/prediction, and are left out of the breast
 and exam aggregation (and of DICOM SR outputs).
 
-Images are read by ``mammolens.io.read_image`` and preprocessed by the run's own recipe
-(``PreprocessCfg`` saved in the checkpoint), so a prediction sees exactly what training saw.
+Images go through ``pipeline.prepare`` (read by ``mammolens.io.read_image``, header gate, quality gate,
+preprocessed by the run's own recipe, the ``PreprocessCfg`` saved in the checkpoint): the function the
+cache builder uses, so a prediction sees exactly what training saw.
 Reading and preprocessing run in a pool of worker processes while the model works on the previous
 batch; at most a few batches are in flight, so memory stays flat on any number of files.
 
@@ -49,12 +50,16 @@ import pandas as pd
 import torch
 
 from mammolens.data.cache import PreprocessCfg
+from mammolens.explain.cams import classifier_cams, heatmap_on_original  # noqa: F401  (moved to explain.cams; importable here for one release)
 from mammolens.io.gating import PROCESSING_DUPLICATE, processing_duplicates
 from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast_dtype
+from mammolens.pipeline import prepare as _prep  # looked up at call time (tests count the calls)
+from mammolens.pipeline.aggregate import add_dense, dense_indices
+from mammolens.pipeline.executor import get_executor
 from mammolens.privacy import display_path, ids_of, pseudonym, relative_path, scrub_path, scrub_text
+from mammolens.tasks import dense_classes_of
 from mammolens.transforms.quality import QualityCfg
-from mammolens.parallel import run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -183,73 +188,50 @@ def overlay_name(rel: str, suffix: str = "_gradcam.png") -> str:
     return f"{stem}_{digest}{suffix}"
 
 
-_META_KEYS = ("laterality", "view", "modality", "manufacturer", "presentation_intent", "study_instance_uid",
-              "sop_instance_uid", "patient_id", "patient_name", "accession_number")
-
-
-def _dicom_reference(path: str, img) -> dict[str, str]:
+def _dicom_reference(path: str, conversion: dict) -> dict[str, str]:
     """The DICOM outputs' source reference of a DICOM input (``io.dicom_out.source_reference``), ``{}`` for a
     raster. Read here, in the worker, beside the image (a header-only read of a few tags); the main process
     never parses the header again."""
-    if (img.conversion or {}).get("reader") != "mammolens.io.dicom":
+    if (conversion or {}).get("reader") != "mammolens.io.dicom":
         return {}
     from mammolens.io.dicom_out import read_source_reference
 
     return read_source_reference(path)
 
 
-def _quality_check(path: str, pixels: np.ndarray, meta: dict, quality: dict | None) -> dict[str, Any] | None:
-    """A "not assessable" record when the image fails the quality gate, else None."""
-    from mammolens.transforms.quality import check_image
-
-    q = check_image(pixels, QualityCfg.from_dict(quality))
-    if q.ok:
-        return None
-    return {"path": path, "pixels": None, "meta": {k: meta.get(k) for k in _META_KEYS}, "error": None,
-            "quality_reason": q.reason}
-
-
 DISPLAY_MAX_SIDE = 2048  # heat maps are drawn on a copy of the original at most this long (memory stays flat)
 
 
 def _load_one(path: str, cfg_dict: dict, quality: dict | None = None, display: int = 0) -> dict[str, Any]:
-    """Worker: read, gate, quality-check and preprocess one file; raises on an unreadable file
-    (``run_tasks`` records the reason); gate and quality failures come back as records.
+    """Worker: ``pipeline.prepare`` one file (read, gate, quality-check, preprocess); raises on an
+    unreadable file (the ``Executor`` records the reason); gate and quality failures come back as records.
 
     ``display > 0`` also returns ``display`` (a uint8 copy of the original image, longest side
-    ``<= display``, see ``transforms.breast.display_copy``) and ``geometry`` (``preprocess_image``'s info) so
+    ``<= display``, see ``transforms.breast.display_copy``) and ``geometry`` (``Prepared.geometry``) so
     that a heat map can be drawn on the original image rather than on the model's tile.
     """
-    from mammolens.io import read_image
-    from mammolens.io.gating import mammography_gate
-    from mammolens.transforms.breast import display_copy, preprocess_image
-
-    cfg = PreprocessCfg.from_dict(cfg_dict)
-    img = read_image(path, dbt=cfg.dbt)
-    meta = dict(img.meta or {})
-    ref = _dicom_reference(path, img)
-    meta.update(patient_name=ref.get("PatientName", ""), accession_number=ref.get("AccessionNumber", ""))
-    gate_ok, gate_reason = mammography_gate(meta)
-    if not gate_ok:  # never preprocessed, never predicted: listed in errors with the reason
-        return {"path": path, "error": gate_reason}
-    bad = _quality_check(path, img.pixels, meta, quality)
-    if bad is not None:
-        return {**bad, "dicom_ref": ref}
-    arr, info = preprocess_image(img.pixels, cfg, laterality=meta.get("laterality") or None)
+    p = _prep.prepare(path, PreprocessCfg.from_dict(cfg_dict), QualityCfg.from_dict(quality), display=display)
+    if p.status == "refused":  # never preprocessed, never predicted: listed in errors with the reason
+        return {"path": path, "error": p.reason}
+    ref = _dicom_reference(path, p.conversion)
+    meta = {**p.meta, "patient_name": ref.get("PatientName", ""), "accession_number": ref.get("AccessionNumber", "")}
+    if p.status == "not_assessable":
+        return {"path": path, "pixels": None, "meta": meta, "error": None, "quality_reason": p.reason,
+                "dicom_ref": ref}
     rec = {
         "path": path,
-        "pixels": arr,
-        "meta": {k: meta.get(k) for k in _META_KEYS},
-        "flipped": bool(info.get("flipped")),
-        "bbox": info.get("bbox"),
-        "orig_shape": info.get("orig_shape"),
+        "pixels": p.pixels,
+        "meta": meta,
+        "flipped": bool(p.geometry.get("flipped")),
+        "bbox": p.geometry.get("bbox"),
+        "orig_shape": p.geometry.get("orig_shape"),
         "error": None,
         "quality_reason": "",
         "dicom_ref": ref,  # what the SR / Secondary Capture copy (io.dicom_out.source_reference)
     }
     if display > 0:
-        rec["display"], _ = display_copy(img.pixels, display)
-        rec["geometry"] = info
+        rec["display"] = p.display
+        rec["geometry"] = p.geometry
     return rec
 
 
@@ -301,7 +283,7 @@ class Predictor:
         self.name = name
         # what produced the predictions (filled from the run by from_run): model, task, method, run folder
         self.model_info = {"name": name, "task": getattr(task, "name", ""), "method": "", "run": ""}
-        self._dense_idx = self._dense_indices()
+        self._dense_idx = dense_indices(self.class_names, dense_classes_of(task))  # Task.dense_classes
         self.quality = quality or QualityCfg()
         self.ood = ood if self.quality.enabled and self.quality.ood else None
 
@@ -321,14 +303,6 @@ class Predictor:
         return p
 
     # ------------------------------------------------------------------------------------- helpers
-    def _dense_indices(self) -> list[int] | None:
-        names = self.class_names
-        if set(names) >= {"C", "D"}:
-            return [names.index("C"), names.index("D")]
-        if "dense" in names:
-            return [names.index("dense")]
-        return None
-
     def predict_tensor(self, x: torch.Tensor) -> np.ndarray:
         """Class probabilities ``[B, K]`` for images ``[B, 1, S, S]`` in [0, 1] (any ``S``: ``pipeline.encode``
         resizes to the run's input size)."""
@@ -338,11 +312,10 @@ class Predictor:
                            task=self.task)["probs"]
 
     def predict_array(self, pixels: np.ndarray, laterality: str | None = None) -> dict[str, float]:
-        """Probabilities for one image given as an array (``[H, W]`` in [0, 1], any size)."""
-        from mammolens.transforms.breast import preprocess_image
-
-        arr, _ = preprocess_image(np.asarray(pixels, dtype=np.float32), self.preprocess, laterality=laterality)
-        probs = self.predict_tensor(torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None])[0]
+        """Probabilities for one image given as an array (``[H, W]`` in [0, 1], any size; no header gate,
+        no quality gate: ``pipeline.prepare`` preprocesses it)."""
+        p = _prep.prepare(np.asarray(pixels, dtype=np.float32), self.preprocess, None, laterality=laterality)
+        probs = self.predict_tensor(torch.from_numpy(p.pixels.astype(np.float32) / 65535.0)[None, None])[0]
         return dict(zip(self.class_names, map(float, probs)))
 
     def iter_batches(self, paths: Sequence[str | PathLike], display: int = 0) -> Iterator[list[dict[str, Any]]]:
@@ -359,8 +332,9 @@ class Predictor:
         window = max(2 * max(self.workers, 1), self.batch_size) + self.batch_size
         batch: list[dict[str, Any]] = []
         workers = min(self.workers, len(paths))  # no idle processes for a handful of files
-        for i, rec, err in run_tasks(_load_item, ((p, cfg_dict, quality, display) for p in paths), workers, timeout=self.timeout, ordered=True,
-                                     max_in_flight=window):
+        items = ((p, cfg_dict, quality, display) for p in paths)
+        for i, rec, err in get_executor("local", workers=workers).map(_load_item, items, ordered=True,
+                                                                      timeout=self.timeout, window=window):
             batch.append(rec if err is None else {"path": paths[i], "error": err})
             if len(batch) == self.batch_size:
                 yield batch
@@ -395,7 +369,7 @@ class Predictor:
         ..."), and so is a For Processing image whose view also came For Presentation; neither gets a
         density. Without a StudyInstanceUID or a sidecar study, each file is its own exam (one warning).
         """
-        from mammolens.evaluation.aggregate import aggregate_breast, aggregate_exam
+        from mammolens.pipeline.aggregate import aggregate_breast, aggregate_exam
 
         paths, problems = find_inputs(inputs)
         hints = read_sidecar(sidecar) if sidecar is not None else {}
@@ -469,8 +443,8 @@ class Predictor:
         breasts = aggregate_breast(images_for_agg, self.class_names) if len(images_for_agg) else images.iloc[:0, :0]
         exams = aggregate_exam(images_for_agg, self.class_names) if len(images_for_agg) else images.iloc[:0, :0]
         for df in (breasts, exams):
-            if len(df) and self._dense_idx is not None:
-                df["dense"] = df[[f"prob_{self.class_names[i]}" for i in self._dense_idx]].sum(axis=1) >= 0.5
+            if len(df):
+                add_dense(df, self.class_names, self._dense_idx)
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
                                 self.class_names, sources, warnings)
 
@@ -480,8 +454,8 @@ class Predictor:
         regular file), gives none."""
         out: list[list[tuple[str, object]]] = [[] for _ in paths]
         todo = [i for i, q in enumerate(paths) if q not in skip]
-        for j, ids, err in run_tasks(_header_ids, [paths[i] for i in todo], min(self.workers, len(todo)),
-                                     timeout=self.timeout):
+        ex = get_executor("local", workers=min(self.workers, len(todo)))
+        for j, ids, err in ex.map(_header_ids, [paths[i] for i in todo], ordered=False, timeout=self.timeout):
             out[todo[j]] = ids if err is None else []
         return out
 
@@ -628,31 +602,6 @@ def _run_ood(run_dir: Path, which: str):
 def class_probs(row, class_names: Sequence[str]) -> dict[str, float]:
     """``{class: probability}`` from a prediction row's ``prob_<class>`` fields."""
     return {c: float(row[f"prob_{c}"]) for c in class_names}
-
-
-def classifier_cams(model: torch.nn.Module, x: torch.Tensor, classes) -> np.ndarray:
-    """GradCAM maps ``[B, H, W]`` of a run's classifier (``model(x) -> logits``) for one class per image."""
-    from mammolens.explain.gradcam import GradCAM, OutputIndexTarget
-
-    with torch.enable_grad(), GradCAM(model, forward_fn=model.forward) as cam:
-        maps = cam.compute(x, OutputIndexTarget(torch.as_tensor(classes)))
-    return maps.detach().cpu().numpy()
-
-
-def heatmap_on_original(display: np.ndarray, cam: np.ndarray, geometry: dict, class_name: str,
-                        prob: float | None = None) -> np.ndarray:
-    """A model-grid map drawn on the original image: RGB ``[h, w + panel, 3]`` (``explain.overlay.render_heatmap``).
-
-    Args:
-        display: uint8 ``[h, w]`` copy of the original image (``transforms.breast.display_copy``).
-        cam: ``[S, S]`` (or coarser) map on the model's tile.
-        geometry: ``preprocess_image``'s info for that image.
-        class_name, prob: the class the map explains and its probability (the colour bar's title).
-    """
-    from mammolens.explain.overlay import render_heatmap
-    from mammolens.transforms.breast import to_original
-
-    return render_heatmap(display, to_original(cam, geometry, out_shape=display.shape), class_name, prob)
 
 
 def _error_row(rel: str, reason: str, ids: list, include_ids: bool) -> dict[str, str]:

@@ -97,10 +97,25 @@ def pseudonym(value: object, kind: str = "study", key: bytes | None = None) -> s
 
 def relative_path(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
     """``path`` relative to ``root`` (POSIX); only the file name when there is no root or it is outside."""
+    if not root:
+        return Path(path).name
     try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix() if root else Path(path).name
+        return _resolved(path).relative_to(_resolved(root)).as_posix()
     except ValueError:
         return Path(path).name
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """``Path(path).resolve()``, or for a path inside a symlink loop (``resolve`` raises) its parent resolved
+    plus its own name: a hostile file name never stops the job that reports it."""
+    p = Path(path)
+    try:
+        return p.resolve()
+    except (RuntimeError, OSError):
+        try:
+            return p.parent.resolve() / p.name
+        except (RuntimeError, OSError):
+            return Path(os.path.abspath(p))
 
 
 Ids = Mapping[str, object] | Iterable[tuple[str, object]]
@@ -191,7 +206,7 @@ def pseudonymise_frame(df):
     pseudonymised (:func:`scrub_path`)."""
     out = df.copy()
     if "image_path" in out and len(out):
-        root = os.path.commonpath([str(Path(p).resolve().parent) for p in out["image_path"]])
+        root = os.path.commonpath([str(_resolved(p).parent) for p in out["image_path"]])
         out["image_path"] = [scrub_path(r["image_path"], ids_of(r), root) for r in df.to_dict("records")]
     for col, kind in ID_COLUMNS.items():
         if col in out:
@@ -226,7 +241,7 @@ def scrub_report(path: str | os.PathLike, reason: str, ids: Ids = (), root: str 
     if known:
         text = "/".join(pseudonym(part, known[part]) if part in known else part for part in text.split("/"))
     reason = str(reason)
-    for form in sorted({str(path), str(Path(path).resolve()), os.path.abspath(path)}, key=len, reverse=True):
+    for form in sorted({str(path), str(_resolved(path)), os.path.abspath(path)}, key=len, reverse=True):
         reason = reason.replace(form, text)
     reason = scrub_text(reason, ids)
     if known:
@@ -246,7 +261,7 @@ def scrub_errors(frame, rows: Iterable, path_col: str = "image_path",
     known = known_identifiers(ids_of(r) for r in records.values())
     paths = [str(p) for p in frame[path_col]] if len(frame) else []
     try:
-        root = os.path.commonpath([str(Path(p).resolve().parent) for p in paths]) if paths else None
+        root = os.path.commonpath([str(_resolved(p).parent) for p in paths]) if paths else None
     except ValueError:  # relative and absolute mixed, or different drives
         root = None
     out_paths, out_reasons = [], []

@@ -31,7 +31,16 @@ import numpy as np
 
 from mammolens.constants import DENSITY_CLASSES, DENSITY_DESCRIPTIONS
 
-__all__ = ["Task", "get_task", "list_tasks", "register_task", "load_task"]
+__all__ = ["Task", "get_task", "list_tasks", "register_task", "load_task", "dense_classes_of", "legacy_dense_classes"]
+
+
+def legacy_dense_classes(class_names: Iterable[str]) -> tuple[str, ...]:
+    """The rule used before ``Task.dense_classes`` existed: BI-RADS ``C`` and ``D`` when both are classes,
+    else a class named ``dense``, else none."""
+    names = [str(c) for c in class_names]
+    if {"C", "D"} <= set(names):
+        return ("C", "D")
+    return ("dense",) if "dense" in names else ()
 
 
 def _norm_value(value: Any) -> str | None:
@@ -68,6 +77,10 @@ class Task:
             class name.
         descriptions: One text per class for the prompts; defaults to the class names.
         description: Free text shown in reports.
+        dense_classes: the classes that count as "dense" (the ``dense`` flag per image, breast and exam
+            and the dense-vs-non-dense metrics: their summed probability >= 0.5); ``()`` for a task
+            without that notion. Left out (None): the registered task of the same name and classes
+            supplies it (a task stored by an older mammolens), else ``legacy_dense_classes``.
     """
 
     name: str
@@ -77,6 +90,7 @@ class Task:
     templates: tuple[str, ...] = ("{}",)
     descriptions: tuple[str, ...] = ()
     description: str = ""
+    dense_classes: tuple[str, ...] | None = None
     _lookup: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
@@ -110,6 +124,15 @@ class Task:
                 f"task {self.name!r}: {len(descriptions)} descriptions for {len(names)} classes {list(names)}"
             )
         set_(self, "descriptions", descriptions)
+        dense = self.dense_classes
+        if dense is None:
+            known = _TASKS.get(self.name)
+            dense = known.dense_classes if known is not None and known.class_names == names else legacy_dense_classes(names)
+        dense = (dense,) if isinstance(dense, str) else tuple(str(c) for c in dense)
+        unknown = [c for c in dense if c not in names]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: dense_classes {unknown} are not among its classes {list(names)}")
+        set_(self, "dense_classes", dense)
         lookup: dict[str, int] = {}
         for k, vals in enumerate(values):
             for v in vals:
@@ -176,7 +199,8 @@ class Task:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Task:
         """Build a task from a plain dict (YAML/JSON); unknown keys raise ValueError."""
-        known = {"name", "label_column", "class_names", "class_values", "templates", "descriptions", "description"}
+        known = {"name", "label_column", "class_names", "class_values", "templates", "descriptions", "description",
+                 "dense_classes"}
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown task field(s) {sorted(extra)}; allowed: {sorted(known)}")
@@ -184,7 +208,7 @@ class Task:
         if missing:
             raise ValueError(f"task definition is missing {missing}; required: name, label_column, class_names")
         kw = dict(d)
-        for key in ("class_names", "templates", "descriptions"):
+        for key in ("class_names", "templates", "descriptions", "dense_classes"):
             if key in kw and kw[key] is not None and not isinstance(kw[key], str):
                 kw[key] = tuple(kw[key])
         if kw.get("class_values") is not None:
@@ -264,6 +288,13 @@ def task_dict(task: Task) -> dict[str, Any]:
     return {f.name: plain(getattr(task, f.name)) for f in fields(task) if f.init}
 
 
+def dense_classes_of(task: Any) -> tuple[str, ...]:
+    """A task's ``dense_classes``; for an object without the field (a stand-in task), ``legacy_dense_classes``
+    of its class names."""
+    dense = getattr(task, "dense_classes", None)
+    return tuple(dense) if dense is not None else legacy_dense_classes(getattr(task, "class_names", ()))
+
+
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
@@ -281,6 +312,7 @@ register_task(Task(
         "breast density category {name}",
     ),
     description="BI-RADS breast composition A-D (5th edition)",
+    dense_classes=("C", "D"),
 ))
 register_task(Task(
     name="dense",
@@ -290,6 +322,7 @@ register_task(Task(
     descriptions=("non-dense, fatty or scattered fibroglandular", "dense, heterogeneously or extremely dense"),
     templates=("a mammogram showing {} breast tissue", "the breasts are {}", "{name} breasts"),
     description="dense (BI-RADS C/D) vs non-dense (A/B)",
+    dense_classes=("dense",),
 ))
 register_task(Task(
     name="mias",
@@ -298,6 +331,7 @@ register_task(Task(
     descriptions=("fatty", "fatty-glandular", "dense-glandular"),
     templates=("a mammogram showing {} breast tissue", "{} breast", "MIAS background tissue {name}: {}"),
     description="MIAS background tissue: fatty, fatty-glandular, dense-glandular",
+    dense_classes=(),
 ))
 register_task(Task(
     name="pathology",
@@ -311,6 +345,7 @@ register_task(Task(
     descriptions=("normal", "a benign finding", "a malignant finding"),
     templates=("a mammogram showing {}", "a {name} mammogram"),
     description="normal / benign / malignant (MIAS severity B/M, CBIS-DDSM pathology)",
+    dense_classes=(),
 ))
 # Finding tasks, zero-shot from their prompts (``method: zeroshot``) or trained like any task. The label
 # columns are those the adapters write: ``pathology`` (normal/benign/malignant: MIAS, CBIS-DDSM, the

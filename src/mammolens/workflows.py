@@ -84,24 +84,23 @@ REPORT_MAX_SIDE = 1024  # gallery figures are embedded in report.html: big enoug
 
 
 def _gallery_figure(row, tile: np.ndarray, cam: np.ndarray, cfg, class_name: str, prob: float) -> np.ndarray:
-    """A gallery heat map drawn on the original image of a cache row (re-read; its geometry is recomputed
-    by the same ``preprocess_image``), else on the cache tile when the file cannot be read here.
+    """A gallery heat map drawn on the original image of a cache row (re-read by ``pipeline.prepare``, which
+    recomputes its geometry with the cache's recipe), else on the cache tile when the file cannot be read here.
 
     Outside the breast mask the grey image is blanked, as in the cache: a research report must not show
     film labels or burned-in text that the model never saw.
     """
+    from mammolens.explain.cams import heatmap_on_original
     from mammolens.explain.overlay import render_heatmap
-    from mammolens.inference import heatmap_on_original
-    from mammolens.io import read_image
-    from mammolens.transforms.breast import breast_mask, display_copy, preprocess_image
+    from mammolens.pipeline import prepare as _prep
+    from mammolens.transforms.breast import breast_mask
 
-    try:
-        fr = getattr(row, "frame", None)  # a DBT frame as its own row
-        fr = None if fr is None or pd.isna(fr) or str(fr).strip() == "" else int(float(fr))
-        img = read_image(str(row.image_path), **({"frame": fr} if fr is not None else {"dbt": cfg.dbt}))
-        pixels = img.pixels if img.pixels.ndim == 2 or fr is None else img.pixels[fr]
-        _, info = preprocess_image(pixels, cfg, laterality=str(getattr(row, "laterality", "") or ""))
-        display, _ = display_copy(pixels, REPORT_MAX_SIDE)
+    try:  # the row's own frame (a DBT frame as its own row) and laterality, as the cache read it
+        p = _prep.prepare(row, cfg, None, display=REPORT_MAX_SIDE,
+                          laterality=str(getattr(row, "laterality", "") or ""))
+        if not p.ok:
+            raise ValueError(p.reason)
+        display, info = p.display, p.geometry
     except Exception as e:  # noqa: BLE001 — the cache is enough to explain; only the picture is smaller
         log.info("gallery: original image not readable (%s), drawing on the cache tile", type(e).__name__)
         return render_heatmap(tile, cam, class_name, prob)
@@ -116,7 +115,7 @@ def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class
     from PIL import Image
 
     from mammolens.data.cache import open_cache
-    from mammolens.inference import classifier_cams
+    from mammolens.explain.cams import classifier_cams
 
     if per_class <= 0 or preds.empty:
         return []
@@ -195,9 +194,10 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
                                  work / "compare", workers, progress)
             cmp_preds = _predict_cache(run_b, cache_b, batch_size, device)
         names = list(run.task.class_names)
-        dense = ("C", "D") if set(names) >= {"C", "D"} else None
+        from mammolens.tasks import dense_classes_of
+
         result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
-                                      dense_classes=dense)
+                                      dense_classes=dense_classes_of(run.task) or None)
         gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
         result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device, emb)
         localization = _localization(run_dir, data, out_dir, n_boot, seed, device)
@@ -583,12 +583,13 @@ def _image_maps(model, pixels: np.ndarray, pre, laterality, texts, kind, factor,
     import torch
 
     from mammolens.explain import sentence_maps
-    from mammolens.transforms.breast import display_copy, preprocess_image, to_original
+    from mammolens.pipeline import prepare as _prep
+    from mammolens.transforms.breast import to_original
 
-    arr, info = preprocess_image(pixels, pre, laterality=laterality or None)
-    x = torch.from_numpy(arr.astype(np.float32) / 65535.0)[None, None].to(device)  # [1, 1, S, S]
+    p = _prep.prepare(pixels, pre, None, display=display_side, laterality=laterality or None)  # no header: no gate
+    x = torch.from_numpy(p.pixels.astype(np.float32) / 65535.0)[None, None].to(device)  # [1, 1, S, S]
     maps = sentence_maps(model, x, texts, kind, factor)[0].numpy()  # [T, S, S]
-    display, _ = display_copy(pixels, display_side)
+    display, info = p.display, p.geometry
     return display, np.stack([to_original(m, info, out_shape=display.shape) for m in maps]), info
 
 

@@ -14,6 +14,7 @@ from mammolens.data.cache import (
     merge_caches,
     open_cache,
 )
+from mammolens.transforms.quality import QualityCfg
 
 SIZE = 32
 
@@ -218,7 +219,9 @@ def test_build_cache_dbt_frame_rows_and_mip(tmp_path):
     rows["frame"] = rows["frame"].astype("Int64")
     rows["image_path"] = [str(tmp_path / "coh" / p) for p in rows["image_path"]]
     cfg = PreprocessCfg(size=SIZE, crop=False, mask_background=False, flip="none")
-    c = open_cache(build_cache(rows, tmp_path / "c", cfg, workers=0, progress=False))
+    # 48-px frames: below the quality gate's min_side, which is not what this test is about
+    c = open_cache(build_cache(rows, tmp_path / "c", cfg, workers=0, progress=False,
+                               quality=QualityCfg(enabled=False)))
     assert (c.index["status"] == "done").all()
     stack = read_image(rows["image_path"][0], dbt="frames").pixels  # [F, H, W]
     from mammolens.transforms.breast import resize_pad
@@ -301,9 +304,52 @@ def test_build_cache_keeps_pydicom_warnings_off_the_terminal(tmp_path):
                        manufacturer="X", density="A")]).to_parquet(tmp_path / "m.parquet")
     # a fresh interpreter: pytest's own warning capture would hide what a user's terminal shows
     code = ("import logging, sys; logging.basicConfig(); from mammolens.data.cache import build_cache, PreprocessCfg; "
-            "build_cache(sys.argv[1], sys.argv[2], PreprocessCfg(size=16), workers=0, progress=False)")
+            "from mammolens.transforms.quality import QualityCfg; "  # a tiny test image: the gate is not tested here
+            "build_cache(sys.argv[1], sys.argv[2], PreprocessCfg(size=16), workers=0, progress=False, "
+            "quality=QualityCfg(enabled=False))")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.parquet"), str(tmp_path / "c")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Invalid value" not in proc.stderr + proc.stdout
     assert open_cache(tmp_path / "c").index["status"].tolist() == ["done"]
+
+
+# ------------------------------------------------------------------------------------ the quality gate
+def test_build_cache_lists_quality_refused_images_in_errors_and_never_trains_on_them(png_manifest, tmp_path):
+    from mammolens.data.dataset import MammoDataset
+    from mammolens.tasks import get_task
+
+    df = png_manifest.iloc[:3].copy()
+    flat = tmp_path / "imgs" / "flat.png"
+    Image.fromarray(np.full((120, 90), 128, np.uint8)).save(flat)  # what Predictor calls not assessable
+    df.loc[1, "image_path"] = str(flat)
+    out = build_cache(df, tmp_path / "c", PreprocessCfg(size=SIZE), workers=0, progress=False, reader=png_reader)
+    c = open_cache(out)
+    assert list(c.index["status"]) == ["done", "failed", "done"]
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors["row"].tolist() == [1] and errors["image_path"].tolist() == [str(flat)]
+    assert errors["reason"][0].startswith("ValueError: not assessable: constant image")
+    assert len(MammoDataset(c, get_task("density"))) == 2  # the refused row is not trainable
+    # the gate turned off: the same image is cached (today's images, if a user asks for it)
+    off = open_cache(build_cache(df, tmp_path / "c_off", PreprocessCfg(size=SIZE), workers=0, progress=False,
+                                 reader=png_reader, quality=QualityCfg(enabled=False)))
+    assert (off.index["status"] == "done").all()
+
+
+def test_cache_json_records_the_quality_gate_and_a_cache_without_it_is_stale(png_manifest, tmp_path):
+    from mammolens.transforms.quality import QUALITY_VERSION
+
+    df = png_manifest.iloc[:2]
+    cfg = PreprocessCfg(size=SIZE)
+    out = build_cache(df, tmp_path / "c", cfg, workers=0, progress=False, reader=png_reader)
+    meta = json.loads((out / "cache.json").read_text())
+    assert meta["quality"] == {"version": QUALITY_VERSION, "cfg": QualityCfg().to_dict()}
+    build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader)  # same gate: resumed, nothing to do
+    with pytest.raises(CacheError, match="different image quality gate"):
+        build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader, quality=QualityCfg(min_side=100))
+    del meta["quality"]  # a cache written before the gate was recorded
+    (out / "cache.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="without the image quality gate"):
+        build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader)
+    build_cache(df, out, cfg, workers=0, progress=False, reader=png_reader, overwrite=True)
+    assert json.loads((out / "cache.json").read_text())["quality"]["version"] == QUALITY_VERSION

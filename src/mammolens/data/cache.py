@@ -5,12 +5,21 @@ A cache folder holds
 - ``images.u16``: raw ``np.memmap`` uint16 ``[N, S, S]``, row ``i`` = manifest row ``i``;
 - ``index.parquet``: the manifest rows + ``cache_row``, ``status`` (done/failed/pending), ``error``,
   ``conversion`` (the reader's conversion record, JSON), ``flipped``, ``bbox``, ``orig_h``, ``orig_w``;
-- ``cache.json``: ``PreprocessCfg``, manifest hash, shape, counts, conversion summary, version, time;
+- ``cache.json``: ``PreprocessCfg``, manifest hash, the quality gate (``quality``: ``check_image``'s
+  ``QUALITY_VERSION`` and the ``QualityCfg`` used), shape, counts, conversion summary, version, time;
 - ``progress.jsonl``: one line per finished row (how an interrupted build resumes);
-- ``errors.csv``: ``row, image_path, reason`` for every image that could not be read (no identifiers: paths
-  relative to the images' common folder, identifier components pseudonymised; ``index.parquet`` has the rest).
+- ``errors.csv``: ``row, image_path, reason`` for every image that could not be read, that the header
+  gate refused (not a mammogram) or that the quality gate found not assessable; such rows are
+  ``status == "failed"`` and never trained on (no identifiers: paths relative to the images' common folder,
+  identifier components pseudonymised; ``index.parquet`` has the rest).
 
-``build_cache`` is parallel over processes (each worker writes its rows straight into ``images.u16``),
+Each row goes through ``pipeline.prepare`` (read → header gate → quality gate → preprocess), the same
+function ``Predictor`` uses, so training never sees an image prediction would refuse. A cache whose
+manifest, ``PreprocessCfg`` or quality gate differs from the call's (a cache built before the gate was
+recorded, too) is not resumed: ``build_cache`` raises ``CacheError`` (``overwrite=True`` rebuilds it).
+
+``build_cache`` is parallel over processes (``pipeline.executor``; each worker writes its rows straight
+into ``images.u16``),
 resumable (rows already in ``progress.jsonl`` are skipped) and idempotent (a re-run does nothing).
 Large archives can be built in shards (``shard=(k, n)``) on several machines and joined with
 ``merge_caches``.
@@ -32,14 +41,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+import mammolens.pipeline.prepare as _prep  # looked up at call time (tests count the calls)
 from mammolens.constants import MANIFEST_REQUIRED
-from mammolens.parallel import run_tasks
+from mammolens.pipeline.executor import get_executor
 from mammolens.privacy import scrub_errors
 from mammolens.transforms.config import PreprocessCfg  # re-exported: it lives below data and transforms
+from mammolens.transforms.quality import QUALITY_VERSION, QualityCfg
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreprocessCfg", "Cache", "CacheError", "build_cache", "open_cache", "merge_caches", "manifest_hash"]
+__all__ = ["PreprocessCfg", "Cache", "CacheError", "build_cache", "open_cache", "merge_caches", "manifest_hash",
+           "quality_record"]
 
 CACHE_FORMAT = "mammolens-cache"
 CACHE_FORMAT_VERSION = 1
@@ -84,10 +96,11 @@ def _load_manifest(manifest: pd.DataFrame | str | PathLike) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------- workers
 
-_W: dict[str, Any] = {}  # per-process state: the images file, cfg and reader
+_W: dict[str, Any] = {}  # per-process state: the images file, cfg, quality gate and reader
 
 
-def _worker_init(images_path: str, shape: tuple[int, int, int], cfg_dict: dict, reader: Callable | None) -> None:
+def _worker_init(images_path: str, shape: tuple[int, int, int], cfg_dict: dict, reader: Callable | None,
+                 quality_dict: dict | None = None) -> None:
     import mammolens.io.dicom  # noqa: F401  (import once per worker, not inside the first task)
     import mammolens.transforms.breast  # noqa: F401
 
@@ -98,6 +111,7 @@ def _worker_init(images_path: str, shape: tuple[int, int, int], cfg_dict: dict, 
     _W["fd"] = os.open(images_path, os.O_RDWR)
     _W["row_bytes"] = int(shape[1] * shape[2] * 2)
     _W["cfg"] = PreprocessCfg.from_dict(cfg_dict)
+    _W["quality"] = QualityCfg.from_dict(quality_dict) if quality_dict is not None else None
     _W["reader"] = reader
 
 
@@ -110,22 +124,8 @@ def preload_worker_modules() -> None:
 
     import mammolens.io  # noqa: F401
     import mammolens.io.dicom  # noqa: F401
+    import mammolens.pipeline.prepare  # noqa: F401
     import mammolens.transforms.breast  # noqa: F401
-
-
-def _default_reader(path: str, **kw):
-    from mammolens.io import read_image
-
-    return read_image(path, **kw)
-
-
-def _parse_frame(frame: Any) -> int | None:
-    if frame is None or (isinstance(frame, float) and np.isnan(frame)) or frame is pd.NA:
-        return None
-    s = str(frame).strip()
-    if s in ("", "nan", "<NA>", "None"):
-        return None
-    return int(float(s))
 
 
 def _conversion_json(conv: Any) -> str:
@@ -135,32 +135,21 @@ def _conversion_json(conv: Any) -> str:
 
 
 def _process_row(task: tuple[int, str, str, Any]) -> dict[str, Any]:
-    """Read, preprocess and write one row; raises on a bad file (``run_tasks`` records the reason)."""
-    from mammolens.io.gating import mammography_gate
-    from mammolens.transforms.breast import preprocess_image
-
+    """Prepare (``pipeline.prepare``: read, gate, quality, preprocess) and write one row; raises on a bad
+    file and on an image either gate refuses (the ``Executor`` records the reason in ``errors.csv``)."""
     row, path, laterality, frame = task
-    cfg: PreprocessCfg = _W["cfg"]
-    reader = _W["reader"] or _default_reader
-    fr = _parse_frame(frame)
-    img = reader(path, frame=fr) if fr is not None else reader(path, dbt=cfg.dbt)
-    gate_ok, gate_reason = mammography_gate(getattr(img, "meta", None) or {})
-    if not gate_ok:  # a DX abdomen in a hand-made manifest must not be trained on as DM
-        raise ValueError(gate_reason)
-    pixels = np.asarray(getattr(img, "pixels", img))
-    if fr is not None and pixels.ndim == 3:  # a reader that returned the whole stack
-        if not 0 <= fr < pixels.shape[0]:
-            raise ValueError(f"frame {fr} out of range: the file has {pixels.shape[0]} frames")
-        pixels = pixels[fr]
-    out, info = preprocess_image(pixels, cfg, laterality=laterality)
-    buf = np.ascontiguousarray(out, dtype="<u2").tobytes()
+    p = _prep.prepare(path, _W["cfg"], _W["quality"], laterality=laterality, frame=frame, reader=_W["reader"])
+    if not p.ok:  # a DX abdomen in a hand-made manifest, a text page: never trained on
+        raise ValueError(p.reason)
+    buf = np.ascontiguousarray(p.pixels, dtype="<u2").tobytes()
     assert len(buf) == _W["row_bytes"]
     os.pwrite(_W["fd"], buf, row * _W["row_bytes"])  # written before the row is reported done
+    info = p.geometry
     return {
         "row": row,
         "status": "done",
         "error": "",
-        "conversion": _conversion_json(getattr(img, "conversion", None)),
+        "conversion": _conversion_json(p.conversion),
         "flipped": info["flipped"],
         "bbox": ",".join(str(b) for b in info["bbox"]),
         "orig_h": info["orig_shape"][0],
@@ -215,6 +204,101 @@ def _summarise_conversions(values: Sequence[str]) -> dict[str, dict[str, int]]:
     return out
 
 
+def quality_record(quality: QualityCfg) -> dict[str, Any]:
+    """What ``cache.json`` records of the quality gate: ``check_image``'s version and the thresholds used."""
+    return {"version": QUALITY_VERSION, "cfg": quality.to_dict()}
+
+
+def _fingerprint(df: pd.DataFrame, cfg: PreprocessCfg, quality: QualityCfg) -> dict[str, Any]:
+    """The fields of ``cache.json`` a cache must match to be resumed rather than rebuilt."""
+    return {"manifest_hash": manifest_hash(df), "cfg": cfg.to_dict(), "quality": quality_record(quality)}
+
+
+def _check_existing(out: Path, fp: dict[str, Any], n_bytes: int, overwrite: bool) -> None:
+    """Keep a cache folder built from the same fingerprint (to resume it), delete one built from another
+    (``overwrite``) or raise ``CacheError`` naming what differs."""
+    meta_path, images_path = out / META_FILE, out / IMAGES_FILE
+    if not meta_path.exists():
+        if (out.exists() and any(out.iterdir()) and not overwrite
+                and (images_path.exists() or (out / INDEX_FILE).exists())):
+            raise CacheError(f"{out} holds cache files without {META_FILE}; pass overwrite=True to rebuild it")
+        return
+    try:
+        old = json.loads(meta_path.read_text())
+    except ValueError as e:
+        old = {"corrupt": str(e)}
+    if "corrupt" in old:
+        what = "its cache.json is unreadable"
+    elif old.get("manifest_hash") != fp["manifest_hash"]:
+        what = "it was built from a different manifest"
+    elif old.get("cfg") != fp["cfg"]:
+        what = "it was built with a different PreprocessCfg"
+    elif old.get("quality") != fp["quality"]:
+        what = ("it was built without the image quality gate (an older mammolens)" if "quality" not in old
+                else "it was built with a different image quality gate (version or thresholds)")
+    elif not images_path.exists() or images_path.stat().st_size != n_bytes:
+        what = "its images.u16 has the wrong size"
+    else:
+        return  # the same build: resumed
+    if not overwrite:
+        raise CacheError(f"{out} already holds a cache but {what}; use another --out folder, or overwrite=True "
+                         "(--overwrite) to rebuild it")
+    shutil.rmtree(out)
+
+
+def _start_or_resume(out: Path, meta: dict[str, Any], n_bytes: int) -> dict[str, Any]:
+    """Create ``images.u16`` (sparse) and ``cache.json`` for a new build, or read back a resumed one's meta."""
+    meta_path = out / META_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    if meta_path.exists():
+        return {**json.loads(meta_path.read_text()), **meta}
+    from mammolens._version import __version__
+
+    meta = {**meta, "mammolens_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with open(out / IMAGES_FILE, "wb") as f:
+        f.truncate(n_bytes)  # sparse: rows take disk space as they are written
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _pending_tasks(df: pd.DataFrame, records: dict[int, dict], retry_failed: bool,
+                   limit: int | None) -> list[tuple[int, str, str, Any]]:
+    """``(row, image_path, laterality, frame)`` for the rows still to do (failed ones too with ``retry_failed``)."""
+    n = len(df)
+    pending = [i for i in range(n) if i not in records or (retry_failed and records[i]["status"] != "done")]
+    if limit is not None:
+        pending = pending[: max(0, int(limit))]
+    lat = df["laterality"].astype("string").fillna("") if "laterality" in df else pd.Series([""] * n)
+    frames = df["frame"] if "frame" in df else pd.Series([None] * n)
+    return [(i, str(df.at[i, "image_path"]), str(lat.iat[i]), frames.iat[i]) for i in pending]
+
+
+def _preprocess_rows(tasks: list, workers: int, init_args: tuple, timeout: float | None, progress_path: Path,
+                     records: dict[int, dict], progress: bool) -> None:
+    """Run ``_process_row`` over ``tasks`` with the ``Executor``; every finished row (done or failed, with its
+    reason) goes to ``records`` and one line of ``progress.jsonl`` as it comes."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="preprocess", unit="img", disable=not progress or not tasks)
+    # the executor's initializer opens images.u16 per worker (here too when workers <= 1: closed below)
+    if workers > 1:
+        preload_worker_modules()  # forked workers then start with them imported (~0.1 s each saved)
+    ex = get_executor("local", workers=workers, initializer=_worker_init, initargs=init_args)
+    with open(progress_path, "a") as plog:
+        try:
+            for k, rec, err in ex.map(_process_row, tasks, ordered=False, timeout=timeout):
+                rec = rec if err is None else {"row": tasks[k][0], "status": "failed", "error": err}
+                records[rec["row"]] = rec
+                plog.write(json.dumps(rec) + "\n")
+                plog.flush()
+                bar.update(1)
+        finally:
+            if "fd" in _W:
+                os.close(_W.pop("fd"))
+            _W.clear()
+    bar.close()
+
+
 def build_cache(
     manifest: pd.DataFrame | str | PathLike,
     out_dir: str | PathLike,
@@ -227,6 +311,7 @@ def build_cache(
     retry_failed: bool = False,
     reader: Callable | None = None,
     timeout: float | None = None,
+    quality: QualityCfg | dict | None = None,
 ) -> Path:
     """Preprocess every manifest image into a memory-mapped cache (see the module docstring).
 
@@ -236,7 +321,7 @@ def build_cache(
         cfg: ``PreprocessCfg`` (or its dict); default ``PreprocessCfg()``.
         workers: processes; default all cores; 0 or 1 runs in this process.
         progress: show a progress bar.
-        overwrite: delete an existing cache built from another manifest or cfg instead of raising.
+        overwrite: delete an existing cache built from another manifest, cfg or quality gate instead of raising.
         limit: process at most this many pending rows, then stop (the rest on the next call).
         shard: ``(k, n)``: build only the k-th of n contiguous blocks of the manifest (merge with
             ``merge_caches``).
@@ -246,108 +331,40 @@ def build_cache(
             ``workers > 1``).
         timeout: seconds per row before its worker is killed and replaced and the row marked failed
             (default ``MAMMOLENS_FILE_TIMEOUT`` or 120; see ``mammolens.parallel``).
+        quality: the image quality gate (``transforms.quality``), the one ``Predictor`` applies; default
+            ``QualityCfg()``. Images it refuses are failed rows (``errors.csv``), never trained on.
+            ``QualityCfg(enabled=False)`` turns it off. Recorded in ``cache.json``.
 
     Returns:
         ``out_dir``.
 
     Raises:
-        CacheError: ``out_dir`` holds a cache of a different manifest or cfg and ``overwrite`` is False.
+        CacheError: ``out_dir`` holds a cache of a different manifest, cfg or quality gate and
+            ``overwrite`` is False.
     """
     cfg = PreprocessCfg.from_dict(cfg) if isinstance(cfg, dict) else (cfg or PreprocessCfg())
+    quality = QualityCfg.from_dict(quality) if isinstance(quality, dict) else (quality or QualityCfg())
     df = _load_manifest(manifest)
     df = df.iloc[_shard_rows(len(df), shard)].reset_index(drop=True)
     out = Path(out_dir)
     n, s = len(df), cfg.size
-    shape = (n, s, s)
-    mhash = manifest_hash(df)
-    meta_path, images_path, progress_path = out / META_FILE, out / IMAGES_FILE, out / PROGRESS_FILE
+    shape, n_bytes = (n, s, s), n * s * s * 2
+    fp = _fingerprint(df, cfg, quality)
+    _check_existing(out, fp, n_bytes, overwrite)
+    meta = _start_or_resume(out, {
+        "format": CACHE_FORMAT, "format_version": CACHE_FORMAT_VERSION, **fp, "shape": list(shape),
+        "dtype": "uint16", "shard": list(shard) if shard else None, "complete": False,
+    }, n_bytes)
 
-    if meta_path.exists():
-        try:
-            old = json.loads(meta_path.read_text())
-        except ValueError as e:
-            old = {"corrupt": str(e)}
-        same = (
-            old.get("manifest_hash") == mhash
-            and old.get("cfg") == cfg.to_dict()
-            and images_path.exists()
-            and images_path.stat().st_size == n * s * s * 2
-        )
-        if not same:
-            if not overwrite:
-                what = "its cache.json is unreadable" if "corrupt" in old else (
-                    "it was built from a different manifest" if old.get("manifest_hash") != mhash
-                    else "it was built with a different PreprocessCfg" if old.get("cfg") != cfg.to_dict()
-                    else "its images.u16 has the wrong size"
-                )
-                raise CacheError(
-                    f"{out} already holds a cache but {what}; use another --out folder, or overwrite=True "
-                    "(--overwrite) to rebuild it"
-                )
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        if (out / IMAGES_FILE).exists() or (out / INDEX_FILE).exists():
-            raise CacheError(f"{out} holds cache files without {META_FILE}; pass overwrite=True to rebuild it")
-
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": CACHE_FORMAT,
-        "format_version": CACHE_FORMAT_VERSION,
-        "cfg": cfg.to_dict(),
-        "manifest_hash": mhash,
-        "shape": list(shape),
-        "dtype": "uint16",
-        "shard": list(shard) if shard else None,
-        "complete": False,
-    }
-    if not meta_path.exists():
-        from mammolens._version import __version__
-
-        meta.update(mammolens_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        with open(images_path, "wb") as f:
-            f.truncate(n * s * s * 2)  # sparse: rows take disk space as they are written
-        meta_path.write_text(json.dumps(meta, indent=2))
-    else:
-        meta = {**json.loads(meta_path.read_text()), **meta}
-
-    records = _read_progress(progress_path)
-    pending = [i for i in range(n) if i not in records or (retry_failed and records[i]["status"] != "done")]
-    if limit is not None:
-        pending = pending[: max(0, int(limit))]
-    lat = df["laterality"].astype("string").fillna("") if "laterality" in df else pd.Series([""] * n)
-    frames = df["frame"] if "frame" in df else pd.Series([None] * n)
-    tasks = [(i, str(df.at[i, "image_path"]), str(lat.iat[i]), frames.iat[i]) for i in pending]
+    records = _read_progress(out / PROGRESS_FILE)
+    tasks = _pending_tasks(df, records, retry_failed, limit)
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     workers = max(0, min(workers, len(tasks)))
     log.info("cache %s: %d rows, %d to do, %d workers", out, n, len(tasks), workers)
     t0 = time.perf_counter()
-
-    from tqdm.auto import tqdm
-
-    init_args = (str(images_path), shape, cfg.to_dict(), reader)
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="img", disable=not progress or not tasks)
-    with open(progress_path, "a") as plog:
-
-        def record(rec: dict) -> None:
-            records[rec["row"]] = rec
-            plog.write(json.dumps(rec) + "\n")
-            plog.flush()
-            bar.update(1)
-
-        # the pool's initializer opens images.u16 per worker (here too when workers <= 1: closed below)
-        if workers > 1:
-            preload_worker_modules()  # forked workers then start with them imported (~0.1 s each saved)
-        try:
-            for k, rec, err in run_tasks(_process_row, tasks, workers, initializer=_worker_init,
-                                         initargs=init_args, timeout=timeout):
-                record(rec if err is None else {"row": tasks[k][0], "status": "failed", "error": err})
-        finally:
-            if "fd" in _W:
-                os.close(_W.pop("fd"))
-            _W.clear()
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    _write_outputs(out, df, records, meta, processed=len(tasks), seconds=elapsed)
+    init_args = (str(out / IMAGES_FILE), shape, cfg.to_dict(), reader, quality.to_dict())
+    _preprocess_rows(tasks, workers, init_args, timeout, out / PROGRESS_FILE, records, progress)
+    _write_outputs(out, df, records, meta, processed=len(tasks), seconds=time.perf_counter() - t0)
     return out
 
 
@@ -469,10 +486,13 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
     if not dirs:
         raise ValueError("merge_caches needs at least one cache folder")
     caches = [open_cache(d) for d in dirs]
-    cfg0 = caches[0].meta["cfg"]
+    cfg0, quality0 = caches[0].meta["cfg"], caches[0].meta.get("quality")
     for c in caches[1:]:
         if c.meta["cfg"] != cfg0:
             raise CacheError(f"cannot merge {c.path} (cfg {c.meta['cfg']}) with {caches[0].path} (cfg {cfg0})")
+        if c.meta.get("quality") != quality0:
+            raise CacheError(f"cannot merge {c.path} (quality gate {c.meta.get('quality')}) with {caches[0].path} "
+                             f"(quality gate {quality0}); rebuild the shards with the same mammolens and QualityCfg")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -510,6 +530,7 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
         "format": CACHE_FORMAT,
         "format_version": CACHE_FORMAT_VERSION,
         "cfg": cfg0,
+        "quality": quality0,
         "manifest_hash": manifest_hash(index[manifest_cols]),
         "shape": [n, s, s],
         "dtype": "uint16",

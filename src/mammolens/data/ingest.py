@@ -31,7 +31,7 @@ import pandas as pd
 from mammolens.constants import MANIFEST_REQUIRED
 from mammolens.io.gating import PROCESSING_DUPLICATE, mammography_gate, processing_duplicates
 from mammolens.io.paths import display_path
-from mammolens.parallel import run_tasks
+from mammolens.pipeline.executor import get_executor
 from mammolens.privacy import ids_of, known_identifiers, scrub_report
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ def ingest(
     log.info("ingest: %d files under %s, %d workers", len(files), display_path(root), workers)
     results: list[tuple[str, dict | None, str, dict]] = []
     with tqdm(total=len(files), desc="ingest", unit="file", disable=not progress or not files) as bar:
-        for i, res, err in run_tasks(_header_task, files, workers, timeout=timeout):
+        for i, res, err in get_executor("local", workers=workers).map(_header_task, files, ordered=False,
+                                                                       timeout=timeout):
             res = res or {}
             results.append((files[i], res.get("meta"), err or res.get("error") or "", res.get("ids") or {}))
             bar.update(1)

@@ -7,7 +7,7 @@ Typical use::
     write_report("runs/x/eval", preds, ["A", "B", "C", "D"], result)
 """
 
-from mammolens.evaluation.aggregate import aggregate_breast, aggregate_exam
+from mammolens.pipeline.aggregate import aggregate_breast, aggregate_exam
 from mammolens.evaluation.metrics import (
     accuracy,
     balanced_accuracy,

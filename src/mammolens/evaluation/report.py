@@ -1,7 +1,7 @@
 """Evaluate a predictions frame and write a self-contained HTML report.
 
 ``evaluate_predictions`` is the library function behind ``mammolens evaluate``: metrics per image and
-per exam (the denser-breast rule of :mod:`mammolens.evaluation.aggregate`), patient-level bootstrap
+per exam (the denser-breast rule of :mod:`mammolens.pipeline.aggregate`), patient-level bootstrap
 CIs, the reliability-diagram bins with their counts, the subgroup table and, when a second run's
 predictions are given, DeLong and McNemar comparisons on the images both runs predicted (matched on
 ``image_path``). Rows marked ``simulated`` (the synthetic cohort of :mod:`mammolens.data.synthetic`)
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mammolens.constants import SUBGROUP_COLUMNS
-from mammolens.evaluation.aggregate import aggregate_exam
+from mammolens.pipeline.aggregate import aggregate_exam
 from mammolens.evaluation.metrics import (
     compute_metrics,
     confusion_matrix,
@@ -76,7 +76,7 @@ def _exam_level(labelled: pd.DataFrame, class_names: list[str], groups_col: str 
                 alpha: float, seed: int, dense_classes) -> dict | None:
     """Metrics and CIs per exam (None without ``study_id``/``laterality`` columns).
 
-    Exams follow :func:`~mammolens.evaluation.aggregate.aggregate_exam` (mean over a breast's views, the
+    Exams follow :func:`~mammolens.pipeline.aggregate.aggregate_exam` (mean over a breast's views, the
     denser breast per study); metrics use the exam probabilities, i.e. those of the denser breast.
     """
     if not {"study_id", "laterality"} <= set(labelled.columns):
@@ -185,6 +185,9 @@ def evaluate_predictions(
         subgroup_n_boot: bootstrap replicates per subgroup (default ``min(n_boot, 200)``).
         subgroup_min_patients: subgroups with fewer patients get no statistic (see
             :mod:`~mammolens.evaluation.subgroups`).
+        dense_classes: the classes of the dense-vs-non-dense metrics: pass the run's
+            ``Task.dense_classes`` (``workflows.evaluate_run`` does; ``()``/None: none); the default is the
+            ``density`` task's.
 
     Returns:
         dict with ``simulated`` (any row marked simulated), ``n_images, n_patients, n_unlabelled,

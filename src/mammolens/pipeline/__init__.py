@@ -16,13 +16,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    # filled in by the modules' owners: "prepare": "prepare", "Prepared": "prepare", ...
-    # (no "encode" entry: ``mammolens.pipeline.encode`` is the module; its function is ``encode.encode``)
+    # no "encode"/"prepare" entries: ``mammolens.pipeline.encode`` and ``.prepare`` are the modules (tests patch
+    # the functions there); call ``encode.encode(...)`` and ``prepare.prepare(...)``
     "iter_encode": "encode",
     "to_input": "encode",
     "resize_to_model": "encode",
     "cache_features": "features",
     "Features": "features",
+    "Prepared": "prepare",
+    "Executor": "executor",
+    "LocalExecutor": "executor",
+    "get_executor": "executor",
+    "aggregate_breast": "aggregate",
+    "aggregate_exam": "aggregate",
 }
 
 

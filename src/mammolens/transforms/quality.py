@@ -30,6 +30,10 @@ import numpy as np
 
 from mammolens.transforms.breast import block_mean, breast_mask
 
+QUALITY_VERSION = 1
+"""Version of ``check_image``'s checks: bump it when a check or its measure changes, so that caches built
+with the old gate (their ``cache.json`` records it) are rebuilt rather than silently reused."""
+
 _WORK_SIDE = 256  # the checks run on a block-mean copy this size: the mask is computed at this size anyway
 _EDGE = 0.15  # |d/dx| + |d/dy| of a sharp edge on the working copy (tissue texture stays below it)
 
