@@ -168,3 +168,26 @@ def test_every_image_surface_goes_through_prepare(app_env, monkeypatch, tmp_path
     r = client.post("/api/predict", files=[("files", (files[0].name, files[0].read_bytes(), "application/dicom"))])
     assert r.status_code == 200, r.text
     assert len(calls) == 1, "web page /api/predict"
+
+
+def test_prepare_computes_one_breast_mask_for_the_gate_and_preprocessing(monkeypatch):
+    """The quality gate measures preprocessing's working copy and mask (QUALITY_VERSION 2): one mask per image,
+    and the tile is exactly what ``preprocess_image`` makes without the gate."""
+    import numpy as np
+
+    from mammolens.pipeline.prepare import prepare
+    from mammolens.transforms import breast
+    from mammolens.transforms.config import PreprocessCfg
+    from mammolens.transforms.quality import QualityCfg
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((1024, 832), np.float32)
+    img[100:900, :500] = rng.random((800, 500), dtype=np.float32) * 0.5 + 0.3
+    calls = []
+    real = breast.breast_mask
+    monkeypatch.setattr(breast, "breast_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = prepare(img, PreprocessCfg(size=128), QualityCfg())
+    assert p.ok and len(calls) == 1
+    monkeypatch.setattr(breast, "breast_mask", real)
+    tile, _ = breast.preprocess_image(img, PreprocessCfg(size=128))
+    assert np.array_equal(p.pixels, tile)

@@ -173,17 +173,24 @@ def prepare(
         if not 0 <= fr < pixels.shape[0]:
             raise ValueError(f"frame {fr} out of range: the file has {pixels.shape[0]} frames")
         pixels = pixels[fr]
-    if quality is not None:
-        from mammolens.transforms.quality import check_image
+    from mammolens.transforms.breast import display_copy, preprocess_reduced, reduce_image
 
-        q = check_image(pixels, quality)
+    if quality is not None and quality.enabled:  # measured on preprocessing's working copy and mask: one mask
+        from mammolens.transforms.quality import check_image, check_reduced
+
+        if pixels.ndim not in (2, 3) or min(pixels.shape[-2:]) < quality.min_side:
+            q = check_image(pixels, quality, size=pre.size)  # the shape and size checks, nothing reduced
+            if not q.ok:
+                return Prepared("not_assessable", q.reason, meta=meta, conversion=conversion)
+        red = reduce_image(pixels, pre.size)
+        q = check_reduced(red, quality)
         if not q.ok:
             return Prepared("not_assessable", q.reason, meta=meta, conversion=conversion)
-
-    from mammolens.transforms.breast import display_copy, preprocess_image
+    else:
+        red = reduce_image(pixels, pre.size)
 
     if laterality is None:
         laterality = meta.get("laterality") or None
-    tile, info = preprocess_image(np.asarray(pixels, dtype=np.float32), pre, laterality=laterality)
+    tile, info = preprocess_reduced(red, pre, laterality=laterality)
     shown = display_copy(pixels, display)[0] if display > 0 else None
     return Prepared("ok", "", tile, meta, info, shown, conversion)

@@ -6,6 +6,8 @@ arrays; nothing is modified in place. ``preprocess_image`` chains them into the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import numpy as np
@@ -178,8 +180,9 @@ def _remove_labels(small: np.ndarray, fg: np.ndarray, threshold: float) -> np.nd
 
 
 def breast_mask(
-    img: np.ndarray, threshold: float | None = None, max_side: int = _MASK_MAX_SIDE, fraction: float = 0.1
-) -> np.ndarray:
+    img: np.ndarray, threshold: float | None = None, max_side: int = _MASK_MAX_SIDE, fraction: float = 0.1,
+    return_small: bool = False,
+):
     """Foreground (breast) mask: threshold a smoothed, downsampled copy, keep the largest component, fill holes.
 
     The automatic threshold (``background_threshold``) sits just above the background level, a small
@@ -193,31 +196,40 @@ def breast_mask(
         max_side: longest side of the working copy.
         fraction: see ``background_threshold``.
 
+        return_small: also return the working copy and its mask (``(mask, small, small_mask)``), which the
+            quality gate measures (``transforms.quality.check_reduced``) without computing the mask again.
+
     Returns:
-        bool ``[H, W]`` mask (all False for a blank image).
+        bool ``[H, W]`` mask (all False for a blank image); with ``return_small`` the tuple above.
     """
     img = _check_2d(img)
     raw, f = _downsample(img, max_side)
+    fg = _small_mask(raw, threshold, fraction)
+    if f == 1:
+        full = fg
+    else:
+        full = np.repeat(np.repeat(fg, f, axis=0), f, axis=1)
+        # pad the remainder rows/columns dropped by the integer downsample with their nearest neighbours
+        pad_h, pad_w = img.shape[0] - full.shape[0], img.shape[1] - full.shape[1]
+        if pad_h or pad_w:
+            full = np.pad(full, ((0, pad_h), (0, pad_w)), mode="edge")
+    return (full, raw, fg) if return_small else full
+
+
+def _small_mask(raw: np.ndarray, threshold: float | None, fraction: float) -> np.ndarray:
+    """The mask on the downsampled working copy ``raw`` (see ``breast_mask``)."""
     small = ndimage.gaussian_filter(raw, 1.0)  # suppress detector/film noise before thresholding
     if threshold is None:
         if float(small.max()) - float(small.min()) < 1e-6:
-            return np.zeros(img.shape, dtype=bool)
+            return np.zeros(raw.shape, dtype=bool)
         threshold = background_threshold(small, fraction)
     fg = small > threshold
     fg = ndimage.binary_opening(fg, structure=_SQUARE)
     if not fg.any():
-        return np.zeros(img.shape, dtype=bool)
+        return np.zeros(raw.shape, dtype=bool)
     fg = _largest_component(fg)
     fg = _remove_labels(raw, fg, threshold)  # unsmoothed: a label's edge is one step from background
-    fg = _fill_holes(fg)
-    if f == 1:
-        return fg
-    full = np.repeat(np.repeat(fg, f, axis=0), f, axis=1)
-    # pad the remainder rows/columns dropped by the integer downsample with their nearest neighbours
-    pad_h, pad_w = img.shape[0] - full.shape[0], img.shape[1] - full.shape[1]
-    if pad_h or pad_w:
-        full = np.pad(full, ((0, pad_h), (0, pad_w)), mode="edge")
-    return full
+    return _fill_holes(fg)
 
 
 def mask_bbox(mask: np.ndarray, margin: int = 0) -> tuple[int, int, int, int]:
@@ -350,24 +362,64 @@ def preprocess_image(
     """
     if cfg is None:
         cfg = PreprocessCfg()
+    work = reduce_image(pixels, cfg.size)
+    return preprocess_reduced(work, cfg, laterality)
+
+
+@dataclass
+class Reduced:
+    """An image reduced for preprocessing (``reduce_image``): ``work`` is the block-mean working copy (shorter
+    side >= 2x the output size, not yet cleaned of NaN or out-of-range values), ``scale`` its factor,
+    ``orig_shape`` the input's ``(H, W)``; ``mask`` (and the mask's own working copy ``small`` /
+    ``small_mask``) once computed, so that the quality gate and preprocessing share one mask."""
+
+    work: np.ndarray
+    scale: int
+    orig_shape: tuple[int, int]
+    mask: np.ndarray | None = None
+    small: np.ndarray | None = None
+    small_mask: np.ndarray | None = None
+
+    def clean(self) -> np.ndarray:
+        """The working copy, finite and in [0, 1] (the reader's output already is; anything else is clipped)."""
+        img = self.work
+        lo, hi = float(img.min()), float(img.max())
+        if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
+            img = np.clip(np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        return img
+
+    def compute_mask(self) -> np.ndarray:
+        """``breast_mask`` of the cleaned working copy (cached)."""
+        if self.mask is None:
+            self.mask, self.small, self.small_mask = breast_mask(self.clean(), return_small=True)
+        return self.mask
+
+
+def reduce_image(pixels: np.ndarray, size: int) -> Reduced:
+    """Step 1 of ``preprocess_image``: a ``[F, H, W]`` stack to its maximum projection, then a block-mean
+    working copy whose shorter side stays >= 2x the output ``size`` (the final anti-aliased resize then sees
+    the same information, and masking/cropping cost a fraction)."""
     img = np.asarray(pixels, dtype=np.float32)
     if img.ndim == 3:
         img = img.max(axis=0)  # [F, H, W] -> [H, W] maximum intensity projection
     img = _check_2d(img, "pixels")
-    info: dict[str, Any] = {"orig_shape": tuple(int(s) for s in img.shape)}
-    # Work on a block-mean copy whose shorter side stays >= 2x the output size: the final
-    # anti-aliased resize then sees the same information, and masking/cropping cost a fraction.
-    scale = max(1, int(min(img.shape) // (2 * cfg.size)))
+    shape = (int(img.shape[0]), int(img.shape[1]))
+    scale = max(1, int(min(img.shape) // (2 * size)))
     if scale > 1:
         img = block_mean(img, scale)
-    # the reader's output is finite and in [0, 1]; anything else is cleaned on the (smaller) working copy
-    lo, hi = float(img.min()), float(img.max())
-    if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
-        img = np.clip(np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return Reduced(img, scale, shape)
+
+
+def preprocess_reduced(red: Reduced, cfg: PreprocessCfg, laterality: str | None = None
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 2 of ``preprocess_image`` on a ``reduce_image`` result (its mask reused when already computed)."""
+    info: dict[str, Any] = {"orig_shape": red.orig_shape}
+    scale = red.scale
+    img = red.clean()
     bbox = (0, img.shape[0], 0, img.shape[1])
     mask = None
     if cfg.crop or cfg.mask_background or cfg.flip == "left":
-        mask = breast_mask(img)
+        mask = red.compute_mask()
         info["mask_fraction"] = float(mask.mean())
         if not mask.any():  # blank image: keep it whole rather than fail
             mask = None

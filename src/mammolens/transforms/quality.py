@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.transforms.breast import block_mean, breast_mask
+from mammolens.transforms.breast import Reduced, reduce_image
 
-QUALITY_VERSION = 1
+QUALITY_VERSION = 2
 """Version of ``check_image``'s checks: bump it when a check or its measure changes, so that caches built
-with the old gate (their ``cache.json`` records it) are rebuilt rather than silently reused."""
+with the old gate (their ``cache.json`` records it) are rebuilt rather than silently reused. 2: measured on
+preprocessing's working copy and its breast mask (one mask per image instead of two; same verdicts on the
+synthetic cohort, mini-MIAS and the rejection cases of tests/transforms/test_quality.py)."""
 
 _WORK_SIDE = 256  # the checks run on a block-mean copy this size: the mask is computed at this size anyway
 _EDGE = 0.15  # |d/dx| + |d/dy| of a sharp edge on the working copy (tissue texture stays below it)
@@ -87,14 +89,35 @@ class QualityResult:
     measures: dict[str, float] = field(default_factory=dict)
 
 
-def check_image(pixels: np.ndarray, cfg: QualityCfg | None = None) -> QualityResult:
+def check_image(pixels: np.ndarray, cfg: QualityCfg | None = None, size: int = 224) -> QualityResult:
     """Run the image checks (see the module docstring) on an image as read (``[H, W]`` or ``[F, H, W]``).
+
+    The checks measure the working copy preprocessing makes for an output of ``size`` px
+    (``transforms.breast.reduce_image``) and its breast mask, so that ``pipeline.prepare`` pays for one mask,
+    not two (``check_reduced``).
 
     Returns:
         ``QualityResult``; ``reason`` starts with ``"not assessable: "`` and names the failed check.
     """
     cfg = cfg or QualityCfg()
+    if not cfg.enabled:
+        return QualityResult(True)
     img = np.asarray(pixels)
+    if img.ndim not in (2, 3):
+        return QualityResult(False, f"not assessable: expected a 2-D image, got shape {tuple(img.shape)}", {})
+    if min(img.shape[-2:]) < cfg.min_side:  # before reducing: a tiny image has no working copy worth making
+        return check_reduced(None, cfg, shape=img.shape[-2:])
+    return check_reduced(reduce_image(img, size), cfg)
+
+
+def check_reduced(red: Reduced | None, cfg: QualityCfg | None = None, shape=None) -> QualityResult:
+    """The checks on a ``reduce_image`` result (its mask computed here and kept on ``red`` for preprocessing).
+
+    Measures: the shorter side of the original; finiteness and pixel std of the working copy (block means
+    of ``red.scale`` pixels); breast fraction, foreground std and edge fraction on the mask's own working copy
+    (longest side <= 256) and its mask, exactly the mask preprocessing crops with.
+    """
+    cfg = cfg or QualityCfg()
     m: dict[str, float] = {}
 
     def fail(why: str) -> QualityResult:
@@ -102,22 +125,18 @@ def check_image(pixels: np.ndarray, cfg: QualityCfg | None = None) -> QualityRes
 
     if not cfg.enabled:
         return QualityResult(True)
-    if img.ndim == 3:
-        img = img.max(axis=0)  # DBT stack: judged on its maximum projection, as preprocessing sees it
-    if img.ndim != 2:
-        return fail(f"expected a 2-D image, got shape {tuple(img.shape)}")
-    m["short_side"] = float(min(img.shape))
-    if min(img.shape) < cfg.min_side:
-        return fail(f"image too small ({img.shape[0]}x{img.shape[1]} px; the shorter side must be >= {cfg.min_side})")
-    img = img.astype(np.float32, copy=False)
-    if not np.isfinite(img).all():
+    h, w = (int(v) for v in (shape if red is None else red.orig_shape))
+    m["short_side"] = float(min(h, w))
+    if min(h, w) < cfg.min_side:
+        return fail(f"image too small ({h}x{w} px; the shorter side must be >= {cfg.min_side})")
+    work = red.work
+    if not np.isfinite(work).all():  # a NaN/Inf pixel makes its block mean non-finite
         return fail("image has NaN or infinite pixel values")
-    m["std"] = float(img.std())
+    m["std"] = float(work.std())
     if m["std"] <= cfg.min_std:
         return fail(f"constant image (pixel std {m['std']:.2g} <= {cfg.min_std:g})")
-    f = max(1, int(np.ceil(max(img.shape) / _WORK_SIDE)))
-    small = block_mean(img, f) if f > 1 else img
-    mask = breast_mask(small, max_side=_WORK_SIDE)
+    red.compute_mask()
+    small, mask = red.small, red.small_mask
     m["breast_fraction"] = float(mask.mean())
     if not cfg.min_breast_fraction <= m["breast_fraction"] <= cfg.max_breast_fraction:
         return fail(f"implausible breast area ({m['breast_fraction']:.1%} of the image; expected "
