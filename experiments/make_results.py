@@ -158,7 +158,7 @@ def mias_section(res: dict, before: dict | None, epochs: int, n_boot: int) -> st
         for other in (k for k in probs if k != ref):
             both = np.concatenate([probs[ref], probs[other]], axis=1)
             k = probs[ref].shape[1]
-            d = bootstrap_ci(lambda yy, ss: macro_auc(yy, ss[:, :k], warn=False) - macro_auc(yy, ss[:, k:], warn=False),
+            d = bootstrap_ci(lambda yy, ss, k=k: macro_auc(yy, ss[:, :k], warn=False) - macro_auc(yy, ss[:, k:], warn=False),
                              y, both, g, n_boot=n_boot, seed=0)
             ca, cb = probs[ref].argmax(1) == y, probs[other].argmax(1) == y
             mc = mcnemar_test(ca, cb, groups=g)

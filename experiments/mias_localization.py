@@ -3,7 +3,8 @@
 Imports mini-MIAS (lesion centre and radius from Info.txt, via the ``mias`` adapter), preprocesses it,
 makes one patient-level train/val/test split (seed 0, stratified by the MIAS grade), trains ``tiny-clip``
 (random init) contrastively on the F/G/D task (label-trained; ``--method report-contrastive`` trains on the
-annotation reports instead, ``--run DIR`` scores an existing run on the same split), fits the FActOR channel map on the *training* rows only, and scores the abnormal test images that
+annotation reports instead, ``--run DIR`` scores an existing run on the same split), fits the FActOR channel map on
+the *training* rows only, and scores the abnormal test images that
 have a lesion circle: pointing game, Dice, IoU, hit (all inside the breast mask, Otsu threshold) with
 patient-bootstrap 95% CIs, and paired t / Wilcoxon tests between map kinds.
 

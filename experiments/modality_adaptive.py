@@ -26,7 +26,6 @@ import numpy as np
 def _cohort_cache(root: Path, name: str, n_patients: int, seed: int, dbt_keep: float, noise: float,
                   size: int) -> Path:
     """A synthetic cohort (DBT subsampled to ``dbt_keep`` of its patients) cached, DBT pixels noised."""
-    import pandas as pd
 
     from mammolens.data.cache import IMAGES_FILE, PreprocessCfg, build_cache, open_cache
     from mammolens.data.synthetic import make_cohort
@@ -59,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--n-train", type=int, default=60)
     ap.add_argument("--n-test", type=int, default=36)
-    ap.add_argument("--dbt-keep", type=float, default=0.3, help="fraction of DBT patients kept in training (about 10 %% of the images)")
+    ap.add_argument("--dbt-keep", type=float, default=0.3,
+                    help="fraction of DBT patients kept in training (about 10 %% of the images)")
     ap.add_argument("--dbt-noise", type=float, default=0.15)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--power", type=float, default=1.0)

@@ -2,7 +2,10 @@
 
 Usage: python experiments/predict_memory.py RUN_DIR N   (writes the images under /tmp/mem10k/imgs)
 """
-import os, sys, time, resource
+import os
+import sys
+import time
+import resource
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -25,5 +28,7 @@ t = time.perf_counter()
 peaks = []
 res = p.predict(root, explain=False)
 dt = time.perf_counter() - t
-print(f"{len(res.images)} images, {len(res.exams)} exams, {len(res.errors)} errors in {dt:.1f} s ({len(res.images)/dt:.1f} img/s); "
-      f"peak RSS main {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss//1024} MiB, workers max {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss//1024} MiB")
+main_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+workers_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+print(f"{len(res.images)} images, {len(res.exams)} exams, {len(res.errors)} errors in {dt:.1f} s "
+      f"({len(res.images)/dt:.1f} img/s); peak RSS main {main_mib} MiB, workers max {workers_mib} MiB")

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     res = run_study(StudyCfg(manifest=str(root / "cohort" / "manifest.parquet"), out_dir=str(root / "study"),
                              train=train, folds=args.folds, seeds=args.seeds, n_boot=args.n_boot,
                              external=[str(root / "external" / "manifest.parquet")]))
-    lines = ["| trained on | tested on | predictions (images × seeds) | accuracy [95% CI] | macro AUC [95% CI] | multi − this: AUC [95% CI] (p) |",
+    lines = ["| trained on | tested on | predictions (images × seeds) | accuracy [95% CI] | macro AUC [95% CI] "
+             "| multi − this: AUC [95% CI] (p) |",
              "|---|---|---|---|---|---|"]
     for r in res["table"]:
         d = "" if r["train"] == "multi" else (f"{_f(r['macro_auc_diff'])} [{_f(r['macro_auc_diff_lo'])}, "

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 import pydicom
-import pytest
 
 from _app_fixtures import app_env  # noqa: F401 — session fixture
 

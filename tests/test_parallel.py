@@ -74,7 +74,7 @@ def _warn_and_fail(x):
     import warnings
 
     logging.getLogger("pydicom").warning("Invalid value for VR UI: 'x'")
-    warnings.warn("pixel data ends early")
+    warnings.warn("pixel data ends early", stacklevel=1)
     if x:
         raise ValueError("broken")
     return "ok"

@@ -286,7 +286,8 @@ def test_predict_to_dir_sr_skips_not_assessable_image(app_env, tmp_path):  # noq
 
     study = tmp_path / "study"
     shutil.copytree(app_env.study_dirs()[0], study)
-    src = next(p for p in sorted(study.iterdir()) if pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames", 1) in (1, "1"))
+    src = next(p for p in sorted(study.iterdir())
+               if pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames", 1) in (1, "1"))
     ds = pydicom.dcmread(src)
     arr = ds.pixel_array
     ds.PixelData = np.full_like(arr, int(arr.max()) // 2).tobytes()

@@ -4,7 +4,7 @@ from mammolens._version import __version__
 from mammolens.threads import passive_openmp_env
 
 passive_openmp_env()  # before anything imports torch: its OpenMP runtime reads this once (see threads.py)
-from mammolens.constants import DENSITY_CLASSES, MODALITIES
+from mammolens.constants import DENSITY_CLASSES, MODALITIES  # noqa: E402  (after the OpenMP setting)
 
 
 def __getattr__(name):  # lazy: `import mammolens` stays light (no torch until needed)

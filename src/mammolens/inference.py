@@ -288,7 +288,7 @@ class Predictor:
         self.ood = ood if self.quality.enabled and self.quality.ood else None
 
     @classmethod
-    def from_run(cls, run_dir: str | PathLike, device: str = "auto", which: str = "best", **kw) -> "Predictor":
+    def from_run(cls, run_dir: str | PathLike, device: str = "auto", which: str = "best", **kw) -> Predictor:
         """Load a run folder written by ``mammolens train``."""
         from mammolens.run import load_run
 

@@ -189,7 +189,8 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         if compare is not None:
             run_b = load_run(compare)
             if list(run_b.task.class_names) != list(run.task.class_names):
-                raise ValueError(f"cannot compare runs with different classes: {run.task.class_names} vs {run_b.task.class_names}")
+                raise ValueError(f"cannot compare runs with different classes: {run.task.class_names} vs "
+                                 f"{run_b.task.class_names}")
             cache_b = _cache_for(run_b, data if run_b.preprocess != run.preprocess else cache_dir,
                                  work / "compare", workers, progress)
             cmp_preds = _predict_cache(run_b, cache_b, batch_size, device)
@@ -763,5 +764,6 @@ def _localization_gallery(per: pd.DataFrame, keep: dict, out_dir, n: int) -> lis
                 rgb[: edge.shape[0], : edge.shape[1]][edge] = (0, 255, 0)
                 png = out_dir / f"{kind}_{tag}_{r['row']:04d}.png"
                 Image.fromarray(rgb).save(png)
-                items.append((f"{kind} {tag}", str(png), f"image {r['row']}: Dice {r['dice']:.2f}, pointing {r['pointing_game']:.0f}"))
+                caption = f"image {r['row']}: Dice {r['dice']:.2f}, pointing {r['pointing_game']:.0f}"
+                items.append((f"{kind} {tag}", str(png), caption))
     return items

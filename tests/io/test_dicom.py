@@ -376,7 +376,7 @@ def test_read_dicom_pydicom_multiframe_is_dbt():
     ("examples_palette.dcm", "not a greyscale mammogram"),
     ("rtstruct.dcm", "without pixel data"),
     ("test-SR.dcm", "without pixel data"),
-    ("MR_truncated.dcm", "truncated: element \(7FE0,0010\) declares 8,192 bytes, the file holds 8,130"),
+    ("MR_truncated.dcm", r"truncated: element \(7FE0,0010\) declares 8,192 bytes, the file holds 8,130"),
 ])
 def test_read_dicom_pydicom_files_rejected(name, message):
     path = _pydicom_file(name)

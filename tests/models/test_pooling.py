@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mammolens.models import create_model
 from mammolens.models.pooling import AttentionPool, make_pool, masked_mean, pad_groups, pool_groups, pool_members
 
 

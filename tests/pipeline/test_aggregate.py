@@ -12,7 +12,8 @@ CLASSES = ["A", "B", "C", "D"]
 def _frame(rows):
     # rows: (study, laterality, view, label, [pA, pB, pC, pD])
     df = pd.DataFrame(
-        [dict(study_id=s, laterality=lat, view=v, label=lab, patient_id="P1", image_path=f"{s}{lat}{v}.dcm") for s, lat, v, lab, _ in rows]
+        [dict(study_id=s, laterality=lat, view=v, label=lab, patient_id="P1", image_path=f"{s}{lat}{v}.dcm")
+         for s, lat, v, lab, _ in rows]
     )
     probs = np.array([r[4] for r in rows], float)
     for i, c in enumerate(CLASSES):

@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from mammolens.threads import available_cores
 
@@ -89,7 +90,7 @@ class PeakRSS:
     ``ru_maxrss`` of any finished child process so far (worker pools).
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._hwm = self._reset_hwm()
         self.start_mib = self._rss()
         self.peak_mib = self.start_mib

@@ -8,7 +8,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class BenchCfg:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
     @classmethod
-    def small_mode(cls, **kw) -> "BenchCfg":
+    def small_mode(cls, **kw) -> BenchCfg:
         """The CI configuration: seconds, not minutes."""
         base = dict(small=True, repeats=3, image_size=(2048, 1664), n_files=32, n_unique=4, render_scale=4,
                     models=("tiny-clip",), n_model_images={"tiny-clip": 64}, batch_size=32)
@@ -199,7 +200,8 @@ def format_results(report: dict[str, Any]) -> str:
             f"{r['model_ours']['items_per_s']:.1f} img/s ({r['model_ours']['chosen']}) | ratio {r['model_ratio']:.2f}x; "
             f"files->probs naive {r['e2e_naive']['items_per_s']:.1f} | ours {r['e2e_ours']['items_per_s']:.1f} img/s "
             f"({r['e2e_ours']['chosen']}) | ratio {r['e2e_ratio']:.2f}x (fp32 {r['e2e_ratio_fp32']:.2f}x); "
-            f"bf16 vs fp32 max |dp| {r['bf16_vs_fp32']['max_abs_prob_diff']:.3f}; peak RSS naive {r['model_naive']['peak_rss_mib']:.0f} / ours "
+            f"bf16 vs fp32 max |dp| {r['bf16_vs_fp32']['max_abs_prob_diff']:.3f}; "
+            f"peak RSS naive {r['model_naive']['peak_rss_mib']:.0f} / ours "
             f"{r['model_ours']['peak_rss_mib']:.0f} MiB")
     if "loader" in res:
         ld = res["loader"]

@@ -19,7 +19,8 @@ import sys
 import time
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from mammolens.threads import available_cores
 

@@ -10,7 +10,8 @@ from mammolens.cli._app import app
 @app.command("bench")
 def bench_cli(
     small: bool = typer.Option(False, "--small", help="Quick CI mode: tiny images, tiny-clip, relaxed ratio targets."),
-    only: list[str] = typer.Option(None, "--only", help="preprocess | inference | loader | train-gpu | shared-cpu (repeatable; default: the first three)."),
+    only: list[str] = typer.Option(
+        None, "--only", help="preprocess | inference | loader | train-gpu | shared-cpu (repeatable; default: the first three)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the full report (machine, config, medians, checks) as JSON."),
     check: bool = typer.Option(False, "--check", help="Exit with status 1 when a ratio misses its target."),
     repeats: int = typer.Option(None, "--repeats", help="Timed runs per measurement (median reported)."),

@@ -41,4 +41,5 @@ def ingest_cli(
     report_failures(zip(errors["path"], errors["reason"]), out / "errors.csv")
     root = display_path(root)
     finish(len(manifest), len(errors), f"no file under {root} matched --pattern {' '.join(pattern)}" if not len(errors)
-           else f"none of the {len(errors)} file(s) under {root} is a readable mammography DICOM (reasons in {out / 'errors.csv'})")
+           else f"none of the {len(errors)} file(s) under {root} is a readable mammography DICOM "
+                f"(reasons in {out / 'errors.csv'})")

@@ -36,7 +36,8 @@ import time
 from collections import Counter
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -524,7 +525,8 @@ def merge_caches(dirs: Sequence[str | PathLike], out_dir: str | PathLike, overwr
               out / ERRORS_FILE)
     from mammolens._version import __version__
 
-    manifest_cols = [c for c in index.columns if c not in ("cache_row", "status", "error", "conversion", "flipped", "bbox", "orig_h", "orig_w")]
+    own = ("cache_row", "status", "error", "conversion", "flipped", "bbox", "orig_h", "orig_w")
+    manifest_cols = [c for c in index.columns if c not in own]
     counts = index["status"].value_counts().to_dict()
     meta = {
         "format": CACHE_FORMAT,

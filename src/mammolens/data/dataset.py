@@ -8,7 +8,8 @@ at construction; the memmap is opened lazily in each DataLoader worker (the data
 from __future__ import annotations
 
 from os import PathLike
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -24,7 +24,8 @@ import logging
 import os
 from os import PathLike
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import pandas as pd
 

@@ -14,7 +14,8 @@ cohort), or a box ``lesion_x0, lesion_y0, lesion_x1, lesion_y1`` (VinDr).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -121,11 +122,11 @@ def froc(y_true_masks: Sequence[np.ndarray], peaks: Sequence[Sequence[tuple[int,
     events = []  # (score, image, is_tp)
     for i, (m, dets) in enumerate(zip(y_true_masks, peaks)):
         m = np.asarray(m, dtype=bool)
-        for r, c, s in dets:
-            events.append((float(s), i, bool(m[int(r), int(c)])))
+        for r, c, score in dets:
+            events.append((float(score), i, bool(m[int(r), int(c)])))
     events.sort(key=lambda e: -e[0])
     found, fp, fps, sens = set(), 0, [0.0], [0.0]
-    for s, i, tp in events:
+    for _s, i, tp in events:
         if tp:
             found.add(i)
         else:

@@ -205,7 +205,8 @@ def evaluate_predictions(
         metrics = compute_metrics(y, p, class_names, dense_classes)
     undefined = [c for c, v in metrics["auc_per_class"].items() if not np.isfinite(v)]
     if undefined:
-        warnings.warn(f"AUC undefined for class(es) {undefined}: absent from the labels (or the only one)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"AUC undefined for class(es) {undefined}: absent from the labels (or the only one)", RuntimeWarning,
+                      stacklevel=2)
     ci = metrics_with_ci(y, p, class_names, groups, n_boot, alpha, seed, dense_classes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -318,7 +319,8 @@ def _roc_figure(y: np.ndarray, p: np.ndarray, class_names: Sequence[str], dense:
         if truth.all() or not truth.any():
             continue
         fpr, tpr, _ = roc_curve(truth, score)
-        ax.plot(fpr, tpr, lw=1.6, ls="--" if name.startswith("dense") else "-", label=f"{name} (AUC {binary_auc(truth, score):.3f})")
+        ax.plot(fpr, tpr, lw=1.6, ls="--" if name.startswith("dense") else "-",
+                label=f"{name} (AUC {binary_auc(truth, score):.3f})")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title="ROC, one vs rest")
     ax.legend(loc="lower right", fontsize=8)
@@ -444,7 +446,8 @@ def _summary_section(metrics: dict, ci: dict | None, class_names: Sequence[str],
                 "the denser breast, the rule of <code>mammolens predict</code>.</p>")
     per = metrics.get("per_class", {})
     if per:
-        prow = [[html.escape(c), _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), _fmt(v["support"])] for c, v in per.items()]
+        prow = [[html.escape(c), _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), _fmt(v["support"])]
+                for c, v in per.items()]
         out += "<h3>Per class</h3>" + _table(["class", "precision", "recall", "F1", "support"], prow)
     return out
 
@@ -511,7 +514,8 @@ def _compare_section(cmp: dict, alpha: float) -> str:
     mc = cmp.get("mcnemar")
     if mc:
         out += (
-            f"<p>Accuracy A {_fmt(cmp.get('accuracy_a'))}, B {_fmt(cmp.get('accuracy_b'))}; McNemar ({html.escape(mc['method'])}): "
+            f"<p>Accuracy A {_fmt(cmp.get('accuracy_a'))}, B {_fmt(cmp.get('accuracy_b'))}; "
+            f"McNemar ({html.escape(mc['method'])}): "
             f"A right/B wrong {mc['b']}, A wrong/B right {mc['c']}, p = {_fmt(mc['p'], 4)}.</p>"
         )
     return out

@@ -12,7 +12,7 @@ GradCAM and text-to-patch maps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class FactorAttribution:
             self.model.train(was_training)
         return feats.float(), pooled
 
-    def fit(self, train_batches: Iterable[torch.Tensor], sentences: Sequence[str]) -> "FactorAttribution":
+    def fit(self, train_batches: Iterable[torch.Tensor], sentences: Sequence[str]) -> FactorAttribution:
         """Fits one Lasso per sentence on training images (batches ``[B, C, H, W]``)."""
         from sklearn.linear_model import Lasso
 

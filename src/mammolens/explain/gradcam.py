@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ __all__ = [
     "token_layout",
 ]
 
-Target = Union[Callable[[torch.Tensor], torch.Tensor], int, Sequence[int]]
+Target = Callable[[torch.Tensor], torch.Tensor] | int | Sequence[int]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ class ClassSimilarityTarget:
     """
 
     text_emb: torch.Tensor
-    k: Union[int, Sequence[int], torch.Tensor]
+    k: int | Sequence[int] | torch.Tensor
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         if output.ndim != 2 or output.shape[1] != self.text_emb.shape[-1]:
@@ -73,7 +73,7 @@ class ClassSimilarityTarget:
 class OutputIndexTarget:
     """Selects column ``k`` of a ``[B, K]`` output (logits of a plain classifier)."""
 
-    k: Union[int, Sequence[int], torch.Tensor]
+    k: int | Sequence[int] | torch.Tensor
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         if output.ndim != 2:
@@ -238,7 +238,7 @@ class BaseCAM:
     def _save_activation(self, module, args, output) -> None:
         self._acts = output[0] if isinstance(output, (tuple, list)) else output
 
-    def __enter__(self) -> "BaseCAM":
+    def __enter__(self) -> BaseCAM:
         if not self._handles:
             self._handles = [
                 self.tower.register_forward_pre_hook(self._save_tower_input),

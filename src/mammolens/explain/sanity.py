@@ -10,7 +10,8 @@ randomisation (e.g. an edge detector on the input) fail the check (``changed=Fal
 from __future__ import annotations
 
 import copy
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 import numpy as np
 import torch

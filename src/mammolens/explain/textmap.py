@@ -11,7 +11,7 @@ in [0, 1] at the input resolution; ``transforms.breast.to_original`` maps them b
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,8 @@ class PatchFeatures(nn.Module):
     """Hooks an image tower and returns its patch tokens before and after the projection.
 
     ``forward(x)`` resizes ``x`` to the model's input size (``pipeline.encode.resize_to_model``) and runs
-    ``model.encode_image`` (so grey → RGB and normalisation happen as in prediction); it returns ``(features [B, C, gh, gw], embeddings [B, D, gh, gw], pooled [B, D])``:
+    ``model.encode_image`` (so grey → RGB and normalisation happen as in prediction); it returns
+    ``(features [B, C, gh, gw], embeddings [B, D, gh, gw], pooled [B, D])``:
     features are the normed patch tokens (the "channels" FActOR attributes), embeddings their projection
     into the joint space, pooled the model's own image embedding.
 

@@ -290,7 +290,8 @@ def _modality_params(ds, frame: int | None):
     """(slope, intercept, modality LUT item or None, where found)."""
     if ds.get("ModalityLUTSequence"):
         return 1.0, 0.0, ds.ModalityLUTSequence[0], "ModalityLUTSequence"
-    for src, where in ((ds, "Rescale"), (functional_group_item(ds, "PixelValueTransformationSequence", frame), "PixelValueTransformationSequence")):
+    per_frame = functional_group_item(ds, "PixelValueTransformationSequence", frame)
+    for src, where in ((ds, "Rescale"), (per_frame, "PixelValueTransformationSequence")):
         if src is not None and ("RescaleSlope" in src or "RescaleIntercept" in src):
             slope, intercept = src.get("RescaleSlope", 1), src.get("RescaleIntercept", 0)
             slope = 1.0 if slope is None or slope == "" else _number(slope, "RescaleSlope")

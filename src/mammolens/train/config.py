@@ -166,7 +166,7 @@ class TrainCfg:
     """
 
     data: DataCfg = field(default_factory=DataCfg)
-    task: Union[str, dict[str, Any]] = "density"
+    task: str | dict[str, Any] = "density"
     model: str = "biomedclip"
     pretrained: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -191,7 +191,7 @@ class TrainCfg:
     seed: int = 0
     patience: int = 0
     out_dir: str = "runs/run"
-    resume: Union[bool, str] = False
+    resume: bool | str = False
     overwrite: bool = False
     probe_steps: int = 300
     max_steps_per_epoch: int = 0

@@ -58,7 +58,7 @@ class PreprocessCfg:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "PreprocessCfg":
+    def from_dict(cls, d: dict[str, Any] | None) -> PreprocessCfg:
         d = dict(d or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

@@ -76,7 +76,7 @@ class QualityCfg:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "QualityCfg":
+    def from_dict(cls, d: dict[str, Any] | None) -> QualityCfg:
         return cls(**(d or {}))
 
 
