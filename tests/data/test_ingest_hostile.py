@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mammolens.cli import app
 from mammolens.data.cache import build_cache, open_cache
 from mammolens.data.ingest import ingest
+from mammolens.transforms.quality import QualityCfg
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ingest import write_mg_dicom
@@ -39,7 +40,7 @@ def test_non_utf8_file_name_survives_ingest_and_preprocess(tmp_path):
     written = pd.read_csv(out / "errors.csv")
     assert list(written["path"]) == ["junk\\xff.dcm"] and written["kind"].tolist() == ["error"]
     cache = open_cache(build_cache(out / "manifest.parquet", tmp_path / "cache", {"size": 32}, workers=0,
-                                   progress=False))
+                                   progress=False, quality=QualityCfg(enabled=False)))  # toy noise images
     assert cache.meta["counts"] == {"done": 2, "failed": 0, "pending": 0}
 
 
@@ -115,8 +116,23 @@ def test_ingest_failures_carry_no_identity(identified, tmp_path, workers, capfd)
     assert "ZZPAT12345" in (tmp_path / "ids" / "errors.csv").read_text()
 
 
+def _phantom(path) -> None:
+    """Replace a fixture DICOM's noise by a breast-like 128x96 image (bright half-ellipse with texture), so
+    that it passes the quality gate the cache builder applies."""
+    import numpy as np
+
+    ds = pydicom.dcmread(path)
+    yy, xx = np.mgrid[0:128, 0:96]
+    inside = ((yy - 64) / 60.0) ** 2 + (xx / 80.0) ** 2 < 1.0
+    tissue = 0.5 + 0.15 * np.sin(yy / 5.0) * np.cos(xx / 7.0)
+    ds.Rows, ds.Columns = 128, 96
+    ds.PixelData = (np.where(inside, tissue, 0.02) * 4095).astype(np.uint16).tobytes()
+    ds.save_as(path)
+
+
 def test_preprocess_failures_carry_no_identity(identified, tmp_path, capfd):
-    root, _, planted = identified
+    root, good, planted = identified
+    _phantom(good)  # one good image: the run is "some failed" (exit 1), not "nothing read"
     out = tmp_path / "data"
     ingest(root, out, workers=0, progress=False)
     m = pd.read_parquet(out / "manifest.parquet")

@@ -236,12 +236,16 @@ def _scrub_errors(errors: list[dict], results: list, root: Path, include_ids: bo
     (``privacy.scrub_report``)."""
     own = {path: [*ids_of(meta or {}), *ids_of(ids)] for path, meta, _, ids in results}
     known = {} if include_ids else known_identifiers(own.values())
+    # names and accession numbers of the whole job, matched inside components ("ZZNAME^ALICE_broken.dcm" has
+    # no header of its own): PatientName words in any case or order, accession numbers as substrings
+    shared = sorted({(k, str(v)) for ids in own.values() for k, v in ids if k in ("name", "accession")})
     out = []
     for e in errors:
-        ids = [] if include_ids else own.get(e["path"], [])
+        ids = [] if include_ids else [*own.get(e["path"], []), *shared]
         path, reason = scrub_report(e["path"], e["reason"], ids, root, known)
         if "twin" in e:  # the other file's path, scrubbed with its own identifiers
-            twin = scrub_report(e["twin"], "", [] if include_ids else own.get(e["twin"], []), root, known)[0]
+            twin_ids = [] if include_ids else [*own.get(e["twin"], []), *shared]
+            twin = scrub_report(e["twin"], "", twin_ids, root, known)[0]
             reason = reason.replace("{twin}", twin.rsplit("/", 1)[-1] if e.get("twin_name") else twin)
         out.append({"path": path, "reason": reason, "kind": e.get("kind", KIND_ERROR)})
     return out

@@ -908,6 +908,9 @@ def read_dicom_header(path: str | PathLike) -> dict:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         geometry = (int(ds.Rows), int(ds.Columns), meta["n_frames"], int(ds.BitsAllocated))
         _check_declared_length(path, ds, geometry, None, native=ts is None or not ts.is_encapsulated)
+        # the identifiers an error report about any file of the job must scrub (never written to a manifest)
+        meta["patient_name"] = str(ds.get("PatientName", "") or "").strip()
+        meta["accession_number"] = str(ds.get("AccessionNumber", "") or "").strip()
         return meta
 
 
