@@ -278,3 +278,20 @@ def test_dicom_outputs_use_prediction_records_not_a_second_read(app_env, tmp_pat
     monkeypatch.setattr(wf, "_write_dicom_outputs", spy)
     res = predict_to_dir(app_env.run, [app_env.study_dirs()[0]], tmp_path / "o", workers=0, progress=False)
     assert res["n_sr"] == 1 and seen["calls"] == []
+
+
+def test_predict_counts_a_repeated_sop_instance_uid_once(app_env, tmp_path):  # noqa: F811
+    """The same image twice in an archive (a copy under another name) is predicted once; the copy is listed."""
+    src = app_env.study_files(0)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(src[0], inp / "a.dcm")
+    shutil.copy(src[0], inp / "z_copy.dcm")
+    shutil.copy(src[1], inp / "b.dcm")
+    res = predict_to_dir(app_env.run, [inp], tmp_path / "out", workers=0, progress=False)
+    assert res["n_images"] == 2 and res["n_failed"] == 1
+    images = pd.read_csv(tmp_path / "out" / "images.csv")
+    assert sorted(images["file"]) == ["a.dcm", "b.dcm"]
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    assert list(errors["file"]) == ["z_copy.dcm"]
+    assert errors["reason"][0] == "duplicate SOPInstanceUID: the same image as a.dcm; not counted"

@@ -388,8 +388,16 @@ class Predictor:
             sources.append(r["path"])
             intents.append(r["meta"].get("presentation_intent") or "")
 
+        first_sop: dict[str, str] = {}  # SOPInstanceUID -> the file shown for it: a repeated image counts once
+
         bar = _progress(len(paths), progress)
         for batch in self.iter_batches(paths, display=DISPLAY_MAX_SIDE if explain else 0):
+            for r in batch:
+                sop = str((r.get("meta") or {}).get("sop_instance_uid") or "") if r["error"] is None else ""
+                if sop and sop in first_sop:
+                    r["error"] = f"duplicate SOPInstanceUID: the same image as {first_sop[sop]}; not counted"
+                elif sop:
+                    first_sop[sop] = display_path(relative_path(r["path"], root))
             ok = [r for r in batch if r["error"] is None and not r.get("quality_reason")]
             no_study += sum(_apply_grouping(r, hints) for r in batch if r["error"] is None)
             for r in batch:
