@@ -154,7 +154,14 @@ def test_make_bench_files_upscaled_keep_header_and_values(tmp_path):
     from mammolens.io import read_image
 
     files = make_bench_files(tmp_path, 5, (128, 104), n_unique=4, render_scale=2)
-    assert len(files) == 5 and files[4].read_bytes() == files[0].read_bytes()  # 4 distinct, then repeats
+    assert len(files) == 5
+    # 4 distinct images, then repeats: the same pixels, but each file its own SOPInstanceUID (predict counts one
+    # SOPInstanceUID once)
+    import pydicom
+
+    a, b = pydicom.dcmread(files[0]), pydicom.dcmread(files[4])
+    assert a.PixelData == b.PixelData and a.SOPInstanceUID != b.SOPInstanceUID
+    assert len({pydicom.dcmread(f).SOPInstanceUID for f in files}) == 5
     vendors = set()
     for f in files[:4]:
         big = read_image(f)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from os import PathLike
 from pathlib import Path
 
@@ -41,13 +40,38 @@ def make_bench_files(out_dir: str | PathLike, n_files: int, image_size: tuple[in
     if k > 1:
         rendered = [_upscaled_copy(p, out / f"upscaled_{h}x{w}" / f"u{i:03d}.dcm", k) for i, p in enumerate(rendered)]
     files = []
+    uids = [_sop_uid(p) for p in rendered]
     for i in range(n_files):
         dst = out / f"files_{h}x{w}" / f"img{i:05d}.dcm"
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(rendered[i % len(rendered)], dst)
+            _copy_as_new_image(rendered[i % len(rendered)], uids[i % len(rendered)], i, dst)
         files.append(dst)
     return files
+
+
+def _sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _copy_as_new_image(src: Path, uid: str, i: int, dst: Path) -> None:
+    """Copy ``src`` as a distinct image: its SOPInstanceUID (file meta and dataset) gets the last 6 digits ``i``, a
+    same-length byte patch (as fast as a copy; a repeated SOPInstanceUID would count once in ``predict``)."""
+    last = uid.rsplit(".", 1)[-1]
+    data = src.read_bytes()
+    if len(last) > 6:
+        new = uid[:-6] + f"{i % 10**6:06d}"
+        data = data.replace(uid.encode("ascii"), new.encode("ascii"))
+        dst.write_bytes(data)
+        return
+    import pydicom  # a short last component: rewrite the header instead
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[uid, str(i)])
+    ds.save_as(dst, enforce_file_format=True)
 
 
 def _upscaled_copy(src: Path, dst: Path, k: int) -> Path:
