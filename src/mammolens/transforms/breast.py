@@ -379,14 +379,18 @@ class Reduced:
     mask: np.ndarray | None = None
     small: np.ndarray | None = None
     small_mask: np.ndarray | None = None
+    cleaned: np.ndarray | None = None
 
     def clean(self) -> np.ndarray:
-        """The working copy, finite and in [0, 1] (the reader's output already is; anything else is clipped)."""
-        img = self.work
-        lo, hi = float(img.min()), float(img.max())
-        if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
-            img = np.clip(np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-        return img
+        """The working copy, finite and in [0, 1] (the reader's output already is; anything else is clipped);
+        computed once, shared by the mask and the crop."""
+        if self.cleaned is None:
+            img = self.work
+            lo, hi = float(img.min()), float(img.max())
+            if not (lo >= 0.0 and hi <= 1.0):  # also False for NaN
+                img = np.clip(np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+            self.cleaned = img
+        return self.cleaned
 
     def compute_mask(self) -> np.ndarray:
         """``breast_mask`` of the cleaned working copy (cached)."""
