@@ -27,6 +27,7 @@ LAYERS = {
     "train": 5, "evaluation": 5, "explain": 5,
     "inference": 6, "search": 6,
     "workflows": 7, "bench": 7, "study": 7, "cli": 7, "serve": 7, "__main__": 7,
+    "suite": 7, "node": 7,  # the task suite (issue 24) and the DICOM node (issue 25)
 }
 # Subpackages whose modules sit at different layers: the dotted key wins over the package's own entry.
 SUB_LAYERS = {
@@ -36,7 +37,7 @@ SUB_LAYERS = {
     "train.__main__": 7,  # an entry point (python -m / torchrun -m mammolens.train): runs the cli's train command
 }
 LAYERS.update({k: v for k, v in SUB_LAYERS.items() if "." not in k})
-APPLICATION = {"train", "workflows", "bench", "study", "cli", "serve", "__main__"}  # the library never imports these
+APPLICATION = {"train", "workflows", "bench", "study", "cli", "serve", "__main__", "suite", "node"}  # the library never imports these
 
 
 def _module_name(path: Path) -> str:
