@@ -10,8 +10,9 @@ optional ``search`` extra (``faiss-cpu``). Embeddings are L2-normalised, so inne
 
 The index folder holds ``index.json`` (kind, dimension, size, the run's folder name and model), the
 vectors (``vectors.npy`` or ``index.faiss``) and ``keys.parquet``: one row per vector with keyed
-pseudonyms of the exam and patient (``mammolens.privacy``), laterality, view and modality. No identifier,
-no path, no report text is stored. Index files are read as data only (``allow_pickle=False``); a faiss
+pseudonyms of the exam and patient (``mammolens.privacy``), laterality, view, modality and the image's path
+relative to the data folder with identifier components pseudonymised. No identifier, no absolute path, no
+report text is stored (``include_ids`` keeps IDs and paths). Index files are read as data only (``allow_pickle=False``); a faiss
 file is parsed by faiss itself, so only open index folders you or mammolens wrote.
 """
 
@@ -31,7 +32,7 @@ from mammolens._optional import optional_import
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IndexCfg", "VectorIndex", "INDEX_KINDS", "embed_cache", "build_run_index", "search_run"]
+__all__ = ["IndexCfg", "VectorIndex", "INDEX_KINDS", "embed_cache", "build_run_index", "search_run", "format_hits"]
 
 INDEX_KINDS = ("exact", "hnsw", "ivf")
 KEY_COLUMNS = ("exam", "patient", "laterality", "view", "modality")
@@ -172,23 +173,41 @@ def embed_cache(model, cache, rows: np.ndarray | None = None, batch_size: int = 
     return emb if len(rows) else np.zeros((0, 0), dtype=np.float32)
 
 
-def _keys(index: pd.DataFrame) -> pd.DataFrame:
-    """The stored keys of cache rows: pseudonyms and view labels only."""
-    from mammolens.privacy import pseudonym
+def _keys(index: pd.DataFrame, include_ids: bool = False) -> pd.DataFrame:
+    """The stored keys of cache rows: pseudonyms, view labels and ``image``, the image's path relative to
+    the images' common folder (the data folder) with identifier components pseudonymised, as in
+    ``predictions.parquet``; with ``include_ids`` the IDs and the path as they are."""
+    import os
+
+    from mammolens.privacy import pseudonym, pseudonymise_frame
 
     def col(name):
         return index[name].astype(str).tolist() if name in index else [""] * len(index)
 
+    if "image_path" in index and len(index):
+        if include_ids:
+            root = os.path.commonpath([str(Path(p).resolve().parent) for p in index["image_path"]])
+            image = [Path(os.path.relpath(Path(p).resolve(), root)).as_posix() for p in index["image_path"]]
+        else:
+            image = pseudonymise_frame(index[["image_path", *(c for c in ("patient_id", "study_id") if c in index)]])
+            image = image["image_path"].astype(str).tolist()
+    else:
+        image = [""] * len(index)
+    keep = (lambda v, kind: v) if include_ids else pseudonym
     return pd.DataFrame({
-        "exam": [pseudonym(v, "study") for v in col("study_id")],
-        "patient": [pseudonym(v, "patient") for v in col("patient_id")],
-        "laterality": col("laterality"), "view": col("view"), "modality": col("modality"),
+        "exam": [keep(v, "study") for v in col("study_id")],
+        "patient": [keep(v, "patient") for v in col("patient_id")],
+        "laterality": col("laterality"), "view": col("view"), "modality": col("modality"), "image": image,
     })
 
 
 def build_run_index(run_dir: str | PathLike, cache_dir: str | PathLike, out: str | PathLike | None = None,
-                    cfg: IndexCfg | None = None, batch_size: int = 64, device: str = "auto") -> dict[str, Any]:
+                    cfg: IndexCfg | None = None, batch_size: int = 64, device: str = "auto",
+                    include_ids: bool = False) -> dict[str, Any]:
     """Embed a cache's readable images with a run and save an index (default ``RUN/index``).
+
+    ``keys.parquet`` holds pseudonyms and each image's pseudonymised path relative to the data folder;
+    ``include_ids`` keeps the real IDs and paths (for an index that stays on the machine that holds the data).
 
     Returns:
         ``{"out_dir", "kind", "n", "dim", "seconds"}``.
@@ -213,10 +232,10 @@ def build_run_index(run_dir: str | PathLike, cache_dir: str | PathLike, out: str
     vindex = VectorIndex.build(emb, cfg)
     out_dir = Path(out) if out else Path(run_dir) / "index"
     vindex.save(out_dir)
-    _keys(index.iloc[ok]).to_parquet(out_dir / "keys.parquet", index=False)
+    _keys(index.iloc[ok], include_ids).to_parquet(out_dir / "keys.parquet", index=False)
     meta = {"format": 1, "cfg": asdict(cfg), "dim": vindex.dim, "n": len(vindex),
             "run": Path(run_dir).resolve().name, "model": str(run.cfg.get("model", "")),
-            "cache": Path(cache_dir).resolve().name}  # names, never absolute paths
+            "cache": Path(cache_dir).resolve().name, "include_ids": bool(include_ids)}  # names, never absolute paths
     (out_dir / "index.json").write_text(json.dumps(meta, indent=2))
     return {"out_dir": str(out_dir), "kind": cfg.kind, "n": len(vindex), "dim": vindex.dim,
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -268,7 +287,9 @@ def search_run(run_dir: str | PathLike, text: str | None = None, image: str | Pa
     An exam's score is the best score of its images (the view that matches the query best).
 
     Returns:
-        DataFrame ``rank, exam, score, patient, laterality, view, modality`` (the best image of each exam).
+        DataFrame ``rank, exam, score, patient, laterality, view, modality, image`` (the best image of each
+        exam; ``image``: its path relative to the data folder, pseudonymised unless the index was built with
+        ``include_ids``; an index from an earlier version has no ``image``). Equal scores share a rank.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -281,5 +302,28 @@ def search_run(run_dir: str | PathLike, text: str | None = None, image: str | Pa
     hits = keys.iloc[ids[0][ids[0] >= 0]].assign(score=scores[0][ids[0] >= 0])
     best = hits.sort_values("score", ascending=False, kind="stable").drop_duplicates("exam").head(k)
     best = best.reset_index(drop=True)
-    best.insert(0, "rank", np.arange(1, len(best) + 1))
-    return best[["rank", "exam", "score", "patient", "laterality", "view", "modality"]]
+    best.insert(0, "rank", _tie_ranks(best["score"].to_numpy()))
+    return best[["rank", "exam", "score", "patient", "laterality", "view", "modality",
+                 *(["image"] if "image" in best.columns else [])]]
+
+
+def _tie_ranks(scores: np.ndarray, digits: int = 6) -> np.ndarray:
+    """Competition ranks (1, 2, 2, 4) of best-first scores: scores equal to ``digits`` places share a rank."""
+    r = np.round(np.asarray(scores, dtype=np.float64), digits)
+    return np.array([1 + int(np.sum(r > v)) for v in r], dtype=np.int64)
+
+
+def format_hits(hits: pd.DataFrame) -> list[str]:
+    """One line per hit: rank (``=`` marks a shared rank), score with enough digits to tell the hits apart
+    (4, up to 8), exam, laterality, view, modality and the image path."""
+    scores = hits["score"].to_numpy(dtype=np.float64)
+    digits = 4
+    while digits < 8 and len(np.unique(np.round(scores, digits))) < len(np.unique(np.round(scores, 8))):
+        digits += 1
+    shared = hits["rank"].duplicated(keep=False).to_numpy()
+    lines = []
+    for r, tie in zip(hits.itertuples(), shared):
+        rank = f"{r.rank}=" if tie else f"{r.rank} "
+        image = f"  {r.image}" if getattr(r, "image", "") else ""
+        lines.append(f"{rank:>4} {r.score:.{digits}f}  {r.exam}  {r.laterality} {r.view} {r.modality}{image}")
+    return lines

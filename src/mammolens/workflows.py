@@ -175,8 +175,10 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    _not_a_cv_folder(run_dir)
     check_ood(run_dir)  # an ood.npz that is not plain data is refused by every command alike
     run = load_run(run_dir)
+    _check_label_column(run, data)  # before anything is preprocessed
     out_dir = Path(out) if out else Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -224,6 +226,54 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": failures,
             "errors": str(out_dir / "errors.csv"),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _not_a_cv_folder(run_dir) -> None:
+    """``mammolens cv``'s output folder is not one run: say what to evaluate instead."""
+    folder = Path(run_dir)
+    if (folder / "cv_metrics.json").is_file() and not (folder / "checkpoints").is_dir():
+        folds = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
+        raise ValueError(
+            f"{folder} is a cross-validation folder ({len(folds)} fold runs), not one run: its pooled out-of-fold "
+            f"metrics are in {folder / 'report.html'} and cv_metrics.json. To test on other data, evaluate one "
+            f"fold's run (mammolens evaluate {folder / (folds[0] if folds else 'fold_0')} --data ...) or train one "
+            "run on all the data with the same config (mammolens train) and evaluate that.")
+
+
+def _manifest_columns(data) -> list[str] | None:
+    """The column names of a manifest file without reading its rows (None for a cache folder)."""
+    path = Path(data)
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".csv":
+        from mammolens.data.manifest import read_manifest
+
+        return list(read_manifest(path, validate=False, resolve_paths=False).columns)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        from mammolens.data.manifest import read_manifest
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception:  # noqa: BLE001 — not Parquet: read_manifest names what it is
+            read_manifest(path, validate=False, resolve_paths=False)
+    return None
+
+
+def _check_label_column(run, data) -> None:
+    """A manifest without the run's label column is refused before anything is preprocessed."""
+    from mammolens.tasks import get_task, list_tasks
+
+    cols = _manifest_columns(data)
+    col = run.task.label_column
+    if cols is None or col in cols:
+        return
+    fits = [n for n in list_tasks() if get_task(n).label_column in cols and get_task(n).label_column != col]
+    hint = (f"; it has {', '.join(repr(get_task(n).label_column) for n in fits)} (task {', '.join(fits)}): evaluate a "
+            f"run trained with --set task={fits[0]}") if fits else "; add that column (the labels) to the manifest"
+    raise ValueError(f"{data}: the manifest has no column {col!r}, which the run's task {run.task.name!r} reads its "
+                     f"labels from{hint}")
 
 
 RETRIEVAL_QUERIES = 2000
@@ -315,17 +365,77 @@ def _failures(cache_dir: Path, errors_csv: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------- explain
-def explain_run(run_dir: str | PathLike, images: list[str | PathLike], out: str | PathLike,
-                class_name: str | None = None, device: str = "auto") -> list[dict[str, Any]]:
-    """GradCAM overlays for image files, through the run's own preprocessing and classifier."""
-    from mammolens.inference import Predictor
+def lesion_circles(manifest: str | PathLike | None) -> dict[str, list[tuple[float, float, float]]]:
+    """``{resolved image path: [(x, y, r), ...]}`` of a manifest's ground-truth lesion circles (``lesion_x,
+    lesion_y, lesion_r``, pixels of the image as stored); ``{}`` without a manifest.
 
+    Raises:
+        ValueError: the manifest has none of those columns.
+    """
+    if manifest is None:
+        return {}
+    from mammolens.data.manifest import LESION_COLUMNS, read_manifest
+
+    df = read_manifest(manifest, validate=False)
+    if not set(LESION_COLUMNS) <= set(df.columns):
+        raise ValueError(f"{manifest}: no lesion outline columns ({', '.join(LESION_COLUMNS)}); the ground-truth "
+                         "outline needs them (mammolens import mias writes them for mini-MIAS).")
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for path, x, y, r in zip(df["image_path"], *(pd.to_numeric(df[c], errors="coerce") for c in LESION_COLUMNS)):
+        if np.isfinite([x, y, r]).all() and r > 0:
+            out.setdefault(str(Path(path).resolve()), []).append((float(x), float(y), float(r)))
+    return out
+
+
+def _outline_png(png: Path, source, circles, stored_height: int | None = None) -> None:
+    """Draw ``circles`` (stored-image pixels) on an overlay PNG whose image part has the stored aspect."""
+    from PIL import Image
+
+    from mammolens.explain.overlay import draw_outlines
+
+    fig = np.asarray(Image.open(png).convert("RGB"))
+    if stored_height is None:
+        from mammolens.io import read_image
+
+        stored = read_image(source).pixels
+        stored_height, stored_width = stored.shape[-2:]
+    else:
+        stored_width = None
+    scale = fig.shape[0] / float(stored_height)
+    width = int(round(stored_width * scale)) if stored_width else None
+    Image.fromarray(draw_outlines(fig, circles, scale, width)).save(png)
+
+
+def explain_run(run_dir: str | PathLike, images: list[str | PathLike], out: str | PathLike,
+                class_name: str | None = None, device: str = "auto", sidecar: str | PathLike | None = None,
+                manifest: str | PathLike | None = None) -> list[dict[str, Any]]:
+    """GradCAM overlays for image files, through the run's own preprocessing and classifier.
+
+    ``sidecar`` groups files into exams as in ``predict``; with ``manifest`` (one with ``lesion_x, lesion_y,
+    lesion_r``), each image's ground-truth lesion circles are drawn on its overlay in green (``outlined``: how
+    many).
+    """
+    from mammolens.inference import Predictor, find_inputs
+
+    circles = lesion_circles(manifest)
     p = Predictor.from_run(run_dir, device=device, workers=0)
     out = Path(out)
-    res = p.predict(images, explain=True, overlay_dir=out, class_name=class_name)
-    recs = res.images.to_dict("records")
-    for e in res.errors.to_dict("records"):
-        recs.append({"file": e["file"], "error": e["reason"]})
+    if not circles:
+        groups = [images]
+    else:  # one file at a time, so that each overlay is known to come from its file
+        files, problems = find_inputs(images)
+        groups = [[f] for f in files] + ([[q for q, _ in problems]] if problems else [])
+    recs: list[dict[str, Any]] = []
+    for group in groups:
+        res = p.predict(group, explain=True, overlay_dir=out, class_name=class_name, sidecar=sidecar)
+        for rec in res.images.to_dict("records"):
+            mine = circles.get(str(Path(group[0]).resolve()), []) if circles and len(group) == 1 else []
+            if mine and rec.get("overlay"):
+                _outline_png(Path(rec["overlay"]), group[0], mine)
+                rec["outlined"] = len(mine)
+            recs.append(rec)
+        for e in res.errors.to_dict("records"):
+            recs.append({"file": e["file"], "error": e["reason"]})
     return recs
 
 
@@ -595,18 +705,21 @@ def _image_maps(model, pixels: np.ndarray, pre, laterality, texts, kind, factor,
 
 
 def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, texts: list[str], kind: str = "text",
-                      device: str = "auto", dicom: bool = False) -> list[dict[str, Any]]:
+                      device: str = "auto", dicom: bool = False,
+                      manifest: str | PathLike | None = None) -> list[dict[str, Any]]:
     """Sentence maps (text-to-patch, FActOR or GradCAM of the sentence) drawn on the original images.
 
-    Writes ``out/<nnnn>_<kind>_<t>.png`` (numbered, no file names: they can hold identifiers) and, with
-    ``dicom``, a DICOM Secondary Capture per overlay for DICOM inputs (in the source study).
+    Writes ``out/<image>_<hash>_<kind>_<t>.png``, named after the source image as GradCAM overlays are
+    (``inference.overlay_name`` of the pseudonymised path: a folder or file name holding an identifier
+    never reaches it) and, with ``dicom``, a DICOM Secondary Capture per overlay for DICOM inputs (in the
+    source study). With ``manifest``, ground-truth lesion circles are drawn in green (see :func:`explain_run`).
     """
     import torch
 
     from mammolens.data.cache import PreprocessCfg
     from mammolens.explain import MAP_KINDS
     from mammolens.explain.overlay import render_heatmap
-    from mammolens.inference import DISPLAY_MAX_SIDE, find_inputs
+    from mammolens.inference import DISPLAY_MAX_SIDE, find_inputs, overlay_name
     from mammolens.io import ImageReadError, is_dicom, read_image
     from mammolens.run import load_run
 
@@ -621,6 +734,7 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
     model = run.model.to(device).eval()
     pre = PreprocessCfg.from_dict(run.preprocess)
     factor = fit_factor(run_dir, texts, device=device) if kind == "factor" else None
+    circles = lesion_circles(manifest)
     from mammolens.io.dicom_out import read_source_reference, reference_dataset
     from mammolens.privacy import display_path, ids_of, scrub_path, scrub_text
 
@@ -637,9 +751,10 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
 
     for q, why in problems:
         recs.append({"file": display_path(q.name), "error": why})
-    for i, path in enumerate(files):
+    for path in files:
         ref = read_source_reference(path) if is_dicom(path) else {}
-        seen.update(ids_of({col: ref.get(kw) for kw, col in _REF_IDS.items()}))
+        own = ids_of({col: ref.get(kw) for kw, col in _REF_IDS.items()})
+        seen.update(own)
         try:
             img = read_image(path)
         except (ImageReadError, OSError) as e:
@@ -652,13 +767,19 @@ def explain_sentences(run_dir: str | PathLike, images, out: str | PathLike, text
         except ValueError as e:
             recs.append({"file": shown(path), "error": f"cannot be mapped: {e}"})
             continue
+        mine = circles.get(str(Path(path).resolve()), [])
         for t, (text, m) in enumerate(zip(texts, maps)):
             rgb = render_heatmap(display, m, text, method=MAP_TITLES[kind])
-            png = out / f"{i:04d}_{kind}_{t}.png"
+            if mine:
+                from mammolens.explain.overlay import draw_outlines
+
+                rgb = draw_outlines(rgb, mine, display.shape[0] / img.pixels.shape[-2], display.shape[1])
+            png = out / overlay_name(display_path(scrub_path(path, own, root)), f"_{kind}_{t}.png")
             from PIL import Image
 
             Image.fromarray(rgb).save(png)
-            rec = {"file": shown(path), "text": text, "kind": kind, "overlay": str(png)}
+            rec = {"file": shown(path), "text": text, "kind": kind, "overlay": str(png),
+                   **({"outlined": len(mine)} if mine else {})}
             if dicom and ref:
                 from mammolens.io.dicom_out import write_overlay_sc
 

@@ -95,14 +95,31 @@ app = _App(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mammolens._version import __version__
+
+        typer.echo(f"mammolens {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more (never patient identifiers)."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """mammolens: vision-language foundation models for mammography."""
     import logging
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def show_progress(wanted: bool) -> bool:
+    """Progress bars only when asked for and stderr is a terminal (redrawn bars make a mess of log files)."""
+    import sys
+
+    return bool(wanted) and sys.stderr.isatty() and not os.environ.get("CI")
 
 
 # Exit codes of every command that processes files (documented in README "Exit codes").

@@ -21,6 +21,8 @@ def evaluate_cli(
     device: str = typer.Option("auto"),
     include_ids: bool = typer.Option(False, "--include-ids",
                                      help="Keep patient/study/image IDs and absolute paths in predictions.parquet."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show a progress bar (never when stderr is not a terminal)."),
 ) -> None:
     """Metrics with CIs, subgroups, calibration and GradCAM gallery -> predictions.parquet, metrics.json, report.html.
 
@@ -29,10 +31,12 @@ def evaluate_cli(
     from rich.console import Console
     from rich.table import Table
 
+    from mammolens.cli._app import show_progress
     from mammolens.workflows import evaluate_run
 
     res = evaluate_run(run, data, out=out, compare=compare, n_boot=n_boot, seed=seed, gallery_per_class=gallery,
-                       batch_size=batch_size, workers=workers, device=device, include_ids=include_ids)
+                       batch_size=batch_size, workers=workers, device=device, include_ids=include_ids,
+                       progress=show_progress(progress))
     console = Console()
     table = Table(title=f"{run.name} on {data.name} ({res['n_images']} images)")
     table.add_column("metric")

@@ -23,9 +23,10 @@ def ingest_cli(
     errors.csv lists each file left out (kind "error": not DICOM, not a mammogram, a duplicate...) and each
     image kept with a header field left empty (kind "warning": PatientAge 130Y...); paths relative to ROOT.
     """
+    from mammolens.cli._app import show_progress
     from mammolens.data.ingest import KIND_WARNING, ingest
 
-    manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern),
+    manifest, errors = ingest(root, out, workers=workers, progress=show_progress(progress), patterns=tuple(pattern),
                               include_ids=include_ids)
     warned = errors["kind"] == KIND_WARNING
     errors = errors[~warned]

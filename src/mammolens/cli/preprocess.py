@@ -28,6 +28,7 @@ def preprocess_cli(
                                      "lines (default: as in errors.csv, pseudonymised)."),
 ) -> None:
     """Crop, orient, resize and store every manifest image; resumable (rerun to continue)."""
+    from mammolens.cli._app import show_progress
     from mammolens.data.cache import PreprocessCfg, build_cache, open_cache
 
     shard_t = None
@@ -36,7 +37,7 @@ def preprocess_cli(
         shard_t = (k, n)
     cfg = PreprocessCfg(size=size, dbt=dbt, crop=crop, flip=flip, use_laterality=use_laterality,
                         margin=margin, keep_aspect=keep_aspect)
-    path = build_cache(manifest, out, cfg, workers=workers, progress=progress, overwrite=overwrite,
+    path = build_cache(manifest, out, cfg, workers=workers, progress=show_progress(progress), overwrite=overwrite,
                        limit=limit, shard=shard_t, retry_failed=retry_failed)
     cache = open_cache(path, allow_incomplete=True)
     m = cache.meta

@@ -16,9 +16,11 @@ def search_cli(
     k: int = typer.Option(10, "-k", "--k", help="Number of exams to return."),
     device: str = typer.Option("auto"),
 ) -> None:
-    """The nearest exams to a text or an image, with their scores (exams by pseudonym)."""
-    from mammolens.search import search_run
+    """The nearest exams to a text or an image: rank (2= for a shared rank), cosine score, exam (pseudonym),
+    laterality, view, modality and the matching image's path relative to the data folder (pseudonymised
+    unless the index was built with --include-ids)."""
+    from mammolens.search import format_hits, search_run
 
     hits = search_run(run, text=text, image=image, index_dir=index, k=k, device=device)
-    for r in hits.itertuples():
-        typer.echo(f"{r.rank:>3}  {r.score:.4f}  {r.exam}  {r.laterality} {r.view} {r.modality}")
+    for line in format_hits(hits):
+        typer.echo(line)

@@ -27,8 +27,9 @@ def train_cli(
     folds: int = typer.Option(0, "--folds", "-k", help="Run K-fold cross-validation instead of one run "
                               "(the same as `mammolens cv --folds K`); 0: one run."),
 ) -> None:
-    """Train a run (contrastive, zeroshot, linear-probe, finetune-ce or report-contrastive) and print its
-    folder and best metric.
+    """Train one run: method contrastive, zeroshot, linear-probe, finetune-ce or report-contrastive.
+
+    Prints the run folder and its best validation metric.
 
     Several GPUs: torchrun --nproc-per-node N -m mammolens.train --config FILE
     """

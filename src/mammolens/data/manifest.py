@@ -111,7 +111,9 @@ def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bo
     if path.suffix.lower() == ".csv":
         text_cols = {c: str for c in ("patient_id", "study_id", "density", "report", "report_id")}
         df = pd.read_csv(path, dtype=text_cols, keep_default_na=False)
+        _check_delimiter(df, path)
     elif path.suffix.lower() in (".parquet", ".pq"):
+        _check_parquet(path)
         df = pd.read_parquet(path)
     else:
         raise ValueError(f"{path}: a manifest must be .parquet or .csv, got {path.suffix!r}")
@@ -121,6 +123,32 @@ def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bo
         root = path.resolve().parent
         df["image_path"] = [p if Path(p).is_absolute() else str(root / p) for p in df["image_path"]]
     return df
+
+
+def _check_delimiter(df: pd.DataFrame, path: Path) -> None:
+    """A CSV read with commas into one column whose name holds ``;`` (or a tab) was written with another
+    delimiter (a spreadsheet in a comma-decimal locale): say so, instead of "required column is missing"."""
+    if len(df.columns) != 1:
+        return
+    name = str(df.columns[0])
+    for sep, what in ((";", "semicolon"), ("\t", "tab")):
+        if sep in name:
+            raise ValueError(f"{path}: this CSV is {what}-delimited (header {name[:60]!r}); mammolens reads "
+                             "comma-separated manifests: save it with commas (pandas: df.to_csv(path, index=False)).")
+
+
+def _check_parquet(path: Path) -> None:
+    """A file named ``.parquet`` that is not Parquet (no ``PAR1`` magic): name what it is."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:4] == b"PAR1":
+        return
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if b"\0" not in head and ("," in first or ";" in first or "\t" in first):
+        raise ValueError(f"{path}: this file is a CSV (text) named .parquet, not Parquet; rename it to "
+                         f"{path.with_suffix('.csv').name} (mammolens reads both).")
+    raise ValueError(f"{path}: not a Parquet file (it does not start with the Parquet magic bytes); pass a "
+                     ".parquet written by pandas/pyarrow or a .csv.")
 
 
 def write_manifest(df: pd.DataFrame, path: str | PathLike) -> Path:

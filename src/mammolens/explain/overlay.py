@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["colorize", "overlay", "save_overlay", "render_heatmap", "heatmap_panel_width"]
+__all__ = ["colorize", "overlay", "save_overlay", "render_heatmap", "heatmap_panel_width", "draw_outlines"]
 
 
 def _as_2d(name: str, a) -> np.ndarray:
@@ -159,3 +159,37 @@ def render_heatmap(image, cam, class_name: str, prob: float | None = None, *, me
             ty = top + (1.0 - val) * (bottom - top - 1)
             draw.text((w + m + fs + fs // 3, ty), label, fill=(255, 255, 255), font=font, anchor="lm")
     return np.asarray(pil)
+
+
+OUTLINE_COLOUR = (0, 255, 0)  # ground truth: green, never in the heat map's colour bar ("turbo" has no pure green)
+
+
+def draw_outlines(figure, circles, scale: float, width: int | None = None) -> np.ndarray:
+    """The ground-truth lesion outlines drawn on a rendered figure: a green circle per ``(x, y, r)``.
+
+    Args:
+        figure: uint8 RGB ``[H, W(+P), 3]`` from :func:`render_heatmap` (the image in columns ``[0, width)``).
+        circles: ``(x, y, r)`` in pixels of the image as stored (manifest ``lesion_x, lesion_y, lesion_r``);
+            rows with a NaN are skipped.
+        scale: figure pixels per stored-image pixel (the display copy's height / the stored height).
+        width: the image part's width; the circle is clipped there (not drawn over the colour bar).
+
+    Returns:
+        a new uint8 RGB array of the same shape.
+    """
+    from PIL import Image, ImageDraw
+
+    fig = np.ascontiguousarray(np.asarray(figure, dtype=np.uint8))
+    h = fig.shape[0]
+    w = fig.shape[1] if width is None else int(width)
+    part = Image.fromarray(fig[:, :w])
+    draw = ImageDraw.Draw(part)
+    line = max(1, int(round(h / 300)))
+    for x, y, r in circles:
+        if not all(np.isfinite([x, y, r])) or r <= 0:
+            continue
+        cx, cy, rr = float(x) * scale, float(y) * scale, max(float(r) * scale, 2.0)
+        draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), outline=OUTLINE_COLOUR, width=line)
+    out = fig.copy()
+    out[:, :w] = np.asarray(part)
+    return out

@@ -119,11 +119,36 @@ def split_rows(index, labels: np.ndarray, cfg: TrainCfg) -> tuple[np.ndarray, np
     train_rows, val_rows = _split_rows(index, labels, split_column=d.split_column, fold=d.fold, val_frac=d.val_frac,
                                        modalities=d.modalities, seed=cfg.seed)
     if len(train_rows) == 0 and get_method(cfg.method).needs_training_rows:
-        raise ValueError(
-            "no labelled training rows left after the split/modality filter "
-            f"(modalities={d.modalities or 'all'}, label column of the task empty?)"
-        )
+        raise ValueError(f"no labelled training rows left: {_why_no_rows(index, labels, cfg)}")
     return train_rows, val_rows
+
+
+def _filled(index, column: str) -> int:
+    """Rows of ``index`` with a non-empty value in ``column`` (0 when there is no such column)."""
+    if column not in index.columns:
+        return 0
+    return int((index[column].astype("string").fillna("").str.strip() != "").sum())
+
+
+def _why_no_rows(index, labels: np.ndarray, cfg: TrainCfg) -> str:
+    """Which column is empty (or which filter removed every row), and the registered tasks whose label
+    column the data do fill (``--set task=mias`` on mini-MIAS)."""
+    from mammolens.tasks import get_task, list_tasks
+
+    task, d = resolve_task(cfg.task), cfg.data
+    col = task.label_column
+    n_filled = _filled(index, col)
+    if n_filled == 0:
+        why = (f"the task {task.name!r} reads column {col!r}, which is "
+               + ("not in the data" if col not in index.columns else f"empty in all {len(index)} rows"))
+    else:
+        why = (f"{int((labels >= 0).sum())} row(s) have a {col!r} label, none left after the split/modality filter "
+               f"(data.modalities={list(d.modalities) or 'all'}, data.split_column={d.split_column!r})")
+    fits = [name for name in list_tasks() if (t := get_task(name)).label_column != col and _filled(index, t.label_column)]
+    if n_filled == 0 and fits:
+        cols = ", ".join(f"{get_task(n).label_column!r} (task {n})" for n in fits)
+        why += f"; the data have labels in {cols}: train with --set task={fits[0]}"
+    return why
 
 
 def _make_loader(ds, cfg: TrainCfg, device: torch.device, rank: int, world: int, train: bool):
