@@ -47,7 +47,7 @@ def test_run_study_writes_one_table(cohort, tmp_path):
     assert res["n_runs"] == 2 * 4  # 2 folds x (DM, s2D, DBT, multi)
     df = pd.read_csv(tmp_path / "s" / "study.csv")
     assert sorted(set(df["train"])) == ["DBT", "DM", "multi", "s2D"]
-    assert sorted(set(df["test"])) == ["DBT", "DM", "all", "external_1", "s2D"]
+    assert sorted(set(df["test"])) == ["DBT", "DM", "all", "ext/manifest.parquet", "s2D"]
     assert len(df) == 4 * 5
     assert df["accuracy"].between(0, 1).all()
     ok = df.dropna(subset=["macro_auc_lo"])

@@ -23,7 +23,8 @@ def optional_import(module: str | Sequence[str], extra: str, purpose: str | None
         purpose: What needs it, for the message (defaults to the module name).
 
     Raises:
-        ImportError: None of the names imports; the message says ``pip install "mammolens[<extra>]"``.
+        ImportError: None of the names imports; the message says ``pip install -e ".[<extra>]"`` (from the
+            mammolens clone, where the project is installed from).
     """
     names = [module] if isinstance(module, str) else list(module)
     error: ImportError | None = None
@@ -35,5 +36,5 @@ def optional_import(module: str | Sequence[str], extra: str, purpose: str | None
     what = purpose or names[0]
     raise ImportError(
         f"{what} needs the optional dependency {names[0]!r}, which is not installed ({error}); "
-        f'install it with: pip install "mammolens[{extra}]"'
+        f'install it with: pip install -e ".[{extra}]" (in the mammolens clone)'
     ) from error

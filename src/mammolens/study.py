@@ -14,7 +14,10 @@ The table has one row per arm × test set (each modality's test rows, all test r
 accuracy and macro AUC with 95 % CIs from a patient bootstrap over the predictions of all seeds stacked
 (a patient's rows, in every seed, are resampled together), and for each single-modality arm the paired
 difference ``multi − single`` (columns ``<metric>_diff``) on the same rows with its paired patient-bootstrap CI and two-sided p.
-Written to ``OUT/study.{csv,json,html}``; no identifiers or absolute paths go into them.
+Written to ``OUT/study.{csv,json,html}``; no identifiers or absolute paths go into them. ``study.html`` has
+``report.html``'s style, the simulated-data banner when the cohort or an external set is simulated, the
+external sets by their ``folder/file`` names and the paired test by name. A design the data cannot fill (a
+single-modality cohort, an arm without images) is refused before any training.
 """
 
 from __future__ import annotations
@@ -155,9 +158,11 @@ def run_study(cfg: StudyCfg | dict) -> dict[str, Any]:
     usable = np.sort(np.concatenate(split_rows(index, labels, no_val)))
     modality = index["modality"].astype(str).to_numpy()
     usable = usable[np.isin(modality[usable], cfg.modalities)]
+    _check_modalities(modality[usable], cfg.modalities)  # before anything is trained
     arms = [*cfg.modalities, MULTI]
     arm_mods = {a: [a] for a in cfg.modalities} | {MULTI: list(cfg.modalities)}
     ext = [open_cache(_external_cache(p, j, out, cache.cfg)) for j, p in enumerate(cfg.external)]
+    ext_names = external_names(cfg.external)
     ext_rows = [np.flatnonzero(np.asarray(task.encode(c.index[task.label_column])) >= 0) for c in ext]
 
     k = len(task.class_names)
@@ -198,13 +203,41 @@ def run_study(cfg: StudyCfg | dict) -> dict[str, Any]:
     for j, c in enumerate(ext):
         y = np.asarray(task.encode(c.index[task.label_column]), dtype=np.int64)[ext_rows[j]]
         g = c.index["patient_id"].astype(str).to_numpy()[ext_rows[j]]
-        test_sets.append((f"external_{j + 1}", np.tile(y, len(cfg.seeds)), np.tile(g, len(cfg.seeds)),
+        test_sets.append((ext_names[j], np.tile(y, len(cfg.seeds)), np.tile(g, len(cfg.seeds)),
                           {a: np.concatenate([ext_probs[a][s][j] for s in cfg.seeds]) for a in arms}))
 
     table = comparison_table(test_sets, arms, cfg.n_boot, reference=MULTI)
-    files = _write(out, table, cfg, task.name)
+    from mammolens.evaluation.report import is_simulated
+
+    simulated = is_simulated(index) or any(is_simulated(c.index) for c in ext)
+    files = _write(out, table, cfg, task.name, simulated=simulated, external=ext_names)
     return {"table": table, "n_runs": n_runs, "arms": arms, "test_sets": [t[0] for t in test_sets],
             "seeds": list(cfg.seeds), "folds": cfg.folds, "files": files}
+
+
+def _check_modalities(present: np.ndarray, wanted: list[str]) -> None:
+    """Refuse, before any training, a design the data cannot fill: a single-modality arm without images of
+    its modality, or a multi-modality arm on data of one modality (it would be that arm again)."""
+    counts = {m: int(np.sum(present == m)) for m in wanted}
+    have = [m for m, n in counts.items() if n]
+    shown = ", ".join(f"{m}: {n}" for m, n in counts.items())
+    if len(have) < 2:
+        raise ValueError(f"the study compares single- with multi-modality training, but the usable labelled images "
+                         f"are of {len(have)} modality ({shown}); the multi-modality arm would train on the same "
+                         "images as the single one. Use data with at least two of DM, s2D, DBT, or train one run "
+                         "(mammolens train / mammolens cv).")
+    missing = [m for m, n in counts.items() if not n]
+    if missing:
+        raise ValueError(f"no usable labelled {', '.join(missing)} images ({shown}); drop those arms with "
+                         f"--modality {' --modality '.join(have)}")
+
+
+def external_names(paths: list[str]) -> list[str]:
+    """Names of the external sets as the table shows them: ``folder/file`` of each manifest (never an
+    absolute path), numbered when two would read the same."""
+    names = [f"{Path(p).resolve().parent.name}/{Path(p).name}" if Path(p).suffix else Path(p).resolve().name
+             for p in paths]
+    return [f"{n} ({j + 1})" if names.count(n) > 1 else n for j, n in enumerate(names)]
 
 
 def comparison_table(test_sets, arms: list[str], n_boot: int, reference: str) -> list[dict[str, Any]]:
@@ -238,36 +271,58 @@ def comparison_table(test_sets, arms: list[str], n_boot: int, reference: str) ->
     return rows
 
 
-def _fmt(v, digits: int = 3) -> str:
-    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+def _fmt(v, digits: int = 3, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
-def _write(out: Path, table: list[dict[str, Any]], cfg: StudyCfg, task: str) -> list[str]:
+PAIRED_TEST = ("paired patient bootstrap: multi − single on the same rows, both arms scored on the same "
+               "resampled patients in each replicate; two-sided bootstrap p = 2·min(#diff ≤ 0 + 1, #diff ≥ 0 + 1) / "
+               "(replicates + 1)")
+
+
+def _write(out: Path, table: list[dict[str, Any]], cfg: StudyCfg, task: str, simulated: bool = False,
+           external: list[str] = ()) -> list[str]:
     df = pd.DataFrame(table)
     from mammolens.csvsafe import write_csv
 
     write_csv(df, out / "study.csv")
     safe = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
-    meta = {"task": task, "seeds": list(cfg.seeds), "folds": cfg.folds, "inner_val_frac": cfg.inner_val_frac,
+    meta = {"task": task, "simulated": bool(simulated), "external": list(external), "paired_test": PAIRED_TEST,
+            "seeds": list(cfg.seeds), "folds": cfg.folds, "inner_val_frac": cfg.inner_val_frac,
             "modalities": list(cfg.modalities), "n_external": len(cfg.external), "n_boot": cfg.n_boot,
             "train": {k: v for k, v in cfg.train.items() if k not in ("data", "out_dir")}}
     (out / "study.json").write_text(json.dumps({"design": meta, "table": [{k: safe(v) for k, v in r.items()}
                                                                           for r in table]}, indent=2, default=str))
+    from mammolens.evaluation.report import REPORT_CSS, SIMULATED_BANNER
+
     cells = []
     for r in table:
-        tds = [html.escape(str(r["train"])), html.escape(str(r["test"])), str(r["n_predictions"])]
+        tds = [html.escape(str(r["train"])), html.escape(str(r["test"])), str(r["n_predictions"]),
+               str(r["n_patients"])]
         for key in METRICS:
             tds.append(f"{_fmt(r[key])} [{_fmt(r[key + '_lo'])}, {_fmt(r[key + '_hi'])}]")
             tds.append("" if r["train"] == MULTI else
-                       f"{_fmt(r[key + '_diff'])} [{_fmt(r[key + '_diff_lo'])}, {_fmt(r[key + '_diff_hi'])}]"
+                       f"{_fmt(r[key + '_diff'], signed=True)} [{_fmt(r[key + '_diff_lo'])}, {_fmt(r[key + '_diff_hi'])}]"
                        f" p={_fmt(r[key + '_p'])}")
         cells.append("<tr>" + "".join(f"<td>{t}</td>" for t in tds) + "</tr>")
-    head = ("<tr><th>trained on</th><th>tested on</th><th>predictions (images × seeds)</th><th>accuracy [95% CI]</th>"
-            "<th>multi − this (paired)</th><th>macro AUC [95% CI]</th><th>multi − this (paired)</th></tr>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>mammolens study</title></head><body>"
-            f"<h1>Single- vs multi-modality study ({html.escape(task)})</h1>"
-            f"<p>{len(cfg.seeds)} seed(s) × {cfg.folds} patient-grouped folds; CIs: patient bootstrap "
-            f"({cfg.n_boot} replicates) over the predictions of all seeds; paired: the same resampled "
-            f"patients for both arms.</p><table border='1'>{head}{''.join(cells)}</table></body></html>")
+    head = ("<tr><th>trained on</th><th>tested on</th><th>predictions (images × seeds)</th><th>patients</th>"
+            "<th>accuracy [95% CI]</th><th>multi − this [95% CI], p</th><th>macro AUC [95% CI]</th>"
+            "<th>multi − this [95% CI], p</th></tr>")
+    banner = (f"<div class='banner' id='simulated' role='alert'>{html.escape(SIMULATED_BANNER)}</div>"
+              if simulated else "")
+    ext = ("<p>External sets (every run tested on each, predictions averaged over the folds of a seed): "
+           + ", ".join(f"<b>{html.escape(n)}</b>" for n in external) + ".</p>") if external else ""
+    title = f"mammolens study: single- vs multi-modality training ({task})"
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{REPORT_CSS}</style></head><body><h1>{html.escape(title)}</h1>{banner}"
+            f"<p>Design: {len(cfg.seeds)} seed(s) × {cfg.folds} patient-grouped outer folds; arms "
+            f"{html.escape(', '.join([*cfg.modalities, MULTI]))} (multi = all modalities together); early stopping "
+            f"on an inner split of {cfg.inner_val_frac:.0%} of the training folds' patients. Each test modality is "
+            f"the outer test fold's images of that modality; \"all\" is every test image.</p>{ext}"
+            f"<h2>Results</h2><table>{head}{''.join(cells)}</table>"
+            f"<p class='note'>95% CIs: patient bootstrap ({cfg.n_boot} replicates; a patient's rows of every seed "
+            f"are resampled together). Paired test: <b>{PAIRED_TEST}</b>.</p></body></html>")
     (out / "study.html").write_text(page)
     return ["study.csv", "study.json", "study.html"]

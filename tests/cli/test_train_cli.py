@@ -28,7 +28,7 @@ def calls(monkeypatch, tmp_path):
         (run / "summary.json").write_text('{"best_metric": 0.5, "best_epoch": 1, "method": "zeroshot"}')
         return run
 
-    def fake_cv(cfg, k):
+    def fake_cv(cfg, k, **kw):
         seen["cv"] = (cfg, k)
         ms = {"mean": 0.5, "sd": 0.1}
         return {"n_patients": 4, "n_images": 8, "mean_sd": {"macro_auc": ms}, "pooled": {"macro_auc": 0.5}}

@@ -55,20 +55,23 @@ def cv_cli(
     config: Path = typer.Option(..., "--config", "-c", help="YAML TrainCfg (examples in configs/)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Number of patient folds."),
     overrides: list[str] = typer.Option([], "--set", "-s", help=_SET_HELP),
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates (patients resampled) for the pooled report's 95% CIs."),
 ) -> None:
-    """Patient-level k-fold cross-validation: one run per fold under OUT_DIR/fold_i, pooled OOF metrics."""
-    _cross_validate(config, folds, overrides)
+    """Patient-level k-fold cross-validation: one run per fold under OUT_DIR/fold_i, pooled out-of-fold metrics
+    and OUT_DIR/report.html (CIs)."""
+    _cross_validate(config, folds, overrides, n_boot)
 
 
-def _cross_validate(config: Path, folds: int, overrides: list[str]) -> None:
+def _cross_validate(config: Path, folds: int, overrides: list[str], n_boot: int = 1000) -> None:
     from mammolens.train import cross_validate, load_cfg
 
     cfg = load_cfg(config, overrides)
-    res = cross_validate(cfg, k=folds)
+    res = cross_validate(cfg, k=folds, n_boot=n_boot)
     if not _rank0():
         return
     typer.echo(f"{folds}-fold CV ({res['n_patients']} patients, {res['n_images']} images): "
                f"{Path(cfg.out_dir) / 'cv_metrics.json'}")
+    typer.echo(f"report (pooled out-of-fold, 95% CIs): {Path(cfg.out_dir) / 'report.html'}")
     for key in ("macro_auc", "balanced_accuracy", "accuracy"):
         ms = res["mean_sd"].get(key)
         if ms:

@@ -374,6 +374,7 @@ th{background:#eef5f0}td:first-child,th:first-child{text-align:left}.note{color:
 figcaption{font-size:.8em;color:#444}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 .banner{background:#fff3cd;border:2px solid #c90;color:#5a3e00;padding:.7em 1em;font-weight:600;margin:1em 0}
 """
+REPORT_CSS = _CSS  # the report's style, shared by the other pages (study.html)
 
 _SUMMARY_ORDER = (
     ("accuracy", "Accuracy"),

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict[str, Any]:
+def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5, *, n_boot: int = 1000,
+                   progress: bool = True) -> dict[str, Any]:
     """Train one run per patient fold and score the pooled out-of-fold predictions (nested selection).
 
     Folds come from ``data.splits.patient_kfold`` (stratified by the task label, grouped by patient,
@@ -48,7 +50,10 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     Writes ``OUT_DIR/cv_metrics.json`` (per fold, mean ± sd across folds, pooled),
     ``OUT_DIR/oof_predictions.parquet`` (index columns with identifiers pseudonymised + ``fold, label,
     prob_<class>, pred``) and ``OUT_DIR/cv_rows.parquet`` (``cache_row, patient, fold, role``: one row per
-    image and fold, role ``train``/``val``/``test``; keyed pseudonyms only).
+    image and fold, role ``train``/``val``/``test``; keyed pseudonyms only) and ``OUT_DIR/report.html``:
+    the evaluation report of the pooled out-of-fold predictions (``evaluation.report``: per image and exam,
+    ``n_boot`` patient-bootstrap 95% CIs, subgroups; every image is held out by construction). With
+    ``progress``, a ``fold i/K`` line on stderr before each fold's epoch lines.
 
     Returns:
         the dict written to ``cv_metrics.json``.
@@ -99,7 +104,10 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
             cfg, out_dir=str(out / f"fold_{i}"),
             data=dataclasses.replace(cfg.data, cache=str(cache.path), manifest=""),
         )
-        run_dir = train_run(fcfg, rows=(train_rows, val_rows))
+        if progress:
+            print(f"fold {i + 1}/{k}: train {len(train_rows)}, validation {len(val_rows)}, test {len(test_rows)} "
+                  f"images -> {out / f'fold_{i}'}", file=sys.stderr, flush=True)
+        run_dir = train_run(fcfg, rows=(train_rows, val_rows), progress=progress)
         model, _, _ = load_run(run_dir, which="best")
         probs = predict_cache(model, task, MammoDataset(cache, task, rows=test_rows), batch_size=cfg.batch_size,
                               workers=0)
@@ -133,9 +141,30 @@ def cross_validate(cfg: TrainCfg | dict | str | os.PathLike, k: int = 5) -> dict
     for j, name in enumerate(task.class_names):
         frame[f"prob_{name}"] = oof[done, j]
     frame["pred"] = np.asarray(task.class_names, dtype=object)[oof[done].argmax(1)]
-    pseudonymise_frame(pd.DataFrame(frame).reset_index(drop=True)).to_parquet(out / "oof_predictions.parquet")
+    oof_frame = pseudonymise_frame(pd.DataFrame(frame).reset_index(drop=True))
+    oof_frame.to_parquet(out / "oof_predictions.parquet")
+    _oof_report(out, oof_frame, task, cfg, k, n_boot)
     rows_df = pd.concat(roles, ignore_index=True)
     patient = index["patient_id"].astype(str).to_numpy()[rows_df["cache_row"].to_numpy()]
     rows_df.insert(1, "patient", pseudonymise_frame(pd.DataFrame({"patient_id": patient}))["patient_id"].to_numpy())
     rows_df.to_parquet(out / "cv_rows.parquet", index=False)
     return result
+
+
+def _oof_report(out: Path, oof: pd.DataFrame, task, cfg: TrainCfg, k: int, n_boot: int) -> Path:
+    """``OUT_DIR/report.html`` (and ``oof_metrics.json``) for the pooled out-of-fold predictions."""
+    from mammolens.evaluation.report import evaluate_predictions, to_jsonable, write_report
+    from mammolens.tasks import dense_classes_of
+
+    names = list(task.class_names)
+    result = evaluate_predictions(oof, names, n_boot=n_boot, seed=cfg.seed, dense_classes=dense_classes_of(task) or None)
+    metrics = to_jsonable({kk: v for kk, v in result.items() if kk != "subgroups"})
+    metrics["subgroups"] = to_jsonable(result["subgroups"].to_dict("records")) if result.get("subgroups") is not None else []
+    provenance = {"cross-validation": f"{k} patient folds, pooled out-of-fold predictions (each image predicted by "
+                                      "the one fold run that never saw its patient)",
+                  "run": out.resolve().name, "model": cfg.model, "method": str(cfg.method), "task": task.name,
+                  "n_boot": n_boot, "seed": cfg.seed}
+    metrics["provenance"] = provenance
+    (out / "oof_metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    return write_report(out, oof, names, result, title=f"mammolens {k}-fold cross-validation: {out.resolve().name}",
+                        provenance=provenance)
