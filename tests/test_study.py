@@ -64,6 +64,11 @@ def test_run_study_writes_one_table(cohort, tmp_path):
     assert 0 < summary["n_train"] + summary["n_val"] < n_dbt  # DBT rows of the training folds only
     text = (tmp_path / "s" / "study.html").read_text() + (tmp_path / "s" / "study.json").read_text()
     assert str(tmp_path) not in text and "SYN0" not in text  # no absolute paths, no patient ids
+    page = (tmp_path / "s" / "study.html").read_text()
+    from mammolens.evaluation.report import REPORT_CSS, SIMULATED_BANNER
+
+    assert REPORT_CSS in page and SIMULATED_BANNER in page  # report.html's style and banner
+    assert "<b>ext/manifest.parquet</b>" in page and "paired patient bootstrap" in page  # real names, the test named
     assert not (tmp_path / "s" / "runs" / "seed0" / "fold0" / "DM" / "checkpoints").exists()
 
 
@@ -74,3 +79,25 @@ def test_study_cli_missing_manifest_is_one_error_line(tmp_path):
 
     r = CliRunner().invoke(app, ["study", "--manifest", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "s")])
     assert r.exit_code == 2 and "nope.parquet" in r.output and "Traceback" not in r.output
+
+
+def _manifest_without(cohort, tmp_path, drop: list[str]):
+    df = pd.read_parquet(cohort / "cohort" / "manifest.parquet")
+    kept = df[~df["modality"].isin(drop)].assign(image_path=lambda d: [str(cohort / "cohort" / p) for p in d["image_path"]])
+    man = tmp_path / f"without_{'_'.join(drop)}.parquet"
+    kept.to_parquet(man)
+    return str(man)
+
+
+def test_study_refuses_what_the_data_cannot_fill_before_training(cohort, tmp_path, monkeypatch):
+    import mammolens.train.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("trained before refusing"))
+    train = dict(model="tiny-clip", image_size=32, epochs=1, batch_size=8, workers=0, device="cpu",
+                 data={"preprocess": {"size": 32}})
+    dm_only = _manifest_without(cohort, tmp_path, ["s2D", "DBT"])
+    with pytest.raises(ValueError, match=r"1 modality \(DM: [0-9]+, s2D: 0, DBT: 0\)"):
+        run_study(StudyCfg(manifest=dm_only, out_dir=str(tmp_path / "s1"), train=train, folds=2, seeds=[0], n_boot=5))
+    no_dbt = _manifest_without(cohort, tmp_path, ["DBT"])
+    with pytest.raises(ValueError, match="no usable labelled DBT images .* --modality DM --modality s2D"):
+        run_study(StudyCfg(manifest=no_dbt, out_dir=str(tmp_path / "s2"), train=train, folds=2, seeds=[0], n_boot=5))

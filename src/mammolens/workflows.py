@@ -270,8 +270,9 @@ def _check_label_column(run, data) -> None:
     if cols is None or col in cols:
         return
     fits = [n for n in list_tasks() if get_task(n).label_column in cols and get_task(n).label_column != col]
-    hint = (f"; it has {', '.join(repr(get_task(n).label_column) for n in fits)} (task {', '.join(fits)}): evaluate a "
-            f"run trained with --set task={fits[0]}") if fits else "; add that column (the labels) to the manifest"
+    fits.sort(key=lambda n: col not in get_task(n).label_column)  # the same kind first: density -> mias_density
+    hint = (f"; it has labels for task {fits[0]!r} (column {get_task(fits[0]).label_column!r}): evaluate a run trained "
+            f"with --set task={fits[0]}") if fits else "; add that column (the labels) to the manifest"
     raise ValueError(f"{data}: the manifest has no column {col!r}, which the run's task {run.task.name!r} reads its "
                      f"labels from{hint}")
 

@@ -222,7 +222,12 @@ def test_explain_cli_text_maps_per_sentence_and_report(app_env, tmp_path):  # no
     assert r.exit_code == 0, r.output
     assert r.output.count("(text) ->") == 6  # 2 images x 3 sentences
     pngs = sorted((tmp_path / "t").glob("*.png"))
-    assert [p.name for p in pngs[:3]] == ["0000_text_0.png", "0000_text_1.png", "0000_text_2.png"]
+    from mammolens.inference import overlay_name
+
+    # named after the source image, as GradCAM overlays are (issue 21)
+    first = [overlay_name(files[0].name, f"_text_{t}.png") for t in range(3)]
+    assert set(first) <= {p.name for p in pngs} and first[0].startswith(files[0].stem)
+    pngs = [tmp_path / "t" / n for n in first]
     src = pydicom.dcmread(files[0], stop_before_pixels=True)
     assert Image.open(pngs[0]).size[1] == src.Rows  # drawn on the original geometry
     scs = sorted((tmp_path / "t").glob("*.dcm"))
@@ -230,7 +235,7 @@ def test_explain_cli_text_maps_per_sentence_and_report(app_env, tmp_path):  # no
     r = _invoke("explain", app_env.run, files[0], "--text", "mass", "--map", "factor", "--out", tmp_path / "f",
                 "--device", "cpu")
     assert r.exit_code == 0, r.output
-    assert [p.name for p in (tmp_path / "f").glob("*.png")] == ["0000_factor_0.png"]
+    assert [p.name for p in (tmp_path / "f").glob("*.png")] == [overlay_name(files[0].name, "_factor_0.png")]
     r = _invoke("explain", app_env.run, files[0], "--map", "text", "--out", tmp_path / "n")
     assert r.exit_code == 2 and "--text" in r.stderr
 

@@ -53,7 +53,7 @@ def test_both_entry_points_take_the_same_options():
     group = typer.main.get_command(app)
     options = {name: sorted(o for p in cmd.params if p.param_type_name == "option" for o in p.opts)
                for name, cmd in group.commands.items() if name in ("train", "cv")}
-    assert options["train"] == ["--config", "--folds", "--set", "-c", "-k", "-s"]
+    assert options["train"] == ["--config", "--folds", "--n-boot", "--set", "-c", "-k", "-s"]
     assert set(options["cv"]) <= set(options["train"])  # `train --folds K` is `cv --folds K`
 
 

@@ -26,6 +26,7 @@ def train_cli(
     overrides: list[str] = typer.Option([], "--set", "-s", help=_SET_HELP),
     folds: int = typer.Option(0, "--folds", "-k", help="Run K-fold cross-validation instead of one run "
                               "(the same as `mammolens cv --folds K`); 0: one run."),
+    n_boot: int = typer.Option(1000, help="With --folds: bootstrap replicates for the pooled report's 95% CIs."),
 ) -> None:
     """Train one run: method contrastive, zeroshot, linear-probe, finetune-ce or report-contrastive.
 
@@ -34,7 +35,7 @@ def train_cli(
     Several GPUs: torchrun --nproc-per-node N -m mammolens.train --config FILE
     """
     if folds:
-        return _cross_validate(config, folds, overrides)
+        return _cross_validate(config, folds, overrides, n_boot)
     import json
 
     from mammolens.train import load_cfg, train

@@ -110,8 +110,8 @@ def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bo
         raise FileNotFoundError(f"manifest not found: {path}")
     if path.suffix.lower() == ".csv":
         text_cols = {c: str for c in ("patient_id", "study_id", "density", "report", "report_id")}
+        _check_delimiter(path)
         df = pd.read_csv(path, dtype=text_cols, keep_default_na=False)
-        _check_delimiter(df, path)
     elif path.suffix.lower() in (".parquet", ".pq"):
         _check_parquet(path)
         df = pd.read_parquet(path)
@@ -125,12 +125,13 @@ def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bo
     return df
 
 
-def _check_delimiter(df: pd.DataFrame, path: Path) -> None:
-    """A CSV read with commas into one column whose name holds ``;`` (or a tab) was written with another
-    delimiter (a spreadsheet in a comma-decimal locale): say so, instead of "required column is missing"."""
-    if len(df.columns) != 1:
+def _check_delimiter(path: Path) -> None:
+    """A CSV whose header line has no comma but semicolons (or tabs) was written with another delimiter (a
+    spreadsheet in a comma-decimal locale): say so, instead of a parser error or "required column is missing"."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        name = f.readline().strip()
+    if "," in name:
         return
-    name = str(df.columns[0])
     for sep, what in ((";", "semicolon"), ("\t", "tab")):
         if sep in name:
             raise ValueError(f"{path}: this CSV is {what}-delimited (header {name[:60]!r}); mammolens reads "

@@ -145,9 +145,12 @@ def _why_no_rows(index, labels: np.ndarray, cfg: TrainCfg) -> str:
         why = (f"{int((labels >= 0).sum())} row(s) have a {col!r} label, none left after the split/modality filter "
                f"(data.modalities={list(d.modalities) or 'all'}, data.split_column={d.split_column!r})")
     fits = [name for name in list_tasks() if (t := get_task(name)).label_column != col and _filled(index, t.label_column)]
+    fits.sort(key=lambda n: col not in get_task(n).label_column)  # the same kind first: density -> mias_density
     if n_filled == 0 and fits:
-        cols = ", ".join(f"{get_task(n).label_column!r} (task {n})" for n in fits)
-        why += f"; the data have labels in {cols}: train with --set task={fits[0]}"
+        best = get_task(fits[0])
+        others = f" (other tasks with labels here: {', '.join(fits[1:])})" if len(fits) > 1 else ""
+        why += (f"; the data have labels for task {best.name!r} (column {best.label_column!r}){others}: train with "
+                f"--set task={best.name}")
     return why
 
 
