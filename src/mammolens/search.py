@@ -189,8 +189,7 @@ def _keys(index: pd.DataFrame, include_ids: bool = False) -> pd.DataFrame:
             root = os.path.commonpath([str(Path(p).resolve().parent) for p in index["image_path"]])
             image = [Path(os.path.relpath(Path(p).resolve(), root)).as_posix() for p in index["image_path"]]
         else:
-            image = pseudonymise_frame(index[["image_path", *(c for c in ("patient_id", "study_id") if c in index)]])
-            image = image["image_path"].astype(str).tolist()
+            image = pseudonymise_frame(index)["image_path"].astype(str).tolist()  # every identifier column scrubs
     else:
         image = [""] * len(index)
     keep = (lambda v, kind: v) if include_ids else pseudonym

@@ -421,14 +421,17 @@ def explain_run(run_dir: str | PathLike, images: list[str | PathLike], out: str 
     circles = lesion_circles(manifest)
     p = Predictor.from_run(run_dir, device=device, workers=0)
     out = Path(out)
+    root = None
     if not circles:
         groups = [images]
-    else:  # one file at a time, so that each overlay is known to come from its file
+    else:  # one file at a time, so that each overlay is known to come from its file; names as in one call
         files, problems = find_inputs(images)
         groups = [[f] for f in files] + ([[q for q, _ in problems]] if problems else [])
+        every = [*files, *(q for q, _ in problems)]
+        root = os.path.commonpath([str(Path(f).parent.resolve()) for f in every]) if every else None
     recs: list[dict[str, Any]] = []
     for group in groups:
-        res = p.predict(group, explain=True, overlay_dir=out, class_name=class_name, sidecar=sidecar)
+        res = p.predict(group, explain=True, overlay_dir=out, class_name=class_name, sidecar=sidecar, root=root)
         for rec in res.images.to_dict("records"):
             mine = circles.get(str(Path(group[0]).resolve()), []) if circles and len(group) == 1 else []
             if mine and rec.get("overlay"):
