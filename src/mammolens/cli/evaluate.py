@@ -21,6 +21,8 @@ def evaluate_cli(
     device: str = typer.Option("auto"),
     include_ids: bool = typer.Option(False, "--include-ids",
                                      help="Keep patient/study/image IDs and absolute paths in predictions.parquet."),
+    exclude_train: bool = typer.Option(False, "--exclude-train",
+                                       help="Drop images of the run's own training/validation patients (RUN/split.json)."),
 ) -> None:
     """Metrics with CIs, subgroups, calibration and GradCAM gallery -> predictions.parquet, metrics.json, report.html.
 
@@ -32,7 +34,8 @@ def evaluate_cli(
     from mammolens.workflows import evaluate_run
 
     res = evaluate_run(run, data, out=out, compare=compare, n_boot=n_boot, seed=seed, gallery_per_class=gallery,
-                       batch_size=batch_size, workers=workers, device=device, include_ids=include_ids)
+                       batch_size=batch_size, workers=workers, device=device, include_ids=include_ids,
+                       exclude_train=exclude_train)
     console = Console()
     table = Table(title=f"{run.name} on {data.name} ({res['n_images']} images)")
     table.add_column("metric")
@@ -43,6 +46,8 @@ def evaluate_cli(
             table.add_row(k, f"{v:.3f}")
     console.print(table)
     console.print(f"report: {res['report']}")
+    for w in res.get("warnings", []):  # the report's banners, as loud here
+        typer.echo(f"{'WARNING' if w.get('level') == 'warning' else 'note'}: {w['text']}")
     if res.get("n_failed"):
         console.print(f"{res['n_failed']} image(s) could not be read and are not evaluated: see {res['errors']}")
     finish(res["n_images"], res.get("n_failed", 0), "")

@@ -34,6 +34,10 @@ def predict_cli(
                          precision=precision, sidecar=sidecar)
     typer.echo(f"{res['n_images']} images, {res['n_breasts']} breasts, {res['n_exams']} exams predicted; "
                f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
+    if res.get("random_weights"):
+        typer.echo(f"WARNING: {res['random_weights']}")
+    if res.get("n_ood"):
+        typer.echo(f"{res['n_ood']} images outside the training distribution (not assessable): see images.csv")
     if res.get("n_not_assessable"):
         typer.echo(f"{res['n_not_assessable']} images not assessable (no density): see quality_reason in images.csv")
     report_failures(((e["file"], e["reason"]) for e in res["errors"]), Path(res["out_dir"]) / "errors.csv")
