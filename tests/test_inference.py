@@ -455,7 +455,8 @@ def test_predict_out_of_distribution_not_assessable(app_env):  # noqa: F811
     p.ood = ood
     res = p.predict(app_env.study_dirs()[0], explain=True)
     assert (~res.images["assessable"].astype(bool)).all() and res.exams.empty
-    assert res.images["quality_reason"].str.contains(r"outside the training distribution \(out-of-distribution score .* > threshold 1e-06\)").all()
+    reason = r"outside the training distribution \(out-of-distribution score .* > threshold 1e-06\)"
+    assert res.images["quality_reason"].str.contains(reason).all()
     assert res.images[PROBS].isna().all().all()
 
 
