@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--in-extra", nargs="*", default=[], help="more caches of the run's own source (held out)")
     ap.add_argument("--out-cache", required=True, help="a cache of another source, same preprocessing")
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--refit", action="store_true",
+                    help="also save the refitted model as the run's ood.npz (a run trained before the set rule)")
     args = ap.parse_args(argv)
 
     from mammolens.data.cache import open_cache
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     emb_in = np.concatenate(emb_in)
 
     stored = load_ood(args.run)
-    ood = fit_ood(emb_train)  # the fit training does (same defaults)
+    ood = fit_ood(emb_train, checkpoint="best")  # the fit training does (same defaults)
+    if args.refit:
+        ood.save(args.run)
     s_train, s_in, s_out = ood.score(emb_train), ood.score(emb_in), ood.score(emb_out)
     q = {p: float(np.quantile(s_train, p)) for p in (0.5, 0.9, 0.95, 0.99, 0.995)}
     rules = {

@@ -171,6 +171,7 @@ def _to_response(raw: Mapping[str, Any]) -> dict:
         "descriptions": {c: desc.get(c, "") for c in classes},
         "task": words,
         "random_weights": str(raw["random_weights"]) if raw.get("random_weights") else None,
+        "outside_training_distribution": bool(raw.get("outside_training_distribution", False)),
         "images": images,
         "breasts": [_clean(b, _BREAST_KEYS, alias, desc) for b in raw.get("breasts", [])],
         "exams": [_clean(x, _EXAM_KEYS, alias, desc) for x in raw.get("exams", [])],

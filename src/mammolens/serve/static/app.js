@@ -110,6 +110,10 @@
     if (Array.isArray(data.classes) && data.classes.length) state.classes = data.classes;
     applyWords(data.task);
     if ("random_weights" in data) showRandomWeights(data.random_weights);
+    const far = !!data.outside_training_distribution;
+    $("ood-alert").classList.toggle("hidden", !far);
+    $("ood-alert").textContent = far ? "Outside the training distribution — these images do not look like the ones this model was "
+      + "trained on (median out-of-distribution score above the training set's); its predictions cannot be trusted." : "";
     $("results").classList.remove("hidden");
 
     const exam = (data.exams || [])[0];
