@@ -186,7 +186,8 @@ def _ood_warning(run_dir, emb: np.ndarray) -> tuple[dict | None, np.ndarray | No
     what = (f"this evaluation set is outside the training distribution (median out-of-distribution score "
             f"{np.median(scores):.3g} > {ood.set_threshold:.3g})" if whole else "")
     each = f"{n} of {len(scores)} images ({100 * n / len(scores):.0f}%) score above the per-image threshold {ood.threshold:.3g}"
-    return {"id": "ood", "level": "warning", "count": n, "set_outside": whole,
+    loud = whole or n > 0.05 * len(scores)  # a few far images among many of the training kind: a note
+    return {"id": "ood", "level": "warning" if loud else "note", "count": n, "set_outside": whole,
             "text": "; ".join(t for t in (what, each) if t) + ": the model was not trained on images like these and "
                     "its numbers may not carry over"}, scores
 
