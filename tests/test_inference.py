@@ -99,8 +99,8 @@ def test_predict_study_frames_and_probabilities(study_result, app_env):  # noqa:
         assert set(df["pred"]) <= set(CLASSES)
         # pred is the argmax of the row's probabilities
         assert (df["pred"] == [CLASSES[i] for i in df[PROBS].to_numpy().argmax(1)]).all()
-        # dense = P(C) + P(D) >= 0.5
-        assert (df["dense"] == (df["prob_C"] + df["prob_D"] >= 0.5)).all()
+        # dense = the reported class is C or D (Task.dense_flag)
+        assert (df["dense"] == df["pred"].isin(["C", "D"])).all()
     assert sorted(res.breasts["laterality"]) == ["L", "R"]
     assert len(res.exams) == 1 and res.exams["n_images"].iloc[0] == 4
     # breast = mean of its images' probabilities
@@ -455,7 +455,8 @@ def test_predict_out_of_distribution_not_assessable(app_env):  # noqa: F811
     p.ood = ood
     res = p.predict(app_env.study_dirs()[0], explain=True)
     assert (~res.images["assessable"].astype(bool)).all() and res.exams.empty
-    assert res.images["quality_reason"].str.contains(r"out of distribution \(score .* > threshold 1e-06\)").all()
+    reason = r"outside the training distribution \(out-of-distribution score .* > threshold 1e-06\)"
+    assert res.images["quality_reason"].str.contains(reason).all()
     assert res.images[PROBS].isna().all().all()
 
 

@@ -63,6 +63,8 @@ from mammolens.transforms.quality import QualityCfg
 
 log = logging.getLogger(__name__)
 
+SIDECAR_HINT = "give --sidecar to group them"  # Predictor.predict's default grouping hint (the predict CLI's)
+OOD_WORDS = "outside the training distribution"  # what every surface says of an image above the OOD threshold
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
@@ -77,6 +79,7 @@ class PredictionResult:
     class_names: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # source path of each ``images`` row (not exported)
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. rasters without study information
+    outside: bool = False  # the set as a whole lies outside the training distribution (models.ood set rule)
 
     @property
     def n_failed(self) -> int:
@@ -286,6 +289,7 @@ class Predictor:
         self._dense_idx = dense_indices(self.class_names, dense_classes_of(task))  # Task.dense_classes
         self.quality = quality or QualityCfg()
         self.ood = ood if self.quality.enabled and self.quality.ood else None
+        self.random_weights: str | None = None  # why the run's predictions come from random weights (from_run)
 
     @classmethod
     def from_run(cls, run_dir: str | PathLike, device: str = "auto", which: str = "best", **kw) -> Predictor:
@@ -300,6 +304,7 @@ class Predictor:
         p = cls(run.model, run.task, pre, device=device, name=run_dir.name, ood=_run_ood(run_dir, which), **kw)
         p.model_info = {"name": str(run.cfg.get("model", "")), "task": run.task.name, "method": run.method,
                         "run": run_dir.name}
+        p.random_weights = random_weights_of(run)
         return p
 
     # ------------------------------------------------------------------------------------- helpers
@@ -346,7 +351,7 @@ class Predictor:
     def predict(self, inputs, *, explain: bool = False, overlay_dir: str | PathLike | None = None,
                 include_ids: bool = False, progress: bool = False, root: str | PathLike | None = None,
                 class_name: str | None = None, sidecar: str | PathLike | None = None,
-                on_image=None) -> PredictionResult:
+                on_image=None, grouping_hint: str | None = SIDECAR_HINT) -> PredictionResult:
         """Predict files/folders; aggregate per breast and exam; collect errors.
 
         Args:
@@ -364,6 +369,9 @@ class Predictor:
                 ``images`` row, the worker's record (``path``, ``meta``, ``dicom_ref``...) and the overlay
                 RGB array (None without ``explain``): the DICOM outputs are written from it, so nothing is
                 read twice.
+            grouping_hint: the end of the "without study information" warning: how the caller's user can group
+                the files (``predict`` says ``give --sidecar``, the web page its sidecar field); None when they
+                cannot (``explain``).
 
         Images whose header says they are not mammograms are listed in ``errors`` ("not a mammogram:
         ..."), and so is a For Processing image whose view also came For Presentation; neither gets a
@@ -416,7 +424,7 @@ class Predictor:
                 probs, scores = self._probs_and_ood(x)  # [B, K], [B]
                 passed = [i for i, sc in enumerate(scores) if not sc > self.ood.threshold] if self.ood else list(range(len(ok)))
                 for i in sorted(set(range(len(ok))) - set(passed)):
-                    reason = (f"not assessable: out of distribution (score {scores[i]:.3g} > threshold "
+                    reason = (f"not assessable: {OOD_WORDS} (out-of-distribution score {scores[i]:.3g} > threshold "
                               f"{self.ood.threshold:.3g})")
                     add(self._not_assessable_row(ok[i], reason, root, include_ids, float(scores[i])), ok[i])
                 x, ok, probs, scores = x[passed], [ok[i] for i in passed], probs[passed], scores[passed]
@@ -438,10 +446,14 @@ class Predictor:
         errors += skipped
         warnings = []
         if no_study:
-            warnings.append(f"{no_study} image file(s) without study information: each treated as its own exam; "
-                            "give --sidecar to group them")
+            warnings.append(f"{no_study} image file(s) without study information: each treated as its own exam"
+                            + (f"; {grouping_hint}" if grouping_hint else ""))
             log.warning(warnings[-1])
         images = pd.DataFrame(rows)
+        outside = self._set_outside(images)
+        if outside:
+            warnings.append(outside)
+            log.warning(outside)
         if images.empty:
             images = pd.DataFrame(columns=["file", "study_id", "laterality", "view", "modality",
                                            *[f"prob_{c}" for c in self.class_names], "pred", "assessable",
@@ -454,7 +466,20 @@ class Predictor:
             if len(df):
                 add_dense(df, self.class_names, self._dense_idx)
         return PredictionResult(images, breasts, exams, pd.DataFrame(errors, columns=["file", "reason"]),
-                                self.class_names, sources, warnings)
+                                self.class_names, sources, warnings, bool(outside))
+
+    def _set_outside(self, images: pd.DataFrame) -> str | None:
+        """The warning when the scored images, as a set, lie outside the training distribution
+        (``OODModel.set_outside``: median score above the set threshold), else None."""
+        if self.ood is None or images.empty or "ood_score" not in images:
+            return None
+        scores = images["ood_score"].to_numpy(dtype=np.float64)
+        if not self.ood.set_outside(scores):
+            return None
+        n = int(np.isfinite(scores).sum())
+        return (f"these {n} images are {OOD_WORDS}: their median out-of-distribution score "
+                f"{np.nanmedian(scores):.3g} is above {self.ood.set_threshold:.3g}; the model was not trained on images "
+                "like these and its predictions cannot be trusted")
 
     def _header_ids(self, paths: list[str], skip: set[str] = frozenset()) -> list[list[tuple[str, object]]]:
         """The header identifiers of files that failed, read in the worker pool (a hostile header can crash
@@ -515,7 +540,7 @@ class Predictor:
             row[f"prob_{c}"] = float(v)
         row["pred"] = self.class_names[int(np.argmax(p))]
         if self._dense_idx is not None:
-            row["dense"] = bool(sum(p[i] for i in self._dense_idx) >= 0.5)
+            row["dense"] = row["pred"] in {self.class_names[i] for i in self._dense_idx}  # Task.dense_flag's rule
         row.update(assessable=True, quality_reason="", ood_score=score)
         rgb = None
         if cam is not None:
@@ -532,9 +557,17 @@ class Predictor:
         return row, rgb
 
 
-    def predict_files(self, paths: Sequence[str | PathLike]) -> dict[str, Any]:
-        """The web page's protocol: JSON-ready dict with overlay PNG bytes per image."""
-        res = self.predict(list(paths), explain=True)
+    def predict_files(self, paths: Sequence[str | PathLike], sidecar: str | PathLike | None = None) -> dict[str, Any]:
+        """The web page's protocol: JSON-ready dict with overlay PNG bytes per image, the task's wording
+        (``task``: ``Task.wording``), ``random_weights`` and, per image, ``ood`` (outside the training
+        distribution). ``sidecar``: a CSV grouping the files (``predict``'s ``--sidecar``)."""
+        res = self.predict(list(paths), explain=True, sidecar=sidecar,
+                           grouping_hint="add a sidecar CSV (path, patient, study, laterality, view) to group them")
+        has_dense = self._dense_idx is not None
+
+        def dense(r):  # None for a task without a dense rule (no dense wording is shown), never a made-up False
+            return bool(r.get("dense", False)) if has_dense else None
+
         def probs(row) -> dict[str, float]:
             return class_probs(row, self.class_names)
 
@@ -543,17 +576,19 @@ class Predictor:
             "assessable": bool(r["assessable"]), "quality_reason": r["quality_reason"],
             # a not-assessable image has no density: null, never NaN (JSON) nor a made-up class
             "probs": probs(r) if r["assessable"] else None, "pred": r["pred"] if r["assessable"] else None,
-            "dense": bool(r.get("dense", False)) if r["assessable"] else None,
+            "dense": dense(r) if r["assessable"] else None,
+            "ood": OOD_WORDS in str(r["quality_reason"] or "") or res.outside,
             "overlay_png": r.get("overlay_png") if isinstance(r.get("overlay_png"), bytes) else None,
             "gradcam_class": r.get("gradcam_class") if isinstance(r.get("overlay_png"), bytes) else None,
         } for r in res.images.to_dict("records")]
         breasts = [{"study": r["study_id"], "laterality": r["laterality"], "probs": probs(r), "pred": r["pred"],
-                    "dense": bool(r.get("dense", False))} for r in res.breasts.to_dict("records")]
-        exams = [{"study": r["study_id"], "probs": probs(r), "pred": r["pred"], "dense": bool(r.get("dense", False))}
+                    "dense": dense(r)} for r in res.breasts.to_dict("records")]
+        exams = [{"study": r["study_id"], "probs": probs(r), "pred": r["pred"], "dense": dense(r)}
                  for r in res.exams.to_dict("records")]
         errors = [{"file": Path(e["file"]).name, "reason": e["reason"]} for e in res.errors.to_dict("records")]
         return {"images": images, "breasts": breasts, "exams": exams, "errors": errors, "classes": self.class_names,
-                "model": self.name, "warnings": list(res.warnings)}
+                "model": self.name, "warnings": list(res.warnings), "task": task_wording(self.task),
+                "random_weights": self.random_weights, "outside_training_distribution": res.outside}
 
 
 # ------------------------------------------------------------------------------------------ grouping
@@ -605,6 +640,31 @@ def _run_ood(run_dir: Path, which: str):
                  OOD_FILE, fitted_on, which)
         return None
     return ood
+
+
+def random_weights_of(run) -> str | None:
+    """Why a loaded run's predictions come from random weights (``models.factory.random_weights_reason``), or
+    None: the run's lineage ``random_weights``, else (runs trained before it was recorded) worked out from its
+    model, starting weights and method."""
+    from mammolens.models.factory import random_weights_reason
+
+    lin = getattr(run, "lineage", None) or {}
+    if "random_weights" in lin:
+        return lin["random_weights"]
+    weights = ((lin.get("towers") or {}).get("image") or {}).get("weights") if lin else run.cfg.get("pretrained")
+    return random_weights_reason(str(run.cfg.get("model") or lin.get("model") or ""), weights, run.method)
+
+
+def task_wording(task) -> dict[str, Any]:
+    """``Task.wording()`` of a task, or the same keys for a stand-in with class names only (no dense rule
+    unless ``legacy_dense_classes`` finds one)."""
+    if hasattr(task, "wording"):
+        return task.wording()
+    from mammolens.tasks import Task
+
+    names = list(getattr(task, "class_names", ()))
+    return Task(name=str(getattr(task, "name", "task")), label_column="label", class_names=tuple(names),
+                dense_classes=dense_classes_of(task)).wording()
 
 
 def class_probs(row, class_names: Sequence[str]) -> dict[str, float]:

@@ -77,8 +77,9 @@ class Task:
             class name.
         descriptions: One text per class for the prompts; defaults to the class names.
         description: Free text shown in reports.
-        dense_classes: the classes that count as "dense" (the ``dense`` flag per image, breast and exam
-            and the dense-vs-non-dense metrics: their summed probability >= 0.5); ``()`` for a task
+        dense_classes: the classes that count as "dense": the ``dense`` flag of an image, breast or exam is
+            "its reported class ``pred`` is one of them" (:meth:`dense_flag`; docs/outputs.md), and the
+            dense-vs-non-dense metrics score their summed probability; ``()`` for a task
             without that notion. Left out (None): the registered task of the same name and classes
             supplies it (a task stored by an older mammolens), else ``legacy_dense_classes``.
     """
@@ -189,6 +190,42 @@ class Task:
             [t.format(d, description=d, name=n) for t in self.templates]
             for n, d in zip(self.class_names, self.descriptions)
         ]
+
+    def dense_flag(self, pred: Any) -> bool | None:
+        """The one dense rule: ``True`` when the reported class ``pred`` is one of ``dense_classes``.
+
+        ``dense`` is derived from ``pred`` (never from a separate probability threshold), so an output can
+        not say "Heterogeneously dense" and "Dense: No". None for a task without dense classes, or when
+        there is no prediction (a not-assessable image).
+        """
+        if not self.dense_classes or pred is None or (isinstance(pred, float) and math.isnan(pred)):
+            return None
+        return str(pred) in self.dense_classes
+
+    def dense_words(self) -> tuple[str, str] | None:
+        """The labels of the dense flag, built from the task's classes: ``("Dense (C/D)", "Not dense (A/B)")``
+        for ``density``; None for a task without dense classes (no dense wording is shown)."""
+        if not self.dense_classes:
+            return None
+        rest = [c for c in self.class_names if c not in self.dense_classes]
+        if not rest:
+            return None
+        return f"Dense ({'/'.join(self.dense_classes)})", f"Not dense ({'/'.join(rest)})"
+
+    def describe(self, cls: Any) -> str:
+        """The description of class ``cls`` ("" for a name that is no class of this task)."""
+        names = list(self.class_names)
+        return self.descriptions[names.index(str(cls))] if str(cls) in names else ""
+
+    def wording(self) -> dict[str, Any]:
+        """Everything a surface (web page, SR, reports) shows about the task, as plain data: ``task``,
+        ``title`` (the description, else the name), ``classes``, ``descriptions`` (class → text),
+        ``dense_classes`` and ``dense_label``/``non_dense_label`` (None without a dense rule)."""
+        words = self.dense_words()
+        return {"task": self.name, "title": self.description or self.name, "classes": list(self.class_names),
+                "descriptions": dict(zip(self.class_names, self.descriptions)),
+                "dense_classes": list(self.dense_classes),
+                "dense_label": words[0] if words else None, "non_dense_label": words[1] if words else None}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -142,10 +142,61 @@ def _gallery(run, cache_dir: Path, preds: pd.DataFrame, out_dir: Path, per_class
     return items
 
 
+def train_overlap(run_dir: str | PathLike, frame: pd.DataFrame) -> np.ndarray | None:
+    """Boolean mask ``[N]`` of the rows of ``frame`` (``patient_id``/``study_id``) that belong to one of the run's
+    training or validation exams (``RUN/split.json``, ``train.loop.exam_keys``); None for a run trained before
+    that file existed (the overlap cannot be checked)."""
+    from mammolens.train.loop import SPLIT_FILE, exam_keys
+
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        return None
+    split = json.loads(path.read_text(encoding="utf-8"))
+    seen = set(split.get("train", [])) | set(split.get("val", []))
+    return np.array([k in seen for k in exam_keys(frame)], dtype=bool)
+
+
+def _overlap_warning(mask: np.ndarray | None, preds: pd.DataFrame, excluded: bool) -> dict | None:
+    """The banner of evaluating on the run's own training/validation exams (None when there are none)."""
+    if mask is None or not mask.any():
+        return None
+    n, total = int(mask.sum()), int(len(mask))
+    pats = int(preds.loc[mask, "patient_id"].nunique()) if "patient_id" in preds else n
+    if excluded:
+        return {"id": "train-overlap", "level": "note", "count": n, "patients": pats,
+                "text": f"{n} image(s) of {pats} patient(s) in this run's training or validation set were "
+                        "excluded (--exclude-train); the numbers are on the remaining images only"}
+    return {"id": "train-overlap", "level": "warning", "count": n, "patients": pats,
+            "text": f"{n} of {total} images ({pats} patient(s)) are from this run's training or validation set: "
+                    "these numbers are not a held-out result; rerun with --exclude-train to drop them"}
+
+
+def _ood_warning(run_dir, emb: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
+    """The banner of images outside the training distribution (``models.ood``) and their scores."""
+    from mammolens.models.ood import load_ood
+
+    ood = load_ood(run_dir)
+    if ood is None or emb is None or not len(emb):
+        return None, None
+    scores = ood.score(emb)
+    n = int((scores > ood.threshold).sum())
+    whole = ood.set_outside(scores)
+    if not n and not whole:
+        return None, scores
+    what = (f"this evaluation set is outside the training distribution (median out-of-distribution score "
+            f"{np.median(scores):.3g} > {ood.set_threshold:.3g})" if whole else "")
+    each = f"{n} of {len(scores)} images ({100 * n / len(scores):.0f}%) score above the per-image threshold {ood.threshold:.3g}"
+    loud = whole or n > 0.05 * len(scores)  # a few far images among many of the training kind: a note
+    return {"id": "ood", "level": "warning" if loud else "note", "count": n, "set_outside": whole,
+            "text": "; ".join(t for t in (what, each) if t) + ": the model was not trained on images like these and "
+                    "its numbers may not carry over"}, scores
+
+
 def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathLike | None = None,
                  compare: str | PathLike | None = None, n_boot: int = 1000, seed: int = 0,
                  gallery_per_class: int = 2, batch_size: int = 32, workers: int | None = None,
-                 device: str = "auto", progress: bool = True, include_ids: bool = False) -> dict[str, Any]:
+                 device: str = "auto", progress: bool = True, include_ids: bool = False,
+                 exclude_train: bool = False) -> dict[str, Any]:
     """Predict ``data`` with a run and write ``predictions.parquet``, ``metrics.json``, ``report.html``.
 
     External validation is the same call with another dataset's manifest. With ``compare``, a second
@@ -165,6 +216,13 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
         n_boot: bootstrap replicates (patients resampled) for the 95% CIs.
         gallery_per_class: GradCAM examples per class in the report.
         include_ids: keep identifiers and absolute image paths in ``predictions.parquet``.
+        exclude_train: drop the images of the run's own training and validation exams (:func:`train_overlap`)
+            before scoring; without it they are scored and a ``train-overlap`` warning says how many.
+
+    Warnings (``metrics.json`` ``warnings``, banners in ``report.html``, printed by the CLI): ``train-overlap``,
+    ``one-class`` (``evaluation.report``), ``random-weights`` (the run's lineage) and ``ood`` (images outside the
+    training distribution). Cross-validation (``mammolens cv``) and ``mammolens study`` do not come through here:
+    their test rows are held out by construction.
     """
     import torch
 
@@ -186,6 +244,23 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     try:
         cache_dir = _cache_for(run, data, work, workers, progress)
         preds, emb = _predict_cache(run, cache_dir, batch_size, device, embeddings=True)
+        overlap = train_overlap(run_dir, preds)
+        banners = [w for w in (_overlap_warning(overlap, preds, exclude_train),) if w is not None]
+        if exclude_train and overlap is not None and overlap.any():
+            if overlap.all():
+                raise ValueError(f"all {len(preds)} images of {Path(data).name} are from run {Path(run_dir).name}'s "
+                                 "training or validation set: nothing left to evaluate without --exclude-train")
+            preds, emb = preds[~overlap].reset_index(drop=True), emb[~overlap]
+        from mammolens.inference import random_weights_of
+
+        reason = random_weights_of(run)
+        if reason:
+            banners.append({"id": "random-weights", "level": "warning", "text": reason})
+        ood_banner, ood_scores = _ood_warning(run_dir, emb)
+        if ood_scores is not None:
+            preds["ood_score"] = ood_scores
+        if ood_banner:
+            banners.append(ood_banner)
         failures = _failures(cache_dir, out_dir / "errors.csv")
         cmp_preds = None
         if compare is not None:
@@ -201,6 +276,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
 
         result = evaluate_predictions(preds, names, n_boot=n_boot, seed=seed, compare_predictions=cmp_preds,
                                       dense_classes=dense_classes_of(run.task) or None)
+        result["warnings"] = banners + result.get("warnings", [])
         gallery = _gallery(run, cache_dir, preds, out_dir / "gradcam", gallery_per_class, device)
         result["retrieval"] = _retrieval(run, cache_dir, preds, batch_size, device, emb)
         localization = _localization(run_dir, data, out_dir, n_boot, seed, device)
@@ -214,6 +290,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     # names, not absolute paths: a path can hold user names or PatientID folders
     provenance = {"run": Path(run_dir).resolve().name, "data": f"{Path(data).resolve().parent.name}/{Path(data).name}",
                   "model": run.cfg.get("model", ""), "method": run.method,
+                  "task": f"{run.task.name}: {run.task.description}" if run.task.description else run.task.name,
                   "compare": Path(compare).resolve().name if compare else "",
                   "preprocess": run.preprocess, "n_boot": n_boot, "seed": seed}
     metrics["provenance"] = provenance
@@ -224,7 +301,7 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
                           title=f"mammolens evaluation: {provenance['run']} on {provenance['data']}",
                           provenance=provenance)
     return {"out_dir": str(out_dir), "report": str(report), "n_images": int(len(preds)), "n_failed": failures,
-            "errors": str(out_dir / "errors.csv"),
+            "errors": str(out_dir / "errors.csv"), "warnings": metrics.get("warnings", []),
             "metrics": metrics["metrics"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -538,7 +615,12 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     write_csv(res.exams, out / "exams.csv")
     write_csv(res.errors, out / "errors.csv")
     images = res.images.drop(columns=["overlay_png"], errors="ignore")
+    from mammolens.inference import OOD_WORDS, task_wording
+
+    n_ood = int(res.images["quality_reason"].astype(str).str.contains(OOD_WORDS, regex=False).sum()) if len(res.images) else 0
     payload = {"model": dict(p.model_info), "classes": p.class_names,  # not-assessable rows: null, not NaN
+               "task": task_wording(p.task), "random_weights": p.random_weights, "n_outside_training_distribution": n_ood,
+               "outside_training_distribution": res.outside,
                "images": images.astype(object).where(images.notna(), None).to_dict("records"),
                "breasts": res.breasts.to_dict("records"), "exams": res.exams.to_dict("records"),
                "errors": res.errors.to_dict("records"), "warnings": res.warnings}
@@ -547,7 +629,8 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
     return {"out_dir": str(out), "n_images": int(len(res.images)), "n_not_assessable": n_na,
             "n_breasts": int(len(res.breasts)),
             "n_exams": int(len(res.exams)), "n_failed": int(len(res.errors)), "n_sr": n_sr,
-            "errors": res.errors.to_dict("records"), "warnings": res.warnings}
+            "errors": res.errors.to_dict("records"), "warnings": res.warnings,
+            "random_weights": p.random_weights, "n_ood": n_ood, "outside": res.outside}
 
 
 def _relative_to(path, folder: Path):
@@ -598,7 +681,7 @@ class _DicomOutputs:
         try:
             self.sc[rec["path"]] = write_overlay_sc(
                 reference_dataset(ref), rgb, self.out / study / f"overlay_{n:03d}.dcm",
-                f"mammolens GradCAM, predicted density {row['pred']}",
+                f"mammolens GradCAM, predicted {self.p.task.name} {row['pred']}",
                 series_instance_uid=self.series.setdefault(study, generate_uid()), instance_number=n)
         except Exception as e:  # noqa: BLE001 — one study's output never stops the others
             self.fail(study, "Secondary Capture", e, [ref])
@@ -639,7 +722,7 @@ def _write_dicom_outputs(p, res, writer: _DicomOutputs) -> tuple[int, list[dict[
                        for b in res.breasts[res.breasts["study_id"] == study].to_dict("records")
                        if b["laterality"] in ("L", "R")]
             result = {"pred": exam["pred"], "probs": class_probs(exam, p.class_names), "breasts": breasts,
-                      "model": {"name": f"mammolens:{p.name}"}}
+                      "model": {"name": f"mammolens:{p.name}"}, "task": p.task, "random_weights": p.random_weights}
             if "dense" in exam:
                 result["dense"] = bool(exam["dense"])
             write_density_sr([reference_dataset(r) for r in refs], result, writer.out / study / "density_sr.dcm")

@@ -223,3 +223,50 @@ def test_page_shows_heat_map_at_original_size_scaled_to_fit(server_url, fake, tm
     img = np.asarray(Image.open(shot).convert("RGB"), np.float32)
     turbo_red = (img[..., 0] > 150) & (img[..., 1] < 90) & (img[..., 2] < 60)  # the map's hot centre and bar top
     assert turbo_red.sum() > 200
+
+
+class MiasPredictor(FakePredictor):
+    """A MIAS F/G/D predictor whose run is zero-shot on random weights: no dense wording, a random-weights banner."""
+
+    classes = ["F", "G", "D"]
+
+    def __init__(self):
+        super().__init__()
+        from mammolens.tasks import get_task
+
+        self.task = get_task("mias")
+        self.random_weights = "random weights: tiny-clip was built without pretrained weights"
+
+    def predict_files(self, paths):
+        self.classes = FakePredictor.classes  # the parent draws A-D images; relabelled below
+        try:
+            out = super().predict_files(paths)
+        finally:
+            self.classes = MiasPredictor.classes
+        probs = {"F": 0.1, "G": 0.2, "D": 0.7}
+        for row in (*out["images"], *out["breasts"], *out["exams"]):
+            row.update(probs=probs, pred="D", dense=None)
+            row.pop("gradcam_class", None)
+        return {**out, "classes": self.classes, "task": self.task.wording(), "random_weights": self.random_weights,
+                "outside_training_distribution": True}
+
+
+def test_page_of_a_mias_run_uses_the_task_words(tmp_path):
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(MiasPredictor()), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        dom = _chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{port}/?demo=1").stdout
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert 'data-state="done"' in dom, dom[-3000:]
+    assert "MIAS background tissue" in dom and "BI-RADS" not in dom
+    assert "dense-glandular" in dom and "xtremely dense" not in dom
+    assert "Not dense" not in dom and "Dense (C/D)" not in dom  # a task without a dense rule shows none
+    assert 'id="exam-dense" class="badge hidden"' in dom
+    assert "Random weights — random weights: tiny-clip" in dom
+    assert "Outside the training distribution" in dom

@@ -66,5 +66,31 @@ def test_real_predictor_png_names_give_two_breasts_and_a_warning(client, app_env
     assert [(i["file"], i["laterality"], i["view"]) for i in body["images"]] == [
         ("demo_L_CC.png", "L", "CC"), ("demo_R_CC.png", "R", "CC")]
     assert sorted(b["laterality"] for b in body["breasts"]) == ["L", "R"]
+    # the page has a sidecar field: the hint names it, not a command-line option the user cannot give here
     assert body["warnings"] == ["2 image file(s) without study information: each treated as its own exam; "
-                                "give --sidecar to group them"]
+                                "add a sidecar CSV (path, patient, study, laterality, view) to group them"]
+    assert "--sidecar" not in r.text
+
+
+def test_real_predictor_sidecar_csv_groups_uploads_into_one_exam(client, app_env):  # noqa: F811
+    files = [("files", (name, app_env.mammogram_png(0), "image/png")) for name in ("a.png", "b.png")]
+    side = "path,patient,study,laterality,view\nfolder/a.png,pat-secret,st-secret,L,CC\nb.png,pat-secret,st-secret,R,CC\n"
+    r = client.post("/api/predict", files=files + [("sidecar", ("side.csv", side.encode(), "text/csv"))])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["exams"]) == 1 and sorted(b["laterality"] for b in body["breasts"]) == ["L", "R"]
+    assert body["warnings"] == [] and [i["file"] for i in body["images"]] == ["a.png", "b.png"]
+    assert "-secret" not in r.text and {b["study"] for b in body["breasts"]} == {"exam-1"}  # never the CSV's IDs
+    # a sidecar naming none of the uploads, or not a CSV with a path column: one 400 that says so
+    bad = client.post("/api/predict", files=files + [("sidecar", ("side.csv", b"path\nzzz.png\n", "text/csv"))])
+    assert bad.status_code == 400 and "none of its paths names an uploaded file" in bad.json()["detail"]
+    bad = client.post("/api/predict", files=files + [("sidecar", ("side.csv", b"file,x\n", "text/csv"))])
+    assert bad.status_code == 400 and "path column" in bad.json()["detail"]
+
+
+def test_real_predictor_density_run_words_come_from_the_task(client):
+    h = client.get("/api/health").json()
+    w = h["wording"]
+    assert w["task"] == "density" and w["title"].startswith("BI-RADS")
+    assert (w["dense_label"], w["non_dense_label"]) == ("Dense (C/D)", "Not dense (A/B)")
+    assert h["random_weights"] is None  # tiny-clip trained contrastively: trained weights

@@ -23,6 +23,8 @@ def evaluate_cli(
                                      help="Keep patient/study/image IDs and absolute paths in predictions.parquet."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show a progress bar (never when stderr is not a terminal)."),
+    exclude_train: bool = typer.Option(False, "--exclude-train",
+                                       help="Drop images of the run's own training/validation patients (RUN/split.json)."),
 ) -> None:
     """Metrics with CIs, subgroups, calibration and GradCAM gallery -> predictions.parquet, metrics.json, report.html.
 
@@ -36,7 +38,7 @@ def evaluate_cli(
 
     res = evaluate_run(run, data, out=out, compare=compare, n_boot=n_boot, seed=seed, gallery_per_class=gallery,
                        batch_size=batch_size, workers=workers, device=device, include_ids=include_ids,
-                       progress=show_progress(progress))
+                       progress=show_progress(progress), exclude_train=exclude_train)
     console = Console()
     table = Table(title=f"{run.name} on {data.name} ({res['n_images']} images)")
     table.add_column("metric")
@@ -47,6 +49,8 @@ def evaluate_cli(
             table.add_row(k, f"{v:.3f}")
     console.print(table)
     console.print(f"report: {res['report']}")
+    for w in res.get("warnings", []):  # the report's banners, as loud here
+        typer.echo(f"{'WARNING' if w.get('level') == 'warning' else 'note'}: {w['text']}")
     if res.get("n_failed"):
         console.print(f"{res['n_failed']} image(s) could not be read and are not evaluated: see {res['errors']}")
     finish(res["n_images"], res.get("n_failed", 0), "")

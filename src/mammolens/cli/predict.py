@@ -22,7 +22,7 @@ def predict_cli(
     sidecar: Path = typer.Option(None, "--sidecar", help="CSV with columns path, patient, study, laterality, view "
                                  "that groups image files into exams (paths relative to the CSV)."),
 ) -> None:
-    """Density per image, breast and exam (any number of views), with probabilities and dense flag.
+    """The task's class per image, breast and exam (any number of views), probabilities and (dense tasks) the dense flag.
 
     Writes images.csv, breasts.csv, exams.csv, results.json, errors.csv, overlays/ and dicom/.
     Exit code 0 when every file was predicted, 1 when some failed (listed in errors.csv), 3 when none was.
@@ -34,8 +34,12 @@ def predict_cli(
                          precision=precision, sidecar=sidecar)
     typer.echo(f"{res['n_images']} images, {res['n_breasts']} breasts, {res['n_exams']} exams predicted; "
                f"{res['n_sr']} DICOM SR written -> {res['out_dir']}")
+    if res.get("random_weights"):
+        typer.echo(f"WARNING: {res['random_weights']}")
+    if res.get("n_ood"):
+        typer.echo(f"{res['n_ood']} images outside the training distribution (not assessable): see images.csv")
     if res.get("n_not_assessable"):
-        typer.echo(f"{res['n_not_assessable']} images not assessable (no density): see quality_reason in images.csv")
+        typer.echo(f"{res['n_not_assessable']} images not assessable (no prediction): see quality_reason in images.csv")
     report_failures(((e["file"], e["reason"]) for e in res["errors"]), Path(res["out_dir"]) / "errors.csv")
     finish(res["n_images"], res["n_failed"], "no image file found in " + " ".join(map(str, inputs)) if not res["n_failed"]
            else f"none of the {res['n_failed']} file(s) could be read (reasons in {Path(res['out_dir']) / 'errors.csv'})")

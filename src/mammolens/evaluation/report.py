@@ -42,7 +42,7 @@ from mammolens.evaluation.metrics import (
 from mammolens.evaluation.stats import bootstrap_ci, delong_test, mcnemar_test, metrics_with_ci
 from mammolens.evaluation.subgroups import MIN_PATIENTS, subgroup_metrics
 
-__all__ = ["SIMULATED_BANNER", "evaluate_predictions", "is_simulated", "to_jsonable", "write_report"]
+__all__ = ["SIMULATED_BANNER", "evaluate_predictions", "is_simulated", "one_class_warning", "to_jsonable", "write_report"]
 
 SIMULATED_BANNER = "Simulated data: these numbers show the pipeline works, not clinical performance"
 RELIABILITY_BINS = 15
@@ -56,6 +56,21 @@ def is_simulated(predictions: pd.DataFrame) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ evaluate
+def one_class_warning(p: np.ndarray, class_names: Sequence[str], y: np.ndarray | None = None) -> dict | None:
+    """The ``one-class`` warning when every image (2 or more) gets the same predicted class (arg-max of ``p``):
+    kappa is 0 and the other classes' recall 0 whatever the AUCs say; None otherwise."""
+    if len(p) < 2:
+        return None
+    pred = np.asarray(p).argmax(1)
+    if len(np.unique(pred)) > 1:
+        return None
+    c = str(class_names[int(pred[0])])
+    seen = f" although the labels hold {len(np.unique(y))} classes" if y is not None and len(np.unique(y)) > 1 else ""
+    return {"id": "one-class", "level": "warning", "class": c,
+            "text": f"The model predicts one class ({c}) for all {len(p)} images{seen}: kappa is 0 and the other "
+                    "classes' recall 0; it has not learned to tell the classes apart"}
+
+
 def _split(predictions: pd.DataFrame, class_names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     cols = [f"prob_{c}" for c in class_names]
     missing = [c for c in (*cols, "label") if c not in predictions.columns]
@@ -190,7 +205,9 @@ def evaluate_predictions(
             ``density`` task's.
 
     Returns:
-        dict with ``simulated`` (any row marked simulated), ``n_images, n_patients, n_unlabelled,
+        dict with ``warnings`` (``[{"id", "level", "text", ...}]``: ``one-class`` when every image gets the
+        same class; ``workflows.evaluate_run`` adds ``train-overlap``, ``random-weights``, ``ood``; each is a
+        banner in ``report.html``), ``simulated`` (any row marked simulated), ``n_images, n_patients, n_unlabelled,
         class_names, seed, n_boot, alpha, resampling, metrics`` (:func:`compute_metrics`), ``ci``
         (:func:`metrics_with_ci`), ``exam`` (``n_exams, rule, metrics, ci`` per exam, or None),
         ``reliability`` (bins with counts), ``subgroups`` (DataFrame) and ``compare`` (dict or None).
@@ -226,7 +243,9 @@ def evaluate_predictions(
     compare = None
     if compare_predictions is not None:
         compare = _compare(labelled, compare_predictions, class_names, dense_classes, gcol, n_boot, seed, alpha)
+    flagged = [w for w in (one_class_warning(p, class_names, y),) if w is not None]
     return {
+        "warnings": flagged,
         "simulated": is_simulated(predictions),
         "n_images": int(len(labelled)),
         "n_patients": int(labelled[gcol].nunique()) if gcol else None,
@@ -373,6 +392,7 @@ th{background:#eef5f0}td:first-child,th:first-child{text-align:left}.note{color:
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;max-width:260px}.gallery img{max-width:256px}
 figcaption{font-size:.8em;color:#444}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 .banner{background:#fff3cd;border:2px solid #c90;color:#5a3e00;padding:.7em 1em;font-weight:600;margin:1em 0}
+.banner.note{background:#eef4fb;border-color:#6a8fb8;color:#1d3a5c}
 """
 REPORT_CSS = _CSS  # the report's style, shared by the other pages (study.html)
 
@@ -657,6 +677,11 @@ def write_report(
     sections.append(("provenance", "Provenance", _provenance_section(result, provenance)))
 
     banner = f"<div class='banner' id='simulated' role='alert'>{html.escape(SIMULATED_BANNER)}</div>" if simulated else ""
+    flagged = list(result.get("warnings") or [])
+    if not any(w.get("id") == "one-class" for w in flagged):  # a plain compute_metrics dict: checked here
+        flagged += [w for w in (one_class_warning(p, class_names, y),) if w is not None]
+    banner += "".join(f"<div class='banner {html.escape(str(w.get('level', 'warning')))}' id='{html.escape(str(w.get('id')))}' "
+                      f"role='alert'>{html.escape(str(w.get('text', '')))}</div>" for w in flagged)
     nav = " · ".join(f"<a href='#{sid}'>{html.escape(t)}</a>" for sid, t, _ in sections)
     body = "".join(f"<section id='{sid}'><h2>{html.escape(t)}</h2>{content}</section>" for sid, t, content in sections)
     doc = (

@@ -18,10 +18,15 @@ class probability              DCM     122157         Probability (UCUM unit ``1
 finding site                   SCT     363698007      Finding Site → 80248007 Left breast /
                                                       73056007 Right breast
 dense flag (C or D)            99MMLNS dense          Dense breast tissue (BI-RADS C or D) → SCT
-                                                      373066001 Yes / 373067005 No
+                                                      373066001 Yes / 373067005 No; it follows the
+                                                      reported class (``Task.dense_flag``)
 algorithm (TID 4019)           DCM     111001/111003  Algorithm Name / Algorithm Version
 document title                 LN      18748-4        Diagnostic Imaging Report
 =============================  ======  =============  ==============================================
+
+Those codes are for the ``density`` task only. Any other task (MIAS F/G/D, dense/non-dense) is coded with
+private ``99MMLNS`` codes ``<task>-<class>`` whose meanings are the task's class descriptions, under a concept
+named after the task; a task without ``dense_classes`` gets no dense flag.
 
 (DCM 111031 is "Image View", not breast composition.) The SR is a Comprehensive SR built with
 highdicom content items; it does not claim conformance to TID 4000 (Mammography CAD) because
@@ -234,14 +239,41 @@ def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     return [_header(ds) for ds in source_datasets]
 
 
-def _probs(d: Mapping[str, Any], where: str) -> dict[str, float]:
+class _Words:
+    """The coded words of one task in the SR: class codes, their concept name, the dense rule and its code.
+
+    The ``density`` task (classes A-D) uses SNOMED CT CID 6000 and DCM "Breast composition"; any other task
+    (MIAS F/G/D, dense/non-dense, findings) gets private ``99MMLNS`` codes whose meanings are the task's own
+    class descriptions, so a MIAS "D" (dense-glandular) is never coded as BI-RADS D (extremely dense).
+    """
+
+    def __init__(self, task=None):
+        names = tuple(getattr(task, "class_names", DENSITY_CLASSES))
+        self.birads = names == tuple(DENSITY_CLASSES)
+        self.task = task
+        if self.birads:
+            self.classes, self.concept = dict(DENSITY_CODES), codes.DCM.BreastComposition
+        else:
+            descs = list(getattr(task, "descriptions", names))
+            self.classes = {c: Code(f"{task.name}-{c}"[:16], "99MMLNS", str(d)[:64]) for c, d in zip(names, descs)}
+            self.concept = Code(str(task.name)[:16], "99MMLNS", str(task.description or task.name)[:64])
+        dense = tuple(getattr(task, "dense_classes", ("C", "D"))) if task is not None else ("C", "D")
+        self.dense_classes = dense
+        self.dense_code = DENSE_FLAG_CODE if self.birads and dense == ("C", "D") else (
+            Code("dense", "99MMLNS", f"Dense breast tissue ({'/'.join(dense)})"[:64]) if dense else None)
+        self.series = "mammolens breast density" if self.birads else f"mammolens {getattr(task, 'name', '')}"[:64]
+
+
+def _probs(d: Mapping[str, Any], where: str, words: _Words | None = None) -> dict[str, float]:
+    words = words or _Words()
     probs = d.get("probs")
     if not isinstance(probs, Mapping) or not probs:
         raise ValueError(f"{where}: expected 'probs' as a mapping class -> probability, got {probs!r}")
     out = {}
     for k, v in probs.items():
-        if k not in DENSITY_CODES:
-            raise ValueError(f"{where}: unknown density class {k!r}; expected one of {DENSITY_CLASSES}")
+        if k not in words.classes:
+            kind = "density class" if words.birads else f"{words.task.name} class"
+            raise ValueError(f"{where}: unknown {kind} {k!r}; expected one of {list(words.classes)}")
         v = float(v)
         if not 0.0 <= v <= 1.0 or not np.isfinite(v):
             raise ValueError(f"{where}: probability for {k} must lie in [0, 1], got {v}")
@@ -249,26 +281,33 @@ def _probs(d: Mapping[str, Any], where: str) -> dict[str, float]:
     return out
 
 
-def _pred(d: Mapping[str, Any], probs: dict[str, float], where: str) -> str:
+def _pred(d: Mapping[str, Any], probs: dict[str, float], where: str, words: _Words | None = None) -> str:
+    words = words or _Words()
     pred = d.get("pred") or max(probs, key=probs.get)
-    if pred not in DENSITY_CODES:
-        raise ValueError(f"{where}: 'pred' must be one of {DENSITY_CLASSES}, got {pred!r}")
+    if pred not in words.classes:
+        raise ValueError(f"{where}: 'pred' must be one of {list(words.classes)}, got {pred!r}")
     return pred
 
 
-def _composition_items(hd, d: Mapping[str, Any], where: str) -> list:
-    """CODE breast composition + NUM probability per class + dense flag (all CONTAINS)."""
-    probs = _probs(d, where)
-    pred = _pred(d, probs, where)
-    dense = bool(d["dense"]) if d.get("dense") is not None else pred in ("C", "D")
+def _composition_items(hd, d: Mapping[str, Any], where: str, words: _Words | None = None) -> list:
+    """CODE class + NUM probability per class + dense flag (all CONTAINS); no dense flag for a task without
+    dense classes. The flag follows ``pred`` (``Task.dense_flag``): a ``dense`` that contradicts it is refused."""
+    words = words or _Words()
+    probs = _probs(d, where, words)
+    pred = _pred(d, probs, where, words)
+    dense = pred in words.dense_classes if words.dense_code is not None else None
+    if dense is not None and d.get("dense") is not None and bool(d["dense"]) != dense:
+        raise ValueError(f"{where}: 'dense' is {bool(d['dense'])} but the reported class {pred!r} is "
+                         f"{'' if dense else 'not '}one of the dense classes {list(words.dense_classes)}; "
+                         "dense must follow pred (docs/outputs.md)")
     items = [
         hd.sr.CodeContentItem(
-            name=codes.DCM.BreastComposition,
-            value=DENSITY_CODES[pred],
+            name=words.concept,
+            value=words.classes[pred],
             relationship_type="CONTAINS",
         )
     ]
-    for cls in DENSITY_CLASSES:
+    for cls in words.classes:
         if cls not in probs:
             continue
         num = hd.sr.NumContentItem(
@@ -281,20 +320,21 @@ def _composition_items(hd, d: Mapping[str, Any], where: str) -> list:
         num.ContentSequence = hd.sr.ContentSequence(
             [
                 hd.sr.CodeContentItem(
-                    name=codes.DCM.BreastComposition,
-                    value=DENSITY_CODES[cls],
+                    name=words.concept,
+                    value=words.classes[cls],
                     relationship_type="HAS CONCEPT MOD",
                 )
             ]
         )
         items.append(num)
-    items.append(
-        hd.sr.CodeContentItem(
-            name=DENSE_FLAG_CODE,
-            value=codes.SCT.Yes if dense else codes.SCT.No,
-            relationship_type="CONTAINS",
+    if dense is not None:
+        items.append(
+            hd.sr.CodeContentItem(
+                name=words.dense_code,
+                value=codes.SCT.Yes if dense else codes.SCT.No,
+                relationship_type="CONTAINS",
+            )
         )
-    )
     return items
 
 
@@ -374,7 +414,11 @@ def write_density_sr(
         result: exam-level result ``{"pred": "C", "probs": {"A": .., ..}, "dense": True,
             "breasts": [{"laterality": "L", "pred", "probs", "dense"}, ...] (or {"L": {...}}),
             "model": {"name": .., "version": ..}}`` (``model_name``/``model_version`` keys also
-            accepted). ``pred`` defaults to the arg-max, ``dense`` to ``pred in ("C", "D")``.
+            accepted). ``pred`` defaults to the arg-max; the dense flag is ``pred in task.dense_classes``
+            (a given ``dense`` must agree). Optional ``"task"``: the run's ``Task`` (default: BI-RADS A-D
+            density); another task is coded with private codes carrying its own class descriptions, and
+            gets no dense flag without ``dense_classes``. Optional ``"random_weights"``: the reason text,
+            written into the algorithm parameters.
         out_path: file to write (parent folders are created).
         include_patient: copy the patient module from the source (what a PACS needs); ``False``
             empties patient name/ID/birth date/sex and accession number.
@@ -387,6 +431,7 @@ def write_density_sr(
     hd = _highdicom()
     headers = _check_sources(source_datasets)
     model_name, model_version = _model_info(result)
+    words = _Words(result.get("task"))
 
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport)
     children: list = []
@@ -418,6 +463,10 @@ def write_density_sr(
         )
     )
     params = f"model={model_name}" + (f" version={model_version}" if model_version else "")
+    if words.task is not None:
+        params += f" task={words.task.name}"
+    if result.get("random_weights"):
+        params += f"; WARNING {result['random_weights']}"
     children.append(
         hd.sr.TextContentItem(
             name=codes.DCM.AlgorithmParameters, value=params, relationship_type="HAS CONCEPT MOD"
@@ -428,7 +477,7 @@ def write_density_sr(
         name=codes.SCT.BreastCompositionAnalysis, relationship_type="CONTAINS"
     )
     exam.ContentSequence = hd.sr.ContentSequence(
-        _composition_items(hd, result, "exam result") + _image_refs(hd, headers, None)
+        _composition_items(hd, result, "exam result", words) + _image_refs(hd, headers, None)
     )
     children.append(exam)
 
@@ -442,7 +491,7 @@ def write_density_sr(
         )
         box.ContentSequence = hd.sr.ContentSequence(
             [site]
-            + _composition_items(hd, b, f"breast {lat} result")
+            + _composition_items(hd, b, f"breast {lat} result", words)
             + _image_refs(hd, headers, lat)
         )
         children.append(box)
@@ -465,7 +514,7 @@ def write_density_sr(
     scheme.CodingSchemeName = "mammolens private codes"
     scheme.CodingSchemeResponsibleOrganization = "mammolens"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    sr.SeriesDescription = "mammolens breast density"
+    sr.SeriesDescription = words.series
     return _save(sr, out_path, include_patient)
 
 

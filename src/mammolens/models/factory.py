@@ -50,6 +50,8 @@ from mammolens.models.registry import (
 
 __all__ = [
     "MammoCLIP",
+    "RANDOM_BY_DESIGN",
+    "random_weights_reason",
     "HashedTokenizer",
     "add_model_config",
     "create_model",
@@ -346,10 +348,33 @@ _CONFIG_PATHS: list[Path] = [Path(__file__).parent / "configs"]
 _MODEL_CONFIGS: dict[str, Path] = {}  # tag -> JSON file
 
 
+RANDOM_BY_DESIGN = frozenset({"tiny-clip"})  # registered configs without pretrained weights to load
+
+
+def random_weights_reason(model: str, pretrained: str | None, method: str | None = None) -> str | None:
+    """Why a model built as ``create_model(model, pretrained)`` (and used by ``method``) shows random weights,
+    or None: a registered tower with pretrained weights (``biomedclip``) built without them, or
+    ``method: zeroshot`` (nothing is trained) on a randomly initialised model. Recorded in a run's lineage
+    (``random_weights``) so reports and the web page can say so."""
+    if pretrained is not None:
+        return None
+    if method == "zeroshot":
+        return (f"random weights: {model} was built without pretrained weights and 'zeroshot' trains nothing, so its "
+                "predictions are chance; give pretrained: hf-hub:ORG/REPO or local-dir:PATH")
+    if is_registered(model) and model not in RANDOM_BY_DESIGN:
+        return (f"random weights: {model} was built without its pretrained weights (random initialisation, not "
+                f"{model}); give pretrained: hf-hub:ORG/REPO or local-dir:PATH")
+    return None
+
+
 def _build_from_config(tag: str, pretrained: str | None = None, image_size=None,
                        load_weights: bool = True) -> MammoCLIP:
-    """Builder registered for every JSON config: the config's architecture + a ``pretrained`` source."""
+    """Builder registered for every JSON config: the config's architecture + a ``pretrained`` source.
+    A tower with pretrained weights built without them (``pretrained=None``) warns (``random_weights_reason``)."""
     kwargs = {"pretrained": pretrained, "image_size": image_size}
+    reason = random_weights_reason(tag, pretrained) if load_weights else None
+    if reason:
+        warnings.warn(reason, UserWarning, stacklevel=3)
     return _wrap(_from_config(load_model_config(tag), pretrained, image_size, load_weights, tag), tag, kwargs)
 
 

@@ -10,9 +10,9 @@ The rule (what ``Predictor`` and ``mammolens predict`` report):
   and the exam probabilities are those of the breast with the highest expected class index
   ``sum_k k * p_k``; ``how="mean"`` averages the breast probabilities and takes their argmax.
 - The label of a breast/exam is the maximum known label of its images (-1 when none is known).
-- ``dense`` (``add_dense``): the summed probability of the task's ``Task.dense_classes`` (BI-RADS C
-  and D for ``density``, ``dense`` for ``dense``) is at least 0.5; tasks without dense classes get no
-  ``dense`` column.
+- ``dense`` (``add_dense``): the row's ``pred`` is one of the task's ``Task.dense_classes`` (BI-RADS C
+  and D for ``density``, ``dense`` for ``dense``): the flag follows the reported class, never a separate
+  threshold (docs/outputs.md); tasks without dense classes get no ``dense`` column.
 
 Class order is ``class_names`` order and is taken as ordinal (A < B < C < D for density).
 Input frames follow the predictions contract: ``prob_<class>`` columns (and optionally ``label``,
@@ -138,8 +138,9 @@ def dense_indices(class_names: Sequence[str], dense_classes: Sequence[str] | Non
 
 
 def add_dense(df: pd.DataFrame, class_names: Sequence[str], dense: Sequence[int] | None) -> pd.DataFrame:
-    """Set ``df["dense"]`` (in place, and return ``df``): the summed ``prob_<class>`` of the dense classes
-    ``dense`` (indices, see ``dense_indices``) is at least 0.5. Nothing is added when ``dense`` is None."""
+    """Set ``df["dense"]`` (in place, and return ``df``): the row's reported class ``pred`` is one of the dense
+    classes ``dense`` (indices, see ``dense_indices``), the rule of ``Task.dense_flag``, so ``pred`` and
+    ``dense`` never disagree. Nothing is added when ``dense`` is None."""
     if dense is not None:
-        df["dense"] = df[[f"prob_{class_names[i]}" for i in dense]].sum(axis=1) >= DENSE_THRESHOLD
+        df["dense"] = df["pred"].isin([class_names[i] for i in dense]).astype(bool)
     return df

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mammolens._optional import optional_import
-from mammolens.constants import DENSITY_CLASSES, DENSITY_DESCRIPTIONS
+from mammolens.constants import DENSITY_CLASSES
 from mammolens.io import max_pixels_limit
 from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
 from mammolens.serve.upload import (
@@ -65,7 +65,7 @@ log = logging.getLogger("mammolens.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 _SERVE_PURPOSE = "the web app"
 _IMAGE_KEYS = ("file", "laterality", "view", "modality", "probs", "pred", "dense", "assessable", "quality_reason",
-               "gradcam_class")
+               "gradcam_class", "ood")
 _BREAST_KEYS = ("study", "laterality", "probs", "pred", "dense")
 _EXAM_KEYS = ("study", "probs", "pred", "dense")
 _BODY_SLACK = 64 * 1024  # multipart framing on top of the files' bytes
@@ -102,7 +102,8 @@ def _num(v: Any) -> Any:
     return v
 
 
-def _clean(row: Mapping[str, Any], keys: tuple[str, ...], study_alias: dict[str, str]) -> dict:
+def _clean(row: Mapping[str, Any], keys: tuple[str, ...], study_alias: dict[str, str],
+           descriptions: Mapping[str, str] | None = None) -> dict:
     out: dict[str, Any] = {}
     for k in keys:
         if k not in row:
@@ -112,23 +113,45 @@ def _clean(row: Mapping[str, Any], keys: tuple[str, ...], study_alias: dict[str,
             v = study_alias.setdefault(str(v), f"exam-{len(study_alias) + 1}")
         elif k == "probs" and isinstance(v, Mapping):
             v = {str(c): float(p) for c, p in v.items()}
-        elif k == "dense":
+        elif k in ("dense", "ood"):
             v = None if v is None else bool(v)
         else:
             v = _num(v)
             v = None if v is None else (v if isinstance(v, (int, float, bool)) else str(v))
         out[k] = v
-    if out.get("pred") in DENSITY_DESCRIPTIONS:
-        out["description"] = DENSITY_DESCRIPTIONS[out["pred"]]
+    if descriptions and out.get("pred") in descriptions:  # the task's own words for its class
+        out["description"] = descriptions[out["pred"]]
     return out
+
+
+def task_words(task: Any, classes: Sequence[str] | None = None) -> dict:
+    """The task's wording for the page (``Task.wording()``: title, class descriptions, dense rule and labels);
+    a predictor without a task gets its class names only and no dense wording."""
+    if isinstance(task, Mapping):
+        return {k: task.get(k) for k in ("task", "title", "classes", "descriptions", "dense_classes", "dense_label",
+                                         "non_dense_label")}
+    if task is not None and hasattr(task, "wording"):
+        return task.wording()
+    names = [str(c) for c in (classes or getattr(task, "class_names", None) or DENSITY_CLASSES)]
+    from mammolens.tasks import get_task
+
+    density = get_task("density")
+    if task is None and names == list(density.class_names):  # a bare predictor of the A-D classes
+        return density.wording()
+    return {"task": getattr(task, "name", None), "title": getattr(task, "description", None) or "",
+            "classes": names, "descriptions": {c: "" for c in names}, "dense_classes": [],
+            "dense_label": None, "non_dense_label": None}
 
 
 def _to_response(raw: Mapping[str, Any]) -> dict:
     """Whitelist the predictor output and encode overlays as data URLs; files by basename only."""
     alias: dict[str, str] = {}
+    classes = [str(c) for c in raw.get("classes", DENSITY_CLASSES)]
+    words = task_words(raw.get("task"), classes)
+    desc = dict(words.get("descriptions") or {})
     images = []
     for row in raw.get("images", []):
-        img = _clean(row, _IMAGE_KEYS, alias)
+        img = _clean(row, _IMAGE_KEYS, alias, desc)
         if "file" in img:
             img["file"] = Path(str(img["file"])).name
         png = row.get("overlay_png")
@@ -143,13 +166,15 @@ def _to_response(raw: Mapping[str, Any]) -> dict:
         }
         for e in raw.get("errors", [])
     ]
-    classes = [str(c) for c in raw.get("classes", DENSITY_CLASSES)]
     return {
         "classes": classes,
-        "descriptions": {c: DENSITY_DESCRIPTIONS.get(c, "") for c in classes},
+        "descriptions": {c: desc.get(c, "") for c in classes},
+        "task": words,
+        "random_weights": str(raw["random_weights"]) if raw.get("random_weights") else None,
+        "outside_training_distribution": bool(raw.get("outside_training_distribution", False)),
         "images": images,
-        "breasts": [_clean(b, _BREAST_KEYS, alias) for b in raw.get("breasts", [])],
-        "exams": [_clean(x, _EXAM_KEYS, alias) for x in raw.get("exams", [])],
+        "breasts": [_clean(b, _BREAST_KEYS, alias, desc) for b in raw.get("breasts", [])],
+        "exams": [_clean(x, _EXAM_KEYS, alias, desc) for x in raw.get("exams", [])],
         "errors": errors,
         "warnings": [str(w) for w in raw.get("warnings", [])],  # e.g. files without study information
     }
@@ -161,10 +186,14 @@ def _model_info(predictor: Any) -> dict:
     task = getattr(predictor, "task", None)
     if classes is None and task is not None:
         classes = getattr(task, "class_names", None)
+    names = [str(c) for c in (classes or DENSITY_CLASSES)]
+    reason = getattr(predictor, "random_weights", None)
     return {
         "model": str(name) if name else type(predictor).__name__,
         "task": getattr(task, "name", None) if task is not None else None,
-        "classes": [str(c) for c in (classes or DENSITY_CLASSES)],
+        "classes": names,
+        "wording": task_words(task, names),  # the page's header, class descriptions and dense labels
+        "random_weights": str(reason) if isinstance(reason, str) and reason else None,
     }
 
 
@@ -330,6 +359,59 @@ def _screen_uploads(uploads: list, max_pixels: int) -> tuple[list[Path], list[di
     return paths, errors
 
 
+SIDECAR_FIELD = "sidecar"  # the form field of the grouping CSV (``predict --sidecar``'s columns)
+_SIDECAR_MAX_BYTES = 1024 * 1024
+
+
+def _sidecar_for(uploads: list, tmpdir: Path) -> tuple[list, Path | None]:
+    """``(image uploads, rewritten sidecar CSV or None)``. The uploaded sidecar's ``path`` cells are matched to
+    the uploaded images by file name (the upload keeps basenames only) and rewritten to the stored names;
+    rows of files not in this upload are dropped. A second sidecar, an unreadable CSV or one whose rows
+    match none of the images is a :class:`BadUpload` (HTTP 400)."""
+    import csv
+    import io
+
+    sidecars = [u for u in uploads if u.field == SIDECAR_FIELD]
+    images = [u for u in uploads if u.field != SIDECAR_FIELD]
+    if not sidecars:
+        return images, None
+    if len(sidecars) > 1:
+        raise BadUpload(f"{len(sidecars)} sidecar CSVs received: send at most one")
+    side = sidecars[0]
+    try:
+        if side.path.stat().st_size > _SIDECAR_MAX_BYTES:
+            raise BadUpload(f"sidecar {side.name}: over {_SIDECAR_MAX_BYTES // 1024} KB; one row per image is enough")
+        rows = list(csv.reader(io.StringIO(side.path.read_text(encoding="utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise BadUpload(f"sidecar {side.name}: not a readable CSV ({e})") from None
+    finally:
+        side.path.unlink(missing_ok=True)
+    if not rows or "path" not in [c.strip().lower() for c in rows[0]]:
+        raise BadUpload(f"sidecar {side.name}: needs a header with a path column (path, patient, study, laterality, "
+                        "view)")
+    col = [c.strip().lower() for c in rows[0]].index("path")
+    stored: dict[str, str] = {}
+    for up in images:
+        for key in (up.original, Path(up.original.replace("\\", "/")).name, up.name):
+            stored.setdefault(key, up.name)
+    kept = [rows[0]]
+    for r in rows[1:]:
+        if col < len(r) and r[col].strip():
+            cell = r[col].strip()
+            name = stored.get(cell) or stored.get(Path(cell.replace("\\", "/")).name)
+            if name is not None:
+                kept.append([*r[:col], f"../{name}", *r[col + 1:]])
+    if len(kept) == 1:
+        raise BadUpload(f"sidecar {side.name}: none of its paths names an uploaded file; give the image file names "
+                        "in its path column")
+    folder = tmpdir / ".sidecar"  # a folder of its own: the CSV's paths are relative to it
+    folder.mkdir()
+    out = folder / "sidecar.csv"
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(kept)
+    return images, out
+
+
 def _add_predict_route(app, predictor: Predictor, info: dict, max_upload_mb: float, max_pixels: int) -> None:
     """``POST /api/predict``: receive → screen → predict (one at a time) → whitelisted response."""
     from fastapi import HTTPException, Request  # annotations must resolve at runtime: no __future__ import
@@ -339,9 +421,9 @@ def _add_predict_route(app, predictor: Predictor, info: dict, max_upload_mb: flo
     limit = int(max_upload_mb * 1024 * 1024)
     lock = threading.Lock()  # one prediction at a time: the model is shared and not re-entrant
 
-    def predict_locked(paths: list[Path]) -> dict:
-        with lock:
-            return predictor.predict_files(paths)
+    def predict_locked(paths: list[Path], sidecar: Path | None = None) -> dict:
+        with lock:  # a predictor without sidecar support is called as before
+            return predictor.predict_files(paths, sidecar=sidecar) if sidecar else predictor.predict_files(paths)
 
     @app.post("/api/predict")
     async def predict(request: Request):
@@ -352,13 +434,17 @@ def _add_predict_route(app, predictor: Predictor, info: dict, max_upload_mb: flo
         with tempfile.TemporaryDirectory(prefix="mammolens-upload-") as tmp:
             tmpdir = Path(tmp)
             uploads = await _receive_uploads(request, tmpdir, limit, max_upload_mb)
-            paths, errors = _screen_uploads(uploads, max_pixels)
+            try:
+                images, sidecar = _sidecar_for(uploads, tmpdir)
+            except BadUpload as e:
+                raise HTTPException(status_code=400, detail=str(e)) from None
+            paths, errors = _screen_uploads(images, max_pixels)
             if paths:
                 try:
-                    raw = await run_in_threadpool(predict_locked, paths)
+                    raw = await run_in_threadpool(predict_locked, paths, sidecar)
                 except (ValueError, FileNotFoundError) as e:
                     # messages name temp files only; map them back to upload names
-                    msg = str(e).replace(str(tmpdir) + "/", "")
+                    msg = str(e).replace(str(tmpdir / ".sidecar") + "/", "").replace(str(tmpdir) + "/", "")
                     raise HTTPException(status_code=422, detail=msg) from e
             else:
                 raw = {"images": [], "breasts": [], "exams": [], "errors": []}

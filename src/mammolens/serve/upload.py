@@ -101,6 +101,8 @@ class ReceivedFile:
     name: str  # sanitised, unique within the request
     path: Path
     head: bytes = b""  # first bytes, for sniffing the kind
+    field: str = "files"  # the form field it came in (``sidecar``: the grouping CSV, not an image)
+    original: str = ""  # the client's file name before sanitising (matched against a sidecar's paths)
 
 
 def sanitize_filename(name: str | None, fallback: str = "upload") -> str:
@@ -219,7 +221,9 @@ class _FileWriter:
             stem, dot, suf = safe.partition(".")
             stored = f"{stem}-{n}{dot}{suf}"
             n += 1
-        self.files.append(ReceivedFile(stored, self.dest / stored))
+        field = opts.get(b"name", b"files").decode("utf-8", "replace")
+        self.files.append(ReceivedFile(stored, self.dest / stored, field=field,
+                                       original=opts[b"filename"].decode("utf-8", "replace")))
         self._fh = (self.dest / stored).open("wb")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

@@ -112,6 +112,21 @@ def open_run_cache(cfg: TrainCfg, rank: int = 0, world: int = 1):
     return open_cache(out)
 
 
+SPLIT_FILE = "split.json"  # RUN/split.json: the training and validation exams, as keyed pseudonyms
+
+
+def exam_keys(index) -> list[str]:
+    """One keyed pseudonym (``privacy.pseudonym``, kind ``exam``) per manifest/cache row of its patient and
+    study (``patient_id|study_id``; study empty when the manifest has none): how ``evaluate`` finds the
+    images of a run's training and validation exams without the run folder holding an identifier."""
+    from mammolens.privacy import pseudonym
+
+    n = len(index)
+    pid = index["patient_id"].astype(str).tolist() if "patient_id" in index else [""] * n
+    sid = index["study_id"].astype(str).tolist() if "study_id" in index else [""] * n
+    return [pseudonym(f"{p}|{s}", "exam") for p, s in zip(pid, sid)]
+
+
 def split_rows(index, labels: np.ndarray, cfg: TrainCfg) -> tuple[np.ndarray, np.ndarray]:
     """``data.splits.split_rows`` with the run's ``cfg.data`` and ``cfg.seed``; refuses an empty training
     set when the method needs training rows."""
@@ -335,6 +350,11 @@ class _Run:
         model_kwargs = _model_kwargs(cfg)
         model_name = getattr(clip, "model_name", "") or cfg.model
         self.lineage = lineage(model_name, cfg.pretrained, cache, cfg.to_dict())
+        from mammolens.models.factory import random_weights_reason
+
+        self.lineage["random_weights"] = random_weights_reason(cfg.model, cfg.pretrained, cfg.method)
+        self.split = {"train": exam_keys(cache.index.iloc[ctx.train_ds.rows]),  # what evaluate checks overlap on
+                      "val": exam_keys(cache.index.iloc[val_ds.rows])}
         self.base_ckpt = {  # the model records how create_model built it (name, pretrained source, image size...)
             "format": CHECKPOINT_FORMAT,
             "model_name": model_name,
@@ -396,6 +416,10 @@ class _Run:
             if cfg.ood and self.n_train >= 2:
                 summary["ood"] = _write_ood(self.folder, self.method, ctx.train_ds, cfg, ctx.device)
             summary["lineage"] = self.lineage
+            import json
+
+            (self.dir / SPLIT_FILE).write_text(json.dumps({"key": "privacy.pseudonym(patient_id|study_id, 'exam')",
+                                                           **self.split}), encoding="utf-8")
             self.folder.write_summary(summary)
         return self.dir
 
@@ -425,6 +449,12 @@ def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
     train_mod = np.array([MODALITIES.index(m) if m in MODALITIES else 0 for m in mod_names[train_rows]])
 
     clip = create_model(cfg.model, pretrained=cfg.pretrained, **_model_kwargs(cfg)).to(device)
+    if cfg.method == "zeroshot" and cfg.pretrained is None:  # the tower itself warns only for biomedclip & co
+        import warnings
+
+        from mammolens.models.factory import random_weights_reason
+
+        warnings.warn(random_weights_reason(cfg.model, None, "zeroshot"), UserWarning, stacklevel=2)
     if cfg.grad_checkpointing:
         _set_grad_checkpointing(clip)
     if device.type == "cuda":

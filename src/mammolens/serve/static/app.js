@@ -3,7 +3,7 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { files: [], classes: ["A", "B", "C", "D"], maxMb: 200 };
+  const state = { files: [], sidecar: null, classes: ["A", "B", "C", "D"], maxMb: 200, words: null };
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -84,13 +84,36 @@
 
   function pill(c) { return el("span", "pill " + (c || ""), c || "–"); }
 
+  // the task's words (Task.wording): header, class descriptions, dense labels; no dense rule -> no dense wording
+  function hasDense() { return !!(state.words && state.words.dense_label); }
+
+  function applyWords(words) {
+    if (!words) return;
+    state.words = words;
+    if (words.title) $("subtitle").textContent = words.title + " · from a mammography study";
+    $("breast-dense-head").classList.toggle("hidden", !hasDense());
+  }
+
+  function showRandomWeights(reason) {
+    const box = $("random-weights");
+    box.classList.toggle("hidden", !reason);
+    box.textContent = reason ? "Random weights — " + reason : "";
+  }
+
   function denseBadge(node, dense) {
+    if (!hasDense() || dense === null || dense === undefined) { node.className = "badge hidden"; node.textContent = ""; return; }
     node.className = "badge " + (dense ? "dense" : "nondense");
-    node.textContent = dense ? "Dense (C/D)" : "Not dense (A/B)";
+    node.textContent = dense ? state.words.dense_label : state.words.non_dense_label;
   }
 
   function render(data) {
     if (Array.isArray(data.classes) && data.classes.length) state.classes = data.classes;
+    applyWords(data.task);
+    if ("random_weights" in data) showRandomWeights(data.random_weights);
+    const far = !!data.outside_training_distribution;
+    $("ood-alert").classList.toggle("hidden", !far);
+    $("ood-alert").textContent = far ? "Outside the training distribution — these images do not look like the ones this model was "
+      + "trained on (median out-of-distribution score above the training set's); its predictions cannot be trusted." : "";
     $("results").classList.remove("hidden");
 
     const exam = (data.exams || [])[0];
@@ -119,12 +142,12 @@
       const tr = el("tr");
       tr.appendChild(el("td", null, (sideName[b.laterality] || b.laterality || "?") + ((data.exams || []).length > 1 ? " · " + b.study : "")));
       const td = el("td"); td.appendChild(pill(b.pred)); tr.appendChild(td);
-      tr.appendChild(el("td", null, b.dense ? "yes" : "no"));
+      if (hasDense()) tr.appendChild(el("td", null, b.dense ? "yes" : "no"));
       const tp = el("td"); tp.appendChild(stackBar(b.probs)); tr.appendChild(tp);
       tbody.appendChild(tr);
     });
     if (!(data.breasts || []).length) {
-      const tr = el("tr"); const td = el("td", "muted", "No per-breast result (laterality unknown)."); td.colSpan = 4;
+      const tr = el("tr"); const td = el("td", "muted", "No per-breast result (laterality unknown)."); td.colSpan = hasDense() ? 4 : 3;
       tr.appendChild(td); tbody.appendChild(tr);
     }
 
@@ -154,10 +177,11 @@
       const tags = el("div", "tags");
       const assessable = im.assessable !== false;
       tags.appendChild(assessable ? pill(im.pred) : el("span", "tag", "not assessable"));
+      if (im.ood) tags.appendChild(el("span", "tag ood", "outside the training distribution"));
       [im.laterality, im.view, im.modality].forEach((t) => { if (t) tags.appendChild(el("span", "tag", t)); });
       meta.appendChild(tags);
       if (assessable) meta.appendChild(stackBar(im.probs));
-      else meta.appendChild(el("div", "reason", "No density: " + (im.quality_reason || "image failed the quality gate")));
+      else meta.appendChild(el("div", "reason", "No result: " + (im.quality_reason || "image failed the quality gate")));
       card.appendChild(meta);
       cards.appendChild(card);
     });
@@ -178,6 +202,7 @@
     if (!state.files.length) return;
     const form = new FormData();
     state.files.forEach((f) => form.append("files", f, f.name));
+    if (state.sidecar) form.append("sidecar", state.sidecar, state.sidecar.name);
     $("predict-btn").disabled = true;
     document.body.dataset.state = "busy";
     setStatus("Predicting " + state.files.length + " file(s)…", "busy");
@@ -238,6 +263,8 @@
       const h = await res.json();
       $("model").textContent = "model: " + h.model + (h.task ? " · " + h.task : "");
       if (Array.isArray(h.classes)) state.classes = h.classes;
+      applyWords(h.wording);
+      showRandomWeights(h.random_weights);
       if (h.max_upload_mb) state.maxMb = h.max_upload_mb;
     } catch (e) {
       $("model").textContent = "server not reachable";
@@ -253,10 +280,15 @@
     drop.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
     $("file-input").addEventListener("change", (e) => setFiles(e.target.files));
     $("dir-input").addEventListener("change", (e) => setFiles(e.target.files));
+    $("sidecar-input").addEventListener("change", (e) => {
+      state.sidecar = (e.target.files || [])[0] || null;
+      $("sidecar-summary").textContent = state.sidecar ? "sidecar: " + state.sidecar.name + " (groups the files into exams)" : "";
+    });
     $("predict-btn").addEventListener("click", predict);
     $("clear-btn").addEventListener("click", () => {
       setFiles([]);
-      $("file-input").value = ""; $("dir-input").value = "";
+      $("file-input").value = ""; $("dir-input").value = ""; $("sidecar-input").value = "";
+      state.sidecar = null; $("sidecar-summary").textContent = "";
       $("results").classList.add("hidden");
       document.body.dataset.state = "idle";
     });
