@@ -37,7 +37,8 @@ SUB_LAYERS = {
     "train.__main__": 7,  # an entry point (python -m / torchrun -m mammolens.train): runs the cli's train command
 }
 LAYERS.update({k: v for k, v in SUB_LAYERS.items() if "." not in k})
-APPLICATION = {"train", "workflows", "bench", "study", "cli", "serve", "__main__", "suite", "node"}  # the library never imports these
+# the library never imports these:
+APPLICATION = {"train", "workflows", "bench", "study", "cli", "serve", "__main__", "suite", "node"}
 
 
 def _module_name(path: Path) -> str:

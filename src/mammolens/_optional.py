@@ -1,7 +1,8 @@
 """One helper for optional dependencies: import lazily, and name the extra to install when missing.
 
 Like MONAI's ``optional_import``, but it raises at once: every caller needs the module it asks for.
-The extras are those of ``pyproject.toml`` (``text``, ``serve``, ``dicom-out``, ``search``, ``bench``, ``pretrain``, ``dense``, ``node``, ``all``).
+The extras are those of ``pyproject.toml`` (``text``, ``serve``, ``dicom-out``, ``search``, ``bench``, ``pretrain``,
+``dense``, ``node``, ``all``).
 """
 
 from __future__ import annotations
