@@ -18,14 +18,15 @@ import pytest
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.path.exists("/usr/sbin/Orthanc") else None)
 STORESCU = shutil.which("storescu")
+DCMSEND = shutil.which("dcmsend")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def need_peers() -> None:
     if ORTHANC is None:
         pytest.skip("Orthanc is not installed (Debian package orthanc)")
-    if STORESCU is None:
-        pytest.skip("storescu is not installed (Debian package dcmtk)")
+    if STORESCU is None or DCMSEND is None:
+        pytest.skip("storescu/dcmsend are not installed (Debian package dcmtk)")
 
 
 def free_port() -> int:
@@ -34,14 +35,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(cond, timeout: float, what: str, every: float = 0.2):
+def wait_for(cond, timeout: float, what: str, every: float = 0.2, show=None):
     end = time.time() + timeout
     while time.time() < end:
         got = cond()
         if got:
             return got
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{show()}" if show else ""))
 
 
 class Orthanc:
@@ -119,6 +120,13 @@ def storescu(port: int, files, calling: str = "MODALITY", called: str = "MAMMOLE
                            capture_output=True, text=True, timeout=60) for flag, fs in groups.items()]
 
 
+def dcmsend(port: int, files, calling: str = "MODALITY", called: str = "MAMMOLENS") -> list[subprocess.CompletedProcess]:
+    """dcmtk's dcmsend: proposes exactly the SOP class and transfer syntax of each file (storescu's built-in list
+    lacks Breast Tomosynthesis); ``-dn``: never decompresses, so the node receives what the files hold."""
+    return [subprocess.run([DCMSEND, "-aet", calling, "-aec", called, "-dn", "-nh", "127.0.0.1", str(port),
+                            *map(str, files)], capture_output=True, text=True, timeout=60)]
+
+
 class Listener:
     """``mammolens listen`` in a subprocess (so that the tests can ``kill -9`` it)."""
 
@@ -147,6 +155,10 @@ class Listener:
     def status(self) -> dict:
         path = self.spool / "status.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+    def report(self) -> str:
+        """The status and the log's tail (for a failing wait)."""
+        return json.dumps(self.status(), indent=1)[-4000:] + "\n--- log\n" + self.log.read_text()[-4000:]
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

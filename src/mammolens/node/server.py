@@ -180,11 +180,13 @@ class Node:
     def _ready(self) -> tuple[dict[str, str], dict[str, int]]:
         now, cfg = time.time(), self.cfg
         snap = self.spool.snapshot()
-        ready = sorted((s.last, k) for k, s in snap.items() if s.needs_answer(self.run) and now - s.last >= cfg.idle_s)
+        # after a (re)start every pending study waits a full idle period: its sender may still be resending
+        ready = sorted((s.last, k) for k, s in snap.items()
+                       if s.needs_answer(self.run) and now - max(s.last, self.started) >= cfg.idle_s)
         batch = {k: snap[k].uid for _, k in ready[: max(1, cfg.batch_studies)]}
         counts = {k: snap[k].n for k in batch}
         for k, s in snap.items():  # studies holding only non-mammography objects: reported once per object count
-            if not s.mammo and s.other and s.not_predicted != s.n and now - s.last >= cfg.idle_s:
+            if not s.mammo and s.other and s.not_predicted != s.n and now - max(s.last, self.started) >= cfg.idle_s:
                 kinds = sorted({_sop_class_name(c) for c in s.other.values()})
                 self.spool.log("not_predicted", k, n=s.n, reason="no mammography object: " + ", ".join(kinds))
         return batch, counts
@@ -261,7 +263,7 @@ class Node:
                 failed.append({"study": k, "objects": s.n, "reason": s.failed[self.run][1]})
             elif s.needs_answer(self.run):
                 state = "predicting" if k in self.predicting else (
-                    "receiving" if now - s.last < self.cfg.idle_s else "waiting")
+                    "receiving" if now - max(s.last, self.started) < self.cfg.idle_s else "waiting")
                 queue.append({"study": k, "state": state, "objects": s.n})
             elif s.unsent(self.run, self.destinations):
                 item = {"study": k, "state": "sending", "objects": s.n}
@@ -305,6 +307,7 @@ class Node:
     def start(self) -> Node:
         from pynetdicom import evt
 
+        self.started = time.time()
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_REJECTED, self._on_rejected),
                     (evt.EVT_ACCEPTED, self._on_accepted)]
