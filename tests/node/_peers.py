@@ -143,7 +143,7 @@ class Listener:
                "--spool", str(self.spool), "--device", "cpu", *self.args]
         self.out = open(self.log, "a", encoding="utf-8")  # noqa: SIM115 — closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, env=env)
-        wait_for(self._listening, 90, "mammolens listen to bind its port")
+        wait_for(self._listening, 300, "mammolens listen to bind its port")
         return self
 
     def _listening(self) -> bool:

@@ -107,3 +107,37 @@ def test_scp_echo_and_allow_list_in_process(app_env, tmp_path):  # noqa: F811
         assert node.status()["counters"]["rejected_ae"] == {"BAD": 1} and node.status()["counters"]["echo"] == 1
     finally:
         node.stop()
+
+
+def test_scp_tls_accepts_tls_peers_only(app_env, tmp_path):  # noqa: F811
+    import shutil
+    import ssl
+    import subprocess
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from mammolens.node import Node, NodeCfg
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    cfg = NodeCfg(run=str(app_env.run), spool=str(tmp_path / "spool"), port=0, device="cpu",
+                  tls_cert=str(cert), tls_key=str(key))
+    node = Node(cfg, predictor=object()).start()
+    try:
+        ok = {}
+        for name, tls in (("tls", (ssl.create_default_context(cafile=str(cert)), "127.0.0.1")), ("plain", None)):
+            scu = AE(ae_title="ANY")
+            scu.acse_timeout = scu.network_timeout = 5
+            scu.add_requested_context(Verification)
+            assoc = scu.associate("127.0.0.1", node.port, ae_title="MAMMOLENS", tls_args=tls)
+            ok[name] = assoc.is_established and int(assoc.send_c_echo().Status) == 0
+            if assoc.is_established:
+                assoc.release()
+        assert ok == {"tls": True, "plain": False}
+    finally:
+        node.stop()
