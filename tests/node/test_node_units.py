@@ -141,3 +141,38 @@ def test_scp_tls_accepts_tls_peers_only(app_env, tmp_path):  # noqa: F811
         assert ok == {"tls": True, "plain": False}
     finally:
         node.stop()
+
+
+def _echo_assoc(port: int, aet: str = "ANY"):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    scu = AE(ae_title=aet)
+    scu.acse_timeout = scu.network_timeout = 5
+    scu.add_requested_context(Verification)
+    return scu.associate("127.0.0.1", port, ae_title="MAMMOLENS")
+
+
+def test_scp_bounds_associations_and_refuses_when_the_disk_is_full(app_env, tmp_path):  # noqa: F811
+    from mammolens.node import Node, NodeCfg
+
+    cfg = NodeCfg(run=str(app_env.run), spool=str(tmp_path / "a"), port=0, device="cpu", max_associations=1)
+    node = Node(cfg, predictor=object()).start()
+    try:
+        first = _echo_assoc(node.port)
+        second = _echo_assoc(node.port)
+        assert first.is_established and second.is_rejected  # transient, local limit exceeded
+        first.release()
+        third = _echo_assoc(node.port)
+        assert third.is_established
+        third.release()
+    finally:
+        node.stop()
+    full = NodeCfg(run=str(app_env.run), spool=str(tmp_path / "b"), port=0, device="cpu", max_disk_fraction=1e-9)
+    node = Node(full, predictor=object()).start()
+    try:
+        assoc = _echo_assoc(node.port)
+        assert assoc.is_rejected and node.status()["counters"]["refused_disk"] == 1
+        assert node.status()["disk"]["refusing"] is True
+    finally:
+        node.stop()

@@ -131,6 +131,7 @@ class Node:
             with self._lock:
                 self.counters["refused_disk"] += 1
             event.assoc.acse.send_reject(0x02, 0x03, 0x01)  # transient, presentation: temporary congestion
+            event.assoc.kill()  # as pynetdicom's own rejections do: the reject PDU goes out before the socket closes
 
     def _on_rejected(self, event) -> None:
         aet = str(event.assoc.requestor.ae_title).strip()
