@@ -31,6 +31,22 @@ def _vmhwm(pid: int) -> int:
     return -1
 
 
+def _journal_counts(spool: Path) -> dict:
+    """Answered / sent events per study, and the result objects the last answers hold."""
+    answered: dict[str, int] = {}
+    sent: dict[str, int] = {}
+    files: dict[str, int] = {}
+    for ln in (spool / "journal.jsonl").read_text().splitlines():
+        e = json.loads(ln)
+        if e["ev"] == "answered":
+            answered[e["study"]] = answered.get(e["study"], 0) + 1
+            files[e["study"]] = len(e["files"])
+        elif e["ev"] == "sent":
+            sent[e["study"]] = sent.get(e["study"], 0) + 1
+    return {"answered_studies": len(answered), "answered_more_than_once": sum(v > 1 for v in answered.values()),
+            "sent_more_than_once": sum(v > 1 for v in sent.values()), "result_objects": sum(files.values())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path)
@@ -38,6 +54,8 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--batch", type=int, default=16, help="batch_studies of the node")
     ap.add_argument("--work", type=Path)
+    ap.add_argument("--kill-after", type=float, default=0.0,
+                    help="kill -9 the node this many seconds after the sends finished, restart it on the same spool")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="node-load-"))
     from mammolens.data.synthetic import make_cohort
@@ -74,12 +92,18 @@ def main() -> None:
         t_sent = time.time() - t0
         bad = [r.stderr[-500:] for r in results if r.returncode != 0]
         assert not bad, bad
+        if a.kill_after:
+            time.sleep(a.kill_after)
+            ls.kill9()
+            print(f"kill -9 at {time.time() - t0:.1f} s: {_journal_counts(work / 'spool')}", flush=True)
+            ls = Listener(a.run, work / "spool", "--config", str(cfg), "--send-to", orthanc.dest, port=ls.port).start()
         wait_for(lambda: len(ls.status().get("done", [])) >= len(studies) and not ls.status()["queue"], 3600,
                  "every study answered", every=1.0, show=ls.report)
         t_done = time.time() - t0
         peak = _vmhwm(ls.proc.pid)
         st = ls.status()
         n_inst = len(orthanc.get("/instances"))
+        journal = _journal_counts(work / "spool")
         load = os.getloadavg()
     finally:
         ls.stop()
@@ -88,6 +112,7 @@ def main() -> None:
                       "send_s": round(t_sent, 1), "all_answered_s": round(t_done, 1),
                       "studies_per_min": round(len(studies) / t_done * 60, 1), "node_peak_rss_mib": peak,
                       "done": st["totals"]["done"], "failed": st["totals"]["failed"], "orthanc_instances": n_inst,
+                      "kill_after_s": a.kill_after, **journal,
                       "loadavg": [round(x, 1) for x in load], "uname": subprocess.getoutput("uname -m")}, indent=1))
 
 

@@ -176,3 +176,19 @@ def test_scp_bounds_associations_and_refuses_when_the_disk_is_full(app_env, tmp_
         assert node.status()["disk"]["refusing"] is True
     finally:
         node.stop()
+
+
+def test_answer_a_study_the_gate_refuses_fails_with_the_reason(app_env, tmp_path):  # noqa: F811
+    from mammolens.data.synthetic import write_non_mammogram
+    from mammolens.inference import Predictor, study_key
+    from mammolens.node.answer import answer_studies
+
+    uid = "1.2.826.0.1.3680043.8.498.99.7"
+    key = study_key(uid, uid)
+    sp = Spool(tmp_path / "spool")
+    f = write_non_mammogram(sp.study_dir(key) / "mammo" / "flat.dcm", "mg-flatfield", study_uid=uid, uid_seed=("ff",))
+    sp.log("received", key, uid=uid, sop="flat", sop_class=str(pydicom.dcmread(f).SOPClassUID), mammo=True)
+    (ans,) = answer_studies(Predictor.from_run(app_env.run, device="cpu", workers=0), sp, "r", {key: uid})
+    assert ans.files == [] and ans.error.startswith("no assessable mammogram") and "flat" in ans.error.lower()
+    assert uid not in ans.error
+    sp.close()
