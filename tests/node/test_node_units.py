@@ -44,6 +44,7 @@ def test_spool_replay_drops_a_torn_line_and_keeps_state(tmp_path):
     with open(tmp_path / "journal.jsonl", "a") as f:
         f.write('{"t": 1, "ev": "sent", "study": "study-a", "run": "r1", "n": 2, "de')  # kill -9 mid-write
     (tmp_path / "tmp" / "half.dcm.part").write_bytes(b"partial")
+    (tmp_path / "tmp" / "predict-r1" / "dicom").mkdir(parents=True)  # a predict pass cut short
     sp2 = Spool(tmp_path)
     s = sp2.studies["study-a"]
     assert s.n == 2 and not s.needs_answer("r1") and s.unsent("r1", ["D"]) == ["D"]  # the torn "sent" never happened

@@ -84,8 +84,8 @@ class Spool:
         self.root = Path(root)
         for sub in ("studies", "results", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for part in (self.root / "tmp").iterdir():  # a write cut short by a crash
-            part.unlink(missing_ok=True)
+        for part in (self.root / "tmp").iterdir():  # a write or a predict pass cut short by a crash
+            shutil.rmtree(part, ignore_errors=True) if part.is_dir() and not part.is_symlink() else part.unlink(missing_ok=True)
         self.journal_path = self.root / "journal.jsonl"
         self._lock = threading.RLock()
         self.studies: dict[str, StudyState] = {}
