@@ -147,8 +147,9 @@ def answer_studies(predictor, spool: Spool, run: str, studies: dict[str, str], o
         except Exception as e:  # noqa: BLE001 — one study's failure never stops the others
             ans = Answer(key, error=f"results not written ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
         if not ans.files and not ans.error:
+            names = {f.name for f in spool.mammo_files(key)}  # hashed SOP UIDs: unique across studies
             reasons = sorted({str(e["reason"]) for e in res["errors"]
-                              if key in str(e.get("file", "")) or str(e.get("file", "")).startswith("study-")})
+                              if Path(str(e.get("file", ""))).name in names or str(e.get("file", "")) == key})
             refused = [str(r.get("quality_reason") or "") for r in payload.get("images", []) if r.get("study_id") == key]
             reasons += sorted({r for r in refused if r})
             ans.error = "no assessable mammogram" + (": " + "; ".join(reasons)[:400] if reasons else "")
