@@ -136,7 +136,10 @@ def test_listen_stores_but_does_not_predict_ct_and_dx(node, orthanc, tmp_path):
     ct = write_dicom(tmp_path / "ct.dcm", np.zeros((32, 32), np.uint16), sop_class="1.2.840.10008.5.1.4.1.1.2",
                      study_uid=uid, uid_seed=("ct",), extra={"Modality": "CT", "BodyPartExamined": "CHEST"})
     _sent(dcmsend(node.port, [dx, ct]))
-    st = wait_for(lambda: node.status().get("not_predicted") and node.status(), 30, "the objects in the status")
+    def reported():
+        st = node.status()
+        return st if [e["objects"] for e in st.get("not_predicted", [])] == [2] else None
+    st = wait_for(reported, 30, "both objects in the status (status.json is rewritten each second)", show=node.report)
     entry = st["not_predicted"][0]
     assert entry["objects"] == 2 and set(entry["sop_classes"]) == {"CT Image Storage",
                                                                     "Digital X-Ray Image Storage - For Presentation"}
