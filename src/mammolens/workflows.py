@@ -597,7 +597,8 @@ def predict_to_dir(run_dir: str | PathLike, inputs: list[str | PathLike], out: s
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    p = Predictor.from_run(run_dir, device=device, batch_size=batch_size, workers=workers, precision=precision)
+    p = run_dir if isinstance(run_dir, Predictor) else Predictor.from_run(  # a loaded one: the DICOM node
+        run_dir, device=device, batch_size=batch_size, workers=workers, precision=precision)
     writer = _DicomOutputs(p, out / "dicom", overlays) if dicom else None
     res = p.predict(inputs, explain=overlays, overlay_dir=out / "overlays" if overlays else None,
                     include_ids=include_ids, progress=progress, sidecar=sidecar,
