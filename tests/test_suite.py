@@ -98,3 +98,18 @@ def test_suite_rejects_unknown_tasks(tmp_path):
 
     with pytest.raises(ValueError, match="choose from: density"):
         run_suite(["random:tiny-clip"], ["segmentation"], tmp_path, tmp_path / "o")
+
+
+def test_suite_cli_writes_the_table(toy_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from mammolens.cli import app
+
+    res = CliRunner().invoke(app, ["suite", "--backbones", "random:tiny-clip", "--tasks", "density,retrieval",
+                                   "--data", str(toy_cache), "--out", str(tmp_path / "s"), "--folds", "2", "--n-boot",
+                                   "10"])
+    assert res.exit_code == 0, res.output
+    assert "density/linear" in res.output and "first in" in res.output and (tmp_path / "s" / "suite.csv").is_file()
+    bad = CliRunner().invoke(app, ["suite", "--backbones", "random:tiny-clip", "--tasks", "nope", "--data",
+                                   str(toy_cache), "--out", str(tmp_path / "t")])
+    assert bad.exit_code == 2 and "unknown suite task" in bad.output

@@ -4,7 +4,7 @@ Both are ``run.model.Head`` kinds reading ``("tokens",)`` (``MammoCLIP.encode_im
 patch tokens ``[B, P, D]`` in the joint space, ``P = g * g``), registered with ``register_head_kind`` so a
 checkpoint holding them loads through ``run.load_run`` like any other head; neither may be the primary head.
 
-- :class:`TokenDecoder`: the token grid ``[B, D, g, g]`` → 1x1 projection → ``stages`` x (2x bilinear
+- :class:`TokenDecoder`: LayerNorm per token, the token grid ``[B, D, g, g]`` → 1x1 projection → ``stages`` x (2x bilinear
   upsampling, 3x3 conv, GroupNorm, GELU, channels halved) → 1x1 to the output channels: ``[B, C, g·2^s,
   g·2^s]``. A progressive upsampling of the token grid in the UNETR manner, without UNETR's skip
   connections from intermediate blocks (the run contract exposes the last tokens only).
@@ -58,6 +58,7 @@ class TokenDecoder(nn.Module):
 
     def __init__(self, in_dim: int, out_channels: int, width: int = 64, stages: int = 2):
         super().__init__()
+        self.norm = nn.LayerNorm(in_dim)  # unit scale per token: L2-normalised tokens are ~1/sqrt(D) per dim
         self.proj = nn.Conv2d(in_dim, width, 1)
         ups, ch = [], width
         for _ in range(stages):
@@ -69,7 +70,7 @@ class TokenDecoder(nn.Module):
         self.out = nn.Conv2d(ch, out_channels, 1)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        x = token_grid(tokens.float())  # [B, D, g, g]
+        x = token_grid(self.norm(tokens.float()))  # [B, D, g, g]
         return self.out(self.ups(self.proj(x)))  # [B, C, g * 2^s, g * 2^s]
 
 

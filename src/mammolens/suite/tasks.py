@@ -113,9 +113,10 @@ def _classification(ctx: SuiteContext, y: np.ndarray, k: int, name: str) -> dict
         yy, pp, gg = y[ok], p[ok], ctx.groups[ok]
         entries[f"{name}/{proto}"] = {
             "primary": "auc", "higher_is_better": True,
-            "metrics": {"auc": ci_of(lambda i: auc_score(yy[i], pp[i]), len(yy), gg, ctx.n_boot, ctx.seed),
-                        "balanced_accuracy": ci_of(lambda i: _balanced_accuracy(yy[i], pp[i].argmax(1)), len(yy), gg,
-                                                   ctx.n_boot, ctx.seed)},
+            "metrics": {"auc": ci_of(lambda i, yy=yy, pp=pp: auc_score(yy[i], pp[i]), len(yy), gg, ctx.n_boot,
+                                     ctx.seed),
+                        "balanced_accuracy": ci_of(lambda i, yy=yy, pp=pp: _balanced_accuracy(yy[i], pp[i].argmax(1)),
+                                                   len(yy), gg, ctx.n_boot, ctx.seed)},
             "paired": {"keys": ctx.rows[ok].tolist(), "groups": gg.tolist(), "y": yy.tolist(), "score": pp.tolist()}}
     return {"task": name, "entries": entries, "notes": []}
 
