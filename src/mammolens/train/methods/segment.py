@@ -20,13 +20,14 @@ __all__ = ["choose_threshold", "dice_bce_loss", "fit_segmentation_head", "predic
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
-    """BCE + ``dice_weight`` x (1 − soft Dice, smoothed by 1 per image) of logits ``[B, S, S]`` vs ``[B, S, S]``."""
+    """BCE + ``dice_weight`` x (1 − soft Dice over the whole batch) of logits ``[B, h, w]`` vs targets in [0, 1].
+
+    The Dice is the batch's (one sum over all images): a per-image Dice of a normal image (empty target) would
+    only push every probability to 0, which drowns the few lesion cells."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
     p = torch.sigmoid(logits)
-    inter = (p * target).flatten(1).sum(1)
-    denom = p.flatten(1).sum(1) + target.flatten(1).sum(1)
-    soft_dice = (2 * inter + 1.0) / (denom + 1.0)  # [B]
-    return bce + dice_weight * (1.0 - soft_dice).mean()
+    soft_dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+    return bce + dice_weight * (1.0 - soft_dice)
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator):
