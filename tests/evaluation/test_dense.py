@@ -137,3 +137,17 @@ def test_mask_to_tile_inverts_to_original():
     back = to_original(tile.astype(np.float32), info) >= 0.5
     assert dense.segmentation_scores(full, back)["dice"] > 0.85
     assert dense.lesion_box(tile) is not None and dense.lesion_box(np.zeros((3, 3))) is None
+
+
+def test_mask_on_original_draws_on_the_display_geometry():
+    row = {"bbox": "10,90,0,60", "flipped": False, "orig_h": 100, "orig_w": 70}
+    info = dense.row_geometry(row, 32)
+    prob = np.zeros((32, 32), np.float32)
+    prob[8:16, 4:12] = 1.0
+    display = np.full((50, 35), 100, np.uint8)  # a half-size display copy
+    rgb = dense.mask_on_original(display, prob, info, weak=True)
+    assert rgb.shape[0] == 50 and rgb.shape[1] >= 35 and rgb.dtype == np.uint8
+    coloured = np.abs(rgb[:, :35].astype(int) - 100).sum(-1) > 30
+    ys, xs = np.nonzero(coloured)
+    # tile rows 8-16 of an 80-row crop starting at row 10 → original rows 30-50 → display rows 15-25
+    assert 13 <= ys.min() and ys.max() <= 27 and xs.max() < 20

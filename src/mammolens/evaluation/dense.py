@@ -27,7 +27,7 @@ import numpy as np
 
 from mammolens.evaluation.localization import lesion_mask_from_row, mean_with_ci
 
-__all__ = ["FPPI", "SEG_METRICS", "TileMasks", "average_precision", "box_iou", "froc", "lesion_box",
+__all__ = ["FPPI", "SEG_METRICS", "TileMasks", "average_precision", "box_iou", "froc", "lesion_box", "mask_on_original",
            "map50_torchmetrics", "mask_to_tile", "row_geometry", "segmentation_scores", "segmentation_summary",
            "tile_masks"]
 
@@ -292,3 +292,26 @@ def map50_torchmetrics(gt_boxes: Sequence[Sequence], dets: Sequence[Sequence]) -
         target.append({"boxes": torch.as_tensor(g, dtype=torch.float32), "labels": torch.zeros(len(g), dtype=torch.int64)})
     metric.update(preds, target)
     return float(metric.compute()["map_50"])
+
+
+def mask_on_original(display, prob_tile, geometry: dict[str, Any], *, weak: bool = False,
+                     threshold: float = 0.5) -> np.ndarray:
+    """A head's lesion probability on the tile drawn on the original image (its display copy), with the
+    geometry of every heat map (``transforms.breast.to_original``, ``explain.overlay.render_heatmap``).
+
+    Args:
+        display: ``[H, W]`` grey display copy (``Prepared.display``).
+        prob_tile: ``[S, S]`` lesion probability on the tile (``SegmentationHead.probabilities``).
+        geometry: that image's ``Prepared.geometry``.
+        weak: the head was trained on weak masks (circles/boxes): said in the title.
+        threshold: below it the image stays grey.
+
+    Returns:
+        uint8 RGB ``[H, W + P, 3]`` (image and colour-bar panel).
+    """
+    from mammolens.explain.overlay import render_heatmap
+    from mammolens.transforms.breast import to_original
+
+    m = to_original(np.asarray(prob_tile, dtype=np.float32), geometry, out_shape=np.shape(display))
+    method = "segmentation (weak masks)" if weak else "segmentation"
+    return render_heatmap(display, np.clip(m, 0, 1), "lesion", None, method=method, threshold=threshold)
