@@ -39,7 +39,7 @@ def _slug(spec: str) -> str:
 def resolve_backbone(spec: str, cache_dir: Path, out: Path, image_size: int | None = None) -> Path:
     """A run folder for a backbone: ``RUN`` (a run folder, as is), ``random:NAME`` (model NAME, random
     init) or ``timm:NAME`` (model ``timm:NAME`` with timm's weights), the last two as zero-shot runs made
-    once under ``OUT/backbones``.
+    once under ``OUT/backbones`` with input size ``image_size`` (the suite passes the cache's tile size).
 
     Raises:
         FileNotFoundError: a folder that is not a run (no checkpoint).
@@ -129,7 +129,7 @@ def run_suite(backbones: list[str], tasks: list[str] | tuple[str, ...] = ALL_TAS
         for spec in backbones:
             t0 = time.perf_counter()
             slug = _slug(spec)
-            run = resolve_backbone(spec, cache_dir, out, None)
+            run = resolve_backbone(spec, cache_dir, out, _tile_size(cache_dir))
             res = _backbone_tasks(spec, slug, run, cache_dir, tasks, set_name, out, folds, n_boot, seed, steps, resume,
                                   device)
             results.setdefault(spec, {}).update(res)
@@ -142,6 +142,11 @@ def run_suite(backbones: list[str], tasks: list[str] | tuple[str, ...] = ALL_TAS
 
     write_report(report, out)
     return report
+
+
+def _tile_size(cache_dir: Path) -> int:
+    """The cache's tile size: a new random/timm backbone takes it as its input size (no resize)."""
+    return int(json.loads((cache_dir / "cache.json").read_text())["cfg"]["size"])
 
 
 def _ensure_cache(source, cache_dir: Path, size: int) -> Path:
