@@ -32,7 +32,7 @@ def write_lesion_seg(source, mask, out_path: str | PathLike, *, label: str = "le
     """
     import pydicom
 
-    from mammolens import __version__
+    from mammolens._version import __version__
     from mammolens._optional import optional_import
 
     hd = optional_import("highdicom", "all", "DICOM SEG output")
