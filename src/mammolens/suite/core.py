@@ -60,13 +60,27 @@ def resolve_backbone(spec: str, cache_dir: Path, out: Path, image_size: int | No
     from mammolens.train.config import cfg_from_dict
 
     model = name if kind == "random" else f"timm:{name}"
-    cfg = {"data": {"cache": str(cache_dir)}, "task": "density", "model": model, "method": "zeroshot",
+    cfg = {"data": {"cache": str(cache_dir)}, "task": _labelled_task(cache_dir), "model": model, "method": "zeroshot",
            "pretrained": None if kind == "random" else "timm", "out_dir": str(run), "device": "cpu", "ood": False,
            "workers": 0, "precision": "fp32", "overwrite": True}
     if image_size:
         cfg["image_size"] = int(image_size)
     train(cfg_from_dict(cfg), progress=False)
     return run
+
+
+def _labelled_task(cache_dir: Path) -> str:
+    """A built-in task with labels in the cache (a zero-shot run needs one; its prompts are not used here)."""
+    from mammolens.data.cache import open_cache
+    from mammolens.tasks import get_task
+
+    index = open_cache(cache_dir, allow_incomplete=True).index
+    for name in ("density", "pathology", "mias"):
+        task = get_task(name)
+        if task.label_column in index and (task.encode(index[task.label_column]) >= 0).any():
+            return name
+    raise ValueError(f"cache {cache_dir.name} has no density, pathology or mias labels to make a zero-shot run "
+                     "of a random/timm backbone; give a run folder instead")
 
 
 def _write_json(path: Path, obj: Any) -> None:
