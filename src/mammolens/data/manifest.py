@@ -5,7 +5,9 @@ view (CC/MLO/...), modality (DM/s2D/DBT), manufacturer, density (A-D or empty)``
 ``age, race, site, split, frame, fold`` and any task label columns. Report columns (optional):
 ``report`` (free text; exam-level text is repeated on every view of the exam), ``report_id`` and
 ``report_source`` (one of ``REPORT_SOURCES``). Lesion geometry (optional): ``lesion_x, lesion_y,
-lesion_r`` (pixels, origin top-left, in the image as stored; NaN when none) and ``lesion_mask`` (path).
+lesion_r`` (pixels, origin top-left, in the image as stored; NaN when none), ``lesion_mask`` (path of a mask
+image at the image's size, non-zero = lesion, resolved like ``image_path``; "" when none) and
+``lesion_mask_kind`` (``exact`` outline, or ``circle``/``box``: a weak mask drawn from coordinates).
 Report text is patient data: validation never quotes it and evaluation outputs drop it
 (:func:`without_report_text`). Paths may be absolute or relative
 to the manifest's folder (``resolve_paths``). Parquet is the native format; CSV is accepted.
@@ -122,6 +124,9 @@ def read_manifest(path: str | PathLike, validate: bool = True, resolve_paths: bo
     if resolve_paths:
         root = path.resolve().parent
         df["image_path"] = [p if Path(p).is_absolute() else str(root / p) for p in df["image_path"]]
+        if "lesion_mask" in df.columns:  # mask files resolve like images ("" = no mask)
+            df["lesion_mask"] = [p if not p or Path(p).is_absolute() else str(root / p)
+                                 for p in df["lesion_mask"].astype("string").fillna("")]
     return df
 
 

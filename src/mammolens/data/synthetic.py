@@ -380,12 +380,15 @@ ABNORMALITY = {"normal": "normal", "benign": "mass", "malignant": "mass+calcific
 
 
 def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: str, view: str,
-                  dense_fraction: float, lesion: str = "normal", n_frames: int = 0):
+                  dense_fraction: float, lesion: str = "normal", n_frames: int = 0, return_mask: bool = False):
     """Simulate one view's attenuation image (or DBT stack) in [0, 1].
 
     Returns:
         ``(image, (lesion_x, lesion_y, lesion_r))``: image ``[H, W]`` (``[F, H, W]`` when
-        ``n_frames``), lesion in pixels (NaN when ``lesion == "normal"``).
+        ``n_frames``), lesion in pixels (NaN when ``lesion == "normal"``). With ``return_mask`` a third item,
+        the exact lesion mask ``[H, W]`` bool (where the rendered lesion profile is >= 0.5: the mass and its
+        calcifications; all False for a normal breast; the same for every DBT frame). The random draws,
+        and so the image, do not depend on ``return_mask``.
     """
     h, w = size
     geo = _breast_geometry(rng, size, view)
@@ -426,11 +429,21 @@ def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: s
         img = stack
     else:
         img = one(n1, 1.0)
+    mask = np.zeros(size, dtype=bool) if lesion_img is None else lesion_img >= 0.5
     if laterality == "R":
         img = img[..., ::-1].copy()
+        mask = mask[:, ::-1].copy()
         if lesion != "normal":
             lesion_xyr = (w - 1 - lesion_xyr[0], lesion_xyr[1], lesion_xyr[2])
-    return img, lesion_xyr
+    return (img, lesion_xyr, mask) if return_mask else (img, lesion_xyr)
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    """A lesion mask as an 8-bit PNG (255 = lesion) at the image's size."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
 def _s2d_look(img: np.ndarray) -> np.ndarray:
@@ -526,6 +539,7 @@ def make_cohort(
     studies_per_patient: int = 1,
     sites: tuple[str, ...] = ("site-1", "site-2", "site-3"),
     report_noise: float = 0.05,
+    lesion_masks: bool = True,
 ) -> pd.DataFrame:
     """Write a simulated cohort of real DICOM files and ``out_dir/manifest.parquet``.
 
@@ -553,6 +567,9 @@ def make_cohort(
             "side" or "" per row). Each exam has one ``report`` (``report_source`` "synthetic") shared
             by its four views: density and, per breast, the lesion's quadrant and clock face taken from
             the CC (upper image half = outer) and MLO (upper image half = upper) lesion centres.
+        lesion_masks: write each lesion's exact mask (``masks/.../<image>.png``, 255 = lesion, the image's
+            size) and name it in ``lesion_mask`` (relative to ``out_dir``; "" for a normal breast), with
+            ``lesion_mask_kind`` "exact" (the manifest's ``lesion_mask`` contract).
 
     Returns:
         The manifest (``image_path`` relative to ``out_dir``), as written; every row has
@@ -597,7 +614,8 @@ def make_cohort(
             exam_rows: list[dict] = []
             for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
                 n_frames = dbt_frames if modality == "DBT" else 0
-                img, (lx, ly, lr) = render_breast(rng, image_size, lat, view, fraction, pathology[lat], n_frames)
+                img, (lx, ly, lr), lmask = render_breast(rng, image_size, lat, view, fraction, pathology[lat],
+                                                         n_frames, return_mask=True)
                 if modality == "s2D":
                     img = _s2d_look(img)
                 processing = modality == "DM" and rng.random() < processing_fraction
@@ -631,6 +649,12 @@ def make_cohort(
                     "compression": compression, "n_frames": max(1, n_frames), "dense_fraction": fraction,
                     "simulated": True,  # evaluation reports say the numbers are not clinical performance
                 })
+                if lesion_masks:
+                    mrel = ""
+                    if lmask.any():
+                        mrel = (Path("masks") / pid / f"study{s + 1}" / f"{modality}_{lat}{view}.png").as_posix()
+                        _write_mask(out_dir / mrel, lmask)
+                    exam_rows[-1].update(lesion_mask=mrel, lesion_mask_kind="exact" if mrel else "")
             report, noise = _exam_report(exam_rows, np.random.default_rng([seed, i, s, 12]), report_noise,
                                          image_size[0])
             for r in exam_rows:  # a separate generator: the images do not change with the reports

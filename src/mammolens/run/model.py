@@ -21,6 +21,7 @@ segmentation or detection kind is a ``Head`` subclass reading ``tokens`` and ret
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -33,6 +34,8 @@ __all__ = ["HEAD_KINDS", "HEAD_METHODS", "Head", "LinearHead", "PromptHead", "Ru
 
 HEAD_METHODS = ("linear-probe", "finetune-ce")  # methods whose checkpoints of the old format hold a linear head
 HEAD_KINDS: dict[str, type[Head]] = {}
+LAZY_HEAD_KINDS = {"segment": "mammolens.models.dense", "detect": "mammolens.models.dense"}
+"""Head kinds defined outside this module, imported when a checkpoint names them."""
 
 
 def register_head_kind(kind: str):
@@ -282,6 +285,8 @@ def build_heads(clip: nn.Module, specs: Mapping[str, Mapping[str, Any]]) -> dict
     out: dict[str, Head] = {}
     for name, spec in specs.items():
         kind = spec.get("kind")
+        if kind in LAZY_HEAD_KINDS and kind not in HEAD_KINDS:
+            importlib.import_module(LAZY_HEAD_KINDS[kind])  # registers itself
         if kind not in HEAD_KINDS:
             raise ValueError(f"head {name!r} has kind {kind!r}, which this mammolens does not know (known: "
                              f"{', '.join(sorted(HEAD_KINDS))}); a newer mammolens wrote this run")

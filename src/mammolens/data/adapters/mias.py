@@ -27,7 +27,8 @@ Mapping:
       benign. ``lesion_x``, ``lesion_y``, ``lesion_r``: centre and radius in pixels of the first lesion
       listed, with ``y`` converted from MIAS' bottom-left origin to the top-left image origin
       (``1024 - y``); NaN when no coordinates are given. ``n_lesions``: number of label rows with
-      coordinates.
+      coordinates. ``lesion_mask_kind`` "circle" where there are coordinates: the circle is a weak mask
+      (a lesion's enclosing circle, not its outline), and dense-head outputs say so.
     * ``report`` (``report_source`` "annotations", ``report_id`` "mias-mdbNNN"): structured text from the
       label row (background tissue, abnormality class, severity, side, and the lesion centre's third of the
       image height, upper/middle/lower; an MLO view alone fixes no inner/outer quadrant, so no clock face).
@@ -157,6 +158,7 @@ def load(src: str | Path, image_size: int = 1024) -> pd.DataFrame:
                 "lesion_y": lesion_y,
                 "lesion_r": float(first["r"]) if first is not None else np.nan,
                 "n_lesions": len(with_xy),
+                "lesion_mask_kind": "circle" if first is not None else "",  # a weak mask: MIAS gives circles
                 "image_id": ref,
             }, facts, f"mias-{ref}"))
     return finish(rows, NAME, errors, extra_order=("mias_density", "abnormality", "pathology"))
