@@ -380,12 +380,14 @@ ABNORMALITY = {"normal": "normal", "benign": "mass", "malignant": "mass+calcific
 
 
 def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: str, view: str,
-                  dense_fraction: float, lesion: str = "normal", n_frames: int = 0):
+                  dense_fraction: float, lesion: str = "normal", n_frames: int = 0,
+                  lesion_radius: tuple[float, float] = (0.025, 0.05)):
     """Simulate one view's attenuation image (or DBT stack) in [0, 1].
 
     Returns:
         ``(image, (lesion_x, lesion_y, lesion_r))``: image ``[H, W]`` (``[F, H, W]`` when
-        ``n_frames``), lesion in pixels (NaN when ``lesion == "normal"``).
+        ``n_frames``), lesion in pixels (NaN when ``lesion == "normal"``); the radius is drawn uniformly
+        in ``lesion_radius`` times the image height.
     """
     h, w = size
     geo = _breast_geometry(rng, size, view)
@@ -399,7 +401,7 @@ def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: s
     if lesion != "normal":
         ys, xs = np.nonzero(geo.inside & (geo.r < 0.7) & ~geo.pectoral)
         j = rng.integers(len(ys))
-        radius = float(rng.uniform(0.025, 0.05) * h)
+        radius = float(rng.uniform(*lesion_radius) * h)
         cx, cy = float(xs[j]), float(ys[j])
         lesion_img = _lesion_profile(size, cx, cy, radius, lesion == "malignant", rng)
         lesion_xyr = (cx, cy, radius)
@@ -526,6 +528,7 @@ def make_cohort(
     studies_per_patient: int = 1,
     sites: tuple[str, ...] = ("site-1", "site-2", "site-3"),
     report_noise: float = 0.05,
+    lesion_radius: tuple[float, float] = (0.025, 0.05),
 ) -> pd.DataFrame:
     """Write a simulated cohort of real DICOM files and ``out_dir/manifest.parquet``.
 
@@ -548,6 +551,8 @@ def make_cohort(
         malignant_fraction: fraction of lesions that are malignant (the rest benign).
         studies_per_patient: exams per patient.
         sites: site names cycled over patients.
+        lesion_radius: range of lesion radii as fractions of the image height (larger lesions span more
+            patches: the report-learning positive controls use them).
         report_noise: probability that a fact of an exam's report is wrong on purpose (density one class
             off, or a lesion on the other side); what was changed is in ``report_noise`` ("density",
             "side" or "" per row). Each exam has one ``report`` (``report_source`` "synthetic") shared
@@ -597,7 +602,8 @@ def make_cohort(
             exam_rows: list[dict] = []
             for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
                 n_frames = dbt_frames if modality == "DBT" else 0
-                img, (lx, ly, lr) = render_breast(rng, image_size, lat, view, fraction, pathology[lat], n_frames)
+                img, (lx, ly, lr) = render_breast(rng, image_size, lat, view, fraction, pathology[lat], n_frames,
+                                                 lesion_radius)
                 if modality == "s2D":
                     img = _s2d_look(img)
                 processing = modality == "DM" and rng.random() < processing_fraction
