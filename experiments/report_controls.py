@@ -143,7 +143,7 @@ def score(run: Path, index, test_rows, n_boot: int = 500, localize: bool = True)
     # side alignment and retrieval, per exam
     lat = test["laterality"].astype(str).to_numpy()
     align, exam_img, exam_txt, texts, groups = [], [], [], [], []
-    for study, g in test.assign(_i=np.arange(len(test))).groupby("study_id", sort=True):
+    for _study, g in test.assign(_i=np.arange(len(test))).groupby("study_id", sort=True):
         pos = g["_i"].to_numpy()
         sents = exam_sentences(g["report"].tolist(), np.where(lat[pos] == "L", 0, 1))
         with torch.no_grad():
