@@ -112,3 +112,15 @@ def test_mean_ci_and_paired_tests():
     assert p["mean_diff"] == pytest.approx(0.49)
     assert p["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert np.isnan(paired_tests(a, a)["t_p"])
+
+
+def test_froc_with_tied_scores_does_not_depend_on_the_order():
+    """Issue 22: a false positive listed before a tied true positive used to read a lower sensitivity."""
+    m = np.zeros((4, 4), bool)
+    m[0, 0] = True
+    masks = [m, np.zeros((4, 4), bool)]
+    fp_first = [[(0, 0, 0.5)], [(3, 3, 0.5)]]
+    a = froc(masks, fp_first, fppi=(0.0, 0.5))
+    b = froc(masks[::-1], fp_first[::-1], fppi=(0.0, 0.5))
+    # the tie is one threshold with 1 TP and 0.5 FP per image: nothing is found at 0 FP per image
+    assert a["sensitivity"] == b["sensitivity"] == [0.0, 1.0]

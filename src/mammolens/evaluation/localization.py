@@ -113,7 +113,7 @@ def froc(y_true_masks: Sequence[np.ndarray], peaks: Sequence[Sequence[tuple[int,
     Returns:
         ``{"fppi": [...], "sensitivity": [...], "curve": (fp_per_image [M], sensitivity [M])}``; the
         sensitivity at a rate is that of the lowest threshold whose false positives per image stay at or
-        below it.
+        below it. Tied scores are one threshold (one curve point), so the input order does not matter.
     """
     if len(y_true_masks) != len(peaks):
         raise ValueError(f"got {len(y_true_masks)} masks for {len(peaks)} detection lists; pass one of each per image.")
@@ -126,11 +126,13 @@ def froc(y_true_masks: Sequence[np.ndarray], peaks: Sequence[Sequence[tuple[int,
             events.append((float(score), i, bool(m[int(r), int(c)])))
     events.sort(key=lambda e: -e[0])
     found, fp, fps, sens = set(), 0, [0.0], [0.0]
-    for _s, i, tp in events:
+    for j, (score, i, tp) in enumerate(events):
         if tp:
             found.add(i)
         else:
             fp += 1
+        if j + 1 < len(events) and events[j + 1][0] == score:
+            continue  # tied detections pass a threshold together: one curve point, whatever their order
         fps.append(fp / max(n_img, 1))
         sens.append(len(found) / n_lesions if n_lesions else float("nan"))
     fps_a, sens_a = np.asarray(fps), np.asarray(sens)
