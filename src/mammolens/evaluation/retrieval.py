@@ -97,8 +97,8 @@ def rank_statistics(relevant, scores, ignore=None) -> tuple[np.ndarray, np.ndarr
             continue
         fn, fr, fb = _first(n, rg, before_n)
         ranks.append(fb + (fn + 1) / (fr + 1))
-        take = lambda a: np.take_along_axis(a, gid, axis=1)  # noqa: E731  per ranked item, its group's value
-        ni, ri, bni, bri = take(n), take(rg), take(before_n), take(before_r)
+        # per ranked item, its group's value
+        ni, ri, bni, bri = (np.take_along_axis(a, gid, axis=1) for a in (n, rg, before_n, before_r))
         i = np.arange(1, n.shape[1] + 1)[None, :] - bni  # 1-based position within the group
         # expected precision at position i times P(relevant at i), McSherry & Najork
         contrib = (ri / ni) * (bri + 1 + (i - 1) * (ri - 1) / np.maximum(ni - 1, 1)) / (bni + i)
