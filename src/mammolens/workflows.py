@@ -240,10 +240,12 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
 
     With finding labels (the task's column): image→text and text→image against the class prompts, and
     image→image (the query itself left out), relevant = same label. With a ``report`` column: image→report
-    and report→image, one text per exam, relevant = same exam. Report text is never logged. ``img``: the
+    and report→image, one report per exam (the sentences of all its report rows, ``data.dataset.exam_sentences``,
+    each encoded on its own and averaged as in training), relevant = same exam. Report text is never logged. ``img``: the
     rows' image embeddings when the caller has them (``_predict_cache(..., embeddings=True)``), else embedded here.
     """
     import torch
+    import torch.nn.functional as F
 
     from mammolens.data.cache import open_cache
     from mammolens.evaluation.retrieval import retrieval_metrics, same_label
@@ -269,13 +271,20 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
         out["image_to_image"] = retrieval_metrics(same_label(labels[q], labels), img[q] @ img.T,
                                                   ignore=q[:, None] == np.arange(len(img))[None, :])
     if texts is not None and "study_id" in preds:
-        rep = pd.DataFrame({"study_id": preds["study_id"].to_numpy(), "report": texts})
-        has = rep["report"].fillna("").astype(str).str.strip() != ""
-        reports = rep[has].drop_duplicates("study_id")
+        from mammolens.data.dataset import exam_sentences
+
+        lat = preds["laterality"].astype(str).str.upper().map({"L": 0, "R": 1}).fillna(-1).to_numpy() \
+            if "laterality" in preds else np.full(len(preds), -1)
+        rep = pd.DataFrame({"study_id": preds["study_id"].to_numpy(), "report": texts, "lat": lat})
+        # an exam's report: the sentences of every report row of the exam, each encoded on its own and
+        # averaged, as report-contrastive trains (one string would be cut at the text context)
+        sents = {sid: [t for t, _ in exam_sentences(g["report"].tolist(), g["lat"].to_numpy())]
+                 for sid, g in rep.groupby("study_id", sort=False)}
+        reports = pd.DataFrame({"study_id": [k for k, v in sents.items() if v]})
         if len(reports):
             with torch.no_grad():
-                txt = np.concatenate([run.model.encode_text(list(reports["report"].iloc[i:i + batch_size]))
-                                      .float().cpu().numpy() for i in range(0, len(reports), batch_size)])
+                txt = np.stack([F.normalize(run.model.encode_text(sents[sid]).float().mean(0), dim=-1).cpu().numpy()
+                                for sid in reports["study_id"]])
             exams = preds["study_id"].to_numpy()
             out["image_to_report"] = retrieval_metrics(same_label(exams[q], reports["study_id"]), img[q] @ txt.T)
             r = _spaced(len(reports))

@@ -120,3 +120,24 @@ def test_multiview_loss_pairs_the_views_of_one_breast_by_hand():
         terms.append(-lg[i, j] + math.log(sum(math.exp(lg[i, k]) for k in others)))
     expected = float(np.mean(terms))  # symmetric matrix: rows and columns agree
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_summary_best_epoch_without_validation_is_the_last_epoch(cache_dir, tmp_path):  # noqa: F811
+    """Issue 22: ``summary.json`` said ``best_epoch 0`` when ``val_frac`` was 0 (best.pt is then the last)."""
+    import json
+
+    from mammolens.train import train
+
+    run = train(_cfg(cache_dir, tmp_path / "run", data=dict(cache=str(cache_dir), val_frac=0.0), epochs=2,
+                     max_steps_per_epoch=1, ood=False), progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_val"] == 0 and summary["best_epoch"] == 2
+
+
+def test_report_method_clamps_the_temperature_after_a_step(cache_dir, tmp_path):  # noqa: F811
+    """The loss docstring promised a clamp at 100: it is the parameter, clamped after each step."""
+    method, step, _ = _method(cache_dir, tmp_path, _per_film_reports(cache_dir), {})
+    with torch.no_grad():
+        method.ctx.clip.logit_scale.fill_(9.0)
+    method.after_step()
+    assert float(method.ctx.clip.logit_scale.exp()) == pytest.approx(100.0, rel=1e-5)

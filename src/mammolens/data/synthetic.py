@@ -486,6 +486,15 @@ def _to_stored(img: np.ndarray, bits: int, mapping: str) -> np.ndarray:
     return np.clip(np.rint(v), 0, top).astype(np.uint16)
 
 
+# what the simulated lesions look like, in BI-RADS descriptors (never the pathology itself): benign lesions are
+# round smooth masses, malignant ones spiculated masses with a micro-calcification cluster
+_LESION_FACTS = {
+    "benign": {"mass_shape": "oval", "mass_margins": "circumscribed"},
+    "malignant": {"abnormality": ["mass", "calcification"], "mass_shape": "irregular", "mass_margins": "spiculated",
+                  "calc_type": "fine pleomorphic", "calc_distribution": "grouped"},
+}
+
+
 def _exam_report(rows: list[dict], rng: np.random.Generator, noise: float, height: int) -> tuple[str, str]:
     """One exam's report text from its rows (density, lesions per breast), some facts wrong on purpose."""
     from mammolens.reports import annotation_report, clock_face, stable_seed
@@ -506,7 +515,8 @@ def _exam_report(rows: list[dict], rng: np.random.Generator, noise: float, heigh
             if rng.random() < noise:
                 side = "L" if lat == "R" else "R"
                 wrong.append("side")
-            facts = {"laterality": side, "abnormality": "mass", "clock": hour, "quadrant": quadrant}
+            facts = {"laterality": side, "abnormality": "mass", "clock": hour, "quadrant": quadrant,
+                     **_LESION_FACTS[cc["pathology"]]}
         text = annotation_report(facts, stable_seed(f"{rows[0]['study_id']}{lat}"))
         parts.append(text.replace("FINDINGS:", "").replace("Findings:", "").strip())
     return "\n".join(parts), "+".join(dict.fromkeys(wrong))
