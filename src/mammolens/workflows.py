@@ -748,7 +748,8 @@ def localization_eval(run_dir: str | PathLike, manifest: pd.DataFrame, texts=DEF
         for b in kinds_present[a_i + 1:]:
             pa = per[per.kind == a].set_index("row")
             pb = per[per.kind == b].set_index("row").reindex(pa.index)
-            paired[f"{a} vs {b}"] = {k: paired_tests(pa[k].to_numpy(), pb[k].to_numpy()) for k in metrics}
+            paired[f"{a} vs {b}"] = {k: paired_tests(pa[k].to_numpy(), pb[k].to_numpy(), groups=pa["patient"].to_numpy())
+                                     for k in metrics}  # clustered by patient
     gallery = _localization_gallery(per, keep, gallery_dir, n_gallery) if gallery_dir is not None else []
     return {"per_image": per, "summary": summary, "by_class": by_class, "paired": paired, "texts": texts,
             "threshold": threshold, "n_images": int(per["row"].nunique()) if len(per) else 0, "gallery": gallery}

@@ -124,3 +124,28 @@ def test_froc_with_tied_scores_does_not_depend_on_the_order():
     b = froc(masks[::-1], fp_first[::-1], fppi=(0.0, 0.5))
     # the tie is one threshold with 1 TP and 0.5 FP per image: nothing is found at 0 FP per image
     assert a["sensitivity"] == b["sensitivity"] == [0.0, 1.0]
+
+
+def test_lesion_mask_is_the_union_of_every_lesion():
+    """Issue 22: films with several lesions used only the first one's circle."""
+    from mammolens.evaluation.localization import lesion_mask_from_row
+
+    row = {"lesion_x": 5.0, "lesion_y": 5.0, "lesion_r": 2.0, "lesion_circles": "5 5 2; 15 15 2"}
+    m = lesion_mask_from_row(row, (20, 20))
+    assert m[5, 5] and m[15, 15]
+    assert not lesion_mask_from_row({**row, "lesion_circles": ""}, (20, 20))[15, 15]
+
+
+def test_paired_tests_cluster_by_patient():
+    """Issue 22: the paired test counted images, not patients: ten copies of one patient's images made a
+    tiny p-value out of one patient."""
+    from mammolens.evaluation.localization import paired_tests
+
+    a = np.array([1.0] * 10 + [0.0, 0.2])
+    b = np.array([0.0] * 10 + [0.1, 0.1])
+    groups = np.array(["p1"] * 10 + ["p2", "p3"])
+    per_image = paired_tests(a, b)
+    per_patient = paired_tests(a, b, groups=groups)
+    assert per_image["n"] == 12 and per_patient["n"] == 3 and per_patient["n_images"] == 12
+    assert per_patient["mean_diff"] == pytest.approx((1.0 - 0.1 + 0.1) / 3)
+    assert per_patient["t_p"] > per_image["t_p"]

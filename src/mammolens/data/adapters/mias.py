@@ -35,7 +35,7 @@ Mapping:
       benign. ``lesion_x``, ``lesion_y``, ``lesion_r``: centre and radius in pixels of the first lesion
       listed, with ``y`` converted from MIAS' bottom-left origin to the top-left image origin
       (``1024 - y``); NaN when no coordinates are given. ``n_lesions``: number of label rows with
-      coordinates.
+      coordinates; ``lesion_circles`` ("x y r; x y r", same origin) lists all of them when there are several.
     * ``report`` (``report_source`` "annotations", ``report_id`` "mias-mdbNNN"): BI-RADS-lexicon text from
       the label row (``reports.annotation_report``): the composition in words (MIAS F/G/D is not an ACR
       a-d category, so no letter is given), the finding (CIRC circumscribed mass, SPIC mass with
@@ -177,6 +177,9 @@ def load(src: str | Path, image_size: int = 1024) -> pd.DataFrame:
                 "lesion_y": lesion_y,
                 "lesion_r": float(first["r"]) if first is not None else np.nan,
                 "n_lesions": len(with_xy),
+                # every lesion of a film with several (localization ground truth is their union)
+                "lesion_circles": "; ".join(f"{x:g} {image_size - y:g} {r:g}" for x, y, r in
+                                            with_xy[["x", "y", "r"]].to_numpy()) if len(with_xy) > 1 else "",
                 "image_id": ref,
             }, facts, f"mias-{ref}"))
     return finish(rows, NAME, errors, extra_order=("mias_density", "abnormality", "pathology"))
