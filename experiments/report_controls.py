@@ -290,6 +290,51 @@ def paired_report_vs_label(results: dict) -> dict:
     return out
 
 
+def _ci(m: dict) -> str:
+    if not isinstance(m, dict) or "estimate" not in m and "mean" not in m:
+        return "–"
+    est = m.get("estimate", m.get("mean"))
+    return f"{est:.3f} [{m['lo']:.2f}, {m['hi']:.2f}]" if np.isfinite(est) else "–"
+
+
+def markdown(res: dict) -> str:
+    """The RESULTS.md tables of one ``results.json`` (test patients, then the training exams)."""
+    a = res["args"]
+    lines = [f"Command: `nice -n 10 env PYTHONPATH=src python experiments/report_controls.py --out OUT --patients "
+             f"{a['patients']} --image-size {a['image_size']} --size {a['size']} --epochs {a['epochs']} --seeds "
+             f"{' '.join(map(str, a['seeds']))}` ({res['seconds']} s; load average at the end "
+             f"{', '.join(res.get('load_at_end') or [])} on 2 shared cores). {a['model']} at {a['size']} px "
+             f"({a['size'] // 16}x{a['size'] // 16} patch grid); {res['n_train_patients']} training and "
+             f"{res['n_test_patients']} test patients (one exam each); mean over seeds of the per-seed estimate "
+             "and patient-bootstrap 95% CI (CI bounds averaged over seeds).", ""]
+    for part, title in (("summary", "test patients"), ("train_summary", "training exams (the known answer)")):
+        t = res.get(part, {})
+        lines += [f"**{title}**", "", "| arm | seeds | side alignment | (raw) | Recall@5 (chance) | median rank "
+                  "(chance) | abnormality AUC | lesion-type AUC |", "|" + "---|" * 8]
+        for arm in ARMS:
+            if arm not in t:
+                continue
+            r = t[arm]
+            lines.append(f"| {arm} | {r['seeds']} | {_ci(r.get('side_alignment'))} | {_ci(r.get('side_alignment_raw'))} | "
+                         f"{_ci(r.get('recall@5'))} ({r['chance_recall@5']['mean']:.3f}) | "
+                         f"{r['median_rank']['mean']:.1f} ({r['chance_median_rank']['mean']:.1f}) | "
+                         f"{r['abnormality_auc']['mean']:.3f} | {r['lesion_type_auc']['mean']:.3f} |")
+        lines.append("")
+    t = res.get("summary", {})
+    loc = [(arm, t[arm]) for arm in ("report", "label") if arm in t and "pointing" in t[arm]]
+    if loc:
+        lines += ["**localization (test lesion views, pooled over seeds)**", "",
+                  "| arm | map | n images | pointing game | Dice | chance (lesion / breast area) |", "|" + "---|" * 6]
+        for arm, r in loc:
+            lines.append(f"| {arm} | {'text-to-patch' if arm == 'report' else 'GradCAM'} | {r['pointing']['n']} | "
+                         f"{_ci(r['pointing'])} | {_ci(r['dice'])} | {_ci(r['chance'])} |")
+        for m, d in t.get("paired", {}).items():
+            lines.append(f"\nreport text map − label GradCAM, {m}: {d['mean_diff']:+.3f} [{d['lo']:+.3f}, "
+                         f"{d['hi']:+.3f}] over {d['n_patients']} patients (clustered bootstrap), sign-flip p "
+                         f"{d['p_signflip']:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="work folder (cohort, cache, runs)")
