@@ -96,8 +96,8 @@ def _controls(clip, cache_dir) -> dict:
 def test_report_training_beats_shuffled_reports_on_side_alignment_and_retrieval(control_cache):
     true = _controls(_train(control_cache, shuffle=False), control_cache)
     shuffled = _controls(_train(control_cache, shuffle=True), control_cache)
+    # measured (torch 2, CPU): true R@5 0.94, side 1.00 (6 exams); shuffled R@5 0.22 (chance 0.31), side 0.67
     assert true["n_align"] >= 5
-    print("controls", true, shuffled)
-    assert true["recall@1"] >= shuffled["recall@1"] + 0.3, (true, shuffled)
-    assert true["side_alignment"] >= shuffled["side_alignment"] + 0.2, (true, shuffled)
-    assert true["side_alignment"] >= 0.75, true
+    assert true["recall@5"] >= shuffled["recall@5"] + 0.4, (true, shuffled)
+    assert true["median_rank"] < shuffled["median_rank"], (true, shuffled)
+    assert true["side_alignment"] > shuffled["side_alignment"] and true["side_alignment"] >= 0.8, (true, shuffled)
