@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
                                                              "report_controls"])
     ap.add_argument("--report-controls-json", type=Path,
                     help="the results.json of an earlier report_controls.py call (default: run it, REPORT_ARGS)")
+    ap.add_argument("--report-controls-large-json", type=Path,
+                    help="results.json of report_controls.py --patients 48 --epochs 16 (the larger table)")
     ap.add_argument("--weighting-json", type=Path,
                     help="reuse the runs of an earlier weighting.py call (its results_*.json) instead of training")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/mias/make_results.pkl of an earlier call")
@@ -275,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             res = report_controls.main(["--out", str(out / "report_controls"), *REPORT_ARGS])
         text = replace_section(text, "report_controls", report_controls.markdown(res))
+        if args.report_controls_large_json:  # the same controls on a larger cohort, longer training
+            large = json.loads(args.report_controls_large_json.read_text())
+            text = replace_section(text, "report_controls_large", report_controls.markdown(large))
         args.results.write_text(text)
     print(f"RESULTS.md sections regenerated in {time.time() - t0:.0f}s")
 
