@@ -1,5 +1,6 @@
-"""Regenerates sections 1 (class weighting), 2 (mini-MIAS) and the issue-14 tables (fixed vs adaptive modality
-weighting, the single- vs multi-modality study) of ``experiments/RESULTS.md`` in one run.
+"""Regenerates sections 1 (class weighting), 2 (mini-MIAS), the issue-14 tables (fixed vs adaptive modality
+weighting, the single- vs multi-modality study) and the issue-22 report-learning controls
+(``report_controls.py``; ``--report-controls-json`` reuses a finished run) of ``experiments/RESULTS.md``.
 
 Runs ``experiments/weighting.py`` and ``experiments/mias.py`` with fixed seeds, adds a paired test to every
 comparison (seeds paired by seed; methods on one test set paired by patient) and writes the two sections
@@ -192,6 +193,9 @@ STUDY_ARGS = ["--seeds", "0", "1", "2", "3", "4", "--folds", "2", "--epochs", "6
               "--n-external", "12", "--size", "64"]
 
 
+REPORT_ARGS = ["--patients", "36", "--image-size", "160", "--size", "128", "--epochs", "8", "--seeds", "0", "1", "2"]
+
+
 def _script_section(script: str, script_args: list[str], table: str) -> str:
     return (f"Command (run by `make_results.py`): `PYTHONPATH=src python experiments/{script} --out OUT "
             f"{' '.join(script_args)}`\n\n{table}")
@@ -211,7 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--mias-before", type=Path, help="results.json of mias.py --cv 3 at an earlier commit")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["weighting", "mias", "adaptive", "study"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["weighting", "mias", "adaptive", "study",
+                                                             "report_controls"])
+    ap.add_argument("--report-controls-json", type=Path,
+                    help="the results.json of an earlier report_controls.py call (default: run it, REPORT_ARGS)")
+    ap.add_argument("--report-controls-large-json", type=Path,
+                    help="results.json of report_controls.py --patients 48 --epochs 16 (the larger table)")
     ap.add_argument("--weighting-json", type=Path,
                     help="reuse the runs of an earlier weighting.py call (its results_*.json) instead of training")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/mias/make_results.pkl of an earlier call")
@@ -259,6 +268,18 @@ def main(argv: list[str] | None = None) -> None:
         study_synthetic.main(["--out", str(out / "study"), *STUDY_ARGS])
         md = json.loads((out / "study" / "results.json").read_text())["markdown"]
         text = replace_section(text, "study", _script_section("study_synthetic.py", STUDY_ARGS, md))
+        args.results.write_text(text)
+    if "report_controls" not in args.skip:  # issue 22: positive and shuffled controls of report learning
+        import report_controls
+
+        if args.report_controls_json:
+            res = json.loads(args.report_controls_json.read_text())
+        else:
+            res = report_controls.main(["--out", str(out / "report_controls"), *REPORT_ARGS])
+        text = replace_section(text, "report_controls", report_controls.markdown(res))
+        if args.report_controls_large_json:  # the same controls on a larger cohort, longer training
+            large = json.loads(args.report_controls_large_json.read_text())
+            text = replace_section(text, "report_controls_large", report_controls.markdown(large))
         args.results.write_text(text)
     print(f"RESULTS.md sections regenerated in {time.time() - t0:.0f}s")
 

@@ -95,7 +95,8 @@ def test_annotation_report_deterministic_and_varied():
     texts = {annotation_report(facts, seed) for seed in range(12)}
     assert annotation_report(facts, 3) == annotation_report(facts, 3) and len(texts) > 3
     for t in texts:
-        assert "spiculated mass" in t.lower() and "malignant" in t and "5" in t and "fibroglandular" in t
+        assert "spiculated margins" in t.lower() and "5" in t and "fibroglandular" in t
+        assert "malignant" not in t.lower()  # the pathology is a label, never report text (issue 22)
         assert {s.side for s in split_sentences(t) if "mass" in s.text} == {"R"}
         assert set(split_sections(t)) == {"findings", "impression"}
     assert annotation_report({}, 0) == ""

@@ -60,7 +60,9 @@ __all__ = [
     "FocalLoss",
     "gather_batch",
     "multi_positive_nce",
+    "side_positives",
     "exam_report_loss",
+    "multiview_loss",
     "sentence_patch_attention",
     "sentence_patch_loss",
 ]
@@ -517,7 +519,7 @@ class FocalLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------- report (exam ↔ text)
-def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
+def multi_positive_nce(logits: Tensor, positives: Tensor, ignore: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE in which every marked pair is a positive (none of them is ever a negative).
 
     With ``P(i)`` the positives of row i: ``L_i = -log(sum_{j in P(i)} exp(l_ij) / sum_j exp(l_ij))``, the
@@ -527,14 +529,21 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
     Args:
         logits: ``[N, M]`` (scaled similarities).
         positives: ``[N, M]`` bool.
+        ignore: ``[N, M]`` bool or None: pairs that are neither positive nor negative (left out of both
+            sums, e.g. an image and itself, or a side-named sentence and a view of unknown side).
 
     Returns:
         A scalar (0 when no pair is positive).
     """
     if logits.shape != positives.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and positives {tuple(positives.shape)} must have one shape")
+    if ignore is not None and ignore.shape != logits.shape:
+        raise ValueError(f"ignore {tuple(ignore.shape)} must have the shape of logits {tuple(logits.shape)}")
     logits = logits.float()
     neg_inf = torch.finfo(logits.dtype).min
+    if ignore is not None:
+        positives = positives & ~ignore
+        logits = logits.masked_fill(ignore, neg_inf)
 
     def side(lg: Tensor, pos: Tensor) -> Tensor:
         has = pos.any(1)
@@ -546,20 +555,77 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
     return 0.5 * (side(logits, positives) + side(logits.t(), positives.t()))
 
 
+# sides of text items (data.dataset.SENTENCE_SIDES) and image items: 0 left, 1 right, 2 both / whole exam,
+# 3 (text only) no side named, -1 (image only) a breast of unknown side
+SIDE_LEFT, SIDE_RIGHT, SIDE_BOTH, SIDE_NONE, SIDE_UNKNOWN = 0, 1, 2, 3, -1
+
+
+def side_positives(text_exam: Tensor, text_side: Tensor, image_exam: Tensor,
+                   image_side: Tensor) -> tuple[Tensor, Tensor]:
+    """Which (image, text) pairs are positives, and which are ignored, when the text names a breast.
+
+    Pairs of different exams are negatives. Within an exam: a text about both breasts or about no breast
+    (side 2 or 3) is a positive of every image item; an image item of the whole exam (side 2) is a positive
+    of every text; a left (right) text is a positive of the left (right) breast's items and a *negative* of
+    the other breast's; against a breast of unknown side (-1) it is ignored.
+
+    Args:
+        text_exam, text_side: ``[M]`` exam id and side of each text item.
+        image_exam, image_side: ``[N]`` exam id and side of each image item.
+
+    Returns:
+        ``(positives [N, M], ignore [N, M])`` bool.
+    """
+    same = image_exam[:, None] == text_exam[None, :]  # [N, M]
+    t, i = text_side[None, :], image_side[:, None]
+    general = (t >= SIDE_BOTH) | (i == SIDE_BOTH)
+    pos = same & (general | (t == i))
+    ignore = same & ~general & (i == SIDE_UNKNOWN)
+    return pos, ignore
+
+
 def exam_report_loss(image_emb: Tensor, text_emb: Tensor, image_exam: Tensor, text_exam: Tensor,
-                     logit_scale) -> Tensor:
+                     logit_scale, image_side: Tensor | None = None, text_side: Tensor | None = None) -> Tensor:
     """Coarse exam ↔ report loss: images (views, breasts, exams) against texts (sentences, breast texts,
-    reports); every image–text pair of the same exam is a positive (:func:`multi_positive_nce`).
+    reports). Without sides every image–text pair of the same exam is a positive; with sides the positives
+    follow the report (:func:`side_positives`: a left-breast text is a negative of the right breast).
 
     Args:
         image_emb: ``[N, D]`` L2-normalised.
         text_emb: ``[M, D]`` L2-normalised.
         image_exam: ``[N]`` exam id of each image item.
         text_exam: ``[M]`` exam id of each text item.
-        logit_scale: temperature in log space (``exp`` is clamped at 100).
+        logit_scale: temperature in log space (exponentiated; the training loop clamps the parameter at
+            ``log(100)`` after each optimizer step).
+        image_side: ``[N]`` 0 L, 1 R, 2 whole exam, -1 unknown; text_side: ``[M]`` 0 L, 1 R, 2 both,
+            3 none named. Both or neither.
     """
     logits = _scale(logit_scale) * image_emb.float() @ text_emb.float().t()  # [N, M]
-    return multi_positive_nce(logits, image_exam[:, None] == text_exam[None, :])
+    if (image_side is None) != (text_side is None):
+        raise ValueError("exam_report_loss: pass both image_side and text_side, or neither")
+    if image_side is None:
+        return multi_positive_nce(logits, image_exam[:, None] == text_exam[None, :])
+    pos, ignore = side_positives(text_exam, text_side, image_exam, image_side)
+    return multi_positive_nce(logits, pos, ignore)
+
+
+def multiview_loss(view_emb: Tensor, view_exam: Tensor, view_side: Tensor, logit_scale) -> Tensor:
+    """Image ↔ image loss between the views of one breast (CC ↔ MLO, as in MaMA and multiview
+    coarse-to-fine pretraining): every other view of the same exam and breast is a positive, the views of
+    other breasts and exams are negatives, a view and itself are left out. Views of unknown side (-1) have
+    no positive (they are still negatives of the others).
+
+    Args:
+        view_emb: ``[N, D]`` L2-normalised view embeddings.
+        view_exam: ``[N]`` exam ids; view_side: ``[N]`` 0 L, 1 R, -1 unknown.
+        logit_scale: temperature in log space.
+    """
+    n = view_emb.shape[0]
+    logits = _scale(logit_scale) * view_emb.float() @ view_emb.float().t()  # [N, N]
+    eye = torch.eye(n, dtype=torch.bool, device=view_emb.device)
+    pos = (view_exam[:, None] == view_exam[None, :]) & (view_side[:, None] == view_side[None, :])
+    pos &= (view_side[:, None] >= 0) & ~eye
+    return multi_positive_nce(logits, pos, eye)
 
 
 def sentence_patch_attention(sentences: Tensor, tokens: Tensor, temperature: float = 4.0) -> tuple[Tensor, Tensor]:
@@ -581,15 +647,26 @@ def sentence_patch_attention(sentences: Tensor, tokens: Tensor, temperature: flo
 
 
 def sentence_patch_loss(sentences: Tensor, tokens: Tensor, sentence_exam: Tensor, image_exam: Tensor,
-                        logit_scale, temperature: float = 4.0) -> Tensor:
+                        logit_scale, temperature: float = 4.0, sentence_side: Tensor | None = None,
+                        image_side: Tensor | None = None) -> Tensor:
     """Fine sentence ↔ patch loss: contrastive over the batch's (sentence, image) pairs, scored by
-    :func:`sentence_patch_attention`; the images of a sentence's own exam are its positives.
+    :func:`sentence_patch_attention`. Without sides the images of a sentence's own exam are its positives;
+    with sides (:func:`side_positives`) a left-breast sentence's positives are its exam's left views, its
+    exam's right views are negatives, and bilateral or side-less sentences have every view of the exam.
 
     Args:
         sentences: ``[S, D]``; tokens: ``[V, P, D]`` (both L2-normalised).
         sentence_exam: ``[S]``; image_exam: ``[V]`` exam ids.
         logit_scale: temperature in log space.
         temperature: attention sharpness over patches.
+        sentence_side: ``[S]`` 0 L, 1 R, 2 both, 3 none named; image_side: ``[V]`` 0 L, 1 R, -1 unknown.
+            Both or neither.
     """
-    _, sim = sentence_patch_attention(sentences, tokens, temperature)
-    return multi_positive_nce(_scale(logit_scale) * sim, sentence_exam[:, None] == image_exam[None, :])
+    _, sim = sentence_patch_attention(sentences, tokens, temperature)  # [S, V]
+    if (sentence_side is None) != (image_side is None):
+        raise ValueError("sentence_patch_loss: pass both sentence_side and image_side, or neither")
+    logits = _scale(logit_scale) * sim
+    if sentence_side is None:
+        return multi_positive_nce(logits, sentence_exam[:, None] == image_exam[None, :])
+    pos, ignore = side_positives(sentence_exam, sentence_side, image_exam, image_side)  # [V, S]
+    return multi_positive_nce(logits, pos.t(), ignore.t())

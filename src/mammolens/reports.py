@@ -231,13 +231,16 @@ _DENSITY = {
 _DENSITY_SENT = ("Breast composition: {long} (ACR {c}).", "{Long} (BI-RADS density {c}).",
                  "The breast density is category {c}: {short}.")
 
-_TISSUE = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
-_TISSUE_SENT = ("Background tissue is {t}.", "The background parenchyma is {t}.", "{T} background tissue.")
+# MIAS background tissue in composition words; F/G/D is not an ACR a-d category, so no letter is given
+_TISSUE = {"F": ("the breast is predominantly fatty", "predominantly fatty breast tissue"),
+           "G": ("the breast shows fatty and fibroglandular tissue", "mixed fatty and fibroglandular tissue"),
+           "D": ("the breast is dense, mostly fibroglandular tissue", "dense fibroglandular tissue")}
+_TISSUE_SENT = ("Breast composition: {long}.", "{Long}.", "The composition shows {short}.")
 
 # abnormality codes (MIAS classes, CBIS-DDSM/VinDr names) -> noun phrases
 _ABNORMALITY = {
     "CALC": "calcifications", "CALCIFICATION": "calcifications", "SUSPICIOUS CALCIFICATION": "suspicious calcifications",
-    "CIRC": "a well-defined circumscribed mass", "SPIC": "a spiculated mass", "MISC": "an ill-defined mass",
+    "CIRC": "a circumscribed mass", "SPIC": "a mass with spiculated margins", "MISC": "a mass with indistinct margins",
     "ARCH": "an architectural distortion", "ARCHITECTURAL DISTORTION": "an architectural distortion",
     "ASYM": "an asymmetry", "ASYMMETRY": "an asymmetry", "FOCAL ASYMMETRY": "a focal asymmetry",
     "GLOBAL ASYMMETRY": "a global asymmetry", "MASS": "a mass", "SKIN THICKENING": "skin thickening",
@@ -246,7 +249,7 @@ _ABNORMALITY = {
 }
 _NORMAL = {"NORM", "NORMAL", "NO FINDING", "NONE", ""}
 _FINDING_SENT = ("In the {side} breast there {be} {what}{where}.", "{What} {be} seen in the {side} breast{where}.",
-                 "{Side} breast: {what}{where}.")
+                 "The {side} breast shows {what}{where}.", "There {be} {what} in the {side} breast{where}.")
 _NORMAL_SENT = ("No mass, suspicious calcification or architectural distortion is seen{in_side}.",
                 "No abnormality is identified{in_side}.", "There is no mammographic evidence of malignancy{in_side}.")
 _BIRADS_MEANING = {"0": "incomplete, additional imaging needed", "1": "negative", "2": "benign",
@@ -254,9 +257,6 @@ _BIRADS_MEANING = {"0": "incomplete, additional imaging needed", "1": "negative"
                    "6": "known biopsy-proven malignancy"}
 _BIRADS_SENT = ("BI-RADS {b}: {meaning}.", "Assessment: BI-RADS category {b} ({meaning}).",
                 "Overall BI-RADS assessment {b}, {meaning}.")
-_PATHOLOGY_SENT = ("The lesion is {p}.", "Pathology: {p}.", "The finding was proven {p}.")
-_PATHOLOGY = {"B": "benign", "BENIGN": "benign", "BENIGN_WITHOUT_CALLBACK": "benign",
-              "M": "malignant", "MALIGNANT": "malignant"}
 
 
 def _words(value: object) -> str:
@@ -265,8 +265,14 @@ def _words(value: object) -> str:
     return " and ".join(p for p in parts if p and p not in ("n/a", "nan", "none"))
 
 
+_MLO_LEVEL = {"upper": (" in the superior breast on the MLO view", ", superiorly on the MLO view"),
+              "middle": (" at the level of the nipple on the MLO view", ", at nipple level on the MLO view"),
+              "lower": (" in the inferior breast on the MLO view", ", inferiorly on the MLO view")}
+
+
 def _where(facts: dict, pick) -> str:
     clock, quadrant, region = facts.get("clock"), facts.get("quadrant"), facts.get("region")
+    level = str(facts.get("mlo_level") or "")
     if clock not in (None, "") and quadrant:
         return pick((" at {c} o'clock in the {q} quadrant", " in the {q} quadrant ({c} o'clock)")).format(
             c=int(clock), q=quadrant)
@@ -274,6 +280,8 @@ def _where(facts: dict, pick) -> str:
         return pick((" at {c} o'clock", " at the {c} o'clock position")).format(c=int(clock))
     if quadrant:
         return pick((" in the {q} quadrant", ", {q} quadrant")).format(q=quadrant)
+    if level in _MLO_LEVEL:
+        return pick(_MLO_LEVEL[level])
     if region:
         return pick((" in the {r} part of the breast", ", {r} region")).format(r=region)
     return ""
@@ -286,11 +294,16 @@ def annotation_report(facts: dict, seed: int) -> str:
         facts: any of ``density`` (A-D), ``tissue`` (MIAS F/G/D), ``laterality`` (L/R/B: the breast the
             facts are about), ``abnormality`` (MIAS class CALC/CIRC/SPIC/MISC/ARCH/ASYM/NORM, "mass",
             "calcification", VinDr finding categories; several joined by "+" or given as a list),
-            ``clock`` (1-12), ``quadrant`` (e.g. "upper outer"), ``region`` (e.g. "upper third"),
-            ``severity`` (B/M) or ``pathology``, ``birads`` ("0"-"6", "4a"...), ``mass_shape``,
+            ``clock`` (1-12), ``quadrant`` (e.g. "upper outer"), ``mlo_level`` (upper/middle/lower third
+            of an MLO view: superior / nipple level / inferior), ``region`` (free words),
+            ``birads`` ("0"-"6", "4a"...), ``mass_shape``,
             ``mass_margins``, ``calc_type``, ``calc_distribution`` (CBIS-DDSM codes such as
             "FINE_LINEAR_BRANCHING"). Missing or empty facts are left out.
         seed: chooses among several phrasings of every fact (use :func:`stable_seed` of a report id).
+
+    A pathology result (``pathology`` / ``severity``) is never written: it is a biopsy outcome, not a
+    mammographic finding, and stays a label column (text that states the label would let report training
+    read the answer).
 
     Returns:
         "FINDINGS: ... IMPRESSION: ..." text; "" when no fact is given.
@@ -306,8 +319,8 @@ def annotation_report(facts: dict, seed: int) -> str:
         findings.append(pick(_DENSITY_SENT).format(long=long, Long=long[0].upper() + long[1:], short=short, c=density))
     tissue = str(facts.get("tissue") or "").upper()
     if tissue in _TISSUE:
-        t = _TISSUE[tissue]
-        findings.append(pick(_TISSUE_SENT).format(t=t, T=t[0].upper() + t[1:]))
+        long, short = _TISSUE[tissue]
+        findings.append(pick(_TISSUE_SENT).format(long=long, Long=long[0].upper() + long[1:], short=short))
     abn = facts.get("abnormality")
     codes = [str(a).strip().upper() for a in (abn if isinstance(abn, (list, tuple)) else str(abn or "").split("+"))]
     lesions = [c for c in dict.fromkeys(codes) if c not in _NORMAL]
@@ -322,9 +335,6 @@ def annotation_report(facts: dict, seed: int) -> str:
         tpl = pick(_FINDING_SENT) if side in ("L", "R") else "There {be} {what}{where}."
         findings.append(tpl.format(side=side_word, Side=side_word.capitalize(), what=what, be=be,
                                    What=what[0].upper() + what[1:], where=where))
-    pathology = _PATHOLOGY.get(str(facts.get("pathology") or facts.get("severity") or "").upper())
-    if pathology and lesions:
-        impression.append(pick(_PATHOLOGY_SENT).format(p=pathology))
     birads = str(facts.get("birads") or "").strip().upper().removeprefix("BI-RADS").strip().lower()
     if birads[:1] in _BIRADS_MEANING:
         impression.append(pick(_BIRADS_SENT).format(b=birads, meaning=_BIRADS_MEANING[birads[:1]]))

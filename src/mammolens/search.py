@@ -296,9 +296,14 @@ def search_run(run_dir: str | PathLike, text: str | None = None, image: str | Pa
     if meta.get("run") and meta["run"] != Path(run_dir).resolve().name:
         log.warning("index was built with run %s, searching with run %s", meta["run"], Path(run_dir).resolve().name)
     q = _query_embedding(run_dir, text, image, _device(device))
-    # several views per exam: ask for more images than exams wanted
-    scores, ids = vindex.search(q, min(len(vindex), k * 8))
-    hits = keys.iloc[ids[0][ids[0] >= 0]].assign(score=scores[0][ids[0] >= 0])
+    # several views per exam (12 for DM + s2D + DBT): widen the image search until k distinct exams are found
+    n = min(len(vindex), k * 8)
+    while True:
+        scores, ids = vindex.search(q, n)
+        hits = keys.iloc[ids[0][ids[0] >= 0]].assign(score=scores[0][ids[0] >= 0])
+        if hits["exam"].nunique() >= k or n >= len(vindex):
+            break
+        n = min(len(vindex), n * 4)
     best = hits.sort_values("score", ascending=False, kind="stable").drop_duplicates("exam").head(k)
     best = best.reset_index(drop=True)
     best.insert(0, "rank", _tie_ranks(best["score"].to_numpy()))

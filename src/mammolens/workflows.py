@@ -368,10 +368,12 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
 
     With finding labels (the task's column): image→text and text→image against the class prompts, and
     image→image (the query itself left out), relevant = same label. With a ``report`` column: image→report
-    and report→image, one text per exam, relevant = same exam. Report text is never logged. ``img``: the
+    and report→image, one report per exam (the sentences of all its report rows, ``data.dataset.exam_sentences``,
+    each encoded on its own and averaged as in training), relevant = same exam. Report text is never logged. ``img``: the
     rows' image embeddings when the caller has them (``_predict_cache(..., embeddings=True)``), else embedded here.
     """
     import torch
+    import torch.nn.functional as F
 
     from mammolens.data.cache import open_cache
     from mammolens.evaluation.retrieval import retrieval_metrics, same_label
@@ -397,13 +399,20 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
         out["image_to_image"] = retrieval_metrics(same_label(labels[q], labels), img[q] @ img.T,
                                                   ignore=q[:, None] == np.arange(len(img))[None, :])
     if texts is not None and "study_id" in preds:
-        rep = pd.DataFrame({"study_id": preds["study_id"].to_numpy(), "report": texts})
-        has = rep["report"].fillna("").astype(str).str.strip() != ""
-        reports = rep[has].drop_duplicates("study_id")
+        from mammolens.data.dataset import exam_sentences
+
+        lat = preds["laterality"].astype(str).str.upper().map({"L": 0, "R": 1}).fillna(-1).to_numpy() \
+            if "laterality" in preds else np.full(len(preds), -1)
+        rep = pd.DataFrame({"study_id": preds["study_id"].to_numpy(), "report": texts, "lat": lat})
+        # an exam's report: the sentences of every report row of the exam, each encoded on its own and
+        # averaged, as report-contrastive trains (one string would be cut at the text context)
+        sents = {sid: [t for t, _ in exam_sentences(g["report"].tolist(), g["lat"].to_numpy())]
+                 for sid, g in rep.groupby("study_id", sort=False)}
+        reports = pd.DataFrame({"study_id": [k for k, v in sents.items() if v]})
         if len(reports):
             with torch.no_grad():
-                txt = np.concatenate([run.model.encode_text(list(reports["report"].iloc[i:i + batch_size]))
-                                      .float().cpu().numpy() for i in range(0, len(reports), batch_size)])
+                txt = np.stack([F.normalize(run.model.encode_text(sents[sid]).float().mean(0), dim=-1).cpu().numpy()
+                                for sid in reports["study_id"]])
             exams = preds["study_id"].to_numpy()
             out["image_to_report"] = retrieval_metrics(same_label(exams[q], reports["study_id"]), img[q] @ txt.T)
             r = _spaced(len(reports))
@@ -948,7 +957,8 @@ def localization_eval(run_dir: str | PathLike, manifest: pd.DataFrame, texts=DEF
         for b in kinds_present[a_i + 1:]:
             pa = per[per.kind == a].set_index("row")
             pb = per[per.kind == b].set_index("row").reindex(pa.index)
-            paired[f"{a} vs {b}"] = {k: paired_tests(pa[k].to_numpy(), pb[k].to_numpy()) for k in metrics}
+            paired[f"{a} vs {b}"] = {k: paired_tests(pa[k].to_numpy(), pb[k].to_numpy(), groups=pa["patient"].to_numpy())
+                                     for k in metrics}  # clustered by patient
     gallery = _localization_gallery(per, keep, gallery_dir, n_gallery) if gallery_dir is not None else []
     return {"per_image": per, "summary": summary, "by_class": by_class, "paired": paired, "texts": texts,
             "threshold": threshold, "n_images": int(per["row"].nunique()) if len(per) else 0, "gallery": gallery}

@@ -112,3 +112,40 @@ def test_mean_ci_and_paired_tests():
     assert p["mean_diff"] == pytest.approx(0.49)
     assert p["t_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert np.isnan(paired_tests(a, a)["t_p"])
+
+
+def test_froc_with_tied_scores_does_not_depend_on_the_order():
+    """Issue 22: a false positive listed before a tied true positive used to read a lower sensitivity."""
+    m = np.zeros((4, 4), bool)
+    m[0, 0] = True
+    masks = [m, np.zeros((4, 4), bool)]
+    fp_first = [[(0, 0, 0.5)], [(3, 3, 0.5)]]
+    a = froc(masks, fp_first, fppi=(0.0, 0.5))
+    b = froc(masks[::-1], fp_first[::-1], fppi=(0.0, 0.5))
+    # the tie is one threshold with 1 TP and 0.5 FP per image: nothing is found at 0 FP per image
+    assert a["sensitivity"] == b["sensitivity"] == [0.0, 1.0]
+
+
+def test_lesion_mask_is_the_union_of_every_lesion():
+    """Issue 22: films with several lesions used only the first one's circle."""
+    from mammolens.evaluation.localization import lesion_mask_from_row
+
+    row = {"lesion_x": 5.0, "lesion_y": 5.0, "lesion_r": 2.0, "lesion_circles": "5 5 2; 15 15 2"}
+    m = lesion_mask_from_row(row, (20, 20))
+    assert m[5, 5] and m[15, 15]
+    assert not lesion_mask_from_row({**row, "lesion_circles": ""}, (20, 20))[15, 15]
+
+
+def test_paired_tests_cluster_by_patient():
+    """Issue 22: the paired test counted images, not patients: ten copies of one patient's images made a
+    tiny p-value out of one patient."""
+    from mammolens.evaluation.localization import paired_tests
+
+    a = np.array([1.0] * 10 + [0.0, 0.2])
+    b = np.array([0.0] * 10 + [0.1, 0.1])
+    groups = np.array(["p1"] * 10 + ["p2", "p3"])
+    per_image = paired_tests(a, b)
+    per_patient = paired_tests(a, b, groups=groups)
+    assert per_image["n"] == 12 and per_patient["n"] == 3 and per_patient["n_images"] == 12
+    assert per_patient["mean_diff"] == pytest.approx((1.0 - 0.1 + 0.1) / 3)
+    assert per_patient["t_p"] > per_image["t_p"]

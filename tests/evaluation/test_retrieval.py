@@ -32,7 +32,7 @@ def test_retrieval_metrics_match_brute_force(seed):
     rng = np.random.default_rng(seed)
     q_lab, g_lab = rng.integers(0, 4, 30), rng.integers(-1, 4, 300)  # -1: unlabelled gallery items
     q_lab[:2] = 7  # two queries with no relevant item
-    scores = np.round(rng.normal(size=(30, 300)), 1)  # rounding makes ties
+    scores = rng.normal(size=(30, 300))  # no ties: the plain ranking (ties: see the tie tests below)
     rel = R.same_label(q_lab, g_lab)
     got = R.retrieval_metrics(rel, scores, ks=(1, 5, 10))
     want, n = _brute(rel, scores, (1, 5, 10))
@@ -72,3 +72,38 @@ def test_retrieval_metrics_shape_error():
     with pytest.raises(ValueError, match="one shape"):
         R.retrieval_metrics(np.ones((2, 3), bool), np.ones((3, 2)))
     assert np.isnan(R.retrieval_metrics(np.zeros((2, 3), bool), np.ones((2, 3)))["mAP"])
+
+
+def test_tied_scores_are_the_expectation_over_tie_orders():
+    """Issue 22: with ties the numbers moved with the gallery order. Now they are the mean over every
+    order of the tied items (brute force over all 7! gallery orders, each ranked with a stable sort)."""
+    import itertools
+
+    scores = np.array([[0.9, 0.5, 0.5, 0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.1]])
+    rel = np.array([[0, 1, 0, 1, 0, 0, 1], [0, 0, 1, 0, 0, 0, 1]], dtype=bool)
+    acc = {k: 0.0 for k in ("recall@1", "recall@2", "recall@5", "median_rank", "mAP")}
+    perms = list(itertools.permutations(range(7)))
+    per_q_rank = np.zeros(2)
+    for p in perms:
+        want, _ = _brute(rel[:, p], scores[:, p], (1, 2, 5))
+        for k in acc:
+            acc[k] += want[k] / len(perms)
+        for q in range(2):
+            per_q_rank[q] += _brute(rel[q:q + 1, p], scores[q:q + 1, p], (1,))[0]["median_rank"] / len(perms)
+    got = R.retrieval_metrics(rel, scores, ks=(1, 2, 5))
+    for k in ("recall@1", "recall@2", "recall@5", "mAP"):
+        assert got[k] == pytest.approx(acc[k], abs=1e-9), k
+    ranks, _ = R.rank_statistics(rel, scores)
+    np.testing.assert_allclose(ranks, per_q_rank, atol=1e-9)  # expected first rank per query
+
+
+def test_permuting_the_gallery_changes_nothing_with_ties():
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.normal(size=(20, 60)), 0)  # heavy ties
+    rel = R.same_label(rng.integers(0, 3, 20), rng.integers(0, 3, 60))
+    base = R.retrieval_metrics(rel, scores, ks=(1, 5))
+    for seed in range(3):
+        p = np.random.default_rng(seed).permutation(60)
+        got = R.retrieval_metrics(rel[:, p], scores[:, p], ks=(1, 5))
+        for k, v in base.items():
+            assert got[k] == pytest.approx(v, abs=1e-12), k

@@ -71,9 +71,10 @@ def test_example_configs_load(name):
 
 # ------------------------------------------------------------------------------ the method: section
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs_v0"
-FULL = {"name": "report-contrastive", "terms": {"exam_report": 1.0, "sentence_patch": 0.5, "prompt": 0.25},
+FULL = {"name": "report-contrastive", "terms": {"exam_report": 1.0, "sentence_patch": 0.5, "multiview": 0.5,
+                                                "prompt": 0.25},
         "pooling": "attention", "max_sentences": 8,
-        "modality_weighting": {"mode": "adaptive", "momentum": 0.5, "power": -1.0, "min_weight": 0.1,
+        "modality_weighting": {"mode": "fixed", "momentum": 0.5, "power": -1.0, "min_weight": 0.1,
                                "max_weight": 3.0}}
 
 
@@ -85,10 +86,10 @@ def test_method_section_full_form(tmp_path):
     cfg = load_cfg(p)
     assert cfg.method == "report-contrastive"  # the name stays a plain string
     m = cfg.method_cfg
-    assert m.terms == {"exam_report": 1.0, "sentence_patch": 0.5, "prompt": 0.25}
+    assert m.terms == {"exam_report": 1.0, "sentence_patch": 0.5, "multiview": 0.5, "prompt": 0.25}
     assert (m.pooling, m.max_sentences) == ("attention", 8)
     mw = m.modality_weighting
-    assert (mw.mode, mw.momentum, mw.power, mw.min_weight, mw.max_weight) == ("adaptive", 0.5, -1.0, 0.1, 3.0)
+    assert (mw.mode, mw.momentum, mw.power, mw.min_weight, mw.max_weight) == ("fixed", 0.5, -1.0, 0.1, 3.0)
 
 
 def test_method_plain_name_gets_the_methods_default_terms():
@@ -96,11 +97,20 @@ def test_method_plain_name_gets_the_methods_default_terms():
     assert cfg_from_dict({"method": "finetune-ce"}).method_cfg.terms == {"cross_entropy": 1.0}
     assert cfg_from_dict({"method": "zeroshot"}).method_cfg.terms == {}
     rep = cfg_from_dict({"method": {"name": "report-contrastive", "terms": {"prompt": 0.5}}})
-    assert rep.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 1.0, "prompt": 0.5}  # the rest default
+    assert rep.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 1.0, "multiview": 0.5,
+                                    "prompt": 0.5}  # the rest default
     assert cfg_from_dict({"method": {"name": "contrastive", "modality_weighting": "adaptive"}}
                          ).method_cfg.modality_weighting.mode == "adaptive"  # a plain mode is short for {mode: ...}
     # Python callers may pass the YAML form
     assert TrainCfg(method=dict(FULL)) == cfg_from_dict({"method": FULL})
+
+
+@pytest.mark.parametrize("method", ["report-contrastive", "finetune-ce", "linear-probe"])
+def test_adaptive_modality_weighting_is_refused_where_it_would_be_ignored(method):
+    """Before issue 22 ``adaptive`` was silently ignored outside ``contrastive``."""
+    with pytest.raises(ValueError, match=f"not supported by method '{method}'.*that take it: contrastive"):
+        cfg_from_dict({"method": {"name": method, "modality_weighting": "adaptive"}})
+    assert cfg_from_dict({"method": {"name": method, "modality_weighting": "fixed"}})
 
 
 @pytest.mark.parametrize("old, value, new, read", [
@@ -108,7 +118,7 @@ def test_method_plain_name_gets_the_methods_default_terms():
     ("local_weight", 0.0, "method.terms.sentence_patch", lambda c: c.method_cfg.terms["sentence_patch"]),
     ("pooling", "attention", "method.pooling", lambda c: c.method_cfg.pooling),
     ("max_sentences", 4, "method.max_sentences", lambda c: c.method_cfg.max_sentences),
-    ("modality_weighting", "adaptive", "method.modality_weighting.mode",
+    ("modality_weighting", "fixed", "method.modality_weighting.mode",  # adaptive: contrastive only
      lambda c: c.method_cfg.modality_weighting.mode),
     ("adaptive_momentum", 0.5, "method.modality_weighting.momentum",
      lambda c: c.method_cfg.modality_weighting.momentum),
@@ -151,12 +161,12 @@ def test_old_run_config_with_other_methods_terms_still_loads():
     with pytest.warns(DeprecationWarning):
         rep = load_cfg(FIXTURES / "report-contrastive" / "config.yaml")
     assert rep.method == "report-contrastive" and set(rep.method_cfg.terms) == {"exam_report", "sentence_patch",
-                                                                              "prompt"}
+                                                                              "multiview", "prompt"}
 
 
 def test_unknown_term_is_refused_with_the_methods_terms():
     with pytest.raises(ValueError, match=r"method\.terms\.promt.*'report-contrastive'.*"
-                                         r"its terms: exam_report, sentence_patch, prompt"):
+                                         r"its terms: exam_report, sentence_patch, multiview, prompt"):
         cfg_from_dict({"method": {"name": "report-contrastive", "terms": {"promt": 0.5}}})
     with pytest.raises(ValueError, match=r"method\.terms\.prompt.*'contrastive'.*its terms: contrastive"):
         load_cfg(None, ["method.terms.prompt=0.5"])
@@ -174,12 +184,12 @@ def test_set_overrides_nested_method_keys(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("method: report-contrastive\n")  # the plain name in the file
     cfg = load_cfg(p, ["method.terms.prompt=0.5", "method.pooling=attention", "method.modality_weighting.power=2"])
-    assert cfg.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 1.0, "prompt": 0.5}
+    assert cfg.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 1.0, "multiview": 0.5, "prompt": 0.5}
     assert cfg.method_cfg.pooling == "attention" and cfg.method_cfg.modality_weighting.power == 2.0
     p.write_text("method:\n  name: report-contrastive\n  terms: {prompt: 0.5, sentence_patch: 0.0}\n"
                  "  pooling: attention\n")
     cfg = load_cfg(p, ["method.terms.prompt=0.7"])  # one term changed, the file's others kept
-    assert cfg.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 0.0, "prompt": 0.7}
+    assert cfg.method_cfg.terms == {"exam_report": 1.0, "sentence_patch": 0.0, "multiview": 0.5, "prompt": 0.7}
     other = load_cfg(p, ["method=contrastive"])  # another method: the file's terms are dropped, settings kept
     assert other.method == "contrastive" and other.method_cfg.terms == {"contrastive": 1.0}
     assert other.method_cfg.pooling == "attention"

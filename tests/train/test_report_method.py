@@ -68,9 +68,10 @@ def test_report_method_step_on_exams_with_1_to_4_views(cache_dir, tmp_path, pool
     step = method.build()
     out = method.training_forward(step, batch)
     val = {k: float(v.detach()) for k, v in out.items()}
-    assert set(out) == {"loss", "exam_report", "sentence_patch", "prompt"}  # logged by term name
+    assert set(out) == {"loss", "exam_report", "sentence_patch", "multiview", "prompt"}  # logged by term name
     assert all(np.isfinite(v) and v > 0 for v in val.values())
-    assert val["loss"] == pytest.approx(val["exam_report"] + val["sentence_patch"] + 0.5 * val["prompt"], rel=1e-5)
+    assert val["loss"] == pytest.approx(val["exam_report"] + val["sentence_patch"] + 0.5 * val["multiview"]
+                                        + 0.5 * val["prompt"], rel=1e-5)
     out["loss"].backward()
     assert clip.visual.conv1.weight.grad.abs().sum() > 0 and clip.clip.token_embedding.weight.grad.abs().sum() > 0
     if pooling == "attention":
@@ -82,7 +83,8 @@ def test_report_method_loss_is_the_weighted_sum_of_its_terms(cache_dir, tmp_path
     torch.manual_seed(0)
     images = _exams_with_1_to_4_views(cache_dir)
     cfg = _cfg(cache_dir, tmp_path / "run", method={"name": "report-contrastive",
-                                                    "terms": {"exam_report": 2.0, "sentence_patch": 0.0, "prompt": 0.5}})
+                                                    "terms": {"exam_report": 2.0, "sentence_patch": 0.0, "multiview": 0.0,
+                                                              "prompt": 0.5}})
     clip = create_model("tiny-clip", image_size=64)
     ctx = MethodContext(cfg=cfg, task=get_task("density"), clip=clip, device=torch.device("cpu"),
                         class_weights=torch.ones(4), modality_weights=torch.ones(3), train_ds=images)

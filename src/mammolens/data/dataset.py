@@ -20,7 +20,7 @@ from mammolens.constants import KEY_IMAGE, KEY_INDEX, KEY_LABEL, KEY_MODALITY, M
 from mammolens.data.cache import Cache, open_cache
 from mammolens.threads import worker_threads
 
-__all__ = ["MammoDataset", "ExamDataset", "make_loader", "sample_weights"]
+__all__ = ["MammoDataset", "ExamDataset", "exam_sentences", "make_loader", "sample_weights"]
 
 
 def _modality_codes(values: pd.Series) -> np.ndarray:
@@ -123,17 +123,54 @@ SENTENCE_SIDES = ("L", "R", "B", "")  # codes 0..3 of ``sentence_side`` in exam 
 _LATERALITY_CODES = {"L": 0, "R": 1}
 
 
+def exam_sentences(texts: Sequence[object], laterality: Sequence[int] | np.ndarray) -> list[tuple[str, str]]:
+    """The sentences of one exam, with their sides, from the report text of each of its rows.
+
+    Every distinct text of the exam's rows is split (``reports.split_sentences``) and its sentences kept in
+    row order, each ``(text, side)`` pair once. A sentence's side is what it names ("L", "R", "B") or, when
+    it names none, that of its report if the report is a per-breast one: a text found only on rows of one
+    known laterality while the exam's rows carry more than one distinct text (mini-MIAS writes one report
+    per film, so "Background tissue is fatty." in the left film's report is about the left breast). A text
+    shared by both breasts' rows keeps its side-less sentences at the exam level ("").
+
+    Args:
+        texts: the report cell of each row (NaN / empty: no text).
+        laterality: ``[R]`` 0 L, 1 R, -1 unknown, per row.
+
+    Returns:
+        ``[(sentence, side)]`` with side one of ``SENTENCE_SIDES``.
+    """
+    from mammolens.reports import split_sentences
+
+    lat = np.asarray(laterality, dtype=np.int64)
+    where: dict[str, set[int]] = {}
+    for t, side in zip(texts, lat):
+        if t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip():
+            continue
+        where.setdefault(str(t), set()).add(int(side))
+    per_breast = len(where) > 1
+    out: dict[tuple[str, str], None] = {}
+    for text, sides in where.items():
+        own = "LR"[next(iter(sides))] if per_breast and len(sides) == 1 and -1 not in sides else ""
+        for s in split_sentences(text):
+            out[(s.text, s.side or own)] = None
+    return list(out)
+
+
 class ExamDataset(Dataset):
     """Exams of an image dataset: all views of one exam and its report's sentences (report training).
 
     A sample is ``{"image": [V, 1, S, S], "label": [V], "modality": [V], "laterality": [V] (0 L, 1 R,
     -1 unknown), "index": [V], "sentences": list[str], "sentence_side": [M] (index into
-    ``SENTENCE_SIDES``)}``; V is 1..``max_views`` (views missing from an exam are simply absent).
+    ``SENTENCE_SIDES``)}``; V is 1..``max_views`` (views missing from an exam are simply absent). The
+    sentences are those of every report row of the exam (:func:`exam_sentences`): a report written on one
+    breast's rows only (mini-MIAS: one report per film) is about that breast.
     :meth:`collate` puts exams of different sizes into one flat batch (see there).
 
     Args:
         images: the ``MammoDataset`` whose rows are grouped; an exam is one ``(patient_id, study_id)``.
-        report_column: the index column holding the exam's report text (shared by its views).
+        report_column: the index column holding the report text: one text repeated on the exam's views, or
+            one text per view or breast (see :func:`exam_sentences` for how they combine).
         max_views: at most this many views per exam (in laterality, view, modality order).
         max_sentences: at most this many sentences per report (memory; the rest are dropped).
         tokenize: the text tower's tokenizer (``list[str] -> [M, L]``); samples then also carry
@@ -145,8 +182,6 @@ class ExamDataset(Dataset):
 
     def __init__(self, images: MammoDataset, report_column: str = "report", max_views: int = 8,
                  max_sentences: int = 32, tokenize: Callable[[list[str]], torch.Tensor] | None = None):
-        from mammolens.reports import split_sentences
-
         frame = images.frame
         missing = [c for c in ("patient_id", "study_id", report_column) if c not in frame.columns]
         if missing:
@@ -158,17 +193,17 @@ class ExamDataset(Dataset):
         self.images, self.tokenize = images, tokenize
         order = frame.assign(_pos=np.arange(len(frame))).sort_values(
             ["patient_id", "study_id", "laterality", "view", "modality"], kind="stable")
+        lat_all = frame["laterality"].astype(str).str.upper() if "laterality" in frame else pd.Series([""] * len(frame))
+        self.laterality = np.array([_LATERALITY_CODES.get(v, -1) for v in lat_all], dtype=np.int64)
         self.exams: list[np.ndarray] = []
         self.sentences: list[list[str]] = []
         self.sides: list[list[int]] = []
         for _, group in order.groupby(["patient_id", "study_id"], sort=False):
-            self.exams.append(group["_pos"].to_numpy()[:max_views])
-            texts = [str(t) for t in group[report_column].dropna() if str(t).strip()]
-            sents = split_sentences(texts[0])[:max_sentences] if texts else []
-            self.sentences.append([s.text for s in sents])
-            self.sides.append([SENTENCE_SIDES.index(s.side) for s in sents])
-        lat = frame["laterality"].astype(str).str.upper() if "laterality" in frame else pd.Series([""] * len(frame))
-        self.laterality = np.array([_LATERALITY_CODES.get(v, -1) for v in lat], dtype=np.int64)
+            pos = group["_pos"].to_numpy()
+            self.exams.append(pos[:max_views])
+            sents = exam_sentences(group[report_column].tolist(), self.laterality[pos])[:max_sentences]
+            self.sentences.append([t for t, _ in sents])
+            self.sides.append([SENTENCE_SIDES.index(side) for _, side in sents])
 
     def __len__(self) -> int:
         return len(self.exams)

@@ -380,15 +380,17 @@ ABNORMALITY = {"normal": "normal", "benign": "mass", "malignant": "mass+calcific
 
 
 def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: str, view: str,
-                  dense_fraction: float, lesion: str = "normal", n_frames: int = 0, return_mask: bool = False):
+                  dense_fraction: float, lesion: str = "normal", n_frames: int = 0,
+                  lesion_radius: tuple[float, float] = (0.025, 0.05), return_mask: bool = False):
     """Simulate one view's attenuation image (or DBT stack) in [0, 1].
 
     Returns:
         ``(image, (lesion_x, lesion_y, lesion_r))``: image ``[H, W]`` (``[F, H, W]`` when
-        ``n_frames``), lesion in pixels (NaN when ``lesion == "normal"``). With ``return_mask`` a third item,
-        the exact lesion mask ``[H, W]`` bool (where the rendered lesion profile is >= 0.5: the mass and its
-        calcifications; all False for a normal breast; the same for every DBT frame). The random draws,
-        and so the image, do not depend on ``return_mask``.
+        ``n_frames``), lesion in pixels (NaN when ``lesion == "normal"``); the radius is drawn uniformly
+        in ``lesion_radius`` times the image height. With ``return_mask`` a third item, the exact lesion
+        mask ``[H, W]`` bool (where the rendered lesion profile is >= 0.5: the mass and its calcifications;
+        all False for a normal breast; the same for every DBT frame). The random draws, and so the image,
+        do not depend on ``return_mask``.
     """
     h, w = size
     geo = _breast_geometry(rng, size, view)
@@ -402,7 +404,7 @@ def render_breast(rng: np.random.Generator, size: tuple[int, int], laterality: s
     if lesion != "normal":
         ys, xs = np.nonzero(geo.inside & (geo.r < 0.7) & ~geo.pectoral)
         j = rng.integers(len(ys))
-        radius = float(rng.uniform(0.025, 0.05) * h)
+        radius = float(rng.uniform(*lesion_radius) * h)
         cx, cy = float(xs[j]), float(ys[j])
         lesion_img = _lesion_profile(size, cx, cy, radius, lesion == "malignant", rng)
         lesion_xyr = (cx, cy, radius)
@@ -497,6 +499,15 @@ def _to_stored(img: np.ndarray, bits: int, mapping: str) -> np.ndarray:
     return np.clip(np.rint(v), 0, top).astype(np.uint16)
 
 
+# what the simulated lesions look like, in BI-RADS descriptors (never the pathology itself): benign lesions are
+# round smooth masses, malignant ones spiculated masses with a micro-calcification cluster
+_LESION_FACTS = {
+    "benign": {"mass_shape": "oval", "mass_margins": "circumscribed"},
+    "malignant": {"abnormality": ["mass", "calcification"], "mass_shape": "irregular", "mass_margins": "spiculated",
+                  "calc_type": "fine pleomorphic", "calc_distribution": "grouped"},
+}
+
+
 def _exam_report(rows: list[dict], rng: np.random.Generator, noise: float, height: int) -> tuple[str, str]:
     """One exam's report text from its rows (density, lesions per breast), some facts wrong on purpose."""
     from mammolens.reports import annotation_report, clock_face, stable_seed
@@ -517,7 +528,8 @@ def _exam_report(rows: list[dict], rng: np.random.Generator, noise: float, heigh
             if rng.random() < noise:
                 side = "L" if lat == "R" else "R"
                 wrong.append("side")
-            facts = {"laterality": side, "abnormality": "mass", "clock": hour, "quadrant": quadrant}
+            facts = {"laterality": side, "abnormality": "mass", "clock": hour, "quadrant": quadrant,
+                     **_LESION_FACTS[cc["pathology"]]}
         text = annotation_report(facts, stable_seed(f"{rows[0]['study_id']}{lat}"))
         parts.append(text.replace("FINDINGS:", "").replace("Findings:", "").strip())
     return "\n".join(parts), "+".join(dict.fromkeys(wrong))
@@ -540,6 +552,7 @@ def make_cohort(
     sites: tuple[str, ...] = ("site-1", "site-2", "site-3"),
     report_noise: float = 0.05,
     lesion_masks: bool = True,
+    lesion_radius: tuple[float, float] = (0.025, 0.05),
 ) -> pd.DataFrame:
     """Write a simulated cohort of real DICOM files and ``out_dir/manifest.parquet``.
 
@@ -562,6 +575,8 @@ def make_cohort(
         malignant_fraction: fraction of lesions that are malignant (the rest benign).
         studies_per_patient: exams per patient.
         sites: site names cycled over patients.
+        lesion_radius: range of lesion radii as fractions of the image height (larger lesions span more
+            patches: the report-learning positive controls use them).
         report_noise: probability that a fact of an exam's report is wrong on purpose (density one class
             off, or a lesion on the other side); what was changed is in ``report_noise`` ("density",
             "side" or "" per row). Each exam has one ``report`` (``report_source`` "synthetic") shared
@@ -615,7 +630,7 @@ def make_cohort(
             for lat, view in (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")):
                 n_frames = dbt_frames if modality == "DBT" else 0
                 img, (lx, ly, lr), lmask = render_breast(rng, image_size, lat, view, fraction, pathology[lat],
-                                                         n_frames, return_mask=True)
+                                                         n_frames, lesion_radius, return_mask=True)
                 if modality == "s2D":
                     img = _s2d_look(img)
                 processing = modality == "DM" and rng.random() < processing_fraction

@@ -113,7 +113,7 @@ def froc(y_true_masks: Sequence[np.ndarray], peaks: Sequence[Sequence[tuple[int,
     Returns:
         ``{"fppi": [...], "sensitivity": [...], "curve": (fp_per_image [M], sensitivity [M])}``; the
         sensitivity at a rate is that of the lowest threshold whose false positives per image stay at or
-        below it.
+        below it. Tied scores are one threshold (one curve point), so the input order does not matter.
     """
     if len(y_true_masks) != len(peaks):
         raise ValueError(f"got {len(y_true_masks)} masks for {len(peaks)} detection lists; pass one of each per image.")
@@ -126,11 +126,13 @@ def froc(y_true_masks: Sequence[np.ndarray], peaks: Sequence[Sequence[tuple[int,
             events.append((float(score), i, bool(m[int(r), int(c)])))
     events.sort(key=lambda e: -e[0])
     found, fp, fps, sens = set(), 0, [0.0], [0.0]
-    for _s, i, tp in events:
+    for j, (score, i, tp) in enumerate(events):
         if tp:
             found.add(i)
         else:
             fp += 1
+        if j + 1 < len(events) and events[j + 1][0] == score:
+            continue  # tied detections pass a threshold together: one curve point, whatever their order
         fps.append(fp / max(n_img, 1))
         sens.append(len(found) / n_lesions if n_lesions else float("nan"))
     fps_a, sens_a = np.asarray(fps), np.asarray(sens)
@@ -194,7 +196,8 @@ def _finite(v) -> bool:
 def lesion_mask_from_row(row, shape: tuple[int, int]) -> np.ndarray | None:
     """The lesion outline of one manifest row in the stored image's ``shape``; None when it has none.
 
-    Looks at ``lesion_mask`` (an image file; non-zero = lesion, same size as the image), then the circle
+    Looks at ``lesion_mask`` (an image file; non-zero = lesion, same size as the image), then
+    ``lesion_circles`` ("x y r; x y r": every lesion of a film with several, their union), then the circle
     ``lesion_x, lesion_y, lesion_r``, then the box ``lesion_x0, lesion_y0, lesion_x1, lesion_y1``.
     """
     path = row.get("lesion_mask") if hasattr(row, "get") else None
@@ -209,6 +212,13 @@ def lesion_mask_from_row(row, shape: tuple[int, int]) -> np.ndarray | None:
                              f"{shape[0]}x{shape[1]}; save the mask at the image's size.")
         return m
     get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
+    circles = get("lesion_circles")
+    if isinstance(circles, str) and circles.strip():  # several lesions: "x y r; x y r" (mini-MIAS), their union
+        m = np.zeros(shape, dtype=bool)
+        for part in circles.split(";"):
+            x, y, r = (float(v) for v in part.split())
+            m |= circle_mask(shape, x, y, r)
+        return m
     if all(_finite(get(k)) for k in CIRCLE_COLUMNS):
         return circle_mask(shape, float(get("lesion_x")), float(get("lesion_y")), float(get("lesion_r")))
     if all(_finite(get(k)) for k in BOX_COLUMNS):
@@ -245,9 +255,14 @@ def mean_with_ci(values, groups=None, n_boot: int = 1000, seed: int = 0, alpha: 
     return {"estimate": float(v.mean()), "lo": float(lo), "hi": float(hi), "n": int(v.size)}
 
 
-def paired_tests(a, b) -> dict[str, float]:
+def paired_tests(a, b, groups=None) -> dict[str, float]:
     """Paired comparison of two map kinds on the same images: mean difference ``a - b``, paired t test and
-    Wilcoxon signed-rank p-values (NaN when undefined, e.g. all differences zero)."""
+    Wilcoxon signed-rank p-values (NaN when undefined, e.g. all differences zero).
+
+    ``groups`` (the patient of each image): the images of one patient are not independent, so the
+    differences are first averaged per patient and the tests run over patients (``n`` counts patients;
+    ``n_images`` the images). Without groups every image is its own unit.
+    """
     from scipy import stats
 
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -255,9 +270,16 @@ def paired_tests(a, b) -> dict[str, float]:
         raise ValueError(f"paired values need the same images: {x.shape} vs {y.shape}.")
     keep = np.isfinite(x) & np.isfinite(y)
     d = x[keep] - y[keep]
-    out = {"mean_diff": float(d.mean()) if d.size else float("nan"), "n": int(d.size),
+    n_images = int(d.size)
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != x.shape:
+            raise ValueError(f"groups must give one patient per image: {g.shape} vs {x.shape}.")
+        _, inv = np.unique(g[keep].astype(str), return_inverse=True)
+        d = np.bincount(inv, weights=d) / np.bincount(inv) if d.size else d  # per-patient mean differences
+    out = {"mean_diff": float(d.mean()) if d.size else float("nan"), "n": int(d.size), "n_images": n_images,
            "t_p": float("nan"), "wilcoxon_p": float("nan")}
     if d.size >= 2 and np.any(d != 0):
-        out["t_p"] = float(stats.ttest_rel(x[keep], y[keep]).pvalue)
-        out["wilcoxon_p"] = float(stats.wilcoxon(x[keep], y[keep]).pvalue)
+        out["t_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+        out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
     return out

@@ -215,6 +215,7 @@ class TrainCfg:
 
         _check_choice("method", self.method, tuple(list_methods()))
         self.method_cfg.terms = resolve_terms(self.method, self.method_cfg.terms)
+        _check_adaptive(self.method, self.method_cfg.modality_weighting.mode)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -263,6 +264,19 @@ def resolve_terms(method: str, terms: dict[str, Any]) -> dict[str, float]:
     if out and not any(w > 0 for w in out.values()):
         raise ValueError(f"every loss term of method {method!r} weighs 0 ({', '.join(out)}); give one a weight > 0")
     return out
+
+
+def _check_adaptive(method: str, mode: str) -> None:
+    """``modality_weighting: adaptive`` only where the method updates the weights (``TrainMethod`` attribute
+    ``adaptive_modality_weighting``); elsewhere it would be silently ignored."""
+    if mode != "adaptive":
+        return
+    from mammolens.train.methods import get_method, list_methods
+
+    takes = [m for m in list_methods() if getattr(get_method(m), "adaptive_modality_weighting", False)]
+    if method not in takes:
+        raise ValueError(f"method.modality_weighting: adaptive is not supported by method {method!r}; the methods "
+                         f"that take it: {', '.join(takes) or 'none'} (use mode: fixed, or one of those methods)")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

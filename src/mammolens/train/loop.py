@@ -410,7 +410,9 @@ class _Run:
     def finish(self, best_metric, best_epoch: int, epochs_done: int, stopped_early: bool = False) -> Path:
         if self.rank == 0:
             cfg, ctx = self.cfg, self.method.ctx
-            summary = {"method": cfg.method, "best_metric": best_metric, "best_epoch": best_epoch,
+            # without validation rows "best" is the last epoch's checkpoint (saved as best every epoch)
+            summary = {"method": cfg.method, "best_metric": best_metric,
+                       "best_epoch": best_epoch if self.n_val else epochs_done,
                        "monitor": "val_macro_auc", "epochs": epochs_done, "stopped_early": stopped_early,
                        "n_train": self.n_train, "n_val": self.n_val}
             if cfg.ood and self.n_train >= 2:

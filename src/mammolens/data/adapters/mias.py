@@ -14,7 +14,15 @@ image, lesions aggregated), abnormal rows without coordinates (``mdb216 D CALC M
 Mapping:
     * ``patient_id``: films come in pairs of one woman (001/002, 003/004, ...), so the patient is the
       pair: ``mias_p001`` for mdb001+mdb002 (161 patients); ``study_id`` is the same.
-    * ``laterality``: even reference numbers are left breasts, odd numbers right (Info.txt, note 1).
+    * ``laterality``: the ANATOMY, not Info.txt's note: even reference numbers are RIGHT breasts, odd
+      numbers LEFT (``laterality_of``). Every digitised film is stored mirrored: its lead marker letters
+      and film numbers read backwards. Un-mirrored, the even films' markers read "R" (6 of 6 even films
+      with a visible marker looked at: mdb002/004/006/010/012/014) and their chest wall lies on the image
+      right (stored: chest wall at the left edge in 133/161 even films, at the right edge in 160/161 odd
+      films), which is the standard display of a right breast. Info.txt says even = left, which holds
+      only for the mirrored pixels. The cache orients by the detected chest-wall side (``flip: left``,
+      ``use_laterality: false``), so the images do not change; the report text and the breast a lesion
+      is attributed to do (docs/datasets.md).
     * ``view`` MLO for every film; ``modality`` "DM" and ``manufacturer`` "film-digitised (MIAS)": these
       are scanned screen-film mammograms (200 um pixels), not digital acquisitions, and the manufacturer
       string makes them a separate subgroup in every evaluation.
@@ -27,11 +35,18 @@ Mapping:
       benign. ``lesion_x``, ``lesion_y``, ``lesion_r``: centre and radius in pixels of the first lesion
       listed, with ``y`` converted from MIAS' bottom-left origin to the top-left image origin
       (``1024 - y``); NaN when no coordinates are given. ``n_lesions``: number of label rows with
-      coordinates. ``lesion_mask_kind`` "circle" where there are coordinates: the circle is a weak mask
-      (a lesion's enclosing circle, not its outline), and dense-head outputs say so.
-    * ``report`` (``report_source`` "annotations", ``report_id`` "mias-mdbNNN"): structured text from the
-      label row (background tissue, abnormality class, severity, side, and the lesion centre's third of the
-      image height, upper/middle/lower; an MLO view alone fixes no inner/outer quadrant, so no clock face).
+      coordinates; ``lesion_circles`` ("x y r; x y r", same origin) lists all of them when there are several.
+      ``lesion_mask_kind`` "circle" where there are coordinates: the circle is a weak mask (a lesion's
+      enclosing circle, not its outline), and dense-head outputs say so.
+    * ``report`` (``report_source`` "annotations", ``report_id`` "mias-mdbNNN"): BI-RADS-lexicon text from
+      the label row (``reports.annotation_report``): the composition in words (MIAS F/G/D is not an ACR
+      a-d category, so no letter is given), the finding (CIRC circumscribed mass, SPIC mass with
+      spiculated margins, MISC mass with indistinct margins, CALC calcifications, ARCH architectural
+      distortion, ASYM asymmetry), the side, and the lesion's level on the MLO view (superior / at the
+      level of the nipple / inferior, from the centre's third of the image height). It cannot say: the
+      quadrant or clock face (one MLO view fixes no inner/outer), depth, size in mm, calcification
+      morphology or distribution, an assessment category (MIAS has none), and never the pathology (B/M),
+      which stays in the ``pathology`` label column.
 
 Citation: J Suckling et al. (1994) "The Mammographic Image Analysis Society Digital Mammogram Database",
 Excerpta Medica, International Congress Series 1069, pp. 375-378. Licence: research use only, see
@@ -53,6 +68,12 @@ MANUFACTURER = "film-digitised (MIAS)"
 TISSUE = ("F", "G", "D")
 CLASSES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM")
 _ROW = re.compile(r"^mdb(\d{3})\b")
+
+
+def laterality_of(number: int) -> str:
+    """The breast of film ``mdbNNN``: "R" for even numbers, "L" for odd (the anatomy; see the module
+    docstring for the evidence and why this is the reverse of Info.txt's note)."""
+    return "R" if int(number) % 2 == 0 else "L"
 
 
 def _image_index(src: Path) -> dict[str, Path]:
@@ -138,15 +159,15 @@ def load(src: str | Path, image_size: int = 1024) -> pd.DataFrame:
         pair = (number + 1) // 2
         lesion_y = float(image_size - first["y"]) if first is not None else np.nan
         region = "" if first is None else ("upper", "middle", "lower")[min(2, max(0, int(3 * lesion_y / image_size)))]
-        facts = {"tissue": g["tissue"].iloc[0], "laterality": "L" if number % 2 == 0 else "R", "abnormality": classes,
-                 "severity": "M" if (g["severity"] == "M").any() else ("B" if pathology == "benign" else ""),
-                 "region": f"{region} third" if region else ""}
+        # no severity / pathology in the text: it is a biopsy result, kept as the label column
+        facts = {"tissue": g["tissue"].iloc[0], "laterality": laterality_of(number), "abnormality": classes,
+                 "mlo_level": region}
         rows.append(add_report(
             {
                 "image_path": str(path),
                 "patient_id": f"mias_p{pair:03d}",
                 "study_id": f"mias_p{pair:03d}",
-                "laterality": "L" if number % 2 == 0 else "R",
+                "laterality": laterality_of(number),
                 "view": "MLO",
                 "modality": "DM",
                 "manufacturer": MANUFACTURER,
@@ -159,6 +180,9 @@ def load(src: str | Path, image_size: int = 1024) -> pd.DataFrame:
                 "lesion_r": float(first["r"]) if first is not None else np.nan,
                 "n_lesions": len(with_xy),
                 "lesion_mask_kind": "circle" if first is not None else "",  # a weak mask: MIAS gives circles
+                # every lesion of a film with several (localization ground truth is their union)
+                "lesion_circles": "; ".join(f"{x:g} {image_size - y:g} {r:g}" for x, y, r in
+                                            with_xy[["x", "y", "r"]].to_numpy()) if len(with_xy) > 1 else "",
                 "image_id": ref,
             }, facts, f"mias-{ref}"))
     return finish(rows, NAME, errors, extra_order=("mias_density", "abnormality", "pathology"))

@@ -37,6 +37,7 @@ class ContrastiveMethod(TrainMethod):
     """Both towers and the temperature trained by the weighted contrastive loss."""
 
     terms = {"contrastive": 1.0}
+    adaptive_modality_weighting = True  # method.modality_weighting: adaptive (config refuses it elsewhere)
 
     def build(self) -> nn.Module:
         ctx = self.ctx

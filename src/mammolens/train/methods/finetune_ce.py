@@ -1,5 +1,6 @@
 """``finetune-ce``: the image tower and a linear head (warm-started from the zero-shot classifier)
-trained with weighted cross-entropy (one term, ``cross_entropy``); the text tower stays frozen."""
+trained with weighted cross-entropy (one term, ``cross_entropy``); the text tower stays frozen. Fixed modality
+weights apply; ``method.modality_weighting: adaptive`` is refused by the config (only ``contrastive`` takes it)."""
 
 from __future__ import annotations
 

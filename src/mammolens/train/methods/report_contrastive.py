@@ -8,11 +8,17 @@ exam (1..8, missing views allowed) and its report split into sentences (``report
   is the mean of its sentences; a breast's text is the mean of its side's, the bilateral and the
   exam-level sentences.
 * Coarse (term ``exam_report``, default weight 1): exam and breast embeddings pooled from their views
-  (``models.pooling``, ``method.pooling: mean | attention``) against report and breast texts; every pair
-  of the same exam is a positive, never a negative (``losses.exam_report_loss``).
+  (``models.pooling``, ``method.pooling: mean | attention``) against report and breast texts. The
+  positives follow the report (``losses.side_positives``): the report is a positive of its exam and of
+  both breasts; a breast's text (its side's sentences with the bilateral and exam-level ones) is a
+  positive of its exam and its breast and a *negative* of the other breast, unless it names no side of
+  its own (then it is exam-level text, a positive of both). Other exams are negatives.
 * Fine (term ``sentence_patch``, default 1): each sentence attends over each view's patch tokens; the
   attention-weighted image context is contrasted over the batch of (sentence, view) pairs
-  (``losses.sentence_patch_loss``).
+  (``losses.sentence_patch_loss``): a left-breast sentence's positives are its exam's left views, the
+  right views are negatives; bilateral and side-less sentences have every view of their exam.
+* Multiview (term ``multiview``, default 0.5): image ↔ image between the views of one breast (CC ↔ MLO;
+  ``losses.multiview_loss``), as in MaMA.
 * Labels (term ``prompt``, default 0): the class-weighted prompt loss on the views (label text as extra pairs).
 
 The loss is the weighted sum of the terms (``method.terms``); a term of weight 0 is not computed.
@@ -29,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mammolens.losses import WeightedContrastiveLoss, exam_report_loss, sentence_patch_loss
+from mammolens.losses import (SIDE_BOTH, SIDE_NONE, WeightedContrastiveLoss, exam_report_loss, multiview_loss,
+                              sentence_patch_loss)
 from mammolens.models.pooling import make_pool, pool_groups, pool_members
 from mammolens.train.methods import register_method
 from mammolens.train.methods.base import TrainMethod
@@ -90,8 +97,13 @@ class ReportStep(nn.Module):
         slots = torch.arange(2 * n_exams, device=sent.device)  # breast 2e + laterality (0 L, 1 R)
         b_exam, b_side = slots.div(2, rounding_mode="floor"), slots % 2
         about = (sentence_side[None, :] == b_side[:, None]) | (sentence_side[None, :] >= _BILATERAL)  # [2E, M]
-        breast_text, out["breast_text_has"] = pool_members(sent, about & (sentence_exam[None, :] == b_exam[:, None]))
+        mine = sentence_exam[None, :] == b_exam[:, None]  # [2E, M]
+        breast_text, out["breast_text_has"] = pool_members(sent, about & mine)
         out["breast_text"] = F.normalize(breast_text, dim=-1)
+        # a breast text that names its side is about that breast; one without (only bilateral and exam-level
+        # sentences) is exam-level text
+        named = (mine & (sentence_side[None, :] == b_side[:, None])).any(1)  # [2E]
+        out["breast_text_side"] = torch.where(named, b_side, torch.full_like(b_side, SIDE_NONE))
         if self.prompts:
             out["classes"] = self.clip.class_embeddings(tokens=self.class_tokens)  # [K, D]
         out["scale"] = self.clip.logit_scale
@@ -102,7 +114,7 @@ class ReportStep(nn.Module):
 class ReportContrastiveMethod(TrainMethod):
     """Both towers and the temperature trained on exam ↔ report pairs (see the module docstring)."""
 
-    terms = {"exam_report": 1.0, "sentence_patch": 1.0, "prompt": 0.0}
+    terms = {"exam_report": 1.0, "sentence_patch": 1.0, "multiview": 0.5, "prompt": 0.0}
 
     def train_dataset(self):
         from mammolens.data.dataset import ExamDataset
@@ -130,14 +142,23 @@ class ReportContrastiveMethod(TrainMethod):
             n_exams = o["exam"].shape[0]
             exams = torch.arange(n_exams, device=o["exam"].device)
             breast_exam = torch.arange(2 * n_exams, device=exams.device).div(2, rounding_mode="floor")
+            breast_side = torch.arange(2 * n_exams, device=exams.device) % 2
             images = torch.cat([o["exam"], o["breast"][o["breast_has"]]])
             image_exam = torch.cat([exams, breast_exam[o["breast_has"]]])
+            image_side = torch.cat([torch.full_like(exams, SIDE_BOTH), breast_side[o["breast_has"]]])
             texts = torch.cat([o["report"][o["report_has"]], o["breast_text"][o["breast_text_has"]]])
             text_exam = torch.cat([exams[o["report_has"]], breast_exam[o["breast_text_has"]]])
-            out["exam_report"] = exam_report_loss(images, texts, image_exam, text_exam, o["scale"])
+            text_side = torch.cat([torch.full_like(exams[o["report_has"]], SIDE_NONE),
+                                   o["breast_text_side"][o["breast_text_has"]]])
+            out["exam_report"] = exam_report_loss(images, texts, image_exam, text_exam, o["scale"],
+                                                  image_side=image_side, text_side=text_side)
         if w["sentence_patch"] > 0:
             out["sentence_patch"] = sentence_patch_loss(o["sentence"], o["patches"], batch["sentence_exam"],
-                                                        batch["view_exam"], o["scale"])
+                                                        batch["view_exam"], o["scale"],
+                                                        sentence_side=batch["sentence_side"],
+                                                        image_side=batch["laterality"])
+        if w["multiview"] > 0:
+            out["multiview"] = multiview_loss(o["view"], batch["view_exam"], batch["laterality"], o["scale"])
         if w["prompt"] > 0:
             out["prompt"] = self.loss_fn(o["view"].float(), o["classes"].float(), batch["label"], o["scale"],
                                          modality=batch["modality"])
