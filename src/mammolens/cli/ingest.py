@@ -5,7 +5,6 @@ from pathlib import Path
 import typer
 
 from mammolens.cli._app import app, finish, report_failures
-from mammolens.io.paths import display_path
 
 
 @app.command("ingest")
@@ -24,6 +23,7 @@ def ingest_cli(
     image kept with a header field left empty (kind "warning": PatientAge 130Y...); paths relative to ROOT.
     """
     from mammolens.data.ingest import KIND_WARNING, ingest
+    from mammolens.io.paths import display_path
 
     manifest, errors = ingest(root, out, workers=workers, progress=progress, patterns=tuple(pattern),
                               include_ids=include_ids)
