@@ -300,6 +300,7 @@ class _Run:
         self.cfg, self.rank, self.method, self.val_ds, self.val_labels = cfg, rank, method, val_ds, val_labels
         self.folder = RunFolder(cfg.out_dir)
         self._writer = self._pending = self._val_loader = None
+        self._best_queued = False
         self.dir = self.folder.root
         self.ckpt_dir = self.folder.checkpoints
         ctx = method.ctx
@@ -322,9 +323,10 @@ class _Run:
             "lineage": self.lineage,
         }
 
-    def validate(self) -> dict[str, float]:
-        """Validation metrics of the model as trained so far, through ``pipeline.encode`` (the same batches
-        in the same order as ``predict_cache``); the loader is made once and its workers kept."""
+    def validate(self, model: RunModel | None = None) -> dict[str, float]:
+        """Validation metrics of ``model`` (default ``method.run_model()``: the model as trained so far), through
+        ``pipeline.encode`` (the same batches in the same order as ``predict_cache``); the loader is made once
+        and its workers kept."""
         if self.n_val == 0:
             return {}
         from mammolens.pipeline import encode as _enc
@@ -337,11 +339,11 @@ class _Run:
             self._val_loader = DataLoader(self.val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
                                           pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
                                           worker_init_fn=worker_threads if workers > 0 else None)
-        probs = _enc.encode(self.method.run_model(), self._val_loader, ("probs",), device=ctx.device,
+        probs = _enc.encode(model or self.method.run_model(), self._val_loader, ("probs",), device=ctx.device,
                             precision=cfg.precision, task=ctx.task)["probs"]
         return val_metrics(self.val_labels, probs, ctx.task.class_names)
 
-    def save(self, state: dict[str, Any], best: bool) -> None:
+    def save(self, state: dict[str, Any], best: bool, model: RunModel | None = None) -> None:
         """``checkpoints/last.pt`` (backbone, heads, method state, ``state``); also ``best.pt`` when ``best``.
 
         The tensors are copied now and written by a background thread while the next epoch trains
@@ -349,7 +351,7 @@ class _Run:
         """
         if self.rank != 0:
             return
-        model = self.method.run_model()
+        model = model or self.method.run_model()  # the epoch's, when validation built it already
         ck = dict(self.base_ckpt)
         ck["state_dict"] = self.method.ctx.clip.state_dict()
         ck["heads"] = head_specs(model.heads)
@@ -363,6 +365,11 @@ class _Run:
 
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="mammolens-checkpoint")
         self._pending = self._writer.submit(self.folder.save_checkpoint, ck, best)
+        self._best_queued = self._best_queued or best
+
+    def has_best(self) -> bool:
+        """A ``best.pt`` is written or being written (by this run, or on disk from before a resume)."""
+        return self._best_queued or self.folder.checkpoint("best").exists()
 
     def wait(self) -> None:
         """Until the checkpoint being written is on disk (re-raises the writer's error)."""
@@ -522,8 +529,10 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     model = _wrap(parts.module, cfg, world, device)
     try:
         return _run_epochs(run, method, parts, model, pos, world, stop_after, progress)
-    finally:
-        run.close()  # a failed run: the last checkpoint is complete before the folder is judged
+    except BaseException:
+        with contextlib.suppress(Exception):  # the training's error is the one to report
+            run.close()  # the last checkpoint is complete before the folder is judged
+        raise
 
 
 def _open_run_folder(cfg: TrainCfg, rank: int) -> Path | None:
@@ -664,8 +673,9 @@ def _run_epochs(run: _Run, method, parts: _Parts, model: nn.Module, pos: _Positi
                                      parts.sched, parts.augment, pos.step, epoch, world, progress)
         rec.update(method.log())
         validated = _validate_now(epoch, cfg)
+        run_model = method.run_model() if rank == 0 or validated else None  # one build for validation and save
         if validated:
-            rec.update(run.validate())
+            rec.update(run.validate(run_model))
         rec["epoch_time_s"] = time.perf_counter() - t0
         run.write_line(rec)
         pos.epoch = epoch + 1
@@ -674,7 +684,8 @@ def _run_epochs(run: _Run, method, parts: _Parts, model: nn.Module, pos: _Positi
              eta=elapsed / (pos.epoch - start_epoch) * (cfg.epochs - pos.epoch))
         improved = _track_best(pos, rec, cfg.patience) if validated else False
         run.save(_loop_state(parts, pos),
-                 best=improved or (pos.best is None and not run.folder.checkpoint("best").exists()) or not run.n_val)
+                 best=improved or (pos.best is None and not run.has_best()) or not run.n_val,
+                 model=run_model)
         if world > 1:
             torch.distributed.barrier()
         if pos.stopped:
