@@ -13,13 +13,14 @@ HEAVY = ("torch", "open_clip", "numpy", "pandas", "pyarrow", "scipy", "sklearn",
 
 _PROBE = """
 import json, sys
-from mammolens.cli import main
+heavy = json.loads(sys.argv[2])
 sys.argv = ["mammolens", *json.loads(sys.argv[1])]
+from mammolens.cli import main
 try:
     main()
 except SystemExit:
     pass
-print("\\nLOADED " + json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)))
+print("\\nLOADED " + json.dumps(sorted(m for m in heavy if m in sys.modules)))
 """
 
 
