@@ -43,6 +43,10 @@ from mammolens.train.methods.base import extract_features, to_input
 
 log = logging.getLogger(__name__)
 
+BACKGROUND_CHECKPOINTS = False
+"""Write checkpoints from a background thread while the next epoch trains. Off: on the 2-core CPU its pickling
+(which holds the GIL) slowed the next epoch's steps more than the write it hid (BENCHMARKS.md, issue 19)."""
+
 __all__ = ["train", "load_run", "predict_cache", "resolve_task", "open_run_cache", "split_rows"]
 
 
@@ -358,8 +362,12 @@ class _Run:
         ck["primary_head"] = model.primary
         ck["method_state"] = self.method.state_dict()
         ck.update(state)
-        ck = _snapshot(ck)  # training goes on changing the live tensors in place
         self.wait()
+        if not BACKGROUND_CHECKPOINTS:
+            self.folder.save_checkpoint(ck, best)
+            self._best_queued = self._best_queued or best
+            return
+        ck = _snapshot(ck)  # training goes on changing the live tensors in place
         if self._writer is None:
             from concurrent.futures import ThreadPoolExecutor
 
