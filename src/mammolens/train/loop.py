@@ -350,8 +350,9 @@ class _Run:
     def save(self, state: dict[str, Any], best: bool, model: RunModel | None = None) -> None:
         """``checkpoints/last.pt`` (backbone, heads, method state, ``state``); also ``best.pt`` when ``best``.
 
-        The tensors are copied now and written by a background thread while the next epoch trains
-        (:meth:`wait` before reading the folder); a write's error is raised by the next ``save`` or ``wait``.
+        With ``BACKGROUND_CHECKPOINTS`` the tensors are copied now and written by a background thread while the
+        next epoch trains (:meth:`wait` before reading the folder; a write's error is raised by the next ``save``
+        or ``wait``); otherwise (the default) the write happens here.
         """
         if self.rank != 0:
             return
