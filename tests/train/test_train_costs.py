@@ -68,3 +68,17 @@ def test_the_hand_written_peer_trains_the_same_model(cache_dir, tmp_path):  # no
     rec = peer_train(cache_dir, epochs=1, out=tmp_path, batch_size=8)
     assert rec["seconds"] > 0 and rec["steady_images_per_s"] > 0 and (tmp_path / "weights.pt").is_file()
     assert rec["val_macro_auc"] is None or 0.0 <= rec["val_macro_auc"] <= 1.0
+
+
+def test_background_checkpoint_writes_give_the_same_checkpoint(cache_dir, tmp_path, monkeypatch):  # noqa: F811
+    import mammolens.train.loop as loop
+
+    sync = train(_cfg(cache_dir, tmp_path / "sync", epochs=2, ood=False), progress=False)
+    monkeypatch.setattr(loop, "BACKGROUND_CHECKPOINTS", True)
+    bg = train(_cfg(cache_dir, tmp_path / "bg", epochs=2, ood=False), progress=False)
+    a, b = load_checkpoint(sync, "last"), load_checkpoint(bg, "last")
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert read_checkpoint(RunFolder(bg).checkpoint("best"))["epoch"] == read_checkpoint(
+        RunFolder(sync).checkpoint("best"))["epoch"]
