@@ -19,9 +19,10 @@ from mammolens.bench.inference import bench_inference
 from mammolens.bench.loader import bench_loader
 from mammolens.bench.preprocess import bench_preprocess
 from mammolens.bench.shared_cpu import SHARED_CPU_TARGET, bench_shared_cpu
+from mammolens.bench.train_peer import TRAIN_PEER_TARGET, bench_train_peer
 from mammolens.bench.train_step import bench_train_gpu
 
-SECTIONS = ("preprocess", "inference", "loader", "train-gpu", "shared-cpu")
+SECTIONS = ("preprocess", "inference", "loader", "train-gpu", "shared-cpu", "train-peer")
 
 TARGETS_FULL: dict[str, float] = {
     "preprocess": 3.0,  # issue 6: >= 3x the naive pydicom + PIL + open_clip-transform loop
@@ -140,6 +141,10 @@ def run_benchmarks(cfg: BenchCfg | None = None, log: Callable[[str], None] | Non
             log(f"shared-cpu: training alone and beside {cfg.shared_busy} busy processes ...")
             results["shared_cpu"] = bench_shared_cpu(work / "shared", k=cfg.shared_busy, steps=cfg.shared_steps,
                                                      repeats=cfg.repeats)
+        if "train-peer" in cfg.sections:
+            log("train-peer: mammolens train vs a hand-written loop, interleaved ...")
+            results["train_peer"] = bench_train_peer(None, work=work / "train_peer", epochs=2 if cfg.small else 5,
+                                                     repeats=cfg.repeats)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
@@ -174,6 +179,8 @@ def check_targets(results: dict[str, Any], small: bool = False,
         add(f"inference/{model}/end-to-end", r.get("e2e_ratio"), targets["inference"])
     if "shared_cpu" in results:
         add("shared-cpu/fair-share", results["shared_cpu"].get("ratio"), SHARED_CPU_TARGET, at_most=True)
+    if "train_peer" in results and not small:
+        add("train-peer", results["train_peer"].get("ratio"), TRAIN_PEER_TARGET)
     if not small:  # absolute rates against the GPU target: full mode only (CI checks ratios, not speed)
         if "loader" in results:
             add("loader/feeds-gpu-target", results["loader"].get("ratio_to_gpu_target"), 1.0)
@@ -221,6 +228,12 @@ def format_results(report: dict[str, Any]) -> str:
                      f"beside {s['k']} busy {s['loaded_s']:.1f} s | slowdown {s['slowdown']:.2f}x, fair "
                      f"{s['fair_slowdown']:.2f}x on {s['cores']} cores -> {s['ratio']:.2f}x the fair share "
                      f"(load {s['load_avg_1m_before']} -> {s['load_avg_1m_after']})")
+    if "train_peer" in res:
+        t = res["train_peer"]
+        lines.append(f"train-peer {t['epochs']} epochs of the demo training: ours {t['ours_s']:.1f} s | hand-written "
+                     f"{t['peer_s']:.1f} s | ratio {t['ratio']:.2f}x (steady epochs {t['ours_steady_images_per_s']:.0f} "
+                     f"vs {t['peer_steady_images_per_s']:.0f} img/s, {t['steady_ratio']:.2f}x; load "
+                     f"{t['load_avg_1m_before']} -> {t['load_avg_1m_after']})")
     for c in report["checks"]:
         cmp = "<=" if c.get("at_most") else ">="
         lines.append(f"check {c['name']}: {c['ratio']:.2f}x vs target {cmp} {c['target']}x -> "

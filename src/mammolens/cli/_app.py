@@ -13,8 +13,6 @@ from collections.abc import Callable
 
 import typer
 
-from mammolens.io.paths import display_path
-from mammolens.parallel import NothingReadError
 
 # ValueError covers ImageReadError, ManifestError, CacheError and NothingReadError; ImportError a missing extra.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, ImportError)
@@ -25,6 +23,7 @@ def exit_code(e: BaseException) -> int:
     given); a data problem is never 2: an image that cannot be read, or nothing read at all, is 3; a file name
     or text the data hold that cannot be encoded is 1."""
     from mammolens.io import ImageReadError
+    from mammolens.parallel import NothingReadError
 
     if isinstance(e, (NothingReadError, ImageReadError)):
         return EXIT_NOTHING_READ
@@ -43,6 +42,8 @@ def user_errors(fn: Callable) -> Callable:
         except USER_ERRORS as e:
             if os.environ.get("MAMMOLENS_DEBUG"):
                 raise
+            from mammolens.io.paths import display_path  # imported on an error only: `--help` stays light
+
             typer.secho(f"error: {display_path(str(e))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exit_code(e)) from None
 
@@ -133,6 +134,8 @@ MAX_FAILED_SHOWN = 10
 
 def report_failures(failures, errors_file, limit: int = MAX_FAILED_SHOWN) -> None:
     """One short ``FAILED file: reason`` line per failure (stderr), at most ``limit``, then a count."""
+    from mammolens.io.paths import display_path
+
     failures = list(failures)
     for name, reason in failures[:limit]:
         reason = display_path(" ".join(str(reason).split()))

@@ -5,7 +5,6 @@ from pathlib import Path
 import typer
 
 from mammolens.cli._app import app, finish, report_failures
-from mammolens.io.paths import display_path
 
 
 @app.command("ingest")
@@ -25,6 +24,7 @@ def ingest_cli(
     """
     from mammolens.cli._app import show_progress
     from mammolens.data.ingest import KIND_WARNING, ingest
+    from mammolens.io.paths import display_path
 
     manifest, errors = ingest(root, out, workers=workers, progress=show_progress(progress), patterns=tuple(pattern),
                               include_ids=include_ids)

@@ -8,6 +8,8 @@ A run folder (written by ``train.loop``, read by every surface)::
     RUN/ood.npz                the out-of-distribution model (models.ood), optional
     RUN/checkpoints/last.pt    the last finished epoch (what resume=true continues)
     RUN/checkpoints/best.pt    the best validation epoch (what predict/evaluate load by default)
+    RUN/checkpoints/best.weights.pt  best.pt without the resume state (optimizer, scheduler, scaler, RNG),
+                               written when the run finishes: what inference reads (memory-mapped)
 
 A checkpoint is a dict of plain data and tensors (loaded with ``weights_only=True``: a run folder cannot run
 code). Format 1 (``"format": 1``) holds ``model_name``, ``model_kwargs``, ``state_dict`` (the backbone),
@@ -17,6 +19,13 @@ head's), ``method``, ``method_state`` (``TrainMethod.state_dict()``: what resume
 ``scheduler``, ``scaler``, ``rng``, ``best_metric``, ``best_epoch``, ``bad_epochs``, ``stopped``). Format 0
 (no ``format`` key, written before issue 18) has ``head_state_dict`` instead of ``heads`` and no
 ``method_state``/``lineage``; it loads unchanged.
+
+Inference never reads the resume state: ``load_run`` reads ``best.weights.pt`` (the same dict less
+``RESUME_KEYS``) when it is there, else the checkpoint itself, and both memory-mapped
+(``torch.load(mmap=True)``): only the pages of the weights are read, so a biomedclip run with a 2.35 GB
+``best.pt`` loads in about the model build's time with the model's memory. Runs without the weights file
+(older runs, an interrupted one) load the same way from ``best.pt``. Saving a new best epoch removes the
+weights file before ``best.pt`` changes, so it never describes another epoch than ``best.pt``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ __all__ = ["CHECKPOINT_FORMAT", "LoadedRun", "RunError", "RunFolder", "cache_fin
            "lineage", "load_checkpoint", "load_run", "read_checkpoint", "verify_run"]
 
 CHECKPOINT_FORMAT = 1
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+"""The checkpoint entries only ``resume`` needs (left out of the weights file)."""
 REQUIRED_KEYS = ("model_name", "state_dict", "task")
 # run-control settings that do not change what is trained: left out of the config hash
 _NOT_HASHED = ("resume", "overwrite", "out_dir")
@@ -82,18 +93,37 @@ class RunFolder:
         """``checkpoints/<which>.pt`` (``which``: best | last | a path ending in .pt)."""
         return Path(which) if str(which).endswith(".pt") else self.checkpoints / f"{which}.pt"
 
+    def weights(self, which: str = "best") -> Path:
+        """``checkpoints/<which>.weights.pt``: the checkpoint without its resume state (see the module doc)."""
+        return self.checkpoints / f"{which}.weights.pt"
+
     # ------------------------------------------------------------------------------------- writing
     def save_checkpoint(self, ck: dict[str, Any], best: bool = False) -> Path:
-        """Write ``last.pt`` atomically (a crash never leaves half a checkpoint); copy it to ``best.pt``
-        when ``best``."""
+        """Write ``last.pt`` atomically (a crash never leaves half a checkpoint); make ``best.pt`` the same
+        file when ``best`` (a hard link: no second write; a copy where links are not supported). The next
+        save replaces ``last.pt`` with a new file, so ``best.pt`` keeps its epoch."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         last = self.checkpoint("last")
         tmp = last.with_suffix(".tmp")
         torch.save(ck, tmp)
         os.replace(tmp, last)
         if best:
-            shutil.copyfile(last, self.checkpoint("best"))
+            self.weights("best").unlink(missing_ok=True)  # it described the previous best epoch
+            _same_file(last, self.checkpoint("best"))
         return last
+
+    def write_weights(self, which: str = "best") -> Path | None:
+        """Write ``checkpoints/<which>.weights.pt`` from ``<which>.pt`` (its dict less ``RESUME_KEYS``),
+        atomically; returns its path (None when there is no such checkpoint)."""
+        src = self.checkpoint(which)
+        if not src.is_file():
+            return None
+        ck = read_checkpoint(src, mmap=True)
+        out = self.weights(which)
+        tmp = out.with_suffix(".tmp")
+        torch.save({k: v for k, v in ck.items() if k not in RESUME_KEYS}, tmp)
+        os.replace(tmp, out)
+        return out
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         self.summary.write_text(json.dumps(summary, indent=2))
@@ -121,6 +151,17 @@ class RunFolder:
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+
+def _same_file(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src`` atomically: a hard link, or a copy where the file system has none."""
+    tmp = dst.with_suffix(".lnk")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 # ------------------------------------------------------------------------------------------ lineage
@@ -165,9 +206,14 @@ def lineage(model_name: str, pretrained: str | None, cache=None, cfg: dict[str, 
 
 
 # ------------------------------------------------------------------------------------------ reading
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
     """A checkpoint file loaded as plain data only (``torch.load(weights_only=True)``): a run folder
     cannot run code.
+
+    With ``mmap`` the tensors are memory-mapped from the file (``torch.load(mmap=True)``): nothing is
+    read until used, so the optimizer state of a checkpoint costs neither time nor memory when only the
+    weights are used. A file in torch's legacy (non-zip) format is read whole.
 
     Checkpoints of earlier mammolens versions hold the NumPy RNG state as an array; NumPy's array
     reconstruction is allowed for them (it builds arrays and scalars, nothing callable).
@@ -179,6 +225,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
+            if mmap:
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+                except RuntimeError as e:  # a legacy-format file cannot be mapped
+                    if "mmap" not in str(e):
+                        raise
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
@@ -212,9 +264,20 @@ def _checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
     return p
 
 
-def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu") -> dict[str, Any]:
-    """The checkpoint dict of a run (``which``: best | last | a .pt path; best falls back to last)."""
-    return read_checkpoint(_checkpoint_path(run_dir, which), map_location=device)
+def load_checkpoint(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of a run (``which``: best | last | a .pt path; best falls back to last), with its
+    resume state; ``mmap``: see ``read_checkpoint``."""
+    return read_checkpoint(_checkpoint_path(run_dir, which), map_location=device, mmap=mmap)
+
+
+def _weights_path(run_dir: str | os.PathLike, which: str) -> Path:
+    """What inference reads for ``which``: ``<which>.weights.pt`` when written, else the checkpoint."""
+    if which in ("best", "last"):
+        w = RunFolder(run_dir).weights(which)
+        if w.is_file() and RunFolder(run_dir).checkpoint(which).is_file():
+            return w
+    return _checkpoint_path(run_dir, which)
 
 
 def _problems(ck: dict[str, Any]) -> list[str]:
@@ -266,7 +329,7 @@ def verify_run(run_dir: str | os.PathLike, which: str = "best") -> dict[str, Any
         raise RunError(f"run folder {folder.root}: no checkpoints/{which}.pt (nor last.pt); found "
                        f"{', '.join(have) or 'no checkpoints'}: is the training finished?") from None
     try:
-        ck = read_checkpoint(path)
+        ck = read_checkpoint(path, mmap=True)
     except Exception as e:  # unsafe pickle, truncated file, not a torch file
         raise RunError(f"run folder {folder.root}: cannot read {path.name}: {e}") from None
     problems = _problems(ck) if isinstance(ck, dict) else [f"{path.name} does not hold a dict"]
@@ -326,8 +389,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", which: str = "best
     from mammolens.models import create_model
     from mammolens.run.model import RunModel, build_heads, build_run_model
 
-    path = _checkpoint_path(run_dir, which)
-    ck = read_checkpoint(path, map_location="cpu")
+    path = _weights_path(run_dir, which)
+    ck = read_checkpoint(path, map_location="cpu", mmap=True)  # the weights' pages only, not the optimizer's
     problems = _problems(ck)
     if problems:
         raise RunError(f"run folder {run_dir} ({path.name}) cannot be loaded: " + "; ".join(problems))

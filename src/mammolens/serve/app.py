@@ -34,7 +34,6 @@ from typing import Any, Protocol
 
 from mammolens._optional import optional_import
 from mammolens.constants import DENSITY_CLASSES
-from mammolens.io import max_pixels_limit
 from mammolens.serve.security import LOCAL_HOSTS, SecurityMiddleware, split_host
 from mammolens.serve.upload import (
     BadUpload,
@@ -300,6 +299,8 @@ def _pixel_error(path: Path, kind: str | None, max_pixels: int) -> str | None:
             f"image too large: {size} = {w * h / 1e6:.0f} M pixels per frame, above this server's limit "
             f"of {max_pixels / 1e6:g} M pixels (start the server with --max-pixels to raise it)"
         )
+    from mammolens.io import max_pixels_limit  # numpy: not at import (`mammolens --help` imports this module)
+
     budget = max_pixels_limit()
     if w * h * frames > budget:
         return (

@@ -154,6 +154,8 @@ class TrainCfg:
             it with ``precision: fp32``) use TF32 tensor cores; ``false`` for strict fp32.
         augment: apply the GPU augmentation preset to training batches.
         patience: early stopping after this many epochs without a better validation macro AUC (0 = off).
+        val_every: validate (and so choose ``best.pt``) after every ``val_every``-th epoch and the last one
+            (1 = every epoch; patience then counts validations).
         out_dir: the run directory.
         resume: ``True`` continues ``out_dir/checkpoints/last.pt``; a path continues that checkpoint/run.
         overwrite: allow starting afresh in an ``out_dir`` that already holds checkpoints.
@@ -190,6 +192,7 @@ class TrainCfg:
     workers: int = 4
     seed: int = 0
     patience: int = 0
+    val_every: int = 1
     out_dir: str = "runs/run"
     resume: bool | str = False
     overwrite: bool = False

@@ -43,6 +43,10 @@ from mammolens.train.methods.base import extract_features, to_input
 
 log = logging.getLogger(__name__)
 
+BACKGROUND_CHECKPOINTS = False
+"""Write checkpoints from a background thread while the next epoch trains. Off: on the 2-core CPU its pickling
+(which holds the GIL) slowed the next epoch's steps more than the write it hid (BENCHMARKS.md, issue 19)."""
+
 __all__ = ["train", "load_run", "predict_cache", "resolve_task", "open_run_cache", "split_rows"]
 
 
@@ -342,6 +346,8 @@ class _Run:
     def __init__(self, cfg: TrainCfg, rank: int, method, cache, val_ds, val_labels: np.ndarray):
         self.cfg, self.rank, self.method, self.val_ds, self.val_labels = cfg, rank, method, val_ds, val_labels
         self.folder = RunFolder(cfg.out_dir)
+        self._writer = self._pending = self._val_loader = None
+        self._best_queued = False
         self.dir = self.folder.root
         self.ckpt_dir = self.folder.checkpoints
         ctx = method.ctx
@@ -369,26 +375,74 @@ class _Run:
             "lineage": self.lineage,
         }
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, model: RunModel | None = None) -> dict[str, float]:
+        """Validation metrics of ``model`` (default ``method.run_model()``: the model as trained so far), through
+        ``pipeline.encode`` (the same batches in the same order as ``predict_cache``); the loader is made once
+        and its workers kept."""
         if self.n_val == 0:
             return {}
+        from mammolens.pipeline import encode as _enc
+
         cfg, ctx = self.cfg, self.method.ctx
-        probs = predict_cache(self.method.run_model(), ctx.task, self.val_ds, batch_size=cfg.batch_size,
-                              device=ctx.device, workers=min(cfg.workers, 2), precision=cfg.precision)
+        if self._val_loader is None:
+            from torch.utils.data import DataLoader
+
+            workers = min(cfg.workers, 2)
+            self._val_loader = DataLoader(self.val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                                          pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
+                                          worker_init_fn=worker_threads if workers > 0 else None)
+        probs = _enc.encode(model or self.method.run_model(), self._val_loader, ("probs",), device=ctx.device,
+                            precision=cfg.precision, task=ctx.task)["probs"]
         return val_metrics(self.val_labels, probs, ctx.task.class_names)
 
-    def save(self, state: dict[str, Any], best: bool) -> None:
-        """``checkpoints/last.pt`` (backbone, heads, method state, ``state``); also ``best.pt`` when ``best``."""
+    def save(self, state: dict[str, Any], best: bool, model: RunModel | None = None) -> None:
+        """``checkpoints/last.pt`` (backbone, heads, method state, ``state``); also ``best.pt`` when ``best``.
+
+        With ``BACKGROUND_CHECKPOINTS`` the tensors are copied now and written by a background thread while the
+        next epoch trains (:meth:`wait` before reading the folder; a write's error is raised by the next ``save``
+        or ``wait``); otherwise (the default) the write happens here.
+        """
         if self.rank != 0:
             return
-        model = self.method.run_model()
+        model = model or self.method.run_model()  # the epoch's, when validation built it already
         ck = dict(self.base_ckpt)
-        ck["state_dict"] = {k: v.detach().cpu() for k, v in self.method.ctx.clip.state_dict().items()}
+        ck["state_dict"] = self.method.ctx.clip.state_dict()
         ck["heads"] = head_specs(model.heads)
         ck["primary_head"] = model.primary
         ck["method_state"] = self.method.state_dict()
         ck.update(state)
-        self.folder.save_checkpoint(ck, best=best)
+        self.wait()
+        if not BACKGROUND_CHECKPOINTS:
+            self.folder.save_checkpoint(ck, best)
+            self._best_queued = self._best_queued or best
+            return
+        ck = _snapshot(ck)  # training goes on changing the live tensors in place
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mammolens-checkpoint")
+        self._pending = self._writer.submit(self.folder.save_checkpoint, ck, best)
+        self._best_queued = self._best_queued or best
+
+    def has_best(self) -> bool:
+        """A ``best.pt`` is written or being written (by this run, or on disk from before a resume)."""
+        return self._best_queued or self.folder.checkpoint("best").exists()
+
+    def wait(self) -> None:
+        """Until the checkpoint being written is on disk (re-raises the writer's error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write; stop the writer thread and the validation loader's workers."""
+        try:
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
+            self._val_loader = None
 
     def restore(self, ck: dict[str, Any]) -> None:
         """The backbone and the method's state (its head, adaptive weights, pool...) of a checkpoint."""
@@ -408,7 +462,11 @@ class _Run:
             self.folder.keep_metrics(upto_epoch)
 
     def finish(self, best_metric, best_epoch: int, epochs_done: int, stopped_early: bool = False) -> Path:
+        """Wait for the checkpoint writes; write ``best.weights.pt`` (what inference reads), the OOD model and
+        ``summary.json``."""
+        self.close()
         if self.rank == 0:
+            self.folder.write_weights("best")
             cfg, ctx = self.cfg, self.method.ctx
             # without validation rows "best" is the last epoch's checkpoint (saved as best every epoch)
             summary = {"method": cfg.method, "best_metric": best_metric,
@@ -424,6 +482,17 @@ class _Run:
                                                            **self.split}), encoding="utf-8")
             self.folder.write_summary(summary)
         return self.dir
+
+
+def _snapshot(obj):
+    """``obj`` with every tensor copied to the CPU (dicts, lists and tuples walked): a checkpoint frozen now."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
 
 
 def _model_kwargs(cfg: TrainCfg) -> dict[str, Any]:
@@ -484,11 +553,18 @@ def _schedule(opt, cfg: TrainCfg, n_batches: int):
 
 
 def _optimizer(module: nn.Module, cfg: TrainCfg, device: torch.device):
-    """AdamW over the trainable parameters; no weight decay on biases, norms and scalars."""
+    """AdamW over the trainable parameters; no weight decay on biases, norms and scalars.
+
+    The fused kernel on CUDA and on the CPU: one pass over all parameters per step. On the CPU the default
+    (one small op after another per parameter, each an OpenMP region) took ~40 % of a tiny-clip step
+    (BENCHMARKS.md, "training against a hand-written loop"); fused updates agree with it to float rounding.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+    fused = device.type in ("cuda", "cpu") and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                                                   for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
 def _wrap(module: nn.Module, cfg: TrainCfg, world: int, device: torch.device) -> nn.Module:
@@ -520,7 +596,12 @@ def _train(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows, sto
     else:
         run.keep_lines(0)
     model = _wrap(parts.module, cfg, world, device)
-    return _run_epochs(run, method, parts, model, pos, world, stop_after, progress)
+    try:
+        return _run_epochs(run, method, parts, model, pos, world, stop_after, progress)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the training's error is the one to report
+            run.close()  # the last checkpoint is complete before the folder is judged
+        raise
 
 
 def _open_run_folder(cfg: TrainCfg, rank: int) -> Path | None:
@@ -628,6 +709,12 @@ def _loop_state(parts: _Parts, pos: _Position) -> dict[str, Any]:
             "best_metric": pos.best, "best_epoch": pos.best_epoch, "bad_epochs": pos.bad, "stopped": pos.stopped}
 
 
+def _validate_now(epoch: int, cfg: TrainCfg) -> bool:
+    """Validate after ``epoch`` (0-based)? Every ``cfg.val_every``-th epoch and always the last one."""
+    every = max(1, int(getattr(cfg, "val_every", 1) or 1))
+    return (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs
+
+
 def _track_best(pos: _Position, rec: dict[str, Any], patience: int) -> bool:
     """Update ``pos`` with an epoch's validation macro AUC; True when it improved on the best."""
     auc = rec.get("val_macro_auc")
@@ -654,16 +741,20 @@ def _run_epochs(run: _Run, method, parts: _Parts, model: nn.Module, pos: _Positi
         rec, pos.step = _train_epoch(method, model, parts.loader, parts.n_batches, parts.size, parts.opt,
                                      parts.sched, parts.augment, pos.step, epoch, world, progress)
         rec.update(method.log())
-        rec.update(run.validate())
+        validated = _validate_now(epoch, cfg)
+        run_model = method.run_model() if rank == 0 or validated else None  # one build for validation and save
+        if validated:
+            rec.update(run.validate(run_model))
         rec["epoch_time_s"] = time.perf_counter() - t0
         run.write_line(rec)
         pos.epoch = epoch + 1
         elapsed = time.perf_counter() - t_start
         _say(progress, rec, f"epoch {epoch + 1}/{cfg.epochs}", elapsed,
              eta=elapsed / (pos.epoch - start_epoch) * (cfg.epochs - pos.epoch))
-        improved = _track_best(pos, rec, cfg.patience)
+        improved = _track_best(pos, rec, cfg.patience) if validated else False
         run.save(_loop_state(parts, pos),
-                 best=improved or (pos.best is None and not run.folder.checkpoint("best").exists()) or not run.n_val)
+                 best=improved or (pos.best is None and not run.has_best()) or not run.n_val,
+                 model=run_model)
         if world > 1:
             torch.distributed.barrier()
         if pos.stopped:
@@ -744,7 +835,7 @@ def _write_ood(folder: RunFolder, method, train_ds, cfg: TrainCfg, device) -> di
     from mammolens.models.ood import fit_ood
 
     t0 = time.perf_counter()
-    ck = load_checkpoint(folder.root, "best")  # the weights Predictor uses by default
+    ck = load_checkpoint(folder.root, "best", mmap=True)  # the weights Predictor uses by default
     clip = method.ctx.clip
     clip.load_state_dict(ck["state_dict"])  # training is over: the live model may be replaced
     n = len(train_ds)
