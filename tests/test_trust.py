@@ -142,8 +142,13 @@ def _mixed_manifest(app_env, tmp_path) -> Path:  # noqa: F811
     from mammolens.data.synthetic import make_cohort
 
     ext = make_cohort(tmp_path / "ext", n_patients=2, seed=1000, image_size=(128, 104), sites=("external-site",))
-    own = app_env.df.assign(image_path=[str(app_env.cohort / p) for p in app_env.df["image_path"]])
-    ext = ext.assign(image_path=[str(tmp_path / "ext" / p) for p in ext["image_path"]])
+    def absolute(df, root):  # image and mask paths, so the mixed manifest can live anywhere
+        df = df.assign(image_path=[str(root / p) for p in df["image_path"]])
+        if "lesion_mask" in df.columns:
+            df["lesion_mask"] = [str(root / p) if p else "" for p in df["lesion_mask"]]
+        return df
+
+    own, ext = absolute(app_env.df, app_env.cohort), absolute(ext, tmp_path / "ext")
     path = tmp_path / "mixed.parquet"
     pd.concat([own, ext], ignore_index=True).to_parquet(path)
     return path
@@ -223,11 +228,16 @@ def test_set_outside_the_training_distribution_is_reported(app_env):  # noqa: F8
     assert load_ood(app_env.run).set_threshold > 0
 
 
-def test_explain_does_not_tell_the_user_to_give_a_sidecar(app_env, tmp_path, caplog):  # noqa: F811
+def test_explain_names_the_sidecar_only_because_it_takes_one(app_env, tmp_path, caplog):  # noqa: F811
+    """The hint names an option of the command that prints it: explain has --sidecar (cli/explain.py)."""
+    from typer.testing import CliRunner
+
+    from mammolens.cli import app
     from mammolens.workflows import explain_run
 
+    assert "--sidecar" in CliRunner().invoke(app, ["explain", "--help"], env={"COLUMNS": "200"}).output
     png = tmp_path / "x.png"
     png.write_bytes(app_env.mammogram_png(0))
     with caplog.at_level("WARNING"):
         explain_run(app_env.run, [png], tmp_path / "out", device="cpu")
-    assert "without study information" in caplog.text and "--sidecar" not in caplog.text
+    assert "without study information" in caplog.text

@@ -419,6 +419,8 @@ def _retrieval(run, cache_dir: Path, preds: pd.DataFrame, batch_size: int, devic
             out["report_to_image"] = retrieval_metrics(same_label(reports["study_id"].to_numpy()[r], exams),
                                                        txt[r] @ img.T)
     return out
+
+
 def _localization(run_dir, data, out_dir: Path, n_boot: int, seed: int, device: str) -> dict[str, Any] | None:
     """The localization section of ``evaluate_run``: only for a manifest with lesion outlines (``lesion_mask``,
     circle or box columns) and at least one lesion; writes ``localization.csv`` (no identifiers) and a gallery."""
@@ -928,7 +930,11 @@ def localization_eval(run_dir: str | PathLike, manifest: pd.DataFrame, texts=DEF
             log.warning("localization: image %d unreadable (%s)", i, type(e).__name__)
             continue
         pix = img.pixels.max(axis=0) if img.pixels.ndim == 3 else img.pixels
-        full = lesion_mask_from_row(r, pix.shape)
+        try:
+            full = lesion_mask_from_row(r, pix.shape)
+        except (ValueError, OSError) as e:  # a missing or misshapen mask file skips its image, never the run
+            log.warning("localization: image %d: lesion outline unusable (%s)", i, type(e).__name__)
+            continue
         if full is None or not full.any():
             continue
         for kind in kinds:
