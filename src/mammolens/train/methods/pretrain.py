@@ -23,7 +23,8 @@ Labels are ignored for training (the method uses every non-test, non-validation 
   spread, 0 at collapse), and on up to ``probe_max_images`` labelled training images: ``effective_rank`` of the
   embeddings, a leave-patient-out kNN probe (``knn_macro_auc``, ``knn_balanced_accuracy``) and a linear probe
   that is the run's head (so ``val_macro_auc`` is a linear probe's, and ``best.pt`` the best tower by it).
-  A collapse (std < ``COLLAPSE_STD`` or effective rank < ``COLLAPSE_RANK``) is logged as a warning and recorded as ``collapse: true``.
+  A collapse (std < ``COLLAPSE_STD`` or effective rank < ``COLLAPSE_RANK``) is logged as a warning and recorded
+  as ``collapse: true``.
 
 The run is an ordinary run (a linear head on the task); its tower starts ``mammolens train`` with
 ``pretrained: run:PATH``.
@@ -325,7 +326,8 @@ class PretrainMethod(TrainMethod):
         self.teacher_heads = heads()
         self.teacher_heads.load_state_dict(student_heads.state_dict())
         self.teacher_heads.requires_grad_(False).eval()
-        step = PretrainStep(clip, student_heads["dino"], student_heads["ibot"] if "ibot" in student_heads else None).to(ctx.device)
+        ibot = student_heads["ibot"] if "ibot" in student_heads else None
+        step = PretrainStep(clip, student_heads["dino"], ibot).to(ctx.device)
         self.student_heads = student_heads
         if p.centering == "mean":
             self.dino_loss = L["DINOLoss"](p.out_dim, warmup_teacher_temp=p.warmup_teacher_temp,
