@@ -486,3 +486,29 @@ class PretrainMethod(TrainMethod):
         if "centers" in state and self.dino_loss is not None:
             self.dino_loss.load_state_dict(state["centers"]["dino"])
             self.ibot_loss.load_state_dict(state["centers"]["ibot"])
+
+
+PRETRAIN_METHODS = ("pretrain",)
+
+
+def pretrain_config(path, overrides: list[str] | None = None):
+    """The ``TrainCfg`` of ``mammolens pretrain --config PATH``: the file's method when it is a pretraining
+    method, ``pretrain`` when it names none.
+
+    Raises:
+        ValueError: the file (or an override) names another method (train it with ``mammolens train``).
+    """
+    from mammolens.train.config import load_cfg
+
+    cfg = load_cfg(path, overrides)
+    if cfg.method in PRETRAIN_METHODS:
+        return cfg
+    import yaml
+
+    from mammolens.train.config import parse_overrides
+
+    named = (yaml.safe_load(open(path)) or {}).get("method") if path is not None else None
+    if named is not None or "method" in parse_overrides(overrides):
+        raise ValueError(f"config {path} names method {cfg.method!r}, which is not a pretraining method "
+                         f"({', '.join(PRETRAIN_METHODS)}); run it with `mammolens train`, or set method: pretrain")
+    return load_cfg(path, ["method=pretrain", *(overrides or [])])
