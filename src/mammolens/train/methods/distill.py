@@ -267,8 +267,8 @@ class DistillMethod(TrainMethod):
         return out
 
     def state_dict(self) -> dict:
-        state = {"heads": {n: {k: v.detach().cpu().clone() for k, v in h.state_dict().items()}
-                           for n, h in self.heads.items()}}
+        heads = {n: {k: v.detach().cpu().clone() for k, v in h.state_dict().items()} for n, h in self.heads.items()}
+        state = {"head": heads[self.ctx.task.name], "heads": heads}  # "head": the primary one, as other methods
         if self.proj is not None:
             state["proj"] = {k: v.detach().cpu().clone() for k, v in self.proj.state_dict().items()}
         return state
