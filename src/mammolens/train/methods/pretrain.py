@@ -507,8 +507,11 @@ def pretrain_config(path, overrides: list[str] | None = None):
 
     from mammolens.train.config import parse_overrides
 
-    named = (yaml.safe_load(open(path)) or {}).get("method") if path is not None else None
-    if named is not None or "method" in parse_overrides(overrides):
+    def names(section) -> bool:  # a method section that names its method
+        return isinstance(section, str) or (isinstance(section, dict) and "name" in section)
+
+    from_file = (yaml.safe_load(open(path)) or {}).get("method") if path is not None else None
+    if names(from_file) or names(parse_overrides(overrides).get("method")):
         raise ValueError(f"config {path} names method {cfg.method!r}, which is not a pretraining method "
                          f"({', '.join(PRETRAIN_METHODS)}); run it with `mammolens train`, or set method: pretrain")
     return load_cfg(path, ["method=pretrain", *(overrides or [])])
