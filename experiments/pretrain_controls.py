@@ -125,9 +125,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--model-size", type=int, default=64)
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--local-crops", type=int, default=2)
+    ap.add_argument("--merge", nargs="+", default=None, help="only merge the results.json of these --out folders "
+                    "(seeds run as separate processes) into --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads((Path(m) / "results.json").read_text()) for m in args.merge]
+        merged = dict(parts[0], seeds={k: v for p in parts for k, v in p["seeds"].items()},
+                      load_before=parts[0]["load_before"], load_after=parts[-1]["load_after"],
+                      seconds=sum(p["seconds"] for p in parts))
+        (out / "results.json").write_text(json.dumps(merged, indent=2, default=float))
+        print(_table(merged))
+        return merged
     import torch
 
     from mammolens.evaluation.stats import paired_bootstrap
