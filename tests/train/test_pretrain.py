@@ -275,3 +275,16 @@ def test_a_pretrained_tower_loads_at_another_input_size_and_refuses_another_mode
         create_model("timm:resnet10t", pretrained=f"run:{pretrained_run}")
     with pytest.raises(FileNotFoundError):
         create_model("tiny-clip", pretrained=f"run:{tmp_path / 'nothing'}")
+
+
+def test_pretrain_runs_on_an_archive_without_labels(cache_dir, tmp_path):  # noqa: F811
+    """No row has a label of the task (an unlabeled archive): pretraining uses every image; no probe, a prompt head."""
+    task = {"name": "unlabelled", "label_column": "site", "class_names": ["x", "y"],
+            "class_values": [["no-such-site-x"], ["no-such-site-y"]], "templates": ["a mammogram, {}"]}
+    run = train(_pre_cfg(cache_dir, tmp_path / "nolabels", epochs=1, task=task), progress=False)
+    from test_method_contract import _lines
+
+    line = _lines(run)[0]
+    assert math.isfinite(line["train_dino"]) and "knn_macro_auc" not in line and line["step"] == 1
+    ck = load_checkpoint(run, "last")
+    assert ck["heads"][ck["primary_head"]]["kind"] == "prompt" and ck["n_train"] == 0
