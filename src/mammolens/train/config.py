@@ -97,8 +97,8 @@ class ModalityWeightingCfg:
 
 @dataclass
 class PretrainCfg:
-    """``method.pretrain``: self-supervised pretraining of the image tower (``pretrain``, ``pretrain-mae``;
-    docs/pretraining.md). Labels are ignored, except for the monitoring probe.
+    """``method.pretrain``: self-supervised pretraining of the image tower (``pretrain``; docs/pretraining.md).
+    Labels are ignored, except for the monitoring probe.
 
     Attributes:
         out_dim: prototypes of the DINO (image) head; ``patch_out_dim`` those of the iBOT (patch) head.
@@ -116,8 +116,6 @@ class PretrainCfg:
         mask_ratio: iBOT: the fraction of a global crop's patches masked for the student, ``[lo, hi]``;
             ``mask_prob`` the fraction of global crops that are masked at all.
         brightness, contrast, gamma, blur_p, noise: intensity augmentations of every crop (kept in [0, 1]).
-        mask_image_ratio: MAE (``pretrain-mae``): fraction of patches hidden from the encoder.
-        decoder_dim, decoder_depth: MAE: the pixel decoder's width and number of blocks.
         probe_max_images: at most this many labelled training images for the per-epoch probes (0: none).
         knn_k: neighbours of the kNN probe.
     """
@@ -147,9 +145,6 @@ class PretrainCfg:
     gamma: float = 0.2
     blur_p: float = 0.3
     noise: float = 0.0
-    mask_image_ratio: float = 0.75
-    decoder_dim: int = 64
-    decoder_depth: int = 1
     probe_max_images: int = 1024
     knn_k: int = 10
 
@@ -217,7 +212,7 @@ class MethodCfg:
         pooling: ``report-contrastive``: exam/breast embedding from its views, ``mean`` or ``attention``.
         max_sentences: ``report-contrastive``: at most this many sentences per report.
         modality_weighting: ``ModalityWeightingCfg`` (``fixed`` or ``adaptive`` and the adaptive rule's knobs).
-        pretrain: ``PretrainCfg`` (``pretrain``, ``pretrain-mae``: heads, temperatures, crops, masking).
+        pretrain: ``PretrainCfg`` (``pretrain``: heads, temperatures, crops, masking).
         distill: ``DistillCfg`` (``distill``: teacher run, extra tasks, per-task class weighting).
     """
 
