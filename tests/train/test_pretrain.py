@@ -288,3 +288,16 @@ def test_pretrain_runs_on_an_archive_without_labels(cache_dir, tmp_path):  # noq
     assert math.isfinite(line["train_dino"]) and "knn_macro_auc" not in line and line["step"] == 1
     ck = load_checkpoint(run, "last")
     assert ck["heads"][ck["primary_head"]]["kind"] == "prompt" and ck["n_train"] == 0
+
+
+def test_pretrain_settings_are_checked_and_round_trip(tmp_path):
+    from mammolens.train.config import cfg_from_dict, load_cfg, save_cfg
+
+    cfg = cfg_from_dict({"method": {"name": "pretrain", "pretrain": {"local_scale": [0.1, 0.4]}}},
+                        ["method.pretrain.centering=mean"])
+    assert cfg.method_cfg.pretrain.local_scale == [0.1, 0.4] and cfg.method_cfg.pretrain.centering == "mean"
+    assert load_cfg(save_cfg(cfg, tmp_path / "c.yaml")) == cfg
+    for bad, match in (({"centering": "median"}, "centering"), ({"local_scale": [0.6, 0.2]}, "local_scale"),
+                       ({"global_crops": 1, "local_crops": 0}, "two crops"), ({"crops": 3}, "method.pretrain.crops")):
+        with pytest.raises(ValueError, match=match):
+            cfg_from_dict({"method": {"name": "pretrain", "pretrain": bad}})
