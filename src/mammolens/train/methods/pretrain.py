@@ -304,7 +304,8 @@ class PretrainMethod(TrainMethod):
             global_crops=p.global_crops, global_scale=p.global_scale, global_size=size, local_crops=p.local_crops,
             local_scale=p.local_scale, local_size=p.local_size or size, min_tissue=p.min_tissue,
             brightness=p.brightness, contrast=p.contrast, gamma=p.gamma, blur_p=p.blur_p, noise=p.noise))
-        dim = int(clip.embed_dim)
+        was_training = clip.training
+        clip.eval()  # the shape probe below must not touch batch-norm statistics
         with torch.no_grad():
             probe = torch.zeros(1, 1, size, size, device=ctx.device)
             dim = int(clip.encode_image(probe, normalize=False).shape[-1])
@@ -315,6 +316,7 @@ class PretrainMethod(TrainMethod):
                 if side * side != n_tok:
                     raise ValueError(f"the ibot term needs a square patch grid; the tower gives {n_tok} tokens")
                 self.grid = (side, side)
+        clip.train(was_training)
         self.teacher = teacher_copy(clip)  # before the mask hook: the teacher never sees mask tokens
 
         def heads():
