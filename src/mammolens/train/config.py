@@ -342,7 +342,11 @@ class TrainCfg:
         out = {}
         for key, value in dataclasses.asdict(self).items():
             if key == "method":
-                out["method"] = {"name": value, **dataclasses.asdict(self.method_cfg)}
+                section = dataclasses.asdict(self.method_cfg)
+                for name, default in (("pretrain", PretrainCfg()), ("distill", DistillCfg())):
+                    if value != name and section[name] == dataclasses.asdict(default):
+                        del section[name]  # other methods' config.yaml (and config hash) stay as they were
+                out["method"] = {"name": value, **section}
             elif key != "method_cfg":
                 out[key] = value
         return out
