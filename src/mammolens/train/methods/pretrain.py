@@ -311,6 +311,9 @@ class PretrainMethod(TrainMethod):
             dim = int(clip.encode_image(probe, normalize=False).shape[-1])
             self.grid = None
             if w["ibot"] > 0:
+                if _patch_embed(clip.visual)[0] is None:
+                    raise ValueError(f"the ibot term needs a ViT image tower (open_clip or timm); "
+                                     f"{type(clip.visual).__name__} has no patch embedding. Set method.terms.ibot: 0")
                 n_tok = int(clip.encode_image_tokens(probe, normalize=False)[1].shape[1])
                 side = int(round(math.sqrt(n_tok)))
                 if side * side != n_tok:
