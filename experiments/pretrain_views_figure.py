@@ -70,7 +70,7 @@ def main(argv=None) -> Path:
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=72)
     print(out)
     return out
 
