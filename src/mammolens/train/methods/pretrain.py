@@ -18,13 +18,14 @@ Labels are ignored for training (the method uses every non-test, non-validation 
   :func:`dino_cross_entropy` / :func:`patch_cross_entropy`.
 * Method state (every checkpoint): the teacher's tower and heads, the student's heads and mask token, the
   running centres, the step count, the probe head: a resumed run is bit-identical.
-* Monitoring per epoch (``metrics.jsonl``): the terms, ``train_agreement`` (teacher and student pick the same
-  prototype), ``train_embed_std`` (per-dimension std of the normalised embeddings x sqrt(D): about 1 when
-  spread, 0 at collapse), and on up to ``probe_max_images`` labelled training images: ``effective_rank`` of the
-  embeddings, a leave-patient-out kNN probe (``knn_macro_auc``, ``knn_balanced_accuracy``) and a linear probe
-  that is the run's head (so ``val_macro_auc`` is a linear probe's, and ``best.pt`` the best tower by it).
-  A collapse (std < ``COLLAPSE_STD`` or effective rank < ``COLLAPSE_RANK``) is logged as a warning and recorded
-  as ``collapse: true``.
+* Monitoring per epoch (``metrics.jsonl``): the terms, ``train_agreement`` (the student's top prototype for a
+  crop is the top of the teacher's centred target for another crop of the image), ``train_embed_std``
+  (per-dimension std of the normalised embeddings x sqrt(D): about 1 when spread, 0 at collapse), and on up to
+  ``probe_max_images`` labelled training images: ``effective_rank`` of the embeddings, a leave-patient-out kNN
+  probe (``knn_macro_auc``, ``knn_balanced_accuracy``) and a linear probe that is the run's head (so
+  ``val_macro_auc`` is a linear probe's, and ``best.pt`` the best tower by it). A collapse (std <
+  ``COLLAPSE_STD`` or effective rank < ``COLLAPSE_RANK``) is logged as a warning and recorded as
+  ``collapse: true``.
 
 The run is an ordinary run (a linear head on the task); its tower starts ``mammolens train`` with
 ``pretrained: run:PATH``.
@@ -390,10 +391,11 @@ class PretrainMethod(TrainMethod):
         s_views = list(out["cls"].float().split(b)) + (list(out["local_cls"].float().split(b)) if locals_ is not None else [])
         res: dict[str, Tensor] = {}
         if self.dino_loss is not None:
+            t_target = t_cls - self.dino_loss.center.reshape(1, -1)  # the centred logits the loss targets
             res["dino"] = self.dino_loss(list(t_cls.split(b)), s_views, teacher_temp=temp)
         else:
-            t_probs = sinkhorn_knopp(t_cls, temp, p.sinkhorn_iters)
-            res["dino"] = dino_cross_entropy(list(t_probs.split(b)), s_views, p.student_temp)
+            t_target = sinkhorn_knopp(t_cls, temp, p.sinkhorn_iters)
+            res["dino"] = dino_cross_entropy(list(t_target.split(b)), s_views, p.student_temp)
         if w["ibot"] > 0:
             if t_patch is None:
                 res["ibot"] = out["cls"].sum() * 0.0
@@ -407,7 +409,7 @@ class PretrainMethod(TrainMethod):
         loss = sum(w[k] * v_ for k, v_ in res.items())
         with torch.no_grad():
             s_arg = out["cls"].float().argmax(-1).view(g, b)
-            t_arg = t_cls.argmax(-1).view(g, b)
+            t_arg = t_target.argmax(-1).view(g, b)  # the prototype of the centred target, not of the raw logits
             agree = (s_arg[:, None] == t_arg[None]).float()  # [G, G, B]: student view s vs teacher view t
             off = ~torch.eye(g, dtype=torch.bool, device=agree.device) if g > 1 else torch.ones(1, 1, dtype=torch.bool,
                                                                                                 device=agree.device)
