@@ -23,7 +23,11 @@ from _train_helpers import _cfg, _cohort_cache, cache_dir  # noqa: F401  (fixtur
 
 # what a method needs beyond the defaults to exercise all it owns (attention pooling has weights)
 EXTRA = {"report-contrastive": {"batch_size": 4}}
-METHOD_EXTRA = {"report-contrastive": {"pooling": "attention"}}
+METHOD_EXTRA = {"report-contrastive": {"pooling": "attention"},
+                # small heads; the distillation terms need a teacher run (tests/train/test_distill.py has one)
+                "pretrain": {"pretrain": {"out_dim": 64, "patch_out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32,
+                                          "local_crops": 2, "probe_max_images": 32}},
+                "distill": {"terms": {"cosine": 0.0, "similarity": 0.0}, "distill": {"tasks": ["dense"]}}}
 # methods with modalities also run with the adaptive modality weights (a state of their own)
 ADAPTIVE = ("contrastive",)
 CASES = [(m, "fixed") for m in list_methods()] + [(m, "adaptive") for m in ADAPTIVE]

@@ -13,6 +13,8 @@ Names: a registry tag (``biomedclip``, ``tiny-clip``), any open_clip architectur
   (``open_clip_pytorch_model.bin`` or ``*.safetensors``) and, for Hugging Face text towers, the
   tokenizer files (``tokenizer_config.json`` and ``vocab.txt`` or ``tokenizer.json``).
 * a file path — weights (an open_clip state dict, or a mammolens checkpoint's ``state_dict``).
+* ``run:PATH`` — the towers of a mammolens run (its best checkpoint; e.g. a ``mammolens pretrain`` run), for
+  the same architecture; recorded in the new run's lineage.
 * an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``) for open_clip names (online);
   ``timm`` for ``timm:`` names (timm's ImageNet weights for the image tower, online).
 
@@ -324,7 +326,8 @@ def parse_model_source(pretrained: str | Path | None) -> tuple[str, str]:
     """Split a model source into ``(kind, value)``; the one place that reads the source prefixes.
 
     Kinds: ``"none"`` (random weights; value ``""``), ``"hf-hub"`` (value ``ORG/REPO``), ``"local-dir"``
-    (value a folder), ``"file"`` (an existing weights file) and ``"tag"`` (anything else: an open_clip
+    (value a folder), ``"run"`` (value a run folder: its best checkpoint's weights, ``run:PATH``), ``"file"``
+    (an existing weights file) and ``"tag"`` (anything else: an open_clip
     pretrained tag or ``"timm"``; the caller decides whether it accepts one).
 
     Raises:
@@ -333,7 +336,7 @@ def parse_model_source(pretrained: str | Path | None) -> tuple[str, str]:
     if pretrained is None:
         return "none", ""
     text = str(pretrained)
-    for kind in ("hf-hub", "local-dir"):
+    for kind in ("hf-hub", "local-dir", "run"):
         if text.startswith(kind + ":"):
             value = text[len(kind) + 1:]
             if not value.strip():
@@ -514,6 +517,30 @@ def _load_weights(clip: nn.Module, path: str | Path) -> None:
         raise ValueError(f"weights in {path} do not fit this architecture: {e}") from e
 
 
+def load_run_weights(clip: nn.Module, run_dir: str | Path, name: str = "model", which: str = "best") -> None:
+    """Load the towers of a mammolens run (``pretrained: run:PATH``: its ``best`` checkpoint, else ``last``) into
+    an open_clip model built for ``name``; a ViT's position embedding is interpolated to this model's grid.
+
+    Raises:
+        FileNotFoundError: the folder holds no checkpoint.
+        ValueError: the run's backbone is another architecture (the message names both).
+    """
+    from open_clip.model import resize_pos_embed
+
+    from mammolens.run.folder import load_checkpoint
+
+    ck = load_checkpoint(run_dir, which)
+    state = {k[len("clip."):]: v for k, v in (ck.get("state_dict") or {}).items() if k.startswith("clip.")}
+    if not state:
+        raise ValueError(f"run:{run_dir} holds no model weights (its checkpoint has no 'clip.' state)")
+    resize_pos_embed(state, clip)  # a tower pretrained at another input size (open_clip ViTs; timm is resized later)
+    try:
+        clip.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"run:{run_dir} was trained with model {ck.get('model_name')!r}, whose weights do not fit "
+                         f"{name!r}; use model: {ck.get('model_name')} ({str(e).splitlines()[0]})") from None
+
+
 def _native_mean_std(preprocess_cfg: dict) -> tuple[tuple, tuple]:
     mean = tuple(preprocess_cfg.get("mean", OPENAI_MEAN))
     std = tuple(preprocess_cfg.get("std", OPENAI_STD))
@@ -623,6 +650,8 @@ def _from_config(config: dict, pretrained: str | None, image_size=None, load_wei
     clip = _build_clip(model_cfg, image_size)
     if kind == "file" and load_weights:
         _load_weights(clip, value)
+    elif kind == "run" and load_weights:
+        load_run_weights(clip, value, name)
     _set_timm_size(clip, image_size)
     mean, std = _native_mean_std(config.get("preprocess_cfg", {}))
     return clip, _tokenizer_for(model_cfg["text_cfg"]), mean, std
@@ -705,7 +734,7 @@ def create_model(name: str, pretrained: str | None = None, image_size: int | tup
 
     Args:
         name: Registry tag, open_clip architecture, ``timm:<name>``, ``hf-hub:ORG/REPO`` or ``local-dir:PATH``.
-        pretrained: None (random, offline), ``hf-hub:ORG/REPO``, ``local-dir:PATH``, a weights file, an
+        pretrained: None (random, offline), ``hf-hub:ORG/REPO``, ``local-dir:PATH``, ``run:PATH``, a weights file, an
             open_clip tag (open_clip names) or ``"timm"`` (``timm:`` names).
         image_size: Input size override (ViT position embeddings are interpolated).
         **kw: Builder options, e.g. ``load_weights=False`` (architecture and tokenizer only),

@@ -96,6 +96,112 @@ class ModalityWeightingCfg:
 
 
 @dataclass
+class PretrainCfg:
+    """``method.pretrain``: self-supervised pretraining of the image tower (``pretrain``; docs/pretraining.md).
+    Labels are ignored, except for the monitoring probe.
+
+    Attributes:
+        out_dim: prototypes of the DINO (image) head; ``patch_out_dim`` those of the iBOT (patch) head.
+        hidden_dim: width of the heads' MLP; ``bottleneck_dim`` the last layer's input.
+        student_temp: student softmax temperature; ``teacher_temp`` the teacher's after warm-up, starting
+            from ``warmup_teacher_temp`` over the first ``teacher_temp_warmup`` fraction of the steps.
+        momentum: EMA momentum of the teacher at the start (cosine schedule to 1 at the end).
+        centering: ``sinkhorn`` (Sinkhorn-Knopp, DINOv2) or ``mean`` (a running centre, DINO; lightly's losses).
+        center_momentum: momentum of the running centres (``mean``); ``sinkhorn_iters`` the SK iterations.
+        global_crops, global_scale: crops of the whole breast (fraction of the breast's bounding box area),
+            at the model's input size.
+        local_crops, local_scale, local_size: smaller crops inside the breast (``local_size`` None: the
+            model's input size, for towers whose position embedding has a fixed grid).
+        min_tissue: a crop holds at least this fraction of breast tissue (``transforms.breast.breast_mask``).
+        mask_ratio: iBOT: the fraction of a global crop's patches masked for the student, ``[lo, hi]``;
+            ``mask_prob`` the fraction of global crops that are masked at all.
+        brightness, contrast, gamma, blur_p, noise: intensity augmentations of every crop (kept in [0, 1]).
+        probe_max_images: at most this many labelled training images for the per-epoch probes (0: none).
+        knn_k: neighbours of the kNN probe.
+    """
+
+    out_dim: int = 4096
+    patch_out_dim: int = 4096
+    hidden_dim: int = 1024
+    bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup: float = 0.3
+    momentum: float = 0.994
+    centering: str = "sinkhorn"
+    center_momentum: float = 0.9
+    sinkhorn_iters: int = 3
+    global_crops: int = 2
+    global_scale: list[float] = field(default_factory=lambda: [0.95, 1.0])
+    local_crops: int = 4
+    local_scale: list[float] = field(default_factory=lambda: [0.2, 0.6])
+    local_size: int | None = None
+    min_tissue: float = 0.3
+    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    mask_prob: float = 0.5
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+    blur_p: float = 0.3
+    noise: float = 0.0
+    probe_max_images: int = 1024
+    knn_k: int = 10
+
+    def __post_init__(self) -> None:
+        self.global_scale, self.local_scale, self.mask_ratio = (
+            [float(v) for v in x] for x in (self.global_scale, self.local_scale, self.mask_ratio))
+        _check_choice("method.pretrain.centering", self.centering, ("sinkhorn", "mean"))
+        for name in ("global_scale", "local_scale", "mask_ratio"):
+            lo, hi = getattr(self, name) if len(getattr(self, name)) == 2 else (-1.0, -1.0)
+            if not 0.0 <= lo <= hi <= 1.0 or (name != "mask_ratio" and lo <= 0):
+                raise ValueError(f"TrainCfg.method.pretrain.{name} must be [lo, hi] with 0 < lo <= hi <= 1, "
+                                 f"got {list(getattr(self, name))}")
+        if int(self.global_crops) < 1 or int(self.local_crops) < 0 or int(self.global_crops) + int(self.local_crops) < 2:
+            raise ValueError("TrainCfg.method.pretrain needs global_crops >= 1 and at least two crops in all "
+                             f"(got {self.global_crops} global, {self.local_crops} local)")
+        if not 0.0 <= self.min_tissue < 1.0:
+            raise ValueError(f"TrainCfg.method.pretrain.min_tissue must be in [0, 1), got {self.min_tissue}")
+        if not 0.0 < self.momentum <= 1.0:
+            raise ValueError(f"TrainCfg.method.pretrain.momentum must be in (0, 1], got {self.momentum}")
+
+
+@dataclass
+class DistillCfg:
+    """``method.distill``: a student trained on several tasks plus distillation from a frozen teacher run
+    (``distill``; docs/pretraining.md).
+
+    Attributes:
+        teacher: the teacher run (``run:PATH`` or a run folder); empty when every distillation term weighs 0.
+        teacher_which: its checkpoint (``best``, ``last``).
+        tasks: more tasks beside ``task`` (the primary head), each a head of its own; a row without a task's
+            label is left out of that task's loss only.
+        class_weighting: per task, ``inverse`` | ``effective`` | ``none`` (default ``TrainCfg.class_weighting``).
+        temperature: of the batch similarity-matrix KL.
+        label_fraction: keep the labels of this fraction of the training patients (seeded; the others are
+            unlabelled and only distilled): label-efficiency studies.
+        cache_teacher: teacher features computed once into the teacher's feature cache
+            (``pipeline.features.cache_features``); otherwise a teacher forward pass every step.
+    """
+
+    teacher: str = ""
+    teacher_which: str = "best"
+    tasks: list[str] = field(default_factory=list)
+    class_weighting: dict[str, str] = field(default_factory=dict)
+    temperature: float = 0.1
+    label_fraction: float = 1.0
+    cache_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.label_fraction) <= 1.0:
+            raise ValueError(f"TrainCfg.method.distill.label_fraction must be in [0, 1], got {self.label_fraction}")
+        for task, how in self.class_weighting.items():
+            _check_choice(f"method.distill.class_weighting.{task}", how, CLASS_WEIGHTINGS)
+        if float(self.temperature) <= 0:
+            raise ValueError(f"TrainCfg.method.distill.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
 class MethodCfg:
     """The ``method:`` section without its name: loss terms and the settings methods read.
 
@@ -106,14 +212,22 @@ class MethodCfg:
         pooling: ``report-contrastive``: exam/breast embedding from its views, ``mean`` or ``attention``.
         max_sentences: ``report-contrastive``: at most this many sentences per report.
         modality_weighting: ``ModalityWeightingCfg`` (``fixed`` or ``adaptive`` and the adaptive rule's knobs).
+        pretrain: ``PretrainCfg`` (``pretrain``: heads, temperatures, crops, masking).
+        distill: ``DistillCfg`` (``distill``: teacher run, extra tasks, per-task class weighting).
     """
 
     terms: dict[str, float] = field(default_factory=dict)
     pooling: str = "mean"
     max_sentences: int = 32
     modality_weighting: ModalityWeightingCfg = field(default_factory=ModalityWeightingCfg)
+    pretrain: PretrainCfg = field(default_factory=PretrainCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
 
     def __post_init__(self) -> None:
+        if isinstance(self.pretrain, dict):
+            self.pretrain = _from_dict(PretrainCfg, self.pretrain, "method.pretrain")
+        if isinstance(self.distill, dict):
+            self.distill = _from_dict(DistillCfg, self.distill, "method.distill")
         if isinstance(self.modality_weighting, str):
             self.modality_weighting = ModalityWeightingCfg(mode=self.modality_weighting)
         elif isinstance(self.modality_weighting, dict):
@@ -232,7 +346,11 @@ class TrainCfg:
         out = {}
         for key, value in dataclasses.asdict(self).items():
             if key == "method":
-                out["method"] = {"name": value, **dataclasses.asdict(self.method_cfg)}
+                section = dataclasses.asdict(self.method_cfg)
+                for name, default in (("pretrain", PretrainCfg()), ("distill", DistillCfg())):
+                    if value != name and section[name] == dataclasses.asdict(default):
+                        del section[name]  # other methods' config.yaml (and config hash) stay as they were
+                out["method"] = {"name": value, **section}
             elif key != "method_cfg":
                 out[key] = value
         return out

@@ -533,7 +533,8 @@ def _setup(cfg: TrainCfg, rank: int, world: int, device: torch.device, rows):
     unknown = set(cfg.data.modality_weights) - set(MODALITIES)
     if unknown:
         raise ValueError(f"data.modality_weights has unknown modalities {sorted(unknown)}; use {MODALITIES}")
-    cw = class_weights(torch.as_tensor(labels_all[train_rows]), len(task.class_names), method=cfg.class_weighting)
+    cw = (class_weights(torch.as_tensor(labels_all[train_rows]), len(task.class_names), method=cfg.class_weighting)
+          if (labels_all[train_rows] >= 0).any() else torch.ones(len(task.class_names)))  # no labels: pretrain
     mw = torch.tensor([float(cfg.data.modality_weights.get(m, 1.0)) for m in MODALITIES])
     if len(train_mod):  # expectation 1 over the training rows: the weights keep their meaning in every batch
         mw = normalise_modality_weights(mw, train_mod)

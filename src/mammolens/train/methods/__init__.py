@@ -22,6 +22,8 @@ _BUILTIN = {
     "linear-probe": "mammolens.train.methods.linear_probe:LinearProbeMethod",
     "finetune-ce": "mammolens.train.methods.finetune_ce:FinetuneCEMethod",
     "report-contrastive": "mammolens.train.methods.report_contrastive:ReportContrastiveMethod",
+    "pretrain": "mammolens.train.methods.pretrain:PretrainMethod",
+    "distill": "mammolens.train.methods.distill:DistillMethod",
 }
 _REGISTRY: dict[str, Any] = {}
 
