@@ -159,10 +159,14 @@ def _remove_labels(small: np.ndarray, fg: np.ndarray, threshold: float) -> np.nd
     pad = _LABEL_GAP + _LABEL_RING
     h, w = fg.shape
     out = fg
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        # filling holes only grows a blob, within its bounding box: these can never pass the size test below
+        if sizes[k] > max_size or (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) < 8:
+            continue
         ys = slice(max(0, sl[0].start - pad - 1), min(h, sl[0].stop + pad + 1))
         xs = slice(max(0, sl[1].start - pad - 1), min(w, sl[1].stop + pad + 1))
-        blob = ndimage.binary_fill_holes(labels[ys, xs] == k)  # letters are dark holes in a label
+        blob = _fill_holes(labels[ys, xs] == k)  # letters are dark holes in a label
         if not 8 <= int(blob.sum()) <= max_size:
             continue
         near = ndimage.binary_dilation(blob, _SQUARE, iterations=_LABEL_GAP)
