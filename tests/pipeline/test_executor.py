@@ -106,8 +106,7 @@ def test_prefetch_closes_the_producer_when_the_consumer_stops():
 
     def producer():
         try:
-            for i in range(1000):
-                yield i
+            yield from range(1000)
         finally:
             closed.append(True)
 

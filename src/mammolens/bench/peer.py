@@ -17,7 +17,6 @@ Needs the ``bench`` extra (``dicomsdl``, ``opencv-python-headless``); ``peer_ava
 from __future__ import annotations
 
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np

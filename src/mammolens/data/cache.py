@@ -124,8 +124,10 @@ def preload_worker_modules() -> None:
     import scipy.ndimage  # noqa: F401
 
     import mammolens.io  # noqa: F401
-    import mammolens.io.dicom  # noqa: F401
+    import mammolens.io.dicom
     import mammolens.pipeline.prepare  # noqa: F401
+
+    mammolens.io.dicom._cv2()  # OpenCV's table lookup, imported once here (workers set it to one thread)
     import mammolens.transforms.breast  # noqa: F401
 
 
