@@ -126,9 +126,9 @@ def preload_worker_modules() -> None:
     import mammolens.io  # noqa: F401
     import mammolens.io.dicom
     import mammolens.pipeline.prepare  # noqa: F401
+    import mammolens.transforms.breast  # noqa: F401
 
     mammolens.io.dicom._cv2()  # OpenCV's table lookup, imported once here (workers set it to one thread)
-    import mammolens.transforms.breast  # noqa: F401
 
 
 def _conversion_json(conv: Any) -> str:
