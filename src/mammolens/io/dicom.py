@@ -93,6 +93,7 @@ from mammolens.io.header import (
     mammo_view,
     normalise_manufacturer,
     pixel_spacing_of,
+    source_reference,
 )
 from mammolens.io.paths import display_path, resolve_path
 
@@ -630,10 +631,8 @@ class StoredImage(MammoImage):
 
 
 def _source_reference(ds) -> dict[str, str]:
-    """``io.dicom_out.source_reference`` of the parsed header (the DICOM outputs' copy of the source's
-    identity): read here with the image, so that nobody parses the header a second time."""
-    from mammolens.io.dicom_out import source_reference
-
+    """``io.header.source_reference`` of the parsed header (the DICOM outputs' copy of the source's identity,
+    also ``io.dicom_out.source_reference``): read here with the image, so nobody parses the header again."""
     return source_reference(ds)
 
 
