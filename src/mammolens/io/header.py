@@ -12,7 +12,8 @@ import re
 from mammolens.constants import VIEWS
 
 __all__ = ["REFERENCE_KEYWORDS", "S2D_KEYWORDS", "age_of", "first_value", "functional_group_item", "header_text",
-           "image_laterality", "is_s2d", "laterality_of", "mammo_view", "normalise_manufacturer", "pixel_spacing_of", "source_reference", "view_of"]
+           "image_laterality", "is_s2d", "laterality_of", "mammo_view", "normalise_manufacturer", "pixel_spacing_of",
+           "source_reference", "view_of"]
 
 AGE_RANGE = (0.0, 120.0)
 """Ages (years) a ``PatientAge`` may give; anything else is left empty with a warning (``age_of``)."""
