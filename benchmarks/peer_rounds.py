@@ -57,7 +57,7 @@ else:
         p.predict([str(f) for f in files[:8]])
         t = time.perf_counter(); r = p.predict([str(f) for f in files]); dt = time.perf_counter() - t
         assert len(r.images) == n, r.errors
-        extra = {"data_wait_frac": p.last_timing["data_wait_frac"]}
+        extra = {"data_wait_frac": getattr(p, "last_timing", {}).get("data_wait_frac", float("nan"))}
     else:
         from mammolens.bench.peer import peer_predict
         peer_predict(clip.clip, emb, files[:8], int(clip.image_size), 32, workers)
@@ -100,7 +100,8 @@ def main() -> None:
             rec[f"{task}/{who}"] = run(src, kind, args)
         rounds.append(rec)
         print(f"round {r + 1} (load {load:.2f}): " + " | ".join(
-            f"{k} {v['img_s']:.1f}" + (f" (wait {v['data_wait_frac']:.0%})" if "data_wait_frac" in v else "")
+            f"{k} {v['img_s']:.1f}" + (f" (wait {v['data_wait_frac']:.0%})" if v.get("data_wait_frac") == v.get("data_wait_frac")
+                                       and "data_wait_frac" in v else "")
             for k, v in rec.items() if k != "load_1m"), flush=True)
     for task in ("pre", "predict"):
         med = {who: statistics.median(rr[f"{task}/{who}"]["img_s"] for rr in rounds) for who in ("before", "after", "peer")}
