@@ -84,8 +84,9 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in t.items() if v and (k != "peer" or peer is not None)}
     print(f"{len(files)} files {h}x{w}, {'lazy' if lazy else 'eager'} reader, ms per image (median): "
           + " | ".join(f"{k} {v:.1f}" for k, v in med.items()))
+    peer_txt = f", to the peer {med['peer'] / med['prepare']:.2f}x" if "peer" in med else ""
     print(f"gate share of prepare {med['gate'] / med['prepare']:.1%}; prepare per-core ratio to naive "
-          f"{med['naive'] / med['prepare']:.2f}x" + (f", to the peer {med['peer'] / med['prepare']:.2f}x" if "peer" in med else ""))
+          f"{med['naive'] / med['prepare']:.2f}x{peer_txt}")
 
 
 if __name__ == "__main__":
