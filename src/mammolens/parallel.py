@@ -175,9 +175,6 @@ def _worker_main(conn, fn, initializer, initargs, parent_pid: int | None = None,
     global _STDERR
     _STDERR = tempfile.TemporaryFile()  # decoders (Rust panics, C libraries) write to fd 2 directly
     os.dup2(_STDERR.fileno(), 2)
-    cv2 = sys.modules.get("cv2")  # one worker per core: OpenCV's own thread pool would only oversubscribe
-    if cv2 is not None and hasattr(cv2, "setNumThreads"):
-        cv2.setNumThreads(1)
     if initializer is not None:
         try:
             initializer(*initargs)

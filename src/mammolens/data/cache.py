@@ -128,7 +128,7 @@ def preload_worker_modules() -> None:
     import mammolens.pipeline.prepare  # noqa: F401
     import mammolens.transforms.breast  # noqa: F401
 
-    mammolens.io.dicom._cv2()  # OpenCV's table lookup, imported once here (workers set it to one thread)
+    mammolens.io.dicom._cv2()  # OpenCV (the table lookup), imported once here rather than in every worker
 
 
 def _conversion_json(conv: Any) -> str:
