@@ -497,3 +497,32 @@ def test_predict_survives_hanging_crashing_and_panicking_files(png_predictor, tm
     ref = predictor.predict(good)  # in-process, no faults
     np.testing.assert_allclose(res.images.sort_values("file")[PROBS].to_numpy(),
                                ref.images.sort_values("file")[PROBS].to_numpy(), atol=1e-5)
+
+
+def test_predict_worker_parses_each_dicom_header_once(tmp_path, monkeypatch):
+    """Issue 19: the source reference for the DICOM outputs comes with the read (io.dicom's meta), not from a
+    second header parse of the same file in the worker."""
+    import pydicom
+
+    from mammolens import inference
+    from mammolens.data.cache import PreprocessCfg
+    from mammolens.data.synthetic import make_cohort
+    from mammolens.transforms.quality import QualityCfg
+
+    df = make_cohort(tmp_path, n_patients=1, seed=1, modalities=("DM",), image_size=(128, 104),
+                     compress_fraction=0.0, processing_fraction=0.0)
+    path = str(tmp_path / df["image_path"].iloc[0])
+    calls = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    rec = inference._load_one(path, PreprocessCfg(size=32).to_dict(), QualityCfg(min_side=8).to_dict())
+    assert rec["error"] is None and rec["pixels"] is not None
+    assert len(calls) == 1, calls
+    assert rec["dicom_ref"]["SOPInstanceUID"] == real(path, stop_before_pixels=True).SOPInstanceUID
+
+
+def test_predict_reports_the_data_wait_fraction(predictor, app_env):  # noqa: F811
+    predictor.predict(app_env.study_dirs()[0])
+    t = predictor.last_timing
+    assert t["total_s"] > 0 and 0.0 <= t["data_wait_s"] <= t["total_s"]
+    assert t["data_wait_frac"] == pytest.approx(t["data_wait_s"] / t["total_s"])

@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -56,7 +57,7 @@ from mammolens.io.naming import parse_view_name, read_sidecar
 from mammolens.models.precision import autocast_dtype
 from mammolens.pipeline import prepare as _prep  # looked up at call time (tests count the calls)
 from mammolens.pipeline.aggregate import add_dense, dense_indices
-from mammolens.pipeline.executor import get_executor
+from mammolens.pipeline.executor import get_executor, prefetch
 from mammolens.privacy import display_path, ids_of, pseudonym, relative_path, scrub_path, scrub_text
 from mammolens.tasks import dense_classes_of
 from mammolens.transforms.quality import QualityCfg
@@ -191,17 +192,6 @@ def overlay_name(rel: str, suffix: str = "_gradcam.png") -> str:
     return f"{stem}_{digest}{suffix}"
 
 
-def _dicom_reference(path: str, conversion: dict) -> dict[str, str]:
-    """The DICOM outputs' source reference of a DICOM input (``io.dicom_out.source_reference``), ``{}`` for a
-    raster. Read here, in the worker, beside the image (a header-only read of a few tags); the main process
-    never parses the header again."""
-    if (conversion or {}).get("reader") != "mammolens.io.dicom":
-        return {}
-    from mammolens.io.dicom_out import read_source_reference
-
-    return read_source_reference(path)
-
-
 DISPLAY_MAX_SIDE = 2048  # heat maps are drawn on a copy of the original at most this long (memory stays flat)
 
 
@@ -216,7 +206,7 @@ def _load_one(path: str, cfg_dict: dict, quality: dict | None = None, display: i
     p = _prep.prepare(path, PreprocessCfg.from_dict(cfg_dict), QualityCfg.from_dict(quality), display=display)
     if p.status == "refused":  # never preprocessed, never predicted: listed in errors with the reason
         return {"path": path, "error": p.reason}
-    ref = _dicom_reference(path, p.conversion)
+    ref = p.reference  # read with the image (io.dicom's meta["source_reference"]): the header is parsed once
     meta = {**p.meta, "patient_name": ref.get("PatientName", ""), "accession_number": ref.get("AccessionNumber", "")}
     if p.status == "not_assessable":
         return {"path": path, "pixels": None, "meta": meta, "error": None, "quality_reason": p.reason,
@@ -290,6 +280,8 @@ class Predictor:
         self.quality = quality or QualityCfg()
         self.ood = ood if self.quality.enabled and self.quality.ood else None
         self.random_weights: str | None = None  # why the run's predictions come from random weights (from_run)
+        # the last predict's timing: total_s, data_wait_s (the model waiting for files), data_wait_frac
+        self.last_timing: dict[str, float] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | PathLike, device: str = "auto", which: str = "best", **kw) -> Predictor:
@@ -338,8 +330,11 @@ class Predictor:
         batch: list[dict[str, Any]] = []
         workers = min(self.workers, len(paths))  # no idle processes for a handful of files
         items = ((p, cfg_dict, quality, display) for p in paths)
-        for i, rec, err in get_executor("local", workers=workers).map(_load_item, items, ordered=True,
-                                                                      timeout=self.timeout, window=window):
+        results = get_executor("local", workers=workers).map(_load_item, items, ordered=True, timeout=self.timeout,
+                                                             window=window)
+        if workers > 1:  # the workers go on reading while the caller runs the model on the last batch
+            results = prefetch(results, window)
+        for i, rec, err in results:
             batch.append(rec if err is None else {"path": paths[i], "error": err})
             if len(batch) == self.batch_size:
                 yield batch
@@ -399,7 +394,8 @@ class Predictor:
         first_sop: dict[str, str] = {}  # SOPInstanceUID -> the file shown for it: a repeated image counts once
 
         bar = _progress(len(paths), progress)
-        for batch in self.iter_batches(paths, display=DISPLAY_MAX_SIDE if explain else 0):
+        timing = {"data_wait_s": 0.0, "t0": time.perf_counter()}
+        for batch in _timed(self.iter_batches(paths, display=DISPLAY_MAX_SIDE if explain else 0), timing):
             for r in batch:
                 sop = str((r.get("meta") or {}).get("sop_instance_uid") or "") if r["error"] is None else ""
                 if sop and sop in first_sop:
@@ -437,6 +433,9 @@ class Predictor:
                         on_image(row, r, rgb)
             bar.update(len(batch))
         bar.close()
+        total = time.perf_counter() - timing["t0"]
+        self.last_timing = {"total_s": total, "data_wait_s": timing["data_wait_s"],
+                            "data_wait_frac": timing["data_wait_s"] / total if total > 0 else 0.0}
         special = {str(q) for q, _ in problems}  # never opened, not even for their header's identifiers
         own = [[]] * len(failed) if include_ids else self._header_ids([path for path, _, _ in failed], special)
         errors = [_error_row(rel, reason, [*seen_ids, *ids], include_ids) for (_, rel, reason), ids in zip(failed, own)]
@@ -592,6 +591,18 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------ grouping
+def _timed(batches: Iterator, timing: dict) -> Iterator:
+    """``batches``, adding the time spent waiting for each one to ``timing["data_wait_s"]`` (the model's wait
+    for data: ``Predictor.last_timing``)."""
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        timing["data_wait_s"] += time.perf_counter() - t
+        if batch is None:
+            return
+        yield batch
+
+
 def _apply_grouping(r: dict[str, Any], hints: dict[Path, dict[str, str]]) -> bool:
     """Fill a loaded record's study group, laterality and view from the sidecar, else the file name.
 

@@ -75,3 +75,42 @@ def test_get_executor_registry_lets_a_backend_plug_in_without_touching_callers()
         from mammolens.pipeline import executor
 
         executor._BACKENDS.pop("serial-test", None)
+
+
+def _slow_square(x):
+    time.sleep(0.01)
+    return x * x
+
+
+def test_prefetch_runs_ahead_keeps_order_and_raises_in_place():
+    from mammolens.pipeline.executor import prefetch
+
+    assert list(prefetch(iter(range(20)), 3)) == list(range(20))
+    out = [r for _, r, _ in prefetch(get_executor("local", workers=2).map(_slow_square, range(12), window=4), 8)]
+    assert out == [x * x for x in range(12)]
+
+    def boom():
+        yield 1
+        raise KeyError("producer failed")
+
+    it = prefetch(boom(), 2)
+    assert next(it) == 1
+    with pytest.raises(KeyError, match="producer failed"):
+        next(it)
+
+
+def test_prefetch_closes_the_producer_when_the_consumer_stops():
+    from mammolens.pipeline.executor import prefetch
+
+    closed = []
+
+    def producer():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    it = prefetch(producer(), 4)
+    assert next(it) == 0
+    it.close()
+    assert closed == [True]

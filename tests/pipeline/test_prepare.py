@@ -191,3 +191,22 @@ def test_prepare_computes_one_breast_mask_for_the_gate_and_preprocessing(monkeyp
     monkeypatch.setattr(breast, "breast_mask", real)
     tile, _ = breast.preprocess_image(img, PreprocessCfg(size=128))
     assert np.array_equal(p.pixels, tile)
+
+
+def test_prepare_reads_dicom_lazily_and_carries_the_source_reference(cohort, monkeypatch):
+    """Issue 19: the default reader gives the stored values + value table; no full-resolution float32 image is
+    made unless a display copy is asked for; the header's source reference comes back with the tile."""
+    from mammolens.io import dicom as D
+    from mammolens.io.dicom_out import read_source_reference
+
+    path = cohort[cohort["modality"] == "DM"]["image_path"].iloc[0]
+    made = []
+    real = D.StoredImage.pixels.fget
+    monkeypatch.setattr(D.StoredImage, "pixels", property(lambda self: made.append(1) or real(self),
+                                                          D.StoredImage.pixels.fset))
+    p = prepare(path, PreprocessCfg(size=16), QualityCfg(min_side=8))  # 128x104 -> a factor-3 working copy
+    assert p.ok and made == []
+    assert p.reference == read_source_reference(path) and p.reference.get("SOPInstanceUID")
+    shown = prepare(path, PreprocessCfg(size=16), QualityCfg(min_side=8), display=40)
+    assert made and shown.display is not None and np.array_equal(shown.pixels, p.pixels)
+    assert prepare(np.zeros((64, 64), np.float32), CFG).reference == {}  # no header: no reference

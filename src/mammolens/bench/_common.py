@@ -176,3 +176,39 @@ def eval_transform(size: int = 224):
     import open_clip
 
     return open_clip.image_transform(size, is_train=False)
+
+
+def interleaved(fns: dict[str, Callable[[], int]], repeats: int, warmup: bool = True) -> dict[str, dict[str, Any]]:
+    """Time several functions (each returns the items it processed) in interleaved rounds.
+
+    One warm-up call each, then ``repeats`` rounds in which every function runs once, the order rotating
+    from round to round, so that a change in the machine's load hits all of them alike. Per function:
+    ``items_per_s`` (median), ``runs_items_per_s`` (per round, in round order), ``seconds`` (median) and the
+    largest ``peak_rss_mib`` of its calls. ``paired_ratio(a, b)`` of the result is the median per-round ratio.
+    """
+    names = list(fns)
+    if warmup:
+        for name in names:
+            fns[name]()
+    out: dict[str, dict[str, Any]] = {n: {"runs_items_per_s": [], "runs_seconds": [], "peak_rss_mib": 0.0}
+                                      for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            gc.collect()
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                n = fns[name]()
+                dt = time.perf_counter() - t0
+            rec = out[name]
+            rec["runs_items_per_s"].append(n / dt)
+            rec["runs_seconds"].append(dt)
+            rec["peak_rss_mib"] = max(rec["peak_rss_mib"], round(mem.peak_mib, 1))
+    for rec in out.values():
+        rec["items_per_s"] = statistics.median(rec["runs_items_per_s"])
+        rec["seconds"] = statistics.median(rec["runs_seconds"])
+    return out
+
+
+def paired_ratio(runs: dict[str, dict[str, Any]], a: str, b: str) -> float:
+    """Median over the rounds of ``interleaved`` of a's rate over b's in the same round."""
+    return statistics.median(x / y for x, y in zip(runs[a]["runs_items_per_s"], runs[b]["runs_items_per_s"]))

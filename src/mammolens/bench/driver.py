@@ -34,6 +34,21 @@ TARGETS_SMALL: dict[str, float] = {
     "preprocess": 1.5,
     "inference": 1.3,
 }
+
+PEER_TARGETS_FULL: dict[str, float] = {
+    "preprocess": 1.5,  # issue 19: >= 1.5x dicomsdl + OpenCV LUT + INTER_AREA (same processes)
+    "predict": 1.5,  # issue 19: files -> probabilities >= 1.5x the peer's DataLoader loop (tiny-clip)
+}
+"""Ratio targets against the competent peer (``bench.peer``), full mode."""
+
+PEER_TARGETS_SMALL: dict[str, float] = {
+    "preprocess": 0.45,
+    "predict": 0.7,
+}
+"""Relaxed peer targets of ``--small`` (CI), regression gates rather than the goal: medians of interleaved rounds
+on a noisy 2-core VM, 32 files of 2048x1664 where our fixed costs (the 256-px breast mask, pool and cache set-up)
+weigh more than on 3328x2560 archives. Measured at load ~20: preprocess 0.59x, predict 0.93-1.00x; a worker
+importing ``pydicom.sr`` per process (fixed in issue 19) gave 0.38x."""
 """Relaxed ratio targets of ``--small`` (CI): a 2-core, shared CI runner adds noise and tiny inputs
 carry fixed costs (process start-up, model warm-up) that real archives amortise."""
 
@@ -172,11 +187,16 @@ def check_targets(results: dict[str, Any], small: bool = False,
         rec = {"name": name, "ratio": ratio, "target": target, "ok": bool(ok)}
         checks.append({**rec, "at_most": True} if at_most else rec)
 
+    peer_targets = PEER_TARGETS_SMALL if small else PEER_TARGETS_FULL
     if "preprocess" in results:
         add("preprocess", results["preprocess"].get("ratio"), targets["preprocess"])
+        if "peer_skipped" not in results["preprocess"] and "peer_ratio" in results["preprocess"]:
+            add("preprocess/peer", results["preprocess"]["peer_ratio"], peer_targets["preprocess"])
     for model, r in results.get("inference", {}).items():
         add(f"inference/{model}/model", r.get("model_ratio"), targets["inference"])
         add(f"inference/{model}/end-to-end", r.get("e2e_ratio"), targets["inference"])
+        if model == "tiny-clip" and "e2e_peer_ratio" in r:  # biomedclip's goal is the 2-core bound, not a ratio
+            add(f"inference/{model}/peer", r["e2e_peer_ratio"], peer_targets["predict"])
     if "shared_cpu" in results:
         add("shared-cpu/fair-share", results["shared_cpu"].get("ratio"), SHARED_CPU_TARGET, at_most=True)
     if "train_peer" in results and not small:
@@ -200,13 +220,18 @@ def format_results(report: dict[str, Any]) -> str:
         lines.append(
             f"preprocess  {p['n_files']} files: naive {p['naive']['items_per_s']:.1f} img/s (1 proc) | "
             f"ours {p['ours']['items_per_s']:.1f} img/s ({p['ours']['processes']} procs, "
-            f"{p['ours']['per_core']:.1f}/core) | ratio {p['ratio']:.2f}x (per core {p['ratio_per_core']:.2f}x)")
+            f"{p['ours']['per_core']:.1f}/core) | ratio {p['ratio']:.2f}x (per core {p['ratio_per_core']:.2f}x)"
+            + (f" | peer {p['peer']['items_per_s']:.1f} img/s -> {p['peer_ratio']:.2f}x" if "peer" in p else
+               f" | peer skipped ({p.get('peer_skipped', '')})"))
     for name, r in res.get("inference", {}).items():
         lines.append(
             f"inference {name}: model naive {r['model_naive']['items_per_s']:.1f} | ours "
             f"{r['model_ours']['items_per_s']:.1f} img/s ({r['model_ours']['chosen']}) | ratio {r['model_ratio']:.2f}x; "
             f"files->probs naive {r['e2e_naive']['items_per_s']:.1f} | ours {r['e2e_ours']['items_per_s']:.1f} img/s "
             f"({r['e2e_ours']['chosen']}) | ratio {r['e2e_ratio']:.2f}x (fp32 {r['e2e_ratio_fp32']:.2f}x); "
+            + (f"peer {r['e2e_peer']['items_per_s']:.1f} img/s -> {r['e2e_peer_ratio']:.2f}x; " if "e2e_peer" in r else
+               f"peer skipped ({r.get('e2e_peer_skipped', '')}); ")
+            + f"data wait {r['e2e_ours'].get('data_wait_frac', float('nan')):.1%}; "
             f"bf16 vs fp32 max |dp| {r['bf16_vs_fp32']['max_abs_prob_diff']:.3f}; "
             f"peak RSS naive {r['model_naive']['peak_rss_mib']:.0f} / ours "
             f"{r['model_ours']['peak_rss_mib']:.0f} MiB")

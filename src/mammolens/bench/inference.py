@@ -10,7 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from mammolens.bench._common import available_cores, eval_transform, fastest, measure, torch_threads
+from mammolens.bench._common import (
+    available_cores,
+    eval_transform,
+    fastest,
+    interleaved,
+    measure,
+    paired_ratio,
+    torch_threads,
+)
 from mammolens.tasks import get_task
 
 
@@ -129,9 +137,35 @@ def bench_inference(model_name: str, files: list[Path], n_model_images: int = 64
             return run
 
         out["e2e_naive"] = measure(naive_e2e, repeats, batch_size=1)
-        e2e = {prec: measure(ours_e2e(p), repeats, batch_size=batch_size, workers=workers, precision=prec)
-               for prec, p in preds.items()}
+        # ours (fp32, bf16) and the competent peer in interleaved rounds; the data-wait fraction of each of ours
+        from mammolens.bench.peer import peer_available, peer_predict
+
+        skipped = peer_available()
+        waits: dict[str, list[float]] = {prec: [] for prec in preds}
+
+        def timed(prec: str) -> Callable[[], int]:
+            run = ours_e2e(preds[prec])
+
+            def go() -> int:
+                n = run()
+                waits[prec].append(preds[prec].last_timing.get("data_wait_frac", float("nan")))
+                return n
+
+            return go
+
+        fns = {prec: timed(prec) for prec in preds}
+        if skipped is None:
+            fns["peer"] = lambda: len(peer_predict(raw_clip, text_emb, files, size, batch_size=batch_size,
+                                                   workers=workers, precision="bf16"))
+        runs = interleaved(fns, max(repeats, 3) if skipped is None else repeats)
+        e2e = {prec: {**runs[prec], "batch_size": batch_size, "workers": workers, "precision": prec,
+                      "data_wait_frac": float(np.median(waits[prec]))} for prec in preds}
         best = fastest(e2e)
+        if skipped is None:
+            out["e2e_peer"] = {**runs["peer"], "precision": "bf16", "batch_size": batch_size, "workers": workers}
+            out["e2e_peer_ratio"] = paired_ratio(runs, best, "peer")
+        else:
+            out["e2e_peer_skipped"] = skipped
         out["e2e_ours_variants"] = e2e
         out["e2e_ours"] = {**e2e[best], "chosen": best}
         out["e2e_ratio"] = e2e[best]["items_per_s"] / out["e2e_naive"]["items_per_s"]

@@ -1,4 +1,6 @@
-"""Preprocessing: DICOM files -> preprocessed store, ``build_cache`` against the naive per-file loop."""
+"""Preprocessing: DICOM files -> preprocessed store, ``build_cache`` against the naive per-file loop and, in
+interleaved rounds, against the competent peer (``bench.peer``: dicomsdl + OpenCV LUT + INTER_AREA resize, a
+process pool of as many workers)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mammolens.bench._common import available_cores, eval_transform, measure, torch_threads
+from mammolens.bench._common import available_cores, eval_transform, interleaved, measure, paired_ratio, torch_threads
 
 
 def _naive_preprocess_file(path: str | PathLike, transform, out_path: str | PathLike):
@@ -31,9 +33,11 @@ def bench_preprocess(files: list[Path], work: str | PathLike, size: int = 224, w
     """Images/s of ``build_cache`` against the naive per-file loop on the same files.
 
     Returns:
-        ``{"naive": {...}, "ours": {...}, "ratio", "ratio_per_core", ...}``; ``ratio`` is ours (all
-        ``workers``) over naive (one process, as users write it); ``ratio_per_core`` divides each
-        throughput by the processes it used.
+        ``{"naive": {...}, "ours": {...}, "ratio", "ratio_per_core", "peer": {...}, "peer_ratio", ...}``;
+        ``ratio`` is ours (all ``workers``) over naive (one process, as users write it); ``ratio_per_core``
+        divides each throughput by the processes it used; ``peer_ratio`` is ours over the competent peer
+        (same workers), the median of the per-round ratios of interleaved rounds (``peer_skipped`` says why
+        not when dicomsdl or OpenCV is missing).
     """
     import pandas as pd
 
@@ -62,14 +66,25 @@ def bench_preprocess(files: list[Path], work: str | PathLike, size: int = 224, w
 
     with torch_threads(1):  # the naive loop is single-threaded numpy/PIL; keep torch from oversubscribing
         r_naive = measure(naive, repeats)
-    r_ours = measure(ours, repeats)
+    from mammolens.bench.peer import peer_available, peer_preprocess
+
+    skipped = peer_available()
+    fns = {"ours": ours}
+    if skipped is None:
+        fns["peer"] = lambda: peer_preprocess(files, work / "peer.u8", size=size, workers=workers)
+    runs = interleaved(fns, max(repeats, 3) if skipped is None else repeats)
+    r_ours = {**runs["ours"]}
     shutil.rmtree(naive_dir, ignore_errors=True)
     from mammolens.data.cache import open_cache
 
     n_done = int((open_cache(cache_dir).index["status"] == "done").sum())
     shutil.rmtree(cache_dir, ignore_errors=True)
+    (work / "peer.u8").unlink(missing_ok=True)
     naive_rate, ours_rate = r_naive["items_per_s"], r_ours["items_per_s"]
+    peer = ({"peer": {**runs["peer"], "processes": workers}, "peer_ratio": paired_ratio(runs, "ours", "peer")}
+            if skipped is None else {"peer_skipped": skipped})
     return {
+        **peer,
         "n_files": len(files),
         "size": size,
         "naive": {**r_naive, "processes": 1, "per_core": naive_rate},

@@ -124,9 +124,11 @@ def preload_worker_modules() -> None:
     import scipy.ndimage  # noqa: F401
 
     import mammolens.io  # noqa: F401
-    import mammolens.io.dicom  # noqa: F401
+    import mammolens.io.dicom
     import mammolens.pipeline.prepare  # noqa: F401
     import mammolens.transforms.breast  # noqa: F401
+
+    mammolens.io.dicom._cv2()  # OpenCV (the table lookup), imported once here rather than in every worker
 
 
 def _conversion_json(conv: Any) -> str:

@@ -112,36 +112,9 @@ def _version() -> str:
     return __version__
 
 
-REFERENCE_KEYWORDS = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-    "StudyDescription", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "PatientOrientation",
-    "ImageLaterality", "Laterality", "BodyPartExamined",
-)
-"""What an SR or Secondary Capture needs from a source image: patient and study modules, the reference UIDs,
-laterality and orientation (``source_reference``)."""
-
-
-def source_reference(ds: Dataset) -> dict[str, str]:
-    """The ``REFERENCE_KEYWORDS`` of a parsed header as plain strings (picklable, a few hundred bytes): what a
-    worker that already read the header hands on so that the DICOM outputs need no second read. The
-    laterality is the one the reader finds (also the enhanced FrameLaterality of a DBT volume)."""
-    out: dict[str, str] = {}
-    for kw in REFERENCE_KEYWORDS:
-        try:
-            value = ds.get(kw)
-            if value is None or (isinstance(value, (list, tuple)) and not value):
-                continue
-            out[kw] = "\\".join(map(str, value)) if _multi(value) else str(value)
-        except Exception:  # noqa: BLE001, S112 — a value pydicom cannot parse is simply not copied
-            continue
-    try:
-        lat = image_laterality(ds)
-    except Exception:  # noqa: BLE001
-        lat = ""
-    if lat in ("L", "R"):
-        out["ImageLaterality"] = lat
-    return out
+# what an SR / Secondary Capture copies from a source image (defined beside the header readers, so that io.dicom
+# carries it with every read without importing this module and pydicom.sr)
+from mammolens.io.header import REFERENCE_KEYWORDS, source_reference  # noqa: E402
 
 
 def read_source_reference(path: str | Path) -> dict[str, str]:

@@ -11,8 +11,9 @@ import re
 
 from mammolens.constants import VIEWS
 
-__all__ = ["S2D_KEYWORDS", "age_of", "first_value", "functional_group_item", "header_text", "image_laterality",
-           "is_s2d", "laterality_of", "mammo_view", "normalise_manufacturer", "pixel_spacing_of", "view_of"]
+__all__ = ["REFERENCE_KEYWORDS", "S2D_KEYWORDS", "age_of", "first_value", "functional_group_item", "header_text",
+           "image_laterality", "is_s2d", "laterality_of", "mammo_view", "normalise_manufacturer", "pixel_spacing_of",
+           "source_reference", "view_of"]
 
 AGE_RANGE = (0.0, 120.0)
 """Ages (years) a ``PatientAge`` may give; anything else is left empty with a warning (``age_of``)."""
@@ -221,3 +222,39 @@ def is_s2d(ds) -> bool:
     return any(k in text for k in S2D_KEYWORDS)
 
 
+REFERENCE_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+    "StudyDescription", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality", "PatientOrientation",
+    "ImageLaterality", "Laterality", "BodyPartExamined",
+)
+"""What an SR or Secondary Capture needs from a source image: patient and study modules, the reference UIDs,
+laterality and orientation (``source_reference``)."""
+
+
+def source_reference(ds) -> dict[str, str]:
+    """The ``REFERENCE_KEYWORDS`` of a parsed header as plain strings (picklable, a few hundred bytes): what a
+    worker that already read the header hands on so that the DICOM outputs need no second read. The
+    laterality is the one the reader finds (also the enhanced FrameLaterality of a DBT volume)."""
+    out: dict[str, str] = {}
+    for kw in REFERENCE_KEYWORDS:
+        try:
+            value = ds.get(kw)
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                continue
+            out[kw] = "\\".join(map(str, value)) if _is_multi(value) else str(value)
+        except Exception:  # noqa: BLE001, S112 — a value pydicom cannot parse is simply not copied
+            continue
+    try:
+        lat = image_laterality(ds)
+    except Exception:  # noqa: BLE001
+        lat = ""
+    if lat in ("L", "R"):
+        out["ImageLaterality"] = lat
+    return out
+
+
+def _is_multi(value) -> bool:
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, (list, tuple, MultiValue))

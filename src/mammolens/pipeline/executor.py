@@ -17,6 +17,10 @@ Every per-file job (the cache builder's rows, ``Predictor``'s loading, ingest's 
 - at most ``window`` items are handed out but not yet yielded (memory stays flat on any number of items);
 - items are read lazily (a generator is fine).
 
+``prefetch(ex.map(...), depth)`` runs the map in a background thread, up to ``depth`` results ahead, so that
+the workers keep preparing while this process computes (``Predictor``: the model runs on one batch while the
+next ones are read; each local worker holds one item at a time and would otherwise wait for the consumer).
+
 ``LocalExecutor`` (kind ``"local"``) is today's process pool, ``mammolens.parallel.run_tasks``: forked
 worker processes (``workers <= 1`` runs in this process, without a timeout). A new backend (e.g. Ray)
 is a subclass of ``Executor`` registered with ``register_executor("ray", RayExecutor)``; callers that
@@ -25,12 +29,14 @@ take ``get_executor(kind, ...)`` need no change. No torch here: low in the impor
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mammolens.parallel import run_tasks
 
-__all__ = ["Executor", "LocalExecutor", "get_executor", "list_executors", "register_executor"]
+__all__ = ["Executor", "LocalExecutor", "get_executor", "list_executors", "prefetch", "register_executor"]
 
 
 class Executor:
@@ -112,3 +118,55 @@ def get_executor(kind: str = "local", **kw: Any) -> Executor:
     if cls is None:
         raise ValueError(f"unknown executor {kind!r}; registered: {list_executors()}")
     return cls(**kw)
+
+
+_END = object()
+
+
+def prefetch(results: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Yield what ``results`` yields, computed in a background thread up to ``depth`` items ahead.
+
+    The consumer's time (a model's forward pass, which releases the GIL) overlaps the producer's (handing
+    out items and collecting the workers' results). An exception in the producer is raised here, at its
+    place in the sequence; when the consumer stops early (``break``, an exception, ``close()``), the producer
+    is closed (its workers stopped) before this generator returns.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        try:
+            for item in results:
+                if not put((None, item)):
+                    break
+            else:
+                put((None, _END))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((exc, None))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=feed, name="mammolens-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

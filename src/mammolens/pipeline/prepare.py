@@ -70,6 +70,8 @@ class Prepared:
         geometry: ``preprocess_image``'s info (empty when not ok).
         display: uint8 display copy of the original (``display > 0`` and ok), else None.
         conversion: the reader's conversion record (``MammoImage.conversion``; ``{}`` for an array).
+        reference: a DICOM source's identity for the DICOM outputs (``io.dicom_out.source_reference``, read
+            with the image: ``meta["source_reference"]`` of ``read_dicom``); ``{}`` for other sources.
     """
 
     status: str
@@ -79,6 +81,7 @@ class Prepared:
     geometry: dict[str, Any] = field(default_factory=dict)
     display: np.ndarray | None = None
     conversion: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,7 +115,7 @@ def _is_row(source: Any) -> bool:
 def _default_reader(path: str, **kw):
     from mammolens.io import read_image
 
-    return read_image(path, **kw)
+    return read_image(path, lazy=True, **kw)  # a DICOM's stored values + value table: no full float32 copy
 
 
 def prepare(
@@ -162,14 +165,17 @@ def prepare(
     raw_meta = getattr(img, "meta", None) or {}
     meta = {k: raw_meta.get(k) for k in PREPARED_META_KEYS}
     conversion = dict(getattr(img, "conversion", None) or {})
+    reference = dict(raw_meta.get("source_reference") or {})
 
     from mammolens.io.gating import mammography_gate
 
     gate_ok, gate_reason = mammography_gate(raw_meta)
     if not gate_ok:  # a DX abdomen must never be preprocessed, trained on or predicted
-        return Prepared("refused", gate_reason, meta=meta, conversion=conversion)
-    pixels = np.asarray(getattr(img, "pixels", img))
-    if fr is not None and pixels.ndim == 3:  # a reader that returned the whole stack
+        return Prepared("refused", gate_reason, meta=meta, conversion=conversion, reference=reference)
+    # a StoredImage (the default reader's DICOM) is reduced band by band: its full float32 image is only made
+    # for a display copy or a tiny image
+    pixels = img if hasattr(img, "bands") else np.asarray(getattr(img, "pixels", img))
+    if fr is not None and len(pixels.shape) == 3:  # a reader that returned the whole stack
         if not 0 <= fr < pixels.shape[0]:
             raise ValueError(f"frame {fr} out of range: the file has {pixels.shape[0]} frames")
         pixels = pixels[fr]
@@ -178,19 +184,24 @@ def prepare(
     if quality is not None and quality.enabled:  # measured on preprocessing's working copy and mask: one mask
         from mammolens.transforms.quality import check_image, check_reduced
 
-        if pixels.ndim not in (2, 3) or min(pixels.shape[-2:]) < quality.min_side:
-            q = check_image(pixels, quality, size=pre.size)  # the shape and size checks, nothing reduced
+        if len(pixels.shape) not in (2, 3) or min(pixels.shape[-2:]) < quality.min_side:
+            q = check_image(_full(pixels), quality, size=pre.size)  # the shape and size checks, nothing reduced
             if not q.ok:
-                return Prepared("not_assessable", q.reason, meta=meta, conversion=conversion)
+                return Prepared("not_assessable", q.reason, meta=meta, conversion=conversion, reference=reference)
         red = reduce_image(pixels, pre.size)
         q = check_reduced(red, quality)
         if not q.ok:
-            return Prepared("not_assessable", q.reason, meta=meta, conversion=conversion)
+            return Prepared("not_assessable", q.reason, meta=meta, conversion=conversion, reference=reference)
     else:
         red = reduce_image(pixels, pre.size)
 
     if laterality is None:
         laterality = meta.get("laterality") or None
     tile, info = preprocess_reduced(red, pre, laterality=laterality)
-    shown = display_copy(pixels, display)[0] if display > 0 else None
-    return Prepared("ok", "", tile, meta, info, shown, conversion)
+    shown = display_copy(_full(pixels), display)[0] if display > 0 else None
+    return Prepared("ok", "", tile, meta, info, shown, conversion, reference)
+
+
+def _full(pixels: Any) -> np.ndarray:
+    """The float32 image of an array or a ``StoredImage`` (made on first use)."""
+    return pixels.pixels if hasattr(pixels, "bands") else pixels

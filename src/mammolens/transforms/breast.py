@@ -159,10 +159,14 @@ def _remove_labels(small: np.ndarray, fg: np.ndarray, threshold: float) -> np.nd
     pad = _LABEL_GAP + _LABEL_RING
     h, w = fg.shape
     out = fg
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        # filling holes only grows a blob, within its bounding box: these can never pass the size test below
+        if sizes[k] > max_size or (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) < 8:
+            continue
         ys = slice(max(0, sl[0].start - pad - 1), min(h, sl[0].stop + pad + 1))
         xs = slice(max(0, sl[1].start - pad - 1), min(w, sl[1].stop + pad + 1))
-        blob = ndimage.binary_fill_holes(labels[ys, xs] == k)  # letters are dark holes in a label
+        blob = _fill_holes(labels[ys, xs] == k)  # letters are dark holes in a label
         if not 8 <= int(blob.sum()) <= max_size:
             continue
         near = ndimage.binary_dilation(blob, _SQUARE, iterations=_LABEL_GAP)
@@ -402,7 +406,14 @@ class Reduced:
 def reduce_image(pixels: np.ndarray, size: int) -> Reduced:
     """Step 1 of ``preprocess_image``: a ``[F, H, W]`` stack to its maximum projection, then a block-mean
     working copy whose shorter side stays >= 2x the output ``size`` (the final anti-aliased resize then sees
-    the same information, and masking/cropping cost a fraction)."""
+    the same information, and masking/cropping cost a fraction).
+
+    ``pixels`` may be an image that yields its display values in bands of rows (``io.dicom.StoredImage``: the
+    stored values and their value table): the working copy is then made band by band, each band looked up
+    and block-averaged while it is in cache, without the full-resolution float32 image; the result is
+    bit-identical (every output row is the same float32 sums of the same input rows)."""
+    if hasattr(pixels, "bands") and len(pixels.shape) == 2:
+        return _reduce_bands(pixels, size)
     img = np.asarray(pixels, dtype=np.float32)
     if img.ndim == 3:
         img = img.max(axis=0)  # [F, H, W] -> [H, W] maximum intensity projection
@@ -412,6 +423,26 @@ def reduce_image(pixels: np.ndarray, size: int) -> Reduced:
     if scale > 1:
         img = block_mean(img, scale)
     return Reduced(img, scale, shape)
+
+
+_BAND_ROWS = 48  # input rows per band of _reduce_bands (a few hundred KB of float32: stays in cache)
+
+
+def _reduce_bands(image, size: int) -> Reduced:
+    """``reduce_image`` of an image given band by band (``image.bands(rows)`` yields ``(y0, float32 rows)``)."""
+    h, w = (int(v) for v in image.shape)
+    if h == 0 or w == 0:
+        raise ValueError(f"pixels is empty (shape {(h, w)})")
+    scale = max(1, int(min(h, w) // (2 * size)))
+    if scale == 1:
+        return Reduced(np.asarray(image.pixels, dtype=np.float32), 1, (h, w))
+    rows = max(1, _BAND_ROWS // scale) * scale
+    out = np.empty((h // scale, w // scale), dtype=np.float32)
+    for y0, band in image.bands(rows):
+        n = band.shape[0] // scale  # rows beyond a multiple of the factor are dropped, as block_mean drops them
+        if n:
+            out[y0 // scale : y0 // scale + n] = block_mean(band[: n * scale], scale)
+    return Reduced(out, scale, (h, w))
 
 
 def preprocess_reduced(red: Reduced, cfg: PreprocessCfg, laterality: str | None = None
