@@ -31,7 +31,7 @@ def peer_available() -> str | None:
         try:
             __import__(mod)
         except ImportError:
-            return f"the competent-peer baseline needs {mod} (pip install 'mammolens[bench]')"
+            return f"the competent-peer baseline needs {mod} (pip install -e '.[bench]')"
     return None
 
 

@@ -32,7 +32,7 @@ named after the task; a task without ``dense_classes`` gets no dense flag.
 highdicom content items; it does not claim conformance to TID 4000 (Mammography CAD) because
 mammolens reports composition only.
 
-Requires the ``dicom-out`` extra (``pip install "mammolens[dicom-out]"``) for highdicom.
+Requires the ``dicom-out`` extra (``pip install -e ".[dicom-out]"``) for highdicom.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Local web app (FastAPI + one static page): drop a study, see breast density and heat maps.
 
-FastAPI/uvicorn are optional (``pip install "mammolens[serve]"``) and imported only when an app is
+FastAPI/uvicorn are optional (``pip install -e ".[serve]"``) and imported only when an app is
 created.
 """
 

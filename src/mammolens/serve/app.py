@@ -19,7 +19,7 @@ OpenAPI schema and docs pages are off unless ``api_docs=True``. Responses carry 
 whitelisted result keys are returned, study identifiers are replaced by ``exam-1``, ``exam-2``… and
 nothing about the files' content is logged.
 
-FastAPI/uvicorn are imported lazily (``pip install "mammolens[serve]"``).
+FastAPI/uvicorn are imported lazily (``pip install -e ".[serve]"``).
 """
 
 import base64
