@@ -74,9 +74,8 @@ _OUT: dict[str, Any] = {}
 
 
 def _pool_init(out_path: str, n: int, size: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core, as the pool is sized
+    # No cv2.setNumThreads here: in a worker forked after the parent used OpenMP it deadlocks (as in
+    # mammolens.parallel); OpenCV keeps its default threads, as a user's script would.
     _OUT["mm"] = np.memmap(out_path, dtype=np.uint8, mode="r+", shape=(n, size, size))
     _OUT["size"] = size
 
@@ -126,11 +125,9 @@ class _PeerFiles:
 
 
 def _peer_worker_init(_: int) -> None:
-    import cv2
     import torch
 
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # (no cv2.setNumThreads: it can deadlock in a forked worker, see _pool_init)
 
 
 def peer_predict(raw_clip, text_emb, files: list, size: int, batch_size: int = 32, workers: int = 2,
