@@ -243,7 +243,14 @@ def evaluate_run(run_dir: str | PathLike, data: str | PathLike, out: str | PathL
     work = Path(tempfile.mkdtemp(prefix=".cache-", dir=out_dir))  # the caches hold the manifest: deleted below
     try:
         cache_dir = _cache_for(run, data, work, workers, progress)
-        preds, emb = _predict_cache(run, cache_dir, batch_size, device, embeddings=True)
+        from mammolens.parallel import NothingReadError
+
+        try:
+            preds, emb = _predict_cache(run, cache_dir, batch_size, device, embeddings=True)
+        except NothingReadError:  # name the kept, scrubbed errors.csv, not the temporary cache deleted below
+            _failures(cache_dir, out_dir / "errors.csv")
+            raise NothingReadError(f"none of the images of {Path(data).name} could be read (reasons in "
+                                   f"{out_dir / 'errors.csv'})") from None
         overlap = train_overlap(run_dir, preds)
         banners = [w for w in (_overlap_warning(overlap, preds, exclude_train),) if w is not None]
         if exclude_train and overlap is not None and overlap.any():

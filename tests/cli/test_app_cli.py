@@ -154,7 +154,10 @@ def test_evaluate_every_image_unreadable_exits_3(app_env, tmp_path, monkeypatch,
         main()
     assert ex.value.code == 3
     err = capsys.readouterr().err
-    assert "\nerror: none of the 3 image(s)" in err and "errors.csv" in err and "Traceback" not in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("error: "))
+    assert line.startswith("error: none of the images of m.parquet could be read") and "Traceback" not in err
+    assert str(tmp_path / "ev" / "errors.csv") in line and (tmp_path / "ev" / "errors.csv").is_file()  # kept
+    assert ".cache-" not in err  # never the temporary cache, which is deleted
 
 
 def test_predict_cli_missing_run_fails(tmp_path):
