@@ -50,6 +50,10 @@ def test_config_loads_and_names_what_it_needs(path):
         needs.append(pretrained.split(":", 1)[1])
     if data.get("split_column"):
         needs.append(data["split_column"])
+    method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
+    teacher = str((method.get("distill") or {}).get("teacher") or "")
+    if teacher.startswith("run:") and not (ROOT / teacher[4:]).exists():
+        needs.append(teacher[4:])
     for need in needs:  # a path or column a fresh clone does not have: the file says where it comes from
         assert "Needs" in notes and need in notes, f"{path.name}: no comment says what {need!r} is or how to make it"
     assert cfg.out_dir
@@ -58,9 +62,16 @@ def test_config_loads_and_names_what_it_needs(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_trains_one_step_with_overrides(path, tiny_cache, tmp_path):
     """The config as shipped, with only what a fresh clone lacks (cache, weights) and the size replaced."""
-    cfg = load_cfg(path, [f"data.cache={tiny_cache}", "model=tiny-clip", "pretrained=null", "image_size=32",
-                          "epochs=1", "max_steps_per_epoch=1", "batch_size=4", "workers=0", "precision=fp32",
-                          "device=cpu", f"out_dir={tmp_path / 'run'}", "data.val_frac=0.25"])
+    common = [f"data.cache={tiny_cache}", "model=tiny-clip", "pretrained=null", "image_size=32", "epochs=1",
+              "max_steps_per_epoch=1", "batch_size=4", "workers=0", "precision=fp32", "device=cpu",
+              "data.val_frac=0.25"]
+    extra = []
+    method = yaml.safe_load(path.read_text()).get("method")
+    if isinstance(method, dict) and (method.get("distill") or {}).get("teacher"):  # a teacher run it needs
+        teacher = train(load_cfg(CONFIGS[0].parent / "tiny_cpu.yaml", [*common, f"out_dir={tmp_path / 'teacher'}"]),
+                        progress=False)
+        extra = [f"method.distill.teacher=run:{teacher}"]
+    cfg = load_cfg(path, [*common, f"out_dir={tmp_path / 'run'}", *extra])
     run = train(cfg, progress=False)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == load_cfg(path).method

@@ -8,7 +8,7 @@ from mammolens._optional import optional_import
 
 
 def test_optional_import_message_names_the_extra():
-    with pytest.raises(ImportError, match=r'pip install "mammolens\[serve\]"') as ex:
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[serve\]"') as ex:
         optional_import("no_such_module_xyz", "serve", "the web app")
     assert "the web app" in str(ex.value) and "no_such_module_xyz" in str(ex.value)
 
@@ -24,5 +24,5 @@ def test_optional_import_is_used_for_the_extras(monkeypatch):
     from mammolens.io import dicom_out
 
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import of a None entry raises ImportError
-    with pytest.raises(ImportError, match=r'pip install "mammolens\[dicom-out\]"'):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[dicom-out\]"'):
         dicom_out._highdicom()

@@ -202,12 +202,18 @@ def _scrub_name(part: str, names: set[str]) -> str:
 
 def pseudonymise_frame(df):
     """A copy of a DataFrame with identifier columns (``ID_COLUMNS``) replaced by keyed pseudonyms (grouping
-    still works) and ``image_path`` made relative to the images' common folder with identifier components
-    pseudonymised (:func:`scrub_path`)."""
+    still works) and the path columns ``image_path`` and ``lesion_mask`` made relative to their files' common
+    folder with identifier components pseudonymised (:func:`scrub_path`)."""
     out = df.copy()
-    if "image_path" in out and len(out):
-        root = os.path.commonpath([str(_resolved(p).parent) for p in out["image_path"]])
-        out["image_path"] = [scrub_path(r["image_path"], ids_of(r), root) for r in df.to_dict("records")]
+    for col in ("image_path", "lesion_mask"):  # file paths (a mask folder names its patient like the image's)
+        if col not in out or not len(out):
+            continue
+        given = [p for p in out[col] if isinstance(p, str) and p]
+        if not given:
+            continue
+        root = os.path.commonpath([str(_resolved(p).parent) for p in given])
+        out[col] = [scrub_path(r[col], ids_of(r), root) if isinstance(r[col], str) and r[col] else r[col]
+                    for r in df.to_dict("records")]
     for col, kind in ID_COLUMNS.items():
         if col in out:
             out[col] = [pseudonym(v, kind) for v in out[col]]

@@ -67,17 +67,18 @@ def test_registered_method_trains_through_the_loop(cache_dir, tmp_path, prompt_t
 
 
 def test_unknown_method_lists_the_choices(cache_dir, tmp_path):
-    with pytest.raises(ValueError, match="contrastive, finetune-ce, linear-probe, report-contrastive, zeroshot"):
+    with pytest.raises(ValueError, match="contrastive, distill, finetune-ce, linear-probe, pretrain, report-contrastive, zero"):
         _cfg(cache_dir, tmp_path / "run", method="simclr")
-    with pytest.raises(ValueError, match="choose one of: contrastive, finetune-ce"):
+    with pytest.raises(ValueError, match="choose one of: contrastive, distill, finetune-ce"):
         methods.get_method("simclr")
 
 
 def test_builtin_methods_are_registered():
-    assert methods.list_methods() == ["contrastive", "finetune-ce", "linear-probe", "report-contrastive", "zeroshot"]
+    assert methods.list_methods() == ["contrastive", "distill", "finetune-ce", "linear-probe", "pretrain",
+                                      "report-contrastive", "zeroshot"]
     assert {n: methods.get_method(n).one_shot for n in methods.list_methods()} == {
-        "contrastive": False, "finetune-ce": False, "linear-probe": True, "report-contrastive": False,
-        "zeroshot": True}
+        "contrastive": False, "distill": False, "finetune-ce": False, "linear-probe": True, "pretrain": False,
+        "report-contrastive": False, "zeroshot": True}
     assert all(methods.get_method(n).name == n for n in methods.list_methods())
 
 

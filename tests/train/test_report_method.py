@@ -125,7 +125,7 @@ def test_report_contrastive_trains_end_to_end_and_reads_like_a_prompt_run(cache_
                                                           "terms": {"prompt": 0.5}},
                      epochs=1, batch_size=4, max_steps_per_epoch=2), progress=False)
     assert {"config.yaml", "metrics.jsonl", "summary.json", "ood.npz"} <= {p.name for p in run.iterdir()}
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt", "best.weights.pt"}
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert line["step"] == 2 and np.isfinite([line["train_exam_report"], line["train_sentence_patch"],
                                                 line["train_prompt"]]).all()

@@ -364,9 +364,13 @@ class PretrainMethod(TrainMethod):
         if self.grid is None:
             return None
         p = self.ctx.cfg.method_cfg.pretrain
+        small = self.grid[0] * self.grid[1] < 64
+        # on a small grid an image's share can round to 0 patches, below lightly's default block maximum (that
+        # share): allow blocks up to the whole grid there (the number masked still follows mask_ratio)
         return self.L["random_block_mask"]((n, *self.grid), batch_mask_ratio=p.mask_prob,
                                            min_image_mask_ratio=p.mask_ratio[0], max_image_mask_ratio=p.mask_ratio[1],
-                                           min_num_masks_per_block=1 if self.grid[0] * self.grid[1] < 64 else 4,
+                                           min_num_masks_per_block=1 if small else 4,
+                                           max_num_masks_per_block=self.grid[0] * self.grid[1] if small else None,
                                            device=device)
 
     def training_forward(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
