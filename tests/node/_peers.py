@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.path.exists("/usr/sbin/Orthanc") else None)
-STORESCU = shutil.which("storescu")
+def _dcmtk(name: str) -> str | None:
+    """dcmtk's tool: the one beside dcmsend (pynetdicom installs a Python `storescu` of its own into the venv,
+    earlier on PATH, with other options)."""
+    for folder in [os.path.dirname(shutil.which("dcmsend") or ""), "/usr/bin", "/usr/local/bin"]:
+        path = os.path.join(folder, name) if folder else ""
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+STORESCU = _dcmtk("storescu")
 DCMSEND = shutil.which("dcmsend")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
