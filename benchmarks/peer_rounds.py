@@ -4,7 +4,7 @@
 
 Each round runs, each in a fresh process and in turn: ``build_cache`` of the before tree, of the after tree and
 the peer's preprocessing (``mammolens.bench.peer.peer_preprocess``, taken from the after tree); then
-``Predictor.predict`` (tiny-clip, random weights, bf16) of both trees and the peer's DataLoader loop
+``Predictor.predict`` (``--model``, default tiny-clip, random weights, bf16) of both trees and the peer's DataLoader loop
 (``peer_predict``). Every process times only the work (imports, model build and one warm-up pass excluded) and
 prints img/s; the medians, the median per-round ratios and the 1-minute load before each round are printed.
 The files are ``mammolens.bench.make_bench_files`` (3328x2560 by default, uncompressed).
@@ -23,7 +23,7 @@ from pathlib import Path
 CHILD = r"""
 import json, shutil, sys, time
 from pathlib import Path
-kind, work, n, size, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+kind, work, n, size, workers, model = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
 h, w = (int(v) for v in size.split("x"))
 from mammolens.bench import make_bench_files
 files = make_bench_files(work / "dicom", n, (h, w), n_unique=8, render_scale=2)
@@ -46,7 +46,9 @@ else:
     from mammolens.models import create_model
     from mammolens.tasks import get_task
     torch.manual_seed(0)
-    clip = create_model("tiny-clip", pretrained=None).eval()
+    import warnings
+    warnings.simplefilter("ignore")  # random weights, on purpose
+    clip = create_model(model, pretrained=None).eval()
     with torch.inference_mode():
         emb = clip.class_embeddings("density").float()
     if kind == "predict":
@@ -70,7 +72,7 @@ print("RESULT " + json.dumps({"img_s": n / dt, **(extra if kind == "predict" els
 def run(src: str, kind: str, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve() / "src")}
     code = "import os\n" + CHILD
-    out = subprocess.run([sys.executable, "-c", code, kind, args.work, str(args.n), args.size, str(args.workers)],
+    out = subprocess.run([sys.executable, "-c", code, kind, args.work, str(args.n), args.size, str(args.workers), args.model],
                          env=env, capture_output=True, text=True, check=False)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
@@ -86,6 +88,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--size", default="3328x2560")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="tiny-clip", help="model of the predict rows (random weights): tiny-clip, biomedclip, ...")
     ap.add_argument("--work", default="/tmp/mammolens_peer_rounds")
     ap.add_argument("--json", default=None, help="write every round's numbers here")
     args = ap.parse_args()
