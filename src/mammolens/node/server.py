@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mammolens.node.answer import answer_studies, run_fingerprint
+from mammolens.io.gating import MAMMOGRAPHY_SOP_CLASSES  # the one list: what the header gate predicts
 from mammolens.node.config import NodeCfg
 from mammolens.node.sender import SendError, backoff, send_files
 from mammolens.node.spool import Spool, atomic_write
@@ -32,15 +33,6 @@ from mammolens.node.spool import Spool, atomic_write
 log = logging.getLogger("mammolens.node")
 
 __all__ = ["MAMMOGRAPHY_SOP_CLASSES", "Node", "TRANSFER_SYNTAXES", "read_status", "serve"]
-
-MAMMOGRAPHY_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.2.1": "Digital Mammography X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis Image Storage",
-    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection X-Ray Image Storage - For Processing",
-}
-"""The storage SOP classes the node predicts; any other storage SOP class is stored and reported, not predicted."""
 
 TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian

@@ -20,17 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammolens.evaluation.report import REPORT_CSS
+
 __all__ = ["build_report", "paired_difference", "write_report"]
 
 ALPHA = 0.05
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;line-height:1.4;padding:0 1em}
-h1{font-size:1.6em;border-bottom:2px solid #2a6;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;color:#264}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#eef5f0}td:first-child,th:first-child{text-align:left}.note{color:#666;font-size:.85em}
-.best{font-weight:700;background:#e6f4ea}
-"""
+CSS = REPORT_CSS + ".best{font-weight:700;background:#e6f4ea}\n"  # report.html's style, plus the best cell
 
 
 def _metric_fn(paired: dict):
